@@ -1,0 +1,102 @@
+defmodule FLAMEK8sBackend.BootError do
+  @moduledoc """
+  Why a runner did not boot. `FLAMEK8sBackend.init/1` and `FLAMEK8sBackend.remote_boot/1`
+  return `{:error, %FLAMEK8sBackend.BootError{}}`, FLAME stops the runner with it, and
+  `Exception.message/1` tells a person what happened.
+
+  Fields:
+
+    * `:phase` - where the boot stopped: `:connect`, `:parent_pod`, `:create_secret`,
+      `:create_pod`, `:scheduling`, `:container_start` or `:remote_up`
+    * `:reason` - what happened, as data:
+      * `{:image_pull, %{reason: "ErrImagePull" | "ImagePullBackOff" | ..., image: image, message: msg}}`
+      * `{:container_config, %{reason: reason, container: name, message: msg}}`
+      * `{:container_exited, %{container: name, exit_code: code, reason: "OOMKilled" | "Error" | ..., message: msg}}`
+      * `{:unschedulable, scheduler_message}`
+      * `{:pod_phase, "Failed" | "Succeeded", message}`
+      * `{:deleted, pod_name}` - somebody deleted the pod during the boot
+      * `{:timeout, %{waited_ms: ms, detail: detail}}` - `:phase` says which phase timed out;
+        `detail` is the last thing Kubernetes said (e.g. the scheduler's message)
+      * `{:parent_pod_not_found, "namespace/name"}`, `{:not_distributed, message}`
+      * a `FLAMEK8sBackend.Kube.error()` such as `{:api, 403, "Forbidden", message}`
+    * `:pod` - `"namespace/name"` of the runner pod, when one was created
+
+  ## Example
+
+      iex> error = %FLAMEK8sBackend.BootError{phase: :scheduling, pod: "default/web-flame-x7k2p",
+      ...>   reason: {:unschedulable, "0/3 nodes are available: 3 Insufficient cpu."}}
+      iex> Exception.message(error)
+      "runner pod default/web-flame-x7k2p failed while scheduling: unschedulable: 0/3 nodes are available: 3 Insufficient cpu."
+  """
+
+  defexception [:phase, :reason, :pod]
+
+  @type phase ::
+          :connect
+          | :parent_pod
+          | :create_secret
+          | :create_pod
+          | :scheduling
+          | :container_start
+          | :remote_up
+
+  @type t :: %__MODULE__{phase: phase(), reason: term(), pod: String.t() | nil}
+
+  @impl true
+  def message(%__MODULE__{phase: phase, reason: reason, pod: pod}) do
+    subject = if pod, do: "runner pod #{pod}", else: "runner"
+    "#{subject} failed while #{phase_text(phase)}: #{describe(reason)}"
+  end
+
+  defp phase_text(:connect), do: "connecting to the Kubernetes API"
+  defp phase_text(:parent_pod), do: "reading the parent pod"
+  defp phase_text(:create_secret), do: "creating its secret"
+  defp phase_text(:create_pod), do: "being created"
+  defp phase_text(:scheduling), do: "scheduling"
+  defp phase_text(:container_start), do: "starting its container"
+  defp phase_text(:remote_up), do: "waiting for the runner node's remote_up"
+  defp phase_text(other), do: to_string(other)
+
+  @doc false
+  def describe({:image_pull, %{} = info}),
+    do: "cannot pull image #{inspect(info[:image])} (#{info[:reason]}): #{info[:message]}"
+
+  def describe({:container_config, %{} = info}),
+    do: "container #{inspect(info[:container])} cannot be created (#{info[:reason]}): #{info[:message]}"
+
+  def describe({:container_exited, %{} = info}) do
+    message = if info[:message], do: ": #{info[:message]}", else: ""
+
+    "container #{inspect(info[:container])} exited with code #{info[:exit_code]} " <>
+      "(#{info[:reason]})#{message}"
+  end
+
+  def describe({:unschedulable, message}), do: "unschedulable: #{message}"
+
+  def describe({:pod_phase, phase, message}),
+    do: "pod reached phase #{phase}#{if message, do: ": #{message}", else: ""}"
+
+  def describe({:deleted, name}), do: "pod #{name} was deleted"
+
+  def describe({:timeout, %{} = info}) do
+    detail = if info[:detail], do: "; last seen: #{info[:detail]}", else: ""
+    "timed out after #{info[:waited_ms]} ms#{detail}"
+  end
+
+  def describe({:parent_pod_not_found, pod}),
+    do:
+      "parent pod #{pod} not found (set POD_NAMESPACE and POD_NAME from the downward API, " <>
+        "or the :parent_pod option)"
+
+  def describe({:not_distributed, message}), do: message
+  def describe({:api, status, reason, message}), do: "API error #{status} #{reason}: #{message}"
+  def describe({:connect, message}), do: "cannot reach the API server: #{message}"
+  def describe({:timeout, ms}) when is_integer(ms), do: "no answer from the API server within #{ms} ms"
+  def describe({:invalid_manifest, message}), do: "invalid runner manifest: #{message}"
+  def describe({:config, message}), do: "unusable Kubernetes connection settings: #{message}"
+
+  def describe({:app_container_not_found, name, available}),
+    do: "the parent pod has no container #{inspect(name)} (it has #{inspect(available)})"
+
+  def describe(other), do: inspect(other)
+end

@@ -1,0 +1,384 @@
+defmodule FLAMEK8sBackend.Kube do
+  @moduledoc """
+  The Kubernetes API as the backend uses it: a small, typed Elixir face over the Rust NIF
+  (kube-rs on a Tokio runtime owned by the NIF).
+
+  Every request runs on a dirty IO scheduler and is bounded by the connection's
+  `:request_timeout`. Waiting for a pod (`await_pod/4`) holds no scheduler at all: a Tokio
+  task watches the pod and sends the caller one message.
+
+  ## Results
+
+  Every function returns `{:ok, value}` (or `:ok`) or `{:error, reason}`, where `reason` is one of
+
+    * `{:api, status, reason, message}` - the API server answered with an error status; the
+      message is the server's own (a 403 names the verb and the resource)
+    * `{:connect, message}` - the server could not be reached
+    * `{:timeout, ms}` - no answer within the request timeout
+    * `{:invalid_manifest, message}` - the manifest could not be turned into the resource,
+      the message names the offending path
+    * `{:config, message}` - the connection options or credentials are unusable
+    * `{:decode, message}` - the server's answer was not what Kubernetes sends
+
+  Arguments of the wrong type raise `ArgumentError` naming the argument.
+
+  ## Example
+
+      {:ok, kube} = FLAMEK8sBackend.Kube.connect(kubeconfig: "~/.kube/config")
+      {:ok, pod} = FLAMEK8sBackend.Kube.get_pod(kube, "default", "my-app-5f7d8c-abcde")
+      pod["status"]["podIP"]
+      #=> "10.244.0.12"
+  """
+
+  alias FLAMEK8sBackend.Native
+
+  @enforce_keys [:resource, :server]
+  defstruct [:resource, :server, :default_namespace, :request_timeout]
+
+  @typedoc "A connection to one API server. `inspect/1` never shows credentials."
+  @type t :: %__MODULE__{
+          resource: reference(),
+          server: String.t(),
+          default_namespace: String.t() | nil,
+          request_timeout: pos_integer()
+        }
+
+  @type error ::
+          {:api, non_neg_integer(), String.t(), String.t()}
+          | {:connect, String.t()}
+          | {:timeout, non_neg_integer()}
+          | {:invalid_manifest, String.t()}
+          | {:config, String.t()}
+          | {:decode, String.t()}
+          | {:internal, String.t()}
+
+  @type manifest :: %{optional(String.t() | atom()) => term()}
+  @type pod :: %{String.t() => term()}
+
+  @connect_keys [
+    :mode,
+    :kubeconfig,
+    :context,
+    :url,
+    :ca_cert_pem,
+    :token,
+    :insecure_skip_tls_verify,
+    :request_timeout
+  ]
+  @default_request_timeout 15_000
+
+  @doc """
+  Connects to an API server. Nothing is sent to the server until the first request.
+
+  Options:
+
+    * `:mode` - `:in_cluster`, `:kubeconfig`, `:explicit` or `:auto` (default). `:auto` uses the
+      pod's service account when `KUBERNETES_SERVICE_HOST` is set and no `:kubeconfig` is given,
+      else the kubeconfig; inside a pod a stray kubeconfig is never picked unless asked for.
+    * `:kubeconfig` - path of a kubeconfig file (default: `$KUBECONFIG`, then `~/.kube/config`)
+    * `:context` - kubeconfig context (default: the current context)
+    * `:url`, `:ca_cert_pem`, `:token` - explicit server URL, CA certificate (PEM) and bearer token
+    * `:insecure_skip_tls_verify` - default `false`
+    * `:request_timeout` - milliseconds per request, default #{@default_request_timeout}
+
+  ## Examples
+
+      {:ok, kube} = FLAMEK8sBackend.Kube.connect(mode: :in_cluster)
+      {:ok, kube} = FLAMEK8sBackend.Kube.connect(kubeconfig: "/tmp/kubeconfig", context: "kind-flame")
+      {:error, {:config, "in-cluster config: " <> _}} = FLAMEK8sBackend.Kube.connect(mode: :in_cluster)
+  """
+  @spec connect(keyword()) :: {:ok, t()} | {:error, error()}
+  def connect(opts \\ []) do
+    opts = validate_keyword!(opts, @connect_keys, "connect options")
+
+    native_opts = %{
+      mode: mode!(opts),
+      kubeconfig: optional_path!(opts, :kubeconfig),
+      context: optional_string!(opts, :context),
+      url: optional_string!(opts, :url),
+      ca_cert_pem: optional_string!(opts, :ca_cert_pem),
+      token: optional_string!(opts, :token),
+      insecure_skip_tls_verify: boolean!(opts, :insecure_skip_tls_verify, false),
+      request_timeout_ms: pos_integer!(opts, :request_timeout, @default_request_timeout)
+    }
+
+    if native_opts.mode == :explicit and is_nil(native_opts.url) do
+      raise ArgumentError, "connect options: mode :explicit needs :url"
+    end
+
+    with {:ok, resource} <- Native.connect(native_opts) do
+      info = Native.client_info(resource)
+
+      {:ok,
+       %__MODULE__{
+         resource: resource,
+         server: info.server,
+         default_namespace: info.default_namespace,
+         request_timeout: info.request_timeout_ms
+       }}
+    end
+  end
+
+  @doc """
+  Reads one pod.
+
+      {:ok, %{"metadata" => %{"name" => "web-0"}}} = FLAMEK8sBackend.Kube.get_pod(kube, "default", "web-0")
+      {:error, {:api, 404, "NotFound", _}} = FLAMEK8sBackend.Kube.get_pod(kube, "default", "nope")
+  """
+  @spec get_pod(t(), String.t(), String.t()) :: {:ok, pod()} | {:error, error()}
+  def get_pod(%__MODULE__{} = kube, namespace, name) do
+    Native.get_pod(kube.resource, name!(namespace, "namespace"), name!(name, "name"))
+  end
+
+  @doc """
+  Creates a pod from a manifest map (string or atom keys) in `namespace`.
+
+      manifest = %{"metadata" => %{"generateName" => "runner-"},
+                   "spec" => %{"containers" => [%{"name" => "app", "image" => "app:1"}]}}
+      {:ok, %{"metadata" => %{"name" => "runner-x7k2p"}}} = FLAMEK8sBackend.Kube.create_pod(kube, "default", manifest)
+  """
+  @spec create_pod(t(), String.t(), manifest()) :: {:ok, pod()} | {:error, error()}
+  def create_pod(%__MODULE__{} = kube, namespace, manifest) do
+    Native.create_pod(kube.resource, name!(namespace, "namespace"), map!(manifest, "manifest"))
+  end
+
+  @doc """
+  Deletes a pod with background propagation. A pod that is already gone counts as deleted.
+
+  Options: `:grace_period` (seconds; default: the pod's own).
+
+      :ok = FLAMEK8sBackend.Kube.delete_pod(kube, "default", "runner-x7k2p", grace_period: 0)
+  """
+  @spec delete_pod(t(), String.t(), String.t(), keyword()) :: :ok | {:error, error()}
+  def delete_pod(%__MODULE__{} = kube, namespace, name, opts \\ []) do
+    opts = validate_keyword!(opts, [:grace_period], "delete_pod options")
+
+    grace =
+      case Keyword.get(opts, :grace_period) do
+        nil -> nil
+        seconds when is_integer(seconds) and seconds >= 0 -> seconds
+        other -> raise ArgumentError, bad(":grace_period", "a non-negative integer", other)
+      end
+
+    Native.delete_pod(kube.resource, name!(namespace, "namespace"), name!(name, "name"), grace)
+  end
+
+  @doc """
+  Lists the pods of a namespace, optionally filtered by a label selector.
+
+      {:ok, pods} = FLAMEK8sBackend.Kube.list_pods(kube, "default", label_selector: "app=web")
+  """
+  @spec list_pods(t(), String.t(), keyword()) :: {:ok, [pod()]} | {:error, error()}
+  def list_pods(%__MODULE__{} = kube, namespace, opts \\ []) do
+    opts = validate_keyword!(opts, [:label_selector], "list_pods options")
+    selector = Keyword.get(opts, :label_selector, "")
+
+    unless is_binary(selector) do
+      raise ArgumentError, bad(":label_selector", "a string", selector)
+    end
+
+    Native.list_pods(kube.resource, name!(namespace, "namespace"), selector)
+  end
+
+  @doc """
+  Creates a secret. Returns only the created secret's metadata: secret values never travel back.
+
+      {:ok, %{"name" => "runner-cookie-abc"}} =
+        FLAMEK8sBackend.Kube.create_secret(kube, "default", %{
+          "metadata" => %{"generateName" => "runner-cookie-"},
+          "stringData" => %{"RELEASE_COOKIE" => "..."}
+        })
+  """
+  @spec create_secret(t(), String.t(), manifest()) :: {:ok, map()} | {:error, error()}
+  def create_secret(%__MODULE__{} = kube, namespace, manifest) do
+    Native.create_secret(kube.resource, name!(namespace, "namespace"), map!(manifest, "manifest"))
+  end
+
+  @doc """
+  Deletes a secret. A secret that is already gone counts as deleted.
+
+      :ok = FLAMEK8sBackend.Kube.delete_secret(kube, "default", "runner-cookie-abc")
+  """
+  @spec delete_secret(t(), String.t(), String.t()) :: :ok | {:error, error()}
+  def delete_secret(%__MODULE__{} = kube, namespace, name) do
+    Native.delete_secret(kube.resource, name!(namespace, "namespace"), name!(name, "name"))
+  end
+
+  @doc """
+  Sends any request to the API server and decodes the JSON answer (`nil` for an empty body).
+
+  Options: `:body` (a map, sent as JSON) and `:content_type` (default `application/json`;
+  `application/merge-patch+json` for PATCH).
+
+      {:ok, %{"kind" => "Namespace"}} =
+        FLAMEK8sBackend.Kube.request(kube, "POST", "/api/v1/namespaces",
+          body: %{"metadata" => %{"name" => "flame-test"}})
+  """
+  @spec request(t(), String.t(), String.t(), keyword()) :: {:ok, term()} | {:error, error()}
+  def request(%__MODULE__{} = kube, method, path, opts \\ []) do
+    opts = validate_keyword!(opts, [:body, :content_type], "request options")
+
+    unless method in ~w(GET POST PUT PATCH DELETE) do
+      raise ArgumentError, bad("method", ~s("GET", "POST", "PUT", "PATCH" or "DELETE"), method)
+    end
+
+    unless is_binary(path) and String.starts_with?(path, "/") do
+      raise ArgumentError, bad("path", "an absolute path such as \"/api/v1/pods\"", path)
+    end
+
+    body =
+      case Keyword.get(opts, :body) do
+        nil -> nil
+        map when is_map(map) -> map
+        other -> raise ArgumentError, bad(":body", "a map", other)
+      end
+
+    content_type = optional_string!(opts, :content_type)
+    Native.request(kube.resource, method, path, body, content_type)
+  end
+
+  @doc """
+  Starts watching a pod until it is ready, fails, is deleted, or `:timeout` elapses.
+
+  Returns at once. The caller later receives exactly one
+  `{:flame_k8s, ref, result}` message, where `ref` is `await.ref` and `result` is one of
+
+    * `{:ready, pod}` - Running, with a pod IP, every container started
+    * `{:failed, reason}` - see `FLAMEK8sBackend.BootError` for the reasons
+    * `{:deleted, name}` - the pod was deleted (or did not exist)
+    * `{:timeout, %{phase: :scheduling | :container_start, waited_ms: ms, detail: detail}}`
+    * `{:error, reason}` - the watch itself was refused (e.g. RBAC)
+
+  The watch ends by itself when the caller exits; `cancel_await/1` ends it earlier (then no
+  message is sent).
+
+  Options: `:timeout` (ms, required) and `:unschedulable` - `:fail` (default) reports an
+  unschedulable pod at once; `:wait` keeps waiting (a cluster autoscaler may add a node) and
+  names the scheduler's message if the timeout comes first.
+
+      {:ok, await} = FLAMEK8sBackend.Kube.await_pod(kube, "default", "runner-x7k2p", timeout: 30_000)
+      receive do
+        {:flame_k8s, ref, {:ready, pod}} when ref == await.ref -> pod["status"]["podIP"]
+      end
+  """
+  @spec await_pod(t(), String.t(), String.t(), keyword()) ::
+          {:ok, %{ref: reference(), handle: reference()}} | {:error, error()}
+  def await_pod(%__MODULE__{} = kube, namespace, name, opts) do
+    opts = validate_keyword!(opts, [:timeout, :unschedulable], "await_pod options")
+
+    timeout =
+      case Keyword.fetch(opts, :timeout) do
+        {:ok, ms} when is_integer(ms) and ms > 0 -> ms
+        {:ok, other} -> raise ArgumentError, bad(":timeout", "a positive integer (ms)", other)
+        :error -> raise ArgumentError, "await_pod options: :timeout is required"
+      end
+
+    unschedulable =
+      case Keyword.get(opts, :unschedulable, :fail) do
+        mode when mode in [:fail, :wait] -> mode
+        other -> raise ArgumentError, bad(":unschedulable", ":fail or :wait", other)
+      end
+
+    ref = make_ref()
+
+    with {:ok, handle} <-
+           Native.await_pod(kube.resource, name!(namespace, "namespace"), name!(name, "name"), ref, %{
+             timeout_ms: timeout,
+             unschedulable: unschedulable
+           }) do
+      {:ok, %{ref: ref, handle: handle}}
+    end
+  end
+
+  @doc """
+  Stops an await started by `await_pod/4`; no message is sent afterwards (one already sent
+  stays in the mailbox). Idempotent.
+  """
+  @spec cancel_await(%{handle: reference()}) :: :ok
+  def cancel_await(%{handle: handle}), do: Native.cancel_await(handle)
+
+  @doc "Number of await tasks alive in the NIF's runtime (for tests and diagnostics)."
+  @spec live_tasks() :: non_neg_integer()
+  def live_tasks, do: Native.live_tasks()
+
+  ## Validation
+
+  defp validate_keyword!(opts, allowed, what) do
+    unless is_list(opts) and Enum.all?(opts, &match?({key, _} when is_atom(key), &1)) do
+      raise ArgumentError, bad(what, "a keyword list", opts)
+    end
+
+    case Keyword.keys(opts) -- allowed do
+      [] ->
+        opts
+
+      unknown ->
+        raise ArgumentError,
+              "#{what}: unknown option(s) #{inspect(unknown)}, expected one of #{inspect(allowed)}"
+    end
+  end
+
+  defp mode!(opts) do
+    case Keyword.get(opts, :mode, :auto) do
+      :auto ->
+        cond do
+          Keyword.has_key?(opts, :url) -> :explicit
+          Keyword.has_key?(opts, :kubeconfig) -> :kubeconfig
+          System.get_env("KUBERNETES_SERVICE_HOST") not in [nil, ""] -> :in_cluster
+          true -> :kubeconfig
+        end
+
+      mode when mode in [:in_cluster, :kubeconfig, :explicit] ->
+        mode
+
+      other ->
+        raise ArgumentError, bad(":mode", ":auto, :in_cluster, :kubeconfig or :explicit", other)
+    end
+  end
+
+  defp optional_path!(opts, key) do
+    case optional_string!(opts, key) do
+      nil -> nil
+      path -> Path.expand(path)
+    end
+  end
+
+  defp optional_string!(opts, key) do
+    case Keyword.get(opts, key) do
+      nil -> nil
+      value when is_binary(value) and value != "" -> value
+      # A token is a secret: never echo its value back in the error.
+      _ when key == :token -> raise ArgumentError, ":token: expected a non-empty string"
+      other -> raise ArgumentError, bad(inspect(key), "a non-empty string", other)
+    end
+  end
+
+  defp boolean!(opts, key, default) do
+    case Keyword.get(opts, key, default) do
+      value when is_boolean(value) -> value
+      other -> raise ArgumentError, bad(inspect(key), "a boolean", other)
+    end
+  end
+
+  defp pos_integer!(opts, key, default) do
+    case Keyword.get(opts, key, default) do
+      value when is_integer(value) and value > 0 -> value
+      other -> raise ArgumentError, bad(inspect(key), "a positive integer", other)
+    end
+  end
+
+  defp name!(value, _what) when is_binary(value) and value != "", do: value
+  defp name!(value, what), do: raise(ArgumentError, bad(what, "a non-empty string", value))
+
+  defp map!(value, _what) when is_map(value) and not is_struct(value), do: value
+  defp map!(value, what), do: raise(ArgumentError, bad(what, "a map", value))
+
+  defp bad(what, expected, got), do: "#{what}: expected #{expected}, got: #{inspect(got)}"
+
+  defimpl Inspect do
+    def inspect(kube, _opts) do
+      ns = if kube.default_namespace, do: " namespace=#{kube.default_namespace}", else: ""
+      "#FLAMEK8sBackend.Kube<#{kube.server}#{ns}>"
+    end
+  end
+end

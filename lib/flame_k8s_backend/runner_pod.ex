@@ -1,0 +1,380 @@
+defmodule FLAMEK8sBackend.RunnerPod do
+  @moduledoc """
+  Builds the runner pod and its secret from the parent pod. Pure: no I/O, no process state.
+
+  ## The runner pod
+
+  The app container is the parent's container named `:app_container_name` (default: the
+  first one). From the parent the runner takes that container's image, command, args, env,
+  envFrom, resources, volume mounts and working dir, and the pod's service account, image pull
+  secrets, volumes, node selector, tolerations and security context. It never takes the
+  parent's labels (a Deployment's selector would adopt the runner and its ReplicaSet would
+  delete it), probes, ports or node name.
+
+  Then, in order:
+
+    1. a map `:manifest` is deep-merged over that pod (containers merge by name; a container
+       without a name is the app container); a `:manifest` function receives the parent pod
+       and its app container and returns the whole pod instead;
+    2. `metadata`: the runner's name (the parent's name, `-flame-` and a random suffix,
+       chosen by the backend), the namespace, labels (manifest
+       labels, then `:labels`, then the identifying labels below), and an owner reference to
+       the parent pod unless `:omit_owner_reference`;
+    3. `restartPolicy: Never`;
+    4. the app container's environment, by precedence (later wins):
+       parent container env < defaults (`PHX_SERVER=false`, `RELEASE_DISTRIBUTION=name`,
+       `RELEASE_NODE=<basename>@$(POD_IP)`, and `ERL_AFLAGS`/`ERL_ZFLAGS` of the parent VM)
+       < `:manifest` env < `:env` < fixed (`POD_NAME`, `POD_NAMESPACE`, `POD_IP` from the
+       downward API, `FLAME_PARENT`).
+       `RELEASE_COOKIE` is never a plain env var: it is removed from the env list and comes
+       from the runner secret (named like the pod) through `envFrom`, with `:secret_env`.
+
+  Identifying labels: `app.kubernetes.io/managed-by=flame_k8s_backend` and
+  `flame-k8s-backend.io/parent-uid=<parent pod uid>`; the annotation
+  `flame-k8s-backend.io/parent-pod` holds the parent's name.
+  """
+
+  @managed_by_label "app.kubernetes.io/managed-by"
+  @managed_by "flame_k8s_backend"
+  @parent_uid_label "flame-k8s-backend.io/parent-uid"
+  @parent_annotation "flame-k8s-backend.io/parent-pod"
+
+  @fixed_first ~w(POD_NAME POD_NAMESPACE POD_IP)
+  @secret_only ~w(RELEASE_COOKIE)
+
+  @typedoc "Everything the manifest depends on, already validated."
+  @type spec :: %{
+          required(:app_container_name) => String.t() | nil,
+          required(:manifest) => map() | (map(), map() -> map()) | nil,
+          required(:env) => %{String.t() => String.t() | map()},
+          required(:labels) => %{String.t() => String.t()},
+          required(:omit_owner_reference) => boolean(),
+          required(:node_basename) => String.t(),
+          required(:flame_parent) => String.t(),
+          required(:runner_name) => String.t(),
+          required(:forwarded_env) => %{String.t() => String.t()}
+        }
+
+  @doc "The label selector matching every runner pod of `parent_pod`."
+  @spec selector(map()) :: String.t()
+  def selector(parent_pod) do
+    "#{@managed_by_label}=#{@managed_by},#{@parent_uid_label}=#{uid(parent_pod)}"
+  end
+
+  @doc """
+  The runner secret: the cookie plus `:secret_env`, labelled like the runner pods.
+
+      iex> parent = %{"metadata" => %{"name" => "web-1", "uid" => "u1"}}
+      iex> secret = FLAMEK8sBackend.RunnerPod.secret(parent, "web-1-flame-x7k2p", "cookie", %{"API_KEY" => "k"})
+      iex> secret["stringData"]
+      %{"API_KEY" => "k", "RELEASE_COOKIE" => "cookie"}
+      iex> secret["metadata"]["labels"]["flame-k8s-backend.io/parent-uid"]
+      "u1"
+  """
+  @spec secret(map(), String.t(), String.t(), %{String.t() => String.t()}) :: map()
+  def secret(parent_pod, name, cookie, secret_env) do
+    %{
+      "apiVersion" => "v1",
+      "kind" => "Secret",
+      "type" => "Opaque",
+      "metadata" => %{
+        "name" => name,
+        "labels" => identifying_labels(parent_pod)
+      },
+      "stringData" => Map.put(secret_env, "RELEASE_COOKIE", cookie)
+    }
+  end
+
+  @doc """
+  Builds the runner pod manifest from the parent pod.
+
+  Returns `{:error, {:app_container_not_found, name, available_names}}` when the parent has no
+  such container, and `{:error, {:invalid_manifest, message}}` when `:manifest` gives something
+  that is not a pod.
+  """
+  @spec build(map(), spec()) :: {:ok, map()} | {:error, term()}
+  def build(parent_pod, spec) do
+    with {:ok, app} <- find_container(parent_pod, spec.app_container_name),
+         {:ok, pod} <- base_pod(parent_pod, app, spec),
+         {:ok, pod} <- ensure_app_container(pod, app, spec) do
+      {:ok, finish(pod, parent_pod, app, spec)}
+    end
+  end
+
+  defp find_container(parent_pod, wanted) do
+    containers = get_in(parent_pod, ["spec", "containers"]) || []
+    names = Enum.map(containers, & &1["name"])
+
+    case {wanted, containers} do
+      {_, []} -> {:error, {:app_container_not_found, wanted, names}}
+      {nil, [first | _]} -> {:ok, first}
+      {name, _} -> find_named(containers, name, names)
+    end
+  end
+
+  defp find_named(containers, name, names) do
+    case Enum.find(containers, &(&1["name"] == name)) do
+      nil -> {:error, {:app_container_not_found, name, names}}
+      container -> {:ok, container}
+    end
+  end
+
+  @container_keys ~w(name image imagePullPolicy command args env envFrom resources volumeMounts workingDir securityContext)
+  @pod_spec_keys ~w(serviceAccountName imagePullSecrets volumes nodeSelector tolerations securityContext)
+
+  defp base_pod(parent_pod, app, spec) do
+    case spec.manifest do
+      fun when is_function(fun, 2) ->
+        case fun.(parent_pod, app) do
+          %{} = pod -> {:ok, stringify(pod)}
+          other -> {:error, {:invalid_manifest, "the :manifest function returned #{inspect(other)}, expected a map"}}
+        end
+
+      manifest ->
+        container =
+          app
+          |> Map.take(@container_keys)
+          |> Map.update("env", [], &drop_parent_env/1)
+
+        pod = %{
+          "apiVersion" => "v1",
+          "kind" => "Pod",
+          "metadata" => %{},
+          "spec" =>
+            parent_pod
+            |> Map.get("spec", %{})
+            |> Map.take(@pod_spec_keys)
+            |> Map.put("containers", [container])
+        }
+
+        {:ok, merge_manifest(pod, stringify(manifest || %{}), container["name"])}
+    end
+  end
+
+  # The parent's own downward-API and cluster vars describe the parent, not the runner.
+  defp drop_parent_env(env) do
+    Enum.reject(env, &(&1["name"] in (@fixed_first ++ ~w(FLAME_PARENT RELEASE_NODE))))
+  end
+
+  defp ensure_app_container(pod, app, spec) do
+    containers = get_in(pod, ["spec", "containers"])
+
+    cond do
+      not is_list(containers) or containers == [] ->
+        {:error, {:invalid_manifest, "the runner pod has no spec.containers"}}
+
+      not Enum.all?(containers, &is_map/1) ->
+        {:error, {:invalid_manifest, "spec.containers must be a list of maps"}}
+
+      true ->
+        name = spec.app_container_name || app["name"]
+        index = Enum.find_index(containers, &(&1["name"] == name)) || 0
+
+        containers =
+          List.update_at(containers, index, fn container ->
+            container
+            |> Map.put_new("name", name)
+            |> Map.put_new("image", app["image"])
+          end)
+
+        {:ok, put_in(pod, ["spec", "containers"], containers) |> Map.put("__app_index__", index)}
+    end
+  end
+
+  defp finish(pod, parent_pod, app, spec) do
+    {index, pod} = Map.pop(pod, "__app_index__")
+    namespace = get_in(parent_pod, ["metadata", "namespace"])
+
+    metadata =
+      (pod["metadata"] || %{})
+      |> Map.drop(["name", "resourceVersion", "uid", "creationTimestamp"])
+      |> Map.drop(["generateName"])
+      |> Map.put("name", spec.runner_name)
+      |> put_if(namespace, "namespace", namespace)
+      |> Map.update("labels", labels(parent_pod, spec), &Map.merge(&1, labels(parent_pod, spec)))
+      |> Map.update("annotations", annotations(parent_pod), &Map.merge(&1, annotations(parent_pod)))
+      |> owner_references(parent_pod, spec)
+
+    app_name = get_in(pod, ["spec", "containers", Access.at(index), "name"])
+    manifest_env = manifest_env(spec.manifest, app_name, pod)
+
+    pod_spec =
+      pod["spec"]
+      |> Map.put("restartPolicy", "Never")
+      |> Map.delete("nodeName")
+      |> Map.update!("containers", fn containers ->
+        List.update_at(containers, index, &runner_container(&1, app, manifest_env, spec))
+      end)
+
+    pod
+    |> Map.put("metadata", metadata)
+    |> Map.put("spec", pod_spec)
+    |> Map.put_new("apiVersion", "v1")
+    |> Map.put_new("kind", "Pod")
+  end
+
+  # The env the user's manifest asked for, so that it outranks the defaults while the env
+  # copied from the parent container does not.
+  defp manifest_env(fun, app_name, pod) when is_function(fun, 2), do: container_env(pod, app_name)
+  defp manifest_env(nil, _app_name, _pod), do: []
+  defp manifest_env(manifest, app_name, _pod), do: container_env(stringify(manifest), app_name)
+
+  defp container_env(pod, app_name) do
+    case get_in(pod, ["spec", "containers"]) do
+      containers when is_list(containers) ->
+        Enum.find_value(containers, [], fn
+          %{} = c -> c["name"] in [nil, app_name] && (c["env"] || [])
+          _ -> nil
+        end)
+
+      _ ->
+        []
+    end
+  end
+
+  defp runner_container(container, _app, manifest_env, spec) do
+    parent_env = container["env"] || []
+
+    defaults =
+      [
+        env("PHX_SERVER", "false"),
+        env("RELEASE_DISTRIBUTION", "name"),
+        env("RELEASE_NODE", "#{spec.node_basename}@$(POD_IP)")
+      ] ++ Enum.map(Enum.sort(spec.forwarded_env), fn {k, v} -> env(k, v) end)
+
+    user_env = Enum.map(Enum.sort(spec.env), fn {name, value} -> env(name, value) end)
+
+    fixed = [
+      field_env("POD_NAME", "metadata.name"),
+      field_env("POD_NAMESPACE", "metadata.namespace"),
+      field_env("POD_IP", "status.podIP")
+    ]
+
+    last = [env("FLAME_PARENT", spec.flame_parent)]
+
+    merged =
+      [parent_env, defaults, manifest_env, user_env, fixed, last]
+      |> Enum.reduce(%{order: [], by_name: %{}}, &merge_env/2)
+
+    fixed_names = Enum.map(fixed ++ last, & &1["name"])
+
+    # $(VAR) expansion only sees variables defined earlier in the list: the downward-API vars
+    # come first so RELEASE_NODE=<basename>@$(POD_IP) resolves.
+    ordered =
+      Enum.map(fixed, & &1["name"]) ++
+        Enum.reject(merged.order, &(&1 in fixed_names or &1 in @secret_only)) ++
+        Enum.map(last, & &1["name"])
+
+    env_from =
+      (container["envFrom"] || []) ++ [%{"secretRef" => %{"name" => spec.runner_name}}]
+
+    container
+    |> Map.put("env", Enum.map(ordered, &Map.fetch!(merged.by_name, &1)))
+    |> Map.put("envFrom", env_from)
+    |> Map.drop(~w(ports livenessProbe readinessProbe startupProbe lifecycle))
+  end
+
+  defp merge_env(vars, acc) do
+    Enum.reduce(vars, acc, fn %{"name" => name} = var, acc ->
+      order = if Map.has_key?(acc.by_name, name), do: acc.order, else: acc.order ++ [name]
+      %{order: order, by_name: Map.put(acc.by_name, name, var)}
+    end)
+  end
+
+  defp env(name, %{} = source), do: source |> stringify() |> Map.put("name", name)
+  defp env(name, value), do: %{"name" => name, "value" => value}
+
+  defp field_env(name, path),
+    do: %{"name" => name, "valueFrom" => %{"fieldRef" => %{"fieldPath" => path}}}
+
+  defp labels(parent_pod, spec), do: Map.merge(spec.labels, identifying_labels(parent_pod))
+
+  defp identifying_labels(parent_pod),
+    do: %{@managed_by_label => @managed_by, @parent_uid_label => uid(parent_pod)}
+
+  defp annotations(parent_pod), do: %{@parent_annotation => name(parent_pod)}
+
+  defp owner_references(metadata, _parent_pod, %{omit_owner_reference: true}), do: metadata
+
+  defp owner_references(metadata, parent_pod, _spec) do
+    owner = %{
+      "apiVersion" => "v1",
+      "kind" => "Pod",
+      "name" => name(parent_pod),
+      "uid" => uid(parent_pod)
+    }
+
+    Map.update(metadata, "ownerReferences", [owner], &(&1 ++ [owner]))
+  end
+
+  defp name(pod), do: get_in(pod, ["metadata", "name"]) || "flame-runner"
+  defp uid(pod), do: get_in(pod, ["metadata", "uid"]) || ""
+
+  defp put_if(map, nil, _key, _value), do: map
+  defp put_if(map, _, key, value), do: Map.put(map, key, value)
+
+  @doc false
+  # Deep merge where lists replace lists, except spec.containers, merged by container name.
+  def merge_manifest(base, overlay, app_name) do
+    Map.merge(base, overlay, fn
+      "spec", %{} = b, %{} = o -> merge_spec(b, o, app_name)
+      _key, %{} = b, %{} = o -> deep_merge(b, o)
+      _key, _b, o -> o
+    end)
+  end
+
+  defp merge_spec(base, overlay, app_name) do
+    Map.merge(base, overlay, fn
+      "containers", b, o when is_list(b) and is_list(o) -> merge_containers(b, o, app_name)
+      _key, %{} = b, %{} = o -> deep_merge(b, o)
+      _key, _b, o -> o
+    end)
+  end
+
+  defp merge_containers(base, overlay, app_name) do
+    Enum.reduce(overlay, base, fn container, acc ->
+      name = if is_map(container), do: container["name"] || app_name, else: nil
+
+      case is_map(container) && Enum.find_index(acc, &(&1["name"] == name)) do
+        index when is_integer(index) ->
+          List.update_at(acc, index, &merge_container(&1, container))
+
+        _ ->
+          acc ++ [container]
+      end
+    end)
+  end
+
+  defp merge_container(base, overlay) do
+    Map.merge(base, overlay, fn
+      "env", b, o when is_list(b) and is_list(o) ->
+        names = MapSet.new(o, & &1["name"])
+        Enum.reject(b, &MapSet.member?(names, &1["name"])) ++ o
+
+      _key, %{} = b, %{} = o ->
+        deep_merge(b, o)
+
+      _key, _b, o ->
+        o
+    end)
+  end
+
+  defp deep_merge(base, overlay) do
+    Map.merge(base, overlay, fn
+      _key, %{} = b, %{} = o -> deep_merge(b, o)
+      _key, _b, o -> o
+    end)
+  end
+
+  @doc false
+  # Atom keys become strings so users may write manifests either way.
+  def stringify(%{} = map) when not is_struct(map) do
+    Map.new(map, fn {k, v} -> {key(k), stringify(v)} end)
+  end
+
+  def stringify(list) when is_list(list), do: Enum.map(list, &stringify/1)
+  def stringify(other), do: other
+
+  defp key(k) when is_atom(k), do: Atom.to_string(k)
+  defp key(k), do: k
+end

@@ -1,0 +1,34 @@
+defmodule FLAMEK8sBackend.SelfDelete do
+  @moduledoc """
+  Runs on a runner node in `FLAMEK8sBackend.system_shutdown/0`: deletes the runner's own pod and
+  secret (both named `POD_NAME`) with the pod's service account, when that account may.
+
+  Best effort and bounded: the parent deletes them too when it sees the runner go down, so a
+  runner without credentials (or without RBAC for it) simply skips this.
+  """
+  require Logger
+
+  alias FLAMEK8sBackend.Kube
+
+  @request_timeout 5_000
+
+  @doc "Deletes the runner's pod and secret if running in a cluster; always returns `:ok`."
+  @spec run() :: :ok
+  def run do
+    with host when host not in [nil, ""] <- System.get_env("KUBERNETES_SERVICE_HOST"),
+         namespace when namespace not in [nil, ""] <- System.get_env("POD_NAMESPACE"),
+         name when name not in [nil, ""] <- System.get_env("POD_NAME"),
+         {:ok, kube} <- Kube.connect(mode: :in_cluster, request_timeout: @request_timeout) do
+      _ = Kube.delete_secret(kube, namespace, name)
+      _ = Kube.delete_pod(kube, namespace, name)
+      :ok
+    else
+      _ -> :ok
+    end
+  rescue
+    # The VM is stopping either way; never let cleanup stand in the way.
+    error ->
+      Logger.debug("flame_k8s_backend self-delete skipped: #{Exception.message(error)}")
+      :ok
+  end
+end

@@ -1,0 +1,164 @@
+defmodule Mix.Tasks.Compile.FlameK8sNative do
+  @shortdoc "Builds the flame_k8s_native NIF with cargo and installs it in priv/native"
+  @moduledoc """
+  Builds the Rust NIF (`native/flame_k8s_native`) with `cargo build --release` and copies the
+  library to `priv/native/`. Defined here, in `mix.exs`, because the project has no hex
+  dependencies (no rustler hex package, no elixir_make): mix evaluates this file before it
+  compiles anything, also when the project is a path or git dependency.
+
+  It rebuilds only when a Rust source, `Cargo.toml`, `Cargo.lock` or `build.rs` is newer than
+  the installed library. Cargo's target directory is `$CARGO_TARGET_DIR` when set, else
+  `_build/cargo` (shared by every Mix env so `dev` and `test` build once).
+
+  Environment:
+
+    * `CARGO` - the cargo executable (default: `cargo` on `PATH`, then `~/.cargo/bin/cargo`)
+    * `CARGO_TARGET_DIR` - where cargo builds
+    * `FLAME_K8S_NIF_PROFILE` - `release` (default) or `debug`
+  """
+  use Mix.Task.Compiler
+
+  @crate "flame_k8s_native"
+
+  @impl true
+  def run(_args) do
+    root = Path.dirname(__ENV__.file)
+    installed = installed_path(root)
+
+    if stale?(root, installed) do
+      build(root, installed)
+    else
+      {:noop, []}
+    end
+  end
+
+  @impl true
+  def manifests, do: []
+
+  @impl true
+  def clean do
+    File.rm_rf(Path.join(Path.dirname(__ENV__.file), "priv/native"))
+    :ok
+  end
+
+  defp installed_path(root), do: Path.join([root, "priv", "native", "lib#{@crate}.so"])
+
+  defp stale?(root, installed) do
+    sources =
+      Path.wildcard(Path.join(root, "native/#{@crate}/**/*.{rs,toml}")) ++
+        Enum.filter(
+          [Path.join(root, "Cargo.toml"), Path.join(root, "Cargo.lock")],
+          &File.exists?/1
+        )
+
+    case File.stat(installed, time: :posix) do
+      {:ok, %{mtime: built}} ->
+        Enum.any?(sources, fn source -> File.stat!(source, time: :posix).mtime > built end)
+
+      {:error, _} ->
+        true
+    end
+  end
+
+  defp build(root, installed) do
+    cargo = cargo!()
+    profile = System.get_env("FLAME_K8S_NIF_PROFILE", "release")
+    target_dir = System.get_env("CARGO_TARGET_DIR") || default_target_dir()
+    profile_args = if profile == "release", do: ["--release"], else: []
+
+    args =
+      ["build", "--manifest-path", Path.join(root, "Cargo.toml"), "-p", @crate] ++ profile_args
+
+    Mix.shell().info("Compiling NIF #{@crate} (cargo #{Enum.join(args, " ")})")
+
+    {_, status} =
+      System.cmd(cargo, args,
+        cd: root,
+        env: [{"CARGO_TARGET_DIR", target_dir}],
+        into: IO.stream(:stdio, :line),
+        stderr_to_stdout: true
+      )
+
+    built = Path.join([target_dir, profile, "lib#{@crate}#{shared_lib_ext()}"])
+
+    cond do
+      status != 0 ->
+        Mix.raise("cargo failed to build #{@crate} (exit status #{status}); see its output above")
+
+      not File.exists?(built) ->
+        Mix.raise("cargo succeeded but #{built} does not exist")
+
+      true ->
+        File.mkdir_p!(Path.dirname(installed))
+        # Copy to a temporary name, then rename: a VM that has the old library loaded keeps
+        # its mapping of the old inode instead of seeing a half-written file.
+        tmp = installed <> ".tmp"
+        File.cp!(built, tmp)
+        File.rename!(tmp, installed)
+        {:ok, []}
+    end
+  end
+
+  defp default_target_dir do
+    Path.join(Path.dirname(Mix.Project.build_path()), "cargo")
+  end
+
+  defp shared_lib_ext do
+    case :os.type() do
+      {:unix, :darwin} -> ".dylib"
+      _ -> ".so"
+    end
+  end
+
+  defp cargo! do
+    candidates =
+      [System.get_env("CARGO"), System.find_executable("cargo"), Path.expand("~/.cargo/bin/cargo")]
+
+    Enum.find(candidates, &(&1 && File.exists?(&1))) ||
+      Mix.raise("""
+      flame_k8s_backend needs a Rust toolchain to build its NIF, but cargo was not found \
+      (looked at $CARGO, PATH and ~/.cargo/bin). Install Rust (https://rustup.rs), or set CARGO.
+      """)
+  end
+end
+
+defmodule FLAMEK8sBackend.MixProject do
+  use Mix.Project
+
+  @version "0.1.0"
+
+  def project do
+    [
+      app: :flame_k8s_backend,
+      version: @version,
+      elixir: "~> 1.14",
+      compilers: Mix.compilers() ++ [:flame_k8s_native],
+      elixirc_paths: elixirc_paths(Mix.env()),
+      start_permanent: Mix.env() == :prod,
+      deps: deps(),
+      test_paths: ["test"],
+      description: "A Kubernetes backend for FLAME with a Rust (kube-rs) core",
+      docs: [main: "FLAMEK8sBackend"]
+    ]
+  end
+
+  def application do
+    [
+      mod: {FLAMEK8sBackend.Application, []},
+      extra_applications: [:logger, :crypto]
+    ]
+  end
+
+  defp elixirc_paths(:test), do: ["lib", "test/support"]
+  defp elixirc_paths(_), do: ["lib"]
+
+  # FLAME is the user's own dependency (`{:flame, "~> 0.4.0 or ~> 0.5.0"}` from hex). Here, where
+  # hex is unreachable, dev and test use the stand-in of FLAME's public API under test/, or a real
+  # FLAME checkout when FLAME_PATH points at one. `only:` keeps it out of users' dependency trees.
+  defp deps do
+    [
+      {:flame,
+       path: System.get_env("FLAME_PATH") || "test/flame_standin", only: [:dev, :test]}
+    ]
+  end
+end
