@@ -1,0 +1,230 @@
+//! Pod and Secret operations, JSON in and out (no lossy round trip through typed structs).
+
+use kube::api::{DeleteParams, GetParams, ListParams, PostParams, PropagationPolicy};
+use kube::core::Request;
+use serde_json::Value;
+
+use crate::client::ClientHandle;
+use crate::error::{Error, Result};
+use crate::manifest::{check_path_segment, prepare_pod, prepare_secret};
+use crate::raw::send_json;
+
+fn collection(namespace: &str, plural: &str) -> Result<Request> {
+    check_path_segment("namespace", namespace).map_err(Error::InvalidManifest)?;
+    Ok(Request::new(format!(
+        "/api/v1/namespaces/{namespace}/{plural}"
+    )))
+}
+
+fn check_name(name: &str) -> Result<()> {
+    check_path_segment("name", name).map_err(Error::InvalidManifest)
+}
+
+fn build_error(e: kube::core::request::Error) -> Error {
+    Error::Internal(format!("building request: {e}"))
+}
+
+fn expect_object(v: Value, what: &str) -> Result<Value> {
+    if v.is_object() {
+        Ok(v)
+    } else {
+        Err(Error::Decode(format!(
+            "expected a {what} object, got {}",
+            crate::manifest::json_type_name(&v)
+        )))
+    }
+}
+
+/// Treat 404 as success (the object is already gone).
+fn ignore_not_found(r: Result<Value>) -> Result<()> {
+    match r {
+        Ok(_) | Err(Error::Api { code: 404, .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn delete_params(grace_period_seconds: Option<u32>) -> DeleteParams {
+    DeleteParams {
+        grace_period_seconds,
+        propagation_policy: Some(PropagationPolicy::Background),
+        ..DeleteParams::default()
+    }
+}
+
+pub async fn get_pod(h: &ClientHandle, namespace: &str, name: &str) -> Result<Value> {
+    check_name(name)?;
+    let req = collection(namespace, "pods")?
+        .get(name, &GetParams::default())
+        .map_err(build_error)?;
+    expect_object(send_json(h.client(), req).await?, "Pod")
+}
+
+pub async fn create_pod(h: &ClientHandle, namespace: &str, manifest: Value) -> Result<Value> {
+    let body = prepare_pod(namespace, manifest)?;
+    let bytes = serde_json::to_vec(&body).map_err(|e| Error::InvalidManifest(e.to_string()))?;
+    let req = collection(namespace, "pods")?
+        .create(&PostParams::default(), bytes)
+        .map_err(build_error)?;
+    expect_object(send_json(h.client(), req).await?, "Pod")
+}
+
+pub async fn delete_pod(
+    h: &ClientHandle,
+    namespace: &str,
+    name: &str,
+    grace_period_seconds: Option<u32>,
+) -> Result<()> {
+    check_name(name)?;
+    let req = collection(namespace, "pods")?
+        .delete(name, &delete_params(grace_period_seconds))
+        .map_err(build_error)?;
+    ignore_not_found(send_json(h.client(), req).await)
+}
+
+pub async fn list_pods(
+    h: &ClientHandle,
+    namespace: &str,
+    label_selector: &str,
+) -> Result<Vec<Value>> {
+    let mut lp = ListParams::default();
+    if !label_selector.is_empty() {
+        lp = lp.labels(label_selector);
+    }
+    let req = collection(namespace, "pods")?
+        .list(&lp)
+        .map_err(build_error)?;
+    let list = send_json(h.client(), req).await?;
+    list_items(list, "Pod")
+}
+
+/// The `items` of a list response, each given the `apiVersion`/`kind` lists leave out.
+pub fn list_items(list: Value, kind: &str) -> Result<Vec<Value>> {
+    let Value::Object(mut obj) = list else {
+        return Err(Error::Decode(format!("expected a {kind}List object")));
+    };
+    let items = match obj.remove("items") {
+        Some(Value::Array(items)) => items,
+        Some(Value::Null) | None => Vec::new(),
+        Some(other) => {
+            return Err(Error::Decode(format!(
+                "{kind}List items: expected a list, got {}",
+                crate::manifest::json_type_name(&other)
+            )))
+        }
+    };
+    Ok(items
+        .into_iter()
+        .map(|mut item| {
+            if let Some(o) = item.as_object_mut() {
+                o.entry("apiVersion")
+                    .or_insert_with(|| Value::String("v1".into()));
+                o.entry("kind")
+                    .or_insert_with(|| Value::String(kind.into()));
+            }
+            item
+        })
+        .collect())
+}
+
+/// Create a secret; only its metadata comes back (never `data`/`stringData`).
+pub async fn create_secret(h: &ClientHandle, namespace: &str, manifest: Value) -> Result<Value> {
+    let body = prepare_secret(namespace, manifest)?;
+    let bytes = serde_json::to_vec(&body).map_err(|e| Error::InvalidManifest(e.to_string()))?;
+    let req = collection(namespace, "secrets")?
+        .create(&PostParams::default(), bytes)
+        .map_err(build_error)?;
+    let created = send_json(h.client(), req).await?;
+    metadata_only(created)
+}
+
+pub fn metadata_only(obj: Value) -> Result<Value> {
+    match obj {
+        Value::Object(mut o) => match o.remove("metadata") {
+            Some(m @ Value::Object(_)) => Ok(m),
+            _ => Err(Error::Decode("created object has no metadata".into())),
+        },
+        other => Err(Error::Decode(format!(
+            "expected a Secret object, got {}",
+            crate::manifest::json_type_name(&other)
+        ))),
+    }
+}
+
+pub async fn delete_secret(h: &ClientHandle, namespace: &str, name: &str) -> Result<()> {
+    check_name(name)?;
+    let req = collection(namespace, "secrets")?
+        .delete(name, &delete_params(None))
+        .map_err(build_error)?;
+    ignore_not_found(send_json(h.client(), req).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn list_items_fill_kind() {
+        let items = list_items(
+            json!({"kind": "PodList", "items": [{"metadata": {"name": "a"}}]}),
+            "Pod",
+        )
+        .unwrap();
+        assert_eq!(
+            items,
+            vec![json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a"}})]
+        );
+        assert_eq!(
+            list_items(json!({"items": null}), "Pod").unwrap(),
+            Vec::<Value>::new()
+        );
+        assert!(list_items(json!([]), "Pod").is_err());
+    }
+
+    #[test]
+    fn secret_metadata_only() {
+        let m =
+            metadata_only(json!({"metadata": {"name": "s"}, "data": {"k": "c2VjcmV0"}})).unwrap();
+        assert_eq!(m, json!({"name": "s"}));
+        assert!(metadata_only(json!({"data": {}})).is_err());
+    }
+
+    #[test]
+    fn not_found_is_fine_for_deletes() {
+        assert!(ignore_not_found(Err(Error::Api {
+            code: 404,
+            reason: "NotFound".into(),
+            message: "x".into()
+        }))
+        .is_ok());
+        assert!(ignore_not_found(Err(Error::Api {
+            code: 403,
+            reason: "Forbidden".into(),
+            message: "x".into()
+        }))
+        .is_err());
+    }
+
+    #[test]
+    fn delete_request_shape() {
+        let req = collection("ns", "pods")
+            .unwrap()
+            .delete("p", &delete_params(Some(0)))
+            .unwrap();
+        assert_eq!(req.method(), http::Method::DELETE);
+        assert_eq!(req.uri().path(), "/api/v1/namespaces/ns/pods/p");
+        let body: Value = serde_json::from_slice(req.body()).unwrap();
+        assert_eq!(body["propagationPolicy"], "Background");
+        assert_eq!(body["gracePeriodSeconds"], 0);
+    }
+
+    #[test]
+    fn list_request_shape() {
+        let req = collection("ns", "pods")
+            .unwrap()
+            .list(&ListParams::default().labels("a=b,c"))
+            .unwrap();
+        assert_eq!(req.uri().query(), Some("&labelSelector=a%3Db%2Cc"));
+        assert!(collection("a/b", "pods").is_err());
+    }
+}

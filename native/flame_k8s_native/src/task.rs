@@ -1,0 +1,220 @@
+//! Background tasks on the runtime: cancellation, a live-task count, panic containment.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use futures::FutureExt;
+use tokio::sync::watch;
+
+use crate::error::Error;
+use crate::runtime::runtime;
+
+static LIVE_TASKS: AtomicUsize = AtomicUsize::new(0);
+
+/// Number of spawned tasks that have not finished (or been dropped) yet.
+pub fn live_tasks() -> usize {
+    LIVE_TASKS.load(Ordering::SeqCst)
+}
+
+/// Counts one live task from creation until drop, whatever the exit path
+/// (result sent, cancelled, panicked, or never polled because the runtime went away).
+#[derive(Debug)]
+pub struct LiveGuard(());
+
+impl LiveGuard {
+    pub fn new() -> Self {
+        LIVE_TASKS.fetch_add(1, Ordering::SeqCst);
+        LiveGuard(())
+    }
+}
+
+impl Default for LiveGuard {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        LIVE_TASKS.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The cancelling side (kept in the NIF resource). Cancelling is idempotent.
+#[derive(Debug)]
+pub struct Canceller {
+    tx: watch::Sender<bool>,
+}
+
+/// The task's side.
+#[derive(Debug)]
+pub struct CancelToken {
+    rx: watch::Receiver<bool>,
+}
+
+pub fn cancel_pair() -> (Canceller, CancelToken) {
+    let (tx, rx) = watch::channel(false);
+    (Canceller { tx }, CancelToken { rx })
+}
+
+impl Canceller {
+    pub fn cancel(&self) {
+        self.tx.send_replace(true);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        *self.tx.borrow()
+    }
+}
+
+impl CancelToken {
+    pub fn is_cancelled(&self) -> bool {
+        *self.rx.borrow()
+    }
+
+    /// Resolves once cancelled; never resolves if the canceller is gone without cancelling.
+    pub async fn cancelled(&mut self) {
+        if self.rx.wait_for(|c| *c).await.is_err() {
+            futures::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Spawn `work` on the runtime. Unless cancelled first, `report` is called exactly once, with
+/// the work's output or `Error::Internal` if the work panicked. `guard` is held until the
+/// task ends.
+pub fn spawn_reporting<T, W, R>(
+    work: W,
+    mut cancel: CancelToken,
+    guard: LiveGuard,
+    report: R,
+) -> Result<(), Error>
+where
+    T: Send + 'static,
+    W: Future<Output = T> + Send + 'static,
+    R: FnOnce(Result<T, Error>) + Send + 'static,
+{
+    let rt = runtime()?;
+    rt.spawn(async move {
+        let _guard = guard;
+        let work = AssertUnwindSafe(work).catch_unwind();
+        let result = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return,
+            r = work => r,
+        };
+        if cancel.is_cancelled() {
+            return;
+        }
+        let result = result.map_err(|payload| Error::from_panic(payload.as_ref()));
+        // A panic while reporting must not escape into Tokio either.
+        let _ = std::panic::catch_unwind(AssertUnwindSafe(move || report(result)));
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    // LIVE_TASKS is global; these tests only check their own effects via channels, and
+    // the count through a lock so they do not race each other.
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn wait_for_count(n: usize) {
+        for _ in 0..200 {
+            if live_tasks() == n {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(live_tasks(), n);
+    }
+
+    #[test]
+    fn reports_once_and_counts() {
+        let _l = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let base = live_tasks();
+        let (_c, token) = cancel_pair();
+        let (tx, rx) = mpsc::channel();
+        spawn_reporting(async { 42 }, token, LiveGuard::new(), move |r| {
+            tx.send(r).unwrap();
+        })
+        .unwrap();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), Ok(42));
+        wait_for_count(base);
+    }
+
+    #[test]
+    fn cancelled_tasks_report_nothing() {
+        let _l = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let base = live_tasks();
+        let (c, token) = cancel_pair();
+        let (tx, rx) = mpsc::channel::<Result<(), Error>>();
+        spawn_reporting(
+            async { tokio::time::sleep(Duration::from_secs(60)).await },
+            token,
+            LiveGuard::new(),
+            move |r| {
+                let _ = tx.send(r);
+            },
+        )
+        .unwrap();
+        assert_eq!(live_tasks(), base + 1);
+        c.cancel();
+        c.cancel();
+        assert!(c.is_cancelled());
+        wait_for_count(base);
+        assert!(rx.recv_timeout(Duration::from_millis(50)).is_err());
+    }
+
+    #[test]
+    fn panics_are_reported_as_internal() {
+        let _l = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let base = live_tasks();
+        let (_c, token) = cancel_pair();
+        let (tx, rx) = mpsc::channel();
+        spawn_reporting(
+            async {
+                if std::hint::black_box(true) {
+                    panic!("task blew up");
+                }
+            },
+            token,
+            LiveGuard::new(),
+            move |r| {
+                tx.send(r).unwrap();
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(5)).unwrap(),
+            Err(Error::Internal("panic: task blew up".into()))
+        );
+        wait_for_count(base);
+    }
+
+    #[test]
+    fn dropped_canceller_does_not_cancel() {
+        let _l = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let (c, token) = cancel_pair();
+        drop(c);
+        let (tx, rx) = mpsc::channel();
+        spawn_reporting(
+            async {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                1
+            },
+            token,
+            LiveGuard::new(),
+            move |r| {
+                tx.send(r).unwrap();
+            },
+        )
+        .unwrap();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), Ok(1));
+    }
+}
