@@ -235,6 +235,7 @@ func (w *podWorker) step() {
 	}
 	if !w.initialized && pod.DeletionTimestamp == nil {
 		w.initialize(pod, now)
+		w.flush(pod, now) // Pending with ContainerCreating (or the failure) comes first
 	}
 	if pod.DeletionTimestamp != nil {
 		w.stepDeleting(pod, now)
