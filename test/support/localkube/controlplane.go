@@ -44,6 +44,7 @@ type controlPlane struct {
 	kubeconfig string
 	restConfig *rest.Config
 	client     *kubernetes.Clientset
+	wd         *watchdog
 }
 
 const maxPortAttempts = 4
@@ -76,7 +77,7 @@ func (cp *controlPlane) startEtcd(ctx context.Context) error {
 			"--snapshot-count=100000",
 			"--log-level=warn",
 		}
-		p, err := startProc("etcd", cp.cfg.etcdBin, args, logPath)
+		p, err := startProc("etcd", cp.cfg.etcdBin, args, logPath, cp.wd)
 		if err != nil {
 			return &startupError{"etcd", logPath, err}
 		}
@@ -136,7 +137,7 @@ func (cp *controlPlane) startAPIServer(ctx context.Context) error {
 			"--allow-privileged=true",
 		}
 		args = append(args, cp.cfg.apiserverArgs...)
-		p, err := startProc("kube-apiserver", cp.cfg.apiserverBin, args, logPath)
+		p, err := startProc("kube-apiserver", cp.cfg.apiserverBin, args, logPath, cp.wd)
 		if err != nil {
 			return &startupError{"kube-apiserver", logPath, err}
 		}

@@ -11,6 +11,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -128,18 +129,24 @@ func alive(pid int, cmdline string) bool {
 	return strings.ReplaceAll(string(cl), "\x00", " ") == cmdline
 }
 
-func TestE2E(t *testing.T) {
-	if os.Getenv("LOCALKUBE_E2E") != "1" {
-		t.Skip("set LOCALKUBE_E2E=1 (and LOCALKUBE_CONTROL_PLANE_DIR) to run")
-	}
+type instance struct {
+	cmd        *exec.Cmd
+	stdin      io.WriteCloser
+	ready      map[string]string
+	client     kubernetes.Interface
+	kubeletLog string
+}
+
+// startLocalkube runs `localkube up` the way a test harness does (stdin a pipe, stdout read for
+// the READY line) and returns once it is ready.
+func startLocalkube(t *testing.T, bin string, extra ...string) *instance {
 	etcd, api := controlPlaneBinaries(t)
-	bin := buildLocalkube(t)
 	scratch := t.TempDir()
 	kubeletLog := filepath.Join(scratch, "kubelet.log")
-
 	start := time.Now()
-	cmd := exec.Command(bin, "up", "--etcd", etcd, "--apiserver", api,
-		"--image", "demo:1=/bin/sleep", "--image", "shell:1=/bin/sh", "--kubelet-log", kubeletLog)
+	args := append([]string{"up", "--etcd", etcd, "--apiserver", api,
+		"--image", "demo:1=/bin/sleep", "--image", "shell:1=/bin/sh", "--kubelet-log", kubeletLog}, extra...)
+	cmd := exec.Command(bin, args...)
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -176,12 +183,14 @@ func TestE2E(t *testing.T) {
 		t.Fatalf("%v\nstderr:\n%s", err, stderrData)
 	}
 	t.Logf("READY after %s: %s", time.Since(start).Round(time.Millisecond), line)
-	defer func() {
+	t.Cleanup(func() {
 		if t.Failed() {
 			data, _ := os.ReadFile(kubeletLog)
 			t.Logf("kubelet log:\n%s", data)
+			data, _ = os.ReadFile(stderrPath)
+			t.Logf("localkube stderr:\n%s", data)
 		}
-	}()
+	})
 	if ready["kubelet_log"] != kubeletLog {
 		t.Errorf("kubelet_log = %q", ready["kubelet_log"])
 	}
@@ -190,8 +199,16 @@ func TestE2E(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg.QPS, cfg.Burst = 500, 1000
-	client := kubernetes.NewForConfigOrDie(cfg)
-	e := &e2eEnv{t: t, client: client, ready: ready, scratch: scratch, pids: map[int]string{}}
+	return &instance{cmd: cmd, stdin: stdin, ready: ready, client: kubernetes.NewForConfigOrDie(cfg), kubeletLog: kubeletLog}
+}
+
+func TestE2E(t *testing.T) {
+	if os.Getenv("LOCALKUBE_E2E") != "1" {
+		t.Skip("set LOCALKUBE_E2E=1 (and LOCALKUBE_CONTROL_PLANE_DIR) to run")
+	}
+	bin := buildLocalkube(t)
+	lk := startLocalkube(t, bin)
+	e := &e2eEnv{t: t, client: lk.client, ready: lk.ready, scratch: t.TempDir(), pids: map[int]string{}}
 
 	t.Run("node", e.testNode)
 	t.Run("running pod: env, IP, graceful delete", e.testRunningPod)
@@ -206,21 +223,22 @@ func TestE2E(t *testing.T) {
 	t.Run("pod bound elsewhere is ignored", e.testElsewhere)
 	t.Run("immediate delete kills processes", e.testForceDelete)
 	t.Run("50 concurrent pods", e.testConcurrent)
+	t.Run("pods left running", e.testLeaveRunning)
 
 	// Shut down by closing stdin, as the Erlang port does.
-	tree := descendants(cmd.Process.Pid)
+	tree := descendants(lk.cmd.Process.Pid)
 	t.Logf("processes under localkube before stop: %d", len(tree))
 	stopStart := time.Now()
-	stdin.Close()
+	lk.stdin.Close()
 	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
+	go func() { done <- lk.cmd.Wait() }()
 	select {
 	case err := <-done:
 		if err != nil {
 			t.Errorf("localkube exit: %v", err)
 		}
 	case <-time.After(30 * time.Second):
-		_ = cmd.Process.Kill()
+		_ = lk.cmd.Process.Kill()
 		t.Fatal("localkube did not stop within 30s of stdin EOF")
 	}
 	t.Logf("stopped %s after stdin EOF", time.Since(stopStart).Round(time.Millisecond))
@@ -234,8 +252,42 @@ func TestE2E(t *testing.T) {
 			t.Errorf("stray pod process after exit: %d %s", pid, cl)
 		}
 	}
-	if _, err := os.Stat(ready["state_dir"]); !os.IsNotExist(err) {
-		t.Errorf("temp state dir %s still exists (%v)", ready["state_dir"], err)
+	if _, err := os.Stat(lk.ready["state_dir"]); !os.IsNotExist(err) {
+		t.Errorf("temp state dir %s still exists (%v)", lk.ready["state_dir"], err)
+	}
+}
+
+// TestE2EKill9: when localkube is killed with SIGKILL (no chance to clean up), its watchdog and
+// parent-death signals still take down etcd, the apiserver and every pod process (with their
+// children), and the temporary state dir goes away.
+func TestE2EKill9(t *testing.T) {
+	if os.Getenv("LOCALKUBE_E2E") != "1" {
+		t.Skip("set LOCALKUBE_E2E=1 (and LOCALKUBE_CONTROL_PLANE_DIR) to run")
+	}
+	bin := buildLocalkube(t)
+	lk := startLocalkube(t, bin)
+	e := &e2eEnv{t: t, client: lk.client, ready: lk.ready, scratch: t.TempDir(), pids: map[int]string{}}
+	e.testLeaveRunning(t)
+	tree := descendants(lk.cmd.Process.Pid)
+	t.Logf("processes under localkube before SIGKILL: %d", len(tree))
+	_ = lk.cmd.Process.Kill()
+	_ = lk.cmd.Wait()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var left []string
+		for pid, cl := range tree {
+			if alive(pid, cl) {
+				left = append(left, fmt.Sprintf("%d %s", pid, cl))
+			}
+		}
+		_, statErr := os.Stat(lk.ready["state_dir"])
+		if len(left) == 0 && os.IsNotExist(statErr) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("5s after SIGKILL: stray processes %v; state dir stat: %v", left, statErr)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 
@@ -721,4 +773,25 @@ func (e *e2eEnv) testConcurrent(t *testing.T) {
 		e.waitGone(t, ns, fmt.Sprintf("c%02d", i), 30*time.Second)
 	}
 	t.Logf("%d pods deleted in %s", n, time.Since(t1).Round(time.Millisecond))
+}
+
+// testLeaveRunning starts pods that are still running when localkube stops: one with child
+// processes, one still in ContainerCreating, one terminating with a long grace period.
+func (e *e2eEnv) testLeaveRunning(t *testing.T) {
+	ns := e.namespace(t)
+	e.create(t, ns, simplePod("family", "shell:1", "-c", "sleep 1001 & sleep 1002 & wait"))
+	stubborn := simplePod("stubborn", "shell:1", "-c", "trap '' TERM; sleep 1003 & wait; sleep 1004")
+	stubborn.Spec.TerminationGracePeriodSeconds = ptr.To[int64](600)
+	e.create(t, ns, stubborn)
+	slow := simplePod("slow", "demo:1", "1000")
+	slow.Labels[labelStartDelayMs] = "60000"
+	e.create(t, ns, slow)
+	for _, n := range []string{"family", "stubborn"} {
+		p := e.waitPod(t, ns, n, 20*time.Second, "Running", phaseIs(v1.PodRunning))
+		e.remember(podPID(t, p))
+	}
+	e.waitPod(t, ns, "slow", 20*time.Second, "ContainerCreating", func(p *v1.Pod) bool { return waitingReason(p) == "ContainerCreating" })
+	time.Sleep(300 * time.Millisecond)
+	e.delete(t, ns, "stubborn", nil)
+	time.Sleep(200 * time.Millisecond)
 }

@@ -29,6 +29,7 @@ type kubelet struct {
 	elog       *eventLog
 	ips        *ipAllocator
 	serviceEnv map[string]string
+	wd         *watchdog
 
 	ctx    context.Context
 	cancel context.CancelFunc

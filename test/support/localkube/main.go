@@ -99,6 +99,8 @@ func main() {
 	switch os.Args[1] {
 	case "up":
 		os.Exit(runUp(os.Args[2:]))
+	case "__watchdog":
+		os.Exit(runWatchdog())
 	case "-h", "--help", "help":
 		usage(os.Stdout)
 	default:
@@ -172,7 +174,7 @@ func runUp(args []string) int {
 	st := &stopper{}
 	st.ctx, st.cancel = context.WithCancelCause(context.Background())
 	sigc := make(chan os.Signal, 2)
-	signal.Notify(sigc, syscall.SIGINT, syscall.SIGTERM)
+	signal.Notify(sigc, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	go func() {
 		s := <-sigc
 		st.stop("received " + s.String())
@@ -187,7 +189,11 @@ func runUp(args []string) int {
 		}()
 	}
 
-	lk := &localkube{cfg: cfg}
+	wd, err := startWatchdog()
+	if err != nil {
+		logf("cannot start the watchdog (cleanup after a SIGKILL will be incomplete): %v", err)
+	}
+	lk := &localkube{cfg: cfg, wd: wd}
 	ready, err := lk.start(st.ctx)
 	if err != nil {
 		fmt.Printf("FAILED %s\n", oneLine(err.Error()))
@@ -234,6 +240,7 @@ type localkube struct {
 	kubelet     *kubelet
 	heartbeat   context.CancelFunc
 	kubeletLog  *os.File
+	wd          *watchdog
 }
 
 func (lk *localkube) start(ctx context.Context) (*readyInfo, error) {
@@ -244,6 +251,7 @@ func (lk *localkube) start(ctx context.Context) (*readyInfo, error) {
 			return nil, err
 		}
 		lk.stateDir, lk.ownStateDir = dir, true
+		lk.wd.removeOnDeath(dir)
 	} else {
 		dir, err := filepath.Abs(cfg.stateDir)
 		if err != nil {
@@ -270,7 +278,7 @@ func (lk *localkube) start(ctx context.Context) (*readyInfo, error) {
 	if err != nil {
 		return nil, fmt.Errorf("generating certificates: %w", err)
 	}
-	lk.cp = &controlPlane{cfg: cfg, stateDir: lk.stateDir, pki: pki}
+	lk.cp = &controlPlane{cfg: cfg, stateDir: lk.stateDir, pki: pki, wd: lk.wd}
 	if err := lk.cp.startEtcd(ctx); err != nil {
 		return nil, err
 	}
@@ -311,6 +319,7 @@ func (lk *localkube) start(ctx context.Context) (*readyInfo, error) {
 		"KUBERNETES_PORT":               fmt.Sprintf("tcp://127.0.0.1:%d", lk.cp.apiPort),
 	}
 	lk.kubelet = newKubelet(lk.cp.client, na.node, cfg.images, lk.stateDir, &eventLog{w: f}, serviceEnv)
+	lk.kubelet.wd = lk.wd
 	if err := lk.kubelet.start(); err != nil {
 		return nil, fmt.Errorf("simulated kubelet: %w", err)
 	}
@@ -340,4 +349,9 @@ func (lk *localkube) shutdown() {
 			logf("removing %s: %v", lk.stateDir, err)
 		}
 	}
+	lk.wd.release()
+}
+
+func signalIgnore() {
+	signal.Ignore(syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGPIPE, syscall.SIGQUIT)
 }

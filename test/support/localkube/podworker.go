@@ -508,10 +508,12 @@ func (w *podWorker) startProcess(i int, c *ctr, spec *v1.Container, argv []strin
 	c.alive = true
 	c.containerID = fmt.Sprintf("sim://%d", pid)
 	w.logf("container %s: started pid %d: %s (log %s)", c.name, pid, strings.Join(argv, " "), logPath)
+	w.k.wd.watchGroup(pid)
 	go func() {
 		_ = cmd.Wait()
 		// A container ends when its main process does: take the rest of the group with it.
 		_ = syscall.Kill(-pid, syscall.SIGKILL)
+		w.k.wd.groupDone(pid)
 		ex := containerExit{idx: i, at: time.Now()}
 		ws, _ := cmd.ProcessState.Sys().(syscall.WaitStatus)
 		switch {

@@ -19,9 +19,10 @@ type proc struct {
 	logPath string
 	done    chan struct{}
 	waitErr error
+	wd      *watchdog
 }
 
-func startProc(name, bin string, args []string, logPath string) (*proc, error) {
+func startProc(name, bin string, args []string, logPath string, wd *watchdog) (*proc, error) {
 	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err
@@ -35,7 +36,8 @@ func startProc(name, bin string, args []string, logPath string) (*proc, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting %s: %w", name, err)
 	}
-	p := &proc{name: name, cmd: cmd, logPath: logPath, done: make(chan struct{})}
+	p := &proc{name: name, cmd: cmd, logPath: logPath, done: make(chan struct{}), wd: wd}
+	wd.watchGroup(cmd.Process.Pid)
 	go func() {
 		p.waitErr = cmd.Wait()
 		close(p.done)
@@ -67,6 +69,7 @@ func (p *proc) stop(grace time.Duration) {
 	}
 	_ = syscall.Kill(-pgid, syscall.SIGKILL)
 	<-p.done
+	p.wd.groupDone(pgid)
 }
 
 // logTail returns the last n lines of a file.
