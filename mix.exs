@@ -111,8 +111,11 @@ defmodule Mix.Tasks.Compile.FlameK8sNative do
   end
 
   defp cargo! do
-    candidates =
-      [System.get_env("CARGO"), System.find_executable("cargo"), Path.expand("~/.cargo/bin/cargo")]
+    candidates = [
+      System.get_env("CARGO"),
+      System.find_executable("cargo"),
+      Path.expand("~/.cargo/bin/cargo")
+    ]
 
     Enum.find(candidates, &(&1 && File.exists?(&1))) ||
       Mix.raise("""
@@ -157,8 +160,7 @@ defmodule FLAMEK8sBackend.MixProject do
   # FLAME checkout when FLAME_PATH points at one. `only:` keeps it out of users' dependency trees.
   defp deps do
     [
-      {:flame,
-       path: System.get_env("FLAME_PATH") || "test/flame_standin", only: [:dev, :test]}
+      {:flame, path: System.get_env("FLAME_PATH") || "test/flame_standin", only: [:dev, :test]}
     ]
   end
 end

@@ -128,7 +128,8 @@ defmodule FLAMEK8sBackend do
              flame_parent: flame_parent(parent_ref, basename),
              runner_name: runner_name,
              forwarded_env: forwarded_env()
-           }) |> tag_error(:parent_pod) do
+           })
+           |> tag_error(:parent_pod) do
       cookie = Atom.to_string(Node.get_cookie())
       secret = RunnerPod.secret(parent_pod, runner_name, cookie, opts.secret_env)
 
@@ -268,12 +269,16 @@ defmodule FLAMEK8sBackend do
         terminated =
           Enum.find_value(statuses, fn status ->
             case status["state"] do
-              %{"terminated" => t} -> "container #{status["name"]} exited with code #{t["exitCode"]} (#{t["reason"]})"
-              _ -> nil
+              %{"terminated" => t} ->
+                "container #{status["name"]} exited with code #{t["exitCode"]} (#{t["reason"]})"
+
+              _ ->
+                nil
             end
           end)
 
-        terminated || "pod phase #{get_in(pod, ["status", "phase"])}, the runner node never connected to #{node()}"
+        terminated ||
+          "pod phase #{get_in(pod, ["status", "phase"])}, the runner node never connected to #{node()}"
 
       {:error, reason} ->
         BootError.describe(reason)
@@ -302,20 +307,27 @@ defmodule FLAMEK8sBackend do
   defp cleanup(state) do
     pod = Kube.delete_pod(state.kube, state.namespace, state.runner_name, grace_period: 0)
     report_cleanup(state, :pod, pod)
-    report_cleanup(state, :secret, Kube.delete_secret(state.kube, state.namespace, state.runner_name))
+
+    report_cleanup(
+      state,
+      :secret,
+      Kube.delete_secret(state.kube, state.namespace, state.runner_name)
+    )
   end
 
   defp report_cleanup(_state, _kind, :ok), do: :ok
 
   defp report_cleanup(state, kind, {:error, reason}) do
-    Logger.warning("flame_k8s_backend could not delete runner #{kind} in #{state.namespace}: #{BootError.describe(reason)}")
+    Logger.warning(
+      "flame_k8s_backend could not delete runner #{kind} in #{state.namespace}: #{BootError.describe(reason)}"
+    )
   end
 
   @doc """
   `FLAME.Backend` callback: spawns a 0-arity function or `{module, function, args}` on the
   runner node and monitors it.
   """
-  @spec remote_spawn_monitor(t(), (-> any()) | {module(), atom(), list()}) ::
+  @spec remote_spawn_monitor(t(), (() -> any()) | {module(), atom(), list()}) ::
           {:ok, {pid(), reference()}} | {:error, term()}
   def remote_spawn_monitor(%__MODULE__{runner_node_name: node} = _state, term) do
     case term do
@@ -396,16 +408,23 @@ defmodule FLAMEK8sBackend do
 
   defp fetch_parent_pod(kube, {namespace, name}) do
     case Kube.get_pod(kube, namespace, name) do
-      {:ok, pod} -> {:ok, pod}
-      {:error, {:api, 404, _, _}} -> {:error, %BootError{phase: :parent_pod, reason: {:parent_pod_not_found, "#{namespace}/#{name}"}}}
-      {:error, reason} -> {:error, %BootError{phase: :parent_pod, reason: reason}}
+      {:ok, pod} ->
+        {:ok, pod}
+
+      {:error, {:api, 404, _, _}} ->
+        {:error,
+         %BootError{phase: :parent_pod, reason: {:parent_pod_not_found, "#{namespace}/#{name}"}}}
+
+      {:error, reason} ->
+        {:error, %BootError{phase: :parent_pod, reason: reason}}
     end
   end
 
   # Finished runner pods of this parent, left behind when an earlier reaper could not delete
   # them (the parent VM was killed, the API was unreachable). Failures here never fail a boot.
   defp sweep(kube, namespace, parent_pod, log) do
-    with {:ok, pods} <- Kube.list_pods(kube, namespace, label_selector: RunnerPod.selector(parent_pod)) do
+    with {:ok, pods} <-
+           Kube.list_pods(kube, namespace, label_selector: RunnerPod.selector(parent_pod)) do
       for pod <- pods, get_in(pod, ["status", "phase"]) in ["Succeeded", "Failed"] do
         name = get_in(pod, ["metadata", "name"])
         _ = Kube.delete_pod(kube, namespace, name, grace_period: 0)
@@ -425,13 +444,21 @@ defmodule FLAMEK8sBackend do
   end
 
   defp forwarded_env do
-    for name <- ~w(ERL_AFLAGS ERL_ZFLAGS), value = System.get_env(name), value not in [nil, ""], into: %{} do
+    for name <- ~w(ERL_AFLAGS ERL_ZFLAGS),
+        value = System.get_env(name),
+        value not in [nil, ""],
+        into: %{} do
       {name, value}
     end
   end
 
   defp runner_name(parent_pod) do
-    base = parent_pod |> get_in(["metadata", "name"]) |> String.slice(0, 40) |> String.trim_trailing("-")
+    base =
+      parent_pod
+      |> get_in(["metadata", "name"])
+      |> String.slice(0, 40)
+      |> String.trim_trailing("-")
+
     suffix = :crypto.strong_rand_bytes(5) |> Base.encode32(case: :lower, padding: false)
     "#{base}-flame-#{suffix}"
   end

@@ -62,7 +62,8 @@ defmodule FLAMEK8sBackend.BootError do
     do: "cannot pull image #{inspect(info[:image])} (#{info[:reason]}): #{info[:message]}"
 
   def describe({:container_config, %{} = info}),
-    do: "container #{inspect(info[:container])} cannot be created (#{info[:reason]}): #{info[:message]}"
+    do:
+      "container #{inspect(info[:container])} cannot be created (#{info[:reason]}): #{info[:message]}"
 
   def describe({:container_exited, %{} = info}) do
     message = if info[:message], do: ": #{info[:message]}", else: ""
@@ -91,7 +92,10 @@ defmodule FLAMEK8sBackend.BootError do
   def describe({:not_distributed, message}), do: message
   def describe({:api, status, reason, message}), do: "API error #{status} #{reason}: #{message}"
   def describe({:connect, message}), do: "cannot reach the API server: #{message}"
-  def describe({:timeout, ms}) when is_integer(ms), do: "no answer from the API server within #{ms} ms"
+
+  def describe({:timeout, ms}) when is_integer(ms),
+    do: "no answer from the API server within #{ms} ms"
+
   def describe({:invalid_manifest, message}), do: "invalid runner manifest: #{message}"
   def describe({:config, message}), do: "unusable Kubernetes connection settings: #{message}"
 

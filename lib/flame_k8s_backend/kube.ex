@@ -282,10 +282,16 @@ defmodule FLAMEK8sBackend.Kube do
     ref = make_ref()
 
     with {:ok, handle} <-
-           Native.await_pod(kube.resource, name!(namespace, "namespace"), name!(name, "name"), ref, %{
-             timeout_ms: timeout,
-             unschedulable: unschedulable
-           }) do
+           Native.await_pod(
+             kube.resource,
+             name!(namespace, "namespace"),
+             name!(name, "name"),
+             ref,
+             %{
+               timeout_ms: timeout,
+               unschedulable: unschedulable
+             }
+           ) do
       {:ok, %{ref: ref, handle: handle}}
     end
   end

@@ -29,12 +29,17 @@ defmodule FLAMEK8sBackend.Options do
   @spec validate!(keyword()) :: map()
   def validate!(opts) do
     unless Keyword.keyword?(opts) do
-      raise ArgumentError, "FLAMEK8sBackend options: expected a keyword list, got: #{inspect(opts)}"
+      raise ArgumentError,
+            "FLAMEK8sBackend options: expected a keyword list, got: #{inspect(opts)}"
     end
 
     case Keyword.keys(opts) -- @keys do
-      [] -> :ok
-      unknown -> raise ArgumentError, "FLAMEK8sBackend: unknown option(s) #{inspect(Enum.uniq(unknown))}, expected one of #{inspect(@keys)}"
+      [] ->
+        :ok
+
+      unknown ->
+        raise ArgumentError,
+              "FLAMEK8sBackend: unknown option(s) #{inspect(Enum.uniq(unknown))}, expected one of #{inspect(@keys)}"
     end
 
     opts = Keyword.merge(@defaults, opts)
@@ -42,10 +47,19 @@ defmodule FLAMEK8sBackend.Options do
   end
 
   defp check!(key, nil)
-       when key in [:app_container_name, :manifest, :runner_node_basename, :parent_pod, :kubeconfig, :context, :terminator_sup],
+       when key in [
+              :app_container_name,
+              :manifest,
+              :runner_node_basename,
+              :parent_pod,
+              :kubeconfig,
+              :context,
+              :terminator_sup
+            ],
        do: nil
 
-  defp check!(key, value) when key in [:app_container_name, :runner_node_basename, :kubeconfig, :context] do
+  defp check!(key, value)
+       when key in [:app_container_name, :runner_node_basename, :kubeconfig, :context] do
     if is_binary(value) and value != "", do: value, else: bad!(key, "a non-empty string", value)
   end
 
@@ -67,9 +81,13 @@ defmodule FLAMEK8sBackend.Options do
     value
     |> pairs!(:secret_env)
     |> Map.new(fn
-      {name, v} when is_binary(v) -> {name, v}
+      {name, v} when is_binary(v) ->
+        {name, v}
+
       # Secret values are never echoed back, not even in an error.
-      {name, _} -> raise ArgumentError, "FLAMEK8sBackend option :secret_env: the value of #{name} must be a string"
+      {name, _} ->
+        raise ArgumentError,
+              "FLAMEK8sBackend option :secret_env: the value of #{name} must be a string"
     end)
   end
 
@@ -86,7 +104,9 @@ defmodule FLAMEK8sBackend.Options do
   defp check!(:omit_owner_reference, value), do: bad!(:omit_owner_reference, "a boolean", value)
 
   defp check!(key, value) when key in [:boot_timeout, :request_timeout] do
-    if is_integer(value) and value > 0, do: value, else: bad!(key, "a positive integer (ms)", value)
+    if is_integer(value) and value > 0,
+      do: value,
+      else: bad!(key, "a positive integer (ms)", value)
   end
 
   defp check!(:log, value) when value == false or value in @log_levels, do: value
@@ -115,6 +135,7 @@ defmodule FLAMEK8sBackend.Options do
   defp pairs!(value, key), do: bad!(key, "a map", value)
 
   defp bad!(key, expected, got) do
-    raise ArgumentError, "FLAMEK8sBackend option #{inspect(key)}: expected #{expected}, got: #{inspect(got)}"
+    raise ArgumentError,
+          "FLAMEK8sBackend option #{inspect(key)}: expected #{expected}, got: #{inspect(got)}"
   end
 end

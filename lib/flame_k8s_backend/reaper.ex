@@ -76,7 +76,10 @@ defmodule FLAMEK8sBackend.Reaper do
 
     case result do
       :ok ->
-        log(state, "deleted runner #{kind} #{state.namespace}/#{name} (runner down: #{inspect(reason)})")
+        log(
+          state,
+          "deleted runner #{kind} #{state.namespace}/#{name} (runner down: #{inspect(reason)})"
+        )
 
       {:error, error} ->
         Logger.warning(

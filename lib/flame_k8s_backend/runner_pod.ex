@@ -126,8 +126,13 @@ defmodule FLAMEK8sBackend.RunnerPod do
     case spec.manifest do
       fun when is_function(fun, 2) ->
         case fun.(parent_pod, app) do
-          %{} = pod -> {:ok, stringify(pod)}
-          other -> {:error, {:invalid_manifest, "the :manifest function returned #{inspect(other)}, expected a map"}}
+          %{} = pod ->
+            {:ok, stringify(pod)}
+
+          other ->
+            {:error,
+             {:invalid_manifest,
+              "the :manifest function returned #{inspect(other)}, expected a map"}}
         end
 
       manifest ->
@@ -192,7 +197,11 @@ defmodule FLAMEK8sBackend.RunnerPod do
       |> Map.put("name", spec.runner_name)
       |> put_if(namespace, "namespace", namespace)
       |> Map.update("labels", labels(parent_pod, spec), &Map.merge(&1, labels(parent_pod, spec)))
-      |> Map.update("annotations", annotations(parent_pod), &Map.merge(&1, annotations(parent_pod)))
+      |> Map.update(
+        "annotations",
+        annotations(parent_pod),
+        &Map.merge(&1, annotations(parent_pod))
+      )
       |> owner_references(parent_pod, spec)
 
     app_name = get_in(pod, ["spec", "containers", Access.at(index), "name"])
@@ -265,8 +274,7 @@ defmodule FLAMEK8sBackend.RunnerPod do
         Enum.reject(merged.order, &(&1 in fixed_names or &1 in @secret_only)) ++
         Enum.map(last, & &1["name"])
 
-    env_from =
-      (container["envFrom"] || []) ++ [%{"secretRef" => %{"name" => spec.runner_name}}]
+    env_from = (container["envFrom"] || []) ++ [%{"secretRef" => %{"name" => spec.runner_name}}]
 
     container
     |> Map.put("env", Enum.map(ordered, &Map.fetch!(merged.by_name, &1)))

@@ -32,7 +32,11 @@ defmodule FLAME.Parent do
   end
 
   def encode(%__MODULE__{} = parent) do
-    parent |> Map.from_struct() |> Map.take(@fields) |> :erlang.term_to_binary() |> Base.encode64()
+    parent
+    |> Map.from_struct()
+    |> Map.take(@fields)
+    |> :erlang.term_to_binary()
+    |> Base.encode64()
   end
 
   def get do

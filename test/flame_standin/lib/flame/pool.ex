@@ -13,14 +13,16 @@ defmodule FLAME.Pool do
     %{id: Keyword.fetch!(opts, :name), start: {__MODULE__, :start_link, [opts]}}
   end
 
-  def start_link(opts), do: GenServer.start_link(__MODULE__, opts, name: Keyword.fetch!(opts, :name))
+  def start_link(opts),
+    do: GenServer.start_link(__MODULE__, opts, name: Keyword.fetch!(opts, :name))
 
   def checkout(pool), do: GenServer.call(pool, :checkout, :infinity)
   def checkin(pool, runner), do: GenServer.cast(pool, {:checkin, runner})
 
   @impl true
   def init(opts) do
-    if Keyword.get(opts, :min, 0) != 0, do: raise(ArgumentError, "the FLAME stand-in supports only min: 0")
+    if Keyword.get(opts, :min, 0) != 0,
+      do: raise(ArgumentError, "the FLAME stand-in supports only min: 0")
 
     runner_opts =
       opts
@@ -53,7 +55,9 @@ defmodule FLAME.Pool do
   def handle_info({:booted, from, {:ok, runner}}, state) do
     Process.monitor(runner)
     GenServer.reply(from, {:ok, runner})
-    {:noreply, serve(%{state | booting: state.booting - 1, runners: Map.put(state.runners, runner, 1)})}
+
+    {:noreply,
+     serve(%{state | booting: state.booting - 1, runners: Map.put(state.runners, runner, 1)})}
   end
 
   def handle_info({:booted, from, {:error, reason}}, state) do
@@ -74,7 +78,12 @@ defmodule FLAME.Pool do
         case Enum.find(state.runners, fn {_pid, load} -> load < state.max_concurrency end) do
           {runner, load} ->
             GenServer.reply(from, {:ok, runner})
-            serve(%{state | waiting: :queue.drop(state.waiting), runners: Map.put(state.runners, runner, load + 1)})
+
+            serve(%{
+              state
+              | waiting: :queue.drop(state.waiting),
+                runners: Map.put(state.runners, runner, load + 1)
+            })
 
           nil when map_size(state.runners) + state.booting < state.max ->
             boot(from, state.runner_opts)

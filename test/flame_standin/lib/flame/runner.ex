@@ -110,7 +110,11 @@ defmodule FLAME.Runner do
 
     {:ok, {_pid, monitor}} =
       state.backend.remote_spawn_monitor(state.backend_state, fn ->
-        send(parent, {ref, FLAME.Terminator.schedule_idle_shutdown(terminator, idle, fn -> true end, single_use)})
+        send(
+          parent,
+          {ref,
+           FLAME.Terminator.schedule_idle_shutdown(terminator, idle, fn -> true end, single_use)}
+        )
       end)
 
     receive do

@@ -16,7 +16,8 @@ defmodule FLAME.Terminator do
   end
 
   @doc "Registers the calling process as a running call; the runner is not idle until it ends."
-  def deadline_me(terminator, timeout), do: GenServer.call(terminator, {:deadline, self(), timeout})
+  def deadline_me(terminator, timeout),
+    do: GenServer.call(terminator, {:deadline, self(), timeout})
 
   def schedule_idle_shutdown(terminator, idle_after, idle_check, single_use) do
     GenServer.call(terminator, {:schedule_idle_shutdown, idle_after, idle_check, single_use})
@@ -30,11 +31,23 @@ defmodule FLAME.Terminator do
 
       parent ->
         :ok = :net_kernel.monitor_nodes(true)
-        failsafe = Process.send_after(self(), :failsafe, Keyword.get(opts, :failsafe_timeout, @failsafe_timeout))
+
+        failsafe =
+          Process.send_after(
+            self(),
+            :failsafe,
+            Keyword.get(opts, :failsafe_timeout, @failsafe_timeout)
+          )
 
         {:ok,
-         %{parent: parent, failsafe: failsafe, calls: %{}, idle_after: :infinity, idle_timer: nil, stopping: false},
-         {:continue, :connect}}
+         %{
+           parent: parent,
+           failsafe: failsafe,
+           calls: %{},
+           idle_after: :infinity,
+           idle_timer: nil,
+           stopping: false
+         }, {:continue, :connect}}
     end
   end
 
@@ -47,7 +60,9 @@ defmodule FLAME.Terminator do
   def handle_info(:failsafe, state), do: {:noreply, stop_system(state, "no parent connection")}
 
   def handle_info({:nodedown, node}, %{parent: parent} = state) do
-    if node == node(parent.pid), do: {:noreply, stop_system(state, "parent node down")}, else: {:noreply, state}
+    if node == node(parent.pid),
+      do: {:noreply, stop_system(state, "parent node down")},
+      else: {:noreply, state}
   end
 
   def handle_info({:nodeup, _node}, state), do: {:noreply, state}

@@ -1,0 +1,268 @@
+defmodule FLAMEK8sBackend.KubeTest do
+  # Tests of the bridge that need no API server.
+  use ExUnit.Case, async: true
+
+  alias FLAMEK8sBackend.{Kube, Native}
+
+  @token "s3cr3t-token-value"
+
+  # Nothing listens on port 1 of loopback: connections are refused at once.
+  defp refused_kube(opts \\ []) do
+    {:ok, kube} =
+      Kube.connect([url: "https://127.0.0.1:1", token: @token, request_timeout: 2_000] ++ opts)
+
+    kube
+  end
+
+  @pod %{
+    "metadata" => %{"name" => "p"},
+    "spec" => %{"containers" => [%{"name" => "c", "image" => "i"}]}
+  }
+
+  test "the NIF is loaded and answers" do
+    assert Native.noop() == :ok
+    assert is_integer(Kube.live_tasks())
+  end
+
+  describe "connect/1" do
+    test "explicit: nothing is sent until the first request" do
+      kube = refused_kube()
+      assert kube.server =~ "127.0.0.1:1"
+      assert kube.request_timeout == 2_000
+    end
+
+    test "inspect never shows the token" do
+      kube = refused_kube()
+      refute inspect(kube) =~ @token
+      refute inspect(kube, structs: false) =~ @token
+      assert inspect(kube) =~ "#FLAMEK8sBackend.Kube<https://127.0.0.1:1"
+    end
+
+    test "a missing kubeconfig is a config error naming the file" do
+      assert {:error, {:config, message}} = Kube.connect(kubeconfig: "/nonexistent/kubeconfig")
+      assert message =~ "/nonexistent/kubeconfig"
+    end
+
+    test "in-cluster outside a cluster is a config error" do
+      assert {:error, {:config, message}} = Kube.connect(mode: :in_cluster)
+      assert is_binary(message)
+    end
+
+    test "an unknown context is a config error naming it" do
+      path = Path.join(System.tmp_dir!(), "kubeconfig-#{System.unique_integer([:positive])}")
+
+      File.write!(path, """
+      apiVersion: v1
+      kind: Config
+      clusters: [{name: c, cluster: {server: "https://127.0.0.1:1"}}]
+      users: [{name: u, user: {token: #{@token}}}]
+      contexts: [{name: ctx, context: {cluster: c, user: u}}]
+      current-context: ctx
+      """)
+
+      assert {:error, {:config, message}} = Kube.connect(kubeconfig: path, context: "nope")
+      assert message =~ "nope"
+      refute message =~ @token
+      assert {:ok, kube} = Kube.connect(kubeconfig: path)
+      refute inspect(kube) =~ @token
+    end
+
+    test "bad options raise ArgumentError naming the option" do
+      assert_raise ArgumentError, ~r/unknown option\(s\) \[:urll\]/, fn ->
+        Kube.connect(urll: "x")
+      end
+
+      assert_raise ArgumentError, ~r/:request_timeout: expected a positive integer/, fn ->
+        Kube.connect(request_timeout: 0)
+      end
+
+      assert_raise ArgumentError, ~r/:mode: expected/, fn -> Kube.connect(mode: :cloud) end
+      assert_raise ArgumentError, ~r/keyword list/, fn -> Kube.connect(%{url: "x"}) end
+
+      error =
+        assert_raise ArgumentError, fn -> Kube.connect(url: "https://x", token: :not_a_string) end
+
+      refute error.message =~ "not_a_string"
+    end
+  end
+
+  describe "requests to an unreachable server" do
+    test "give a connect error" do
+      kube = refused_kube()
+      assert {:error, {:connect, message}} = Kube.get_pod(kube, "default", "p")
+      assert is_binary(message)
+      refute message =~ @token
+      assert {:error, {:connect, _}} = Kube.list_pods(kube, "default")
+      assert {:error, {:connect, _}} = Kube.delete_pod(kube, "default", "p")
+      assert {:error, {:connect, _}} = Kube.delete_secret(kube, "default", "s")
+      assert {:error, {:connect, _}} = Kube.request(kube, "GET", "/version")
+    end
+
+    test "a server that accepts but never answers gives a timeout naming the limit" do
+      {:ok, listen} = :gen_tcp.listen(0, [:binary, active: false, ip: {127, 0, 0, 1}])
+      {:ok, port} = :inet.port(listen)
+
+      {:ok, kube} =
+        Kube.connect(url: "https://127.0.0.1:#{port}", token: @token, request_timeout: 300)
+
+      assert {:error, reason} = Kube.get_pod(kube, "default", "p")
+      assert reason in [{:timeout, 300}] or match?({:connect, _}, reason)
+      :gen_tcp.close(listen)
+    end
+
+    test "an await reports the transport trouble when its timeout elapses" do
+      kube = refused_kube()
+      assert {:ok, await} = Kube.await_pod(kube, "default", "p", timeout: 300)
+      ref = await.ref
+
+      assert_receive {:flame_k8s, ^ref,
+                      {:timeout, %{phase: :scheduling, waited_ms: waited, detail: detail}}},
+                     5_000
+
+      assert waited >= 300
+      assert is_binary(detail)
+    end
+  end
+
+  describe "manifests" do
+    test "invalid manifests are rejected before anything is sent, naming the path" do
+      kube = refused_kube()
+
+      assert {:error, {:invalid_manifest, message}} =
+               Kube.create_pod(
+                 kube,
+                 "default",
+                 put_in(@pod, ["metadata", "labels"], %{"a" => {:tuple}})
+               )
+
+      assert message =~ "metadata.labels.a"
+
+      assert {:error, {:invalid_manifest, message}} =
+               Kube.create_pod(kube, "default", put_in(@pod, ["spec", "containers"], "nope"))
+
+      assert message =~ "spec.containers"
+
+      assert {:error, {:invalid_manifest, message}} =
+               Kube.create_pod(kube, "default", %{"a" => self()})
+
+      assert message =~ "a"
+
+      assert {:error, {:invalid_manifest, message}} =
+               Kube.create_pod(kube, "default", %{"a" => <<255, 0>>})
+
+      assert message =~ "a"
+
+      assert {:error, {:invalid_manifest, message}} =
+               Kube.create_pod(kube, "default", %{{:k} => 1})
+
+      assert is_binary(message)
+
+      assert {:error, {:invalid_manifest, message}} =
+               Kube.create_pod(kube, "default", put_in(@pod, ["metadata", "namespace"], "other"))
+
+      assert message =~ "other"
+    end
+
+    test "atom keys are accepted (and reach the network step)" do
+      kube = refused_kube()
+      manifest = %{metadata: %{name: "p"}, spec: %{containers: [%{name: "c", image: "i"}]}}
+      assert {:error, {:connect, _}} = Kube.create_pod(kube, "default", manifest)
+    end
+
+    test "deeply nested terms are rejected, not overflowed" do
+      kube = refused_kube()
+      deep = Enum.reduce(1..10_000, "leaf", fn _, acc -> %{"x" => acc} end)
+
+      assert {:error, {:invalid_manifest, _}} =
+               Kube.create_pod(kube, "default", %{"metadata" => deep})
+    end
+  end
+
+  describe "arguments" do
+    test "wrong types raise ArgumentError naming the argument" do
+      kube = refused_kube()
+      assert_raise ArgumentError, ~r/namespace/, fn -> Kube.get_pod(kube, :default, "p") end
+      assert_raise ArgumentError, ~r/name/, fn -> Kube.get_pod(kube, "default", "") end
+      assert_raise ArgumentError, ~r/manifest/, fn -> Kube.create_pod(kube, "default", [1]) end
+
+      assert_raise ArgumentError, ~r/:grace_period/, fn ->
+        Kube.delete_pod(kube, "d", "p", grace_period: -1)
+      end
+
+      assert_raise ArgumentError, ~r/:label_selector/, fn ->
+        Kube.list_pods(kube, "d", label_selector: 1)
+      end
+
+      assert_raise ArgumentError, ~r/method/, fn -> Kube.request(kube, "BREW", "/") end
+      assert_raise ArgumentError, ~r/path/, fn -> Kube.request(kube, "GET", "api") end
+
+      assert_raise ArgumentError, ~r/:timeout is required/, fn ->
+        Kube.await_pod(kube, "d", "p", [])
+      end
+
+      assert_raise ArgumentError, ~r/:unschedulable/, fn ->
+        Kube.await_pod(kube, "d", "p", timeout: 1, unschedulable: :x)
+      end
+
+      assert_raise FunctionClauseError, fn -> Kube.get_pod(:not_a_client, "d", "p") end
+    end
+
+    test "garbage into every NIF raises or returns an error, and the VM lives on" do
+      kube = refused_kube()
+
+      garbage = [
+        nil,
+        1,
+        -1,
+        1.5,
+        "x",
+        :atom,
+        [],
+        [1 | 2],
+        {},
+        {1, 2},
+        %{},
+        self(),
+        make_ref(),
+        fn -> 1 end,
+        <<255>>,
+        kube.resource
+      ]
+
+      calls = [
+        fn g -> Native.connect(g) end,
+        fn g -> Native.client_info(g) end,
+        fn g -> Native.get_pod(g, g, g) end,
+        fn g -> Native.get_pod(kube.resource, g, "p") end,
+        fn g -> Native.create_pod(kube.resource, "d", g) end,
+        fn g -> Native.create_pod(g, g, g) end,
+        fn g -> Native.delete_pod(kube.resource, "d", "p", g) end,
+        fn g -> Native.list_pods(kube.resource, "d", g) end,
+        fn g -> Native.create_secret(kube.resource, g, g) end,
+        fn g -> Native.delete_secret(g, "d", "s") end,
+        fn g -> Native.request(kube.resource, g, "/", nil, nil) end,
+        fn g -> Native.request(kube.resource, "GET", "/", g, g) end,
+        fn g -> Native.await_pod(kube.resource, "d", "p", g, g) end,
+        fn g -> Native.await_pod(g, g, g, g, g) end,
+        fn g -> Native.cancel_await(g) end
+      ]
+
+      for call <- calls, g <- garbage do
+        try do
+          case call.(g) do
+            {:error, _} -> :ok
+            {:ok, _} -> :ok
+            :ok -> :ok
+            %{} -> :ok
+            other -> flunk("unexpected #{inspect(other)} for #{inspect(g)}")
+          end
+        rescue
+          ArgumentError -> :ok
+          ErlangError -> :ok
+        end
+      end
+
+      assert Native.noop() == :ok
+    end
+  end
+end

@@ -1,0 +1,262 @@
+defmodule FLAMEK8sBackend.RunnerPodTest do
+  use ExUnit.Case, async: true
+  doctest FLAMEK8sBackend.RunnerPod
+
+  alias FLAMEK8sBackend.RunnerPod
+
+  @parent %{
+    "metadata" => %{
+      "name" => "web-7d9f8b-x2k9p",
+      "namespace" => "prod",
+      "uid" => "1111-2222",
+      "labels" => %{"app" => "web", "pod-template-hash" => "7d9f8b"}
+    },
+    "spec" => %{
+      "serviceAccountName" => "web",
+      "nodeName" => "node-3",
+      "imagePullSecrets" => [%{"name" => "registry"}],
+      "containers" => [
+        %{
+          "name" => "sidecar",
+          "image" => "envoy:1"
+        },
+        %{
+          "name" => "app",
+          "image" => "registry.example/web:42",
+          "env" => [
+            %{"name" => "DATABASE_URL", "value" => "ecto://db"},
+            %{"name" => "PHX_SERVER", "value" => "true"},
+            %{"name" => "RELEASE_COOKIE", "value" => "plain-cookie"},
+            %{
+              "name" => "POD_IP",
+              "valueFrom" => %{"fieldRef" => %{"fieldPath" => "status.podIP"}}
+            }
+          ],
+          "envFrom" => [%{"configMapRef" => %{"name" => "web-config"}}],
+          "ports" => [%{"containerPort" => 4000}],
+          "readinessProbe" => %{"httpGet" => %{"path" => "/health", "port" => 4000}},
+          "resources" => %{"limits" => %{"memory" => "1Gi"}}
+        }
+      ]
+    }
+  }
+
+  defp spec(overrides) do
+    Map.merge(
+      %{
+        app_container_name: "app",
+        manifest: nil,
+        env: %{},
+        labels: %{},
+        omit_owner_reference: false,
+        node_basename: "web",
+        flame_parent: "ENCODED",
+        runner_name: "web-7d9f8b-x2k9p-flame-abcdefgh",
+        forwarded_env: %{}
+      },
+      overrides
+    )
+  end
+
+  defp build!(overrides \\ %{}, parent \\ @parent) do
+    {:ok, pod} = RunnerPod.build(parent, spec(overrides))
+    pod
+  end
+
+  defp app_container(pod, name \\ "app"),
+    do: Enum.find(pod["spec"]["containers"], &(&1["name"] == name))
+
+  defp env_map(container),
+    do: Map.new(container["env"], &{&1["name"], &1["value"] || &1["valueFrom"]})
+
+  defp env_names(container), do: Enum.map(container["env"], & &1["name"])
+
+  test "takes the app container's image and the pod's service account, never its node or labels" do
+    pod = build!()
+
+    assert pod["metadata"]["name"] == "web-7d9f8b-x2k9p-flame-abcdefgh"
+    assert pod["metadata"]["namespace"] == "prod"
+    assert [%{"name" => "app", "image" => "registry.example/web:42"}] = pod["spec"]["containers"]
+    assert pod["spec"]["serviceAccountName"] == "web"
+    assert pod["spec"]["imagePullSecrets"] == [%{"name" => "registry"}]
+    assert pod["spec"]["restartPolicy"] == "Never"
+    refute Map.has_key?(pod["spec"], "nodeName")
+    refute Map.has_key?(pod["metadata"]["labels"], "app")
+    refute Map.has_key?(pod["metadata"]["labels"], "pod-template-hash")
+  end
+
+  test "drops ports and probes: the runner serves no traffic" do
+    container = app_container(build!())
+    refute Map.has_key?(container, "ports")
+    refute Map.has_key?(container, "readinessProbe")
+    assert container["resources"] == %{"limits" => %{"memory" => "1Gi"}}
+  end
+
+  test "the first container is the app container by default" do
+    pod = build!(%{app_container_name: nil})
+    assert [%{"name" => "sidecar", "image" => "envoy:1"}] = pod["spec"]["containers"]
+  end
+
+  test "a missing app container is an error naming the available ones" do
+    assert {:error, {:app_container_not_found, "nope", ["sidecar", "app"]}} =
+             RunnerPod.build(@parent, spec(%{app_container_name: "nope"}))
+  end
+
+  test "identifying labels, extra labels and an owner reference to the parent" do
+    pod = build!(%{labels: %{"excluster" => "flame"}})
+
+    assert pod["metadata"]["labels"] == %{
+             "excluster" => "flame",
+             "app.kubernetes.io/managed-by" => "flame_k8s_backend",
+             "flame-k8s-backend.io/parent-uid" => "1111-2222"
+           }
+
+    assert pod["metadata"]["annotations"]["flame-k8s-backend.io/parent-pod"] == "web-7d9f8b-x2k9p"
+
+    assert [%{"kind" => "Pod", "name" => "web-7d9f8b-x2k9p", "uid" => "1111-2222"}] =
+             pod["metadata"]["ownerReferences"]
+
+    assert RunnerPod.selector(@parent) ==
+             "app.kubernetes.io/managed-by=flame_k8s_backend,flame-k8s-backend.io/parent-uid=1111-2222"
+  end
+
+  test ":omit_owner_reference leaves the owner reference out" do
+    refute Map.has_key?(build!(%{omit_owner_reference: true})["metadata"], "ownerReferences")
+  end
+
+  test "defaults, downward API and FLAME_PARENT; the parent's PHX_SERVER does not leak through" do
+    env = app_container(build!()) |> env_map()
+
+    assert env["PHX_SERVER"] == "false"
+    assert env["RELEASE_DISTRIBUTION"] == "name"
+    assert env["RELEASE_NODE"] == "web@$(POD_IP)"
+    assert env["DATABASE_URL"] == "ecto://db"
+    assert env["FLAME_PARENT"] == "ENCODED"
+    assert env["POD_NAME"] == %{"fieldRef" => %{"fieldPath" => "metadata.name"}}
+    assert env["POD_NAMESPACE"] == %{"fieldRef" => %{"fieldPath" => "metadata.namespace"}}
+    assert env["POD_IP"] == %{"fieldRef" => %{"fieldPath" => "status.podIP"}}
+  end
+
+  test "POD_IP comes before every variable that may reference it" do
+    names = env_names(app_container(build!(%{env: %{"URL" => "http://$(POD_IP):4000"}})))
+    assert Enum.take(names, 3) == ["POD_NAME", "POD_NAMESPACE", "POD_IP"]
+    assert List.last(names) == "FLAME_PARENT"
+    assert names == Enum.uniq(names)
+  end
+
+  test "precedence: defaults < manifest < :env < fixed" do
+    manifest = %{
+      "spec" => %{
+        "containers" => [
+          %{
+            "name" => "app",
+            "env" => [
+              %{"name" => "PHX_SERVER", "value" => "from-manifest"},
+              %{"name" => "RELEASE_DISTRIBUTION", "value" => "from-manifest"},
+              %{"name" => "POD_IP", "value" => "from-manifest"}
+            ]
+          }
+        ]
+      }
+    }
+
+    env =
+      build!(%{
+        manifest: manifest,
+        env: %{"RELEASE_DISTRIBUTION" => "from-env", "FLAME_PARENT" => "from-env"}
+      })
+      |> app_container()
+      |> env_map()
+
+    assert env["PHX_SERVER"] == "from-manifest"
+    assert env["RELEASE_DISTRIBUTION"] == "from-env"
+    assert env["POD_IP"] == %{"fieldRef" => %{"fieldPath" => "status.podIP"}}
+    assert env["FLAME_PARENT"] == "ENCODED"
+  end
+
+  test "RELEASE_COOKIE never appears as plain env; the secret comes in through envFrom" do
+    container = app_container(build!(%{env: %{"RELEASE_COOKIE" => "also-plain"}}))
+
+    refute "RELEASE_COOKIE" in env_names(container)
+
+    assert container["envFrom"] == [
+             %{"configMapRef" => %{"name" => "web-config"}},
+             %{"secretRef" => %{"name" => "web-7d9f8b-x2k9p-flame-abcdefgh"}}
+           ]
+  end
+
+  test "ERL_AFLAGS and ERL_ZFLAGS of the parent VM are forwarded at the defaults level" do
+    env =
+      build!(%{forwarded_env: %{"ERL_AFLAGS" => "-kernel shell_history enabled"}})
+      |> app_container()
+      |> env_map()
+
+    assert env["ERL_AFLAGS"] == "-kernel shell_history enabled"
+  end
+
+  test ":env accepts EnvVarSource maps" do
+    source = %{"valueFrom" => %{"secretKeyRef" => %{"name" => "s", "key" => "k"}}}
+    env = build!(%{env: %{"TOKEN" => source}}) |> app_container() |> env_map()
+    assert env["TOKEN"] == %{"secretKeyRef" => %{"name" => "s", "key" => "k"}}
+  end
+
+  test "a map manifest deep-merges: labels, node selector, an extra container, atom keys" do
+    manifest = %{
+      metadata: %{labels: %{"team" => "data"}},
+      spec: %{
+        nodeSelector: %{"pool" => "flame"},
+        containers: [
+          %{resources: %{limits: %{cpu: "2"}}},
+          %{name: "helper", image: "busybox"}
+        ]
+      }
+    }
+
+    pod = build!(%{manifest: manifest})
+    assert pod["metadata"]["labels"]["team"] == "data"
+    assert pod["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "flame_k8s_backend"
+    assert pod["spec"]["nodeSelector"] == %{"pool" => "flame"}
+
+    assert app_container(pod)["resources"] == %{
+             "limits" => %{"memory" => "1Gi", "cpu" => "2"}
+           }
+
+    assert app_container(pod, "helper")["image"] == "busybox"
+    refute Map.has_key?(app_container(pod, "helper"), "envFrom")
+  end
+
+  test "a function manifest gets the parent pod and app container and returns the whole pod" do
+    manifest = fn parent, app ->
+      assert parent == @parent
+      assert app["name"] == "app"
+
+      %{
+        "metadata" => %{"labels" => %{"custom" => "yes"}},
+        "spec" => %{
+          "nodeName" => "pinned",
+          "containers" => [%{"name" => "app", "env" => [%{"name" => "ONLY", "value" => "1"}]}]
+        }
+      }
+    end
+
+    pod = build!(%{manifest: manifest})
+    container = app_container(pod)
+    assert container["image"] == "registry.example/web:42"
+    assert env_map(container)["ONLY"] == "1"
+    refute Map.has_key?(env_map(container), "DATABASE_URL")
+    refute Map.has_key?(pod["spec"], "nodeName")
+    refute Map.has_key?(pod["spec"], "serviceAccountName")
+    assert pod["metadata"]["labels"]["custom"] == "yes"
+    assert pod["spec"]["restartPolicy"] == "Never"
+  end
+
+  test "a function manifest that returns no pod is an error" do
+    assert {:error, {:invalid_manifest, message}} =
+             RunnerPod.build(@parent, spec(%{manifest: fn _, _ -> :nope end}))
+
+    assert message =~ "returned :nope"
+
+    assert {:error, {:invalid_manifest, "the runner pod has no spec.containers"}} =
+             RunnerPod.build(@parent, spec(%{manifest: fn _, _ -> %{"spec" => %{}} end}))
+  end
+end

@@ -1,0 +1,251 @@
+defmodule FLAMEK8sBackend.Test.LocalCluster do
+  @moduledoc """
+  The local control plane for tests: kube-apiserver + etcd built from upstream (cached), and the
+  simulated kubelet, all run by `localkube` behind an Erlang port. When the test VM exits, the
+  port closes, localkube sees EOF on stdin and stops everything it started.
+
+  Images the simulated kubelet knows:
+
+    * `flame-runner:test` - a BEAM node running this project's test build (the FLAME runner)
+    * `sleeper:test` - `/bin/sleep` (give `args`)
+    * `shell:test` - `/bin/sh` (give `args`, e.g. `["-c", "exit 3"]`)
+  """
+
+  alias FLAMEK8sBackend.Kube
+
+  @root Path.expand("../..", __DIR__)
+  @key {__MODULE__, :info}
+
+  @doc "Starts the control plane once per test run; returns its info."
+  def start! do
+    state_dir =
+      Path.join(System.tmp_dir!(), "flame-k8s-test-#{System.unique_integer([:positive])}")
+
+    File.mkdir_p!(state_dir)
+    started = System.monotonic_time(:millisecond)
+
+    control_plane = run_script!("tools/control-plane/build.sh")
+    localkube = run_script!("tools/localkube/build.sh")
+    runner = write_runner_entrypoint!(state_dir)
+
+    args = [
+      "up",
+      "--etcd",
+      Path.join(control_plane, "etcd"),
+      "--apiserver",
+      Path.join(control_plane, "kube-apiserver"),
+      "--state-dir",
+      state_dir,
+      "--image",
+      "flame-runner:test=#{runner}",
+      "--image",
+      "sleeper:test=/bin/sleep",
+      "--image",
+      "shell:test=/bin/sh"
+    ]
+
+    port =
+      Port.open({:spawn_executable, localkube}, [
+        :binary,
+        :exit_status,
+        {:line, 16_384},
+        args: args
+      ])
+
+    info = await_ready!(port, [])
+    ready_ms = System.monotonic_time(:millisecond) - started
+
+    info =
+      Map.merge(info, %{
+        port: port,
+        ca_pem: File.read!(Path.join(state_dir, "ca.crt")),
+        runner_entrypoint: runner,
+        ready_ms: ready_ms
+      })
+
+    :persistent_term.put(@key, info)
+    IO.puts("local control plane ready in #{ready_ms} ms at #{info.server} (#{info.kubeconfig})")
+    info
+  end
+
+  @doc "The running control plane's info (`:kubeconfig`, `:server`, `:state_dir`, `:kubelet_log`, `:ca_pem`)."
+  def info, do: :persistent_term.get(@key)
+
+  @doc "Whether a control plane was started for this run."
+  def running?, do: :persistent_term.get(@key, nil) != nil
+
+  @doc "An admin connection."
+  def kube!(opts \\ []) do
+    {:ok, kube} = Kube.connect([kubeconfig: info().kubeconfig] ++ opts)
+    kube
+  end
+
+  @doc "A namespace for one test, named from the test so failures can be traced in the kubelet log."
+  def namespace_name(module, test) do
+    hash =
+      :erlang.phash2({module, test}, 4_294_967_296) |> Integer.to_string(36) |> String.downcase()
+
+    "t-" <> hash
+  end
+
+  @doc "Creates a namespace with a `default` ServiceAccount (no controller-manager creates it here)."
+  def create_namespace!(kube, name) do
+    {:ok, _} =
+      Kube.request(kube, "POST", "/api/v1/namespaces", body: %{"metadata" => %{"name" => name}})
+
+    create_service_account!(kube, name, "default")
+    name
+  end
+
+  def create_service_account!(kube, namespace, name) do
+    {:ok, _} =
+      Kube.request(kube, "POST", "/api/v1/namespaces/#{namespace}/serviceaccounts",
+        body: %{"metadata" => %{"name" => name}}
+      )
+
+    name
+  end
+
+  @doc """
+  A ServiceAccount bound to a Role with `rules`, and a bearer token for it (TokenRequest).
+  Returns a connection that authenticates as that account.
+  """
+  def service_account_kube!(kube, namespace, name, rules) do
+    create_service_account!(kube, namespace, name)
+
+    {:ok, _} =
+      Kube.request(
+        kube,
+        "POST",
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/#{namespace}/roles",
+        body: %{"metadata" => %{"name" => name}, "rules" => rules}
+      )
+
+    {:ok, _} =
+      Kube.request(
+        kube,
+        "POST",
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/#{namespace}/rolebindings",
+        body: %{
+          "metadata" => %{"name" => name},
+          "roleRef" => %{
+            "apiGroup" => "rbac.authorization.k8s.io",
+            "kind" => "Role",
+            "name" => name
+          },
+          "subjects" => [%{"kind" => "ServiceAccount", "name" => name, "namespace" => namespace}]
+        }
+      )
+
+    {:ok, %{"status" => %{"token" => token}}} =
+      Kube.request(kube, "POST", "/api/v1/namespaces/#{namespace}/serviceaccounts/#{name}/token",
+        body: %{"spec" => %{"expirationSeconds" => 600}}
+      )
+
+    {:ok, sa_kube} = Kube.connect(url: info().server, ca_cert_pem: info().ca_pem, token: token)
+    sa_kube
+  end
+
+  @doc """
+  A parent pod object for the test VM. `spec.nodeName` points at a node the simulated kubelet
+  does not own, so the object exists for the backend to read but nothing runs it.
+  """
+  def create_parent_pod!(kube, namespace, opts \\ []) do
+    container = %{
+      "name" => "app",
+      "image" => Keyword.get(opts, :image, "flame-runner:test"),
+      "env" => [%{"name" => "FROM_PARENT", "value" => "inherited"}]
+    }
+
+    manifest = %{
+      "metadata" => %{
+        "name" => Keyword.get(opts, :name, "parent"),
+        "labels" => %{"app" => "parent"}
+      },
+      "spec" => %{
+        "nodeName" => "elsewhere",
+        "serviceAccountName" => Keyword.get(opts, :service_account, "default"),
+        "containers" => [container]
+      }
+    }
+
+    {:ok, pod} = Kube.create_pod(kube, namespace, manifest)
+    pod
+  end
+
+  @doc "A pod manifest running `image` with `args` and extra `labels`."
+  def pod_manifest(name, image, opts \\ []) do
+    %{
+      "metadata" => %{"name" => name, "labels" => Keyword.get(opts, :labels, %{})},
+      "spec" => %{
+        "restartPolicy" => "Never",
+        "containers" => [
+          %{"name" => "main", "image" => image, "args" => Keyword.get(opts, :args, [])}
+          |> Map.merge(Keyword.get(opts, :container, %{}))
+        ]
+      }
+    }
+  end
+
+  @doc "The kubelet log lines about `namespace`."
+  def kubelet_log(namespace) do
+    case File.read(info().kubelet_log) do
+      {:ok, log} ->
+        log |> String.split("\n") |> Enum.filter(&String.contains?(&1, namespace <> "/"))
+
+      {:error, _} ->
+        []
+    end
+  end
+
+  # The runner image: a BEAM node with this project's test build on its code path. It starts
+  # the FLAME application, whose terminator reads FLAME_PARENT and connects to the parent.
+  defp write_runner_entrypoint!(state_dir) do
+    elixir = System.find_executable("elixir") || raise "elixir is not on PATH"
+    ebins = Path.wildcard(Path.join(Mix.Project.build_path(), "lib/*/ebin"))
+    pa = Enum.map_join(ebins, " ", &"-pa #{&1}")
+
+    script = """
+    #!/bin/sh
+    # flame-runner:test, written by #{inspect(__MODULE__)}
+    exec #{elixir} --name "$RELEASE_NODE" --cookie "$RELEASE_COOKIE" #{pa} \\
+      -e 'FLAMEK8sBackend.Test.RunnerApp.start()' --no-halt
+    """
+
+    path = Path.join(state_dir, "flame-runner.sh")
+    File.write!(path, script)
+    File.chmod!(path, 0o755)
+    path
+  end
+
+  defp run_script!(script) do
+    case System.cmd(Path.join(@root, script), [], stderr_to_stdout: false) do
+      {out, 0} -> out |> String.split("\n", trim: true) |> List.last()
+      {out, status} -> raise "#{script} failed (exit #{status}): #{out}"
+    end
+  end
+
+  defp await_ready!(port, lines) do
+    receive do
+      {^port, {:data, {:eol, "READY " <> rest}}} ->
+        rest
+        |> String.split(" ", trim: true)
+        |> Map.new(fn pair ->
+          [key, value] = String.split(pair, "=", parts: 2)
+          {String.to_atom(key), value}
+        end)
+
+      {^port, {:data, {:eol, "FAILED " <> reason}}} ->
+        raise "local control plane failed to start: #{reason}"
+
+      {^port, {:data, {_, line}}} ->
+        await_ready!(port, [line | lines])
+
+      {^port, {:exit_status, status}} ->
+        raise "localkube exited with status #{status} before it was ready:\n" <>
+                Enum.join(Enum.reverse(lines), "\n")
+    after
+      180_000 -> raise "local control plane not ready after 180 s"
+    end
+  end
+end
