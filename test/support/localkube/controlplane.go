@@ -197,7 +197,7 @@ func waitFor(ctx context.Context, timeout time.Duration, p *proc, ready func() b
 			return nil
 		}
 		if p.exited() {
-			return fmt.Errorf("%w during startup (%v)", errExited, p.waitErr)
+			return fmt.Errorf("%w during startup (%s)", errExited, p.cmd.ProcessState)
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("not ready after %s", timeout)

@@ -182,6 +182,10 @@ func runUp(args []string) int {
 		logf("second signal: exiting at once")
 		os.Exit(130)
 	}()
+	if cfg.exitOnStdinEOF && stdinIsDevNull() {
+		logf("stdin is /dev/null: not treating its EOF as a stop request (stop with SIGTERM or SIGINT)")
+		cfg.exitOnStdinEOF = false
+	}
 	if cfg.exitOnStdinEOF {
 		go func() {
 			_, _ = io.Copy(io.Discard, os.Stdin)
@@ -195,6 +199,11 @@ func runUp(args []string) int {
 	}
 	lk := &localkube{cfg: cfg, wd: wd}
 	ready, err := lk.start(st.ctx)
+	if err != nil && st.ctx.Err() != nil {
+		fmt.Printf("FAILED interrupted during startup: %s\n", st.reason)
+		lk.shutdown()
+		return 1
+	}
 	if err != nil {
 		fmt.Printf("FAILED %s\n", oneLine(err.Error()))
 		var se *startupError
@@ -354,4 +363,13 @@ func (lk *localkube) shutdown() {
 
 func signalIgnore() {
 	signal.Ignore(syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGPIPE, syscall.SIGQUIT)
+}
+
+// stdinIsDevNull reports whether stdin is /dev/null (where EOF comes at once and means nothing).
+func stdinIsDevNull() bool {
+	var in, null syscall.Stat_t
+	if syscall.Fstat(0, &in) != nil || syscall.Stat(os.DevNull, &null) != nil {
+		return false
+	}
+	return in.Mode&syscall.S_IFMT == syscall.S_IFCHR && in.Rdev == null.Rdev
 }
