@@ -13,6 +13,8 @@ CACHE="${FLAME_K8S_CACHE:-$HOME/.cache/flame_k8s_backend}"
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
 
 log() { printf '[control-plane] %s\n' "$*" >&2; }
+step_start=$SECONDS
+took() { local t=$((SECONDS - step_start)); step_start=$SECONDS; printf '%dm%02ds' $((t / 60)) $((t % 60)); }
 
 command -v go >/dev/null || { log "go is not installed (needs Go >= 1.26)"; exit 1; }
 
@@ -41,6 +43,7 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
 if [ ! -x "$OUT/kube-apiserver" ]; then
+  step_start=$SECONDS
   mkdir -p "$work/kube"
   {
     echo "module flamek8s.local/kubebuild"
@@ -61,9 +64,11 @@ if [ ! -x "$OUT/kube-apiserver" ]; then
   ldflags="$ldflags -X k8s.io/client-go/pkg/version.gitVersion=$KUBE_VERSION -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$minor"
   (cd "$work/kube" && go build -trimpath -ldflags "$ldflags" -o "$OUT/kube-apiserver.tmp" k8s.io/kubernetes/cmd/kube-apiserver)
   mv "$OUT/kube-apiserver.tmp" "$OUT/kube-apiserver"
+  log "kube-apiserver: built in $(took)"
 fi
 
 if [ ! -x "$OUT/etcd" ]; then
+  step_start=$SECONDS
   mkdir -p "$work/etcd"
   printf 'module flamek8s.local/etcdbuild\n\ngo 1.24\n' > "$work/etcd/go.mod"
   log "etcd $ETCD_VERSION: resolving modules"
@@ -71,6 +76,7 @@ if [ ! -x "$OUT/etcd" ]; then
   log "etcd $ETCD_VERSION: compiling"
   (cd "$work/etcd" && go build -trimpath -ldflags "-s -w" -o "$OUT/etcd.tmp" go.etcd.io/etcd/server/v3)
   mv "$OUT/etcd.tmp" "$OUT/etcd"
+  log "etcd: built in $(took)"
 fi
 
 log "built: $OUT"

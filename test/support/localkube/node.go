@@ -144,6 +144,13 @@ func (n *nodeAgent) heartbeat(ctx context.Context) {
 			logf("node %s: lease renewal failed: %v", n.name, err)
 		}
 		node, err := n.client.CoreV1().Nodes().Get(ctx, n.name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			logf("node %s was deleted: registering it again", n.name)
+			if err := n.register(ctx); err != nil && ctx.Err() == nil {
+				logf("node %s: %v", n.name, err)
+			}
+			continue
+		}
 		if err != nil {
 			if ctx.Err() == nil {
 				logf("node %s: %v", n.name, err)

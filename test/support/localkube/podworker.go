@@ -331,7 +331,10 @@ func (w *podWorker) initialize(pod *v1.Pod, now time.Time) {
 	if n := len(pod.Spec.InitContainers); n > 0 {
 		w.logf("%d init container(s) ignored by the simulated kubelet", n)
 	}
-	ip, err := w.k.ips.allocate()
+	ip, err := hostIP, error(nil)
+	if !pod.Spec.HostNetwork {
+		ip, err = w.k.ips.allocate()
+	}
 	if err != nil {
 		w.logf("cannot allocate a pod IP: %v", err)
 		for _, c := range w.ctrs {
@@ -342,7 +345,11 @@ func (w *podWorker) initialize(pod *v1.Pod, now time.Time) {
 		return
 	}
 	w.ip = ip
-	w.logf("sandbox ready: podIP %s", ip)
+	if pod.Spec.HostNetwork {
+		w.logf("sandbox ready: hostNetwork, podIP %s", ip)
+	} else {
+		w.logf("sandbox ready: podIP %s", ip)
+	}
 	switch w.b.fail {
 	case failImagePull:
 		for _, c := range w.ctrs {
@@ -636,7 +643,7 @@ func (w *podWorker) onGone() {
 		w.logf("removed from the API while %d container(s) still ran: SIGKILL", n)
 		w.signalAll(syscall.SIGKILL)
 	}
-	if w.ip != "" {
+	if w.ip != "" && w.ip != hostIP {
 		w.k.ips.release(w.ip)
 	}
 	w.logf("removed from the API")
