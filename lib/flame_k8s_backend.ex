@@ -203,14 +203,17 @@ defmodule FLAMEK8sBackend do
     end
   end
 
-  # The pod watch and the runner's remote_up race: remote_up may arrive before the watch
-  # reports the pod ready, and either way remote_up is what counts.
+  # One watch covers the whole boot: it reports failures (image pull, a crash of the runner VM
+  # even after the container started, deletion) and the phase a timeout hit, while the boot
+  # itself completes on the runner's remote_up, which may arrive before the watch even sees the
+  # pod running.
   defp await_boot(state, deadline) do
     parent_ref = state.parent_ref
 
     case Kube.await_pod(state.kube, state.namespace, state.runner_name,
            timeout: max(remaining(deadline), 1),
-           unschedulable: state.unschedulable
+           unschedulable: state.unschedulable,
+           report_ready: false
          ) do
       {:ok, await} ->
         ref = await.ref
@@ -221,11 +224,13 @@ defmodule FLAMEK8sBackend do
             flush_await(ref)
             {:ok, terminator}
 
-          {:flame_k8s, ^ref, {:ready, _pod}} ->
-            await_remote_up(state, deadline)
-
           {:flame_k8s, ^ref, result} ->
             {:error, not_ready_error(state, result)}
+        after
+          # The watch always answers by its timeout; this only guards against a lost message.
+          remaining(deadline) + 5_000 ->
+            Kube.cancel_await(await)
+            {:error, not_ready_error(state, {:timeout, %{phase: :remote_up, waited_ms: state.boot_timeout, detail: nil}})}
         end
 
       {:error, reason} ->
@@ -241,52 +246,14 @@ defmodule FLAMEK8sBackend do
     end
   end
 
-  defp await_remote_up(state, deadline) do
-    parent_ref = state.parent_ref
-    log(state, :info, "runner pod #{pod_id(state)} running, waiting for remote_up")
-
-    receive do
-      {^parent_ref, {:remote_up, terminator}} -> {:ok, terminator}
-    after
-      remaining(deadline) ->
-        detail = describe_pod(state)
-
-        {:error,
-         %BootError{
-           phase: :remote_up,
-           pod: pod_id(state),
-           reason: {:timeout, %{waited_ms: state.boot_timeout, detail: detail}}
-         }}
-    end
-  end
-
-  # What the pod looked like when remote_up never came: an exited runner VM says why.
-  defp describe_pod(state) do
-    case Kube.get_pod(state.kube, state.namespace, state.runner_name) do
-      {:ok, pod} ->
-        statuses = get_in(pod, ["status", "containerStatuses"]) || []
-
-        terminated =
-          Enum.find_value(statuses, fn status ->
-            case status["state"] do
-              %{"terminated" => t} ->
-                "container #{status["name"]} exited with code #{t["exitCode"]} (#{t["reason"]})"
-
-              _ ->
-                nil
-            end
-          end)
-
-        terminated ||
-          "pod phase #{get_in(pod, ["status", "phase"])}, the runner node never connected to #{node()}"
-
-      {:error, reason} ->
-        BootError.describe(reason)
-    end
-  end
-
   defp not_ready_error(state, {:failed, reason}) do
     %BootError{phase: failure_phase(reason), reason: reason, pod: pod_id(state)}
+  end
+
+  # The pod ran but the runner never said remote_up: name the phase after what was awaited.
+  defp not_ready_error(state, {:timeout, %{phase: :running} = info}) do
+    detail = "pod running, but the runner node never connected to #{node()}"
+    not_ready_error(state, {:timeout, %{info | phase: :remote_up, detail: info[:detail] || detail}})
   end
 
   defp not_ready_error(state, {:timeout, %{phase: phase} = info}) do

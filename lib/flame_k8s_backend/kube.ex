@@ -246,15 +246,21 @@ defmodule FLAMEK8sBackend.Kube do
     * `{:ready, pod}` - Running, with a pod IP, every container started
     * `{:failed, reason}` - see `FLAMEK8sBackend.BootError` for the reasons
     * `{:deleted, name}` - the pod was deleted (or did not exist)
-    * `{:timeout, %{phase: :scheduling | :container_start, waited_ms: ms, detail: detail}}`
+    * `{:timeout, %{phase: :scheduling | :container_start | :running, waited_ms: ms, detail: detail}}`
     * `{:error, reason}` - the watch itself was refused (e.g. RBAC)
 
   The watch ends by itself when the caller exits; `cancel_await/1` ends it earlier (then no
   message is sent).
 
-  Options: `:timeout` (ms, required) and `:unschedulable` - `:fail` (default) reports an
-  unschedulable pod at once; `:wait` keeps waiting (a cluster autoscaler may add a node) and
-  names the scheduler's message if the timeout comes first.
+  Options:
+
+    * `:timeout` - ms, required
+    * `:unschedulable` - `:fail` (default) reports an unschedulable pod at once; `:wait` keeps
+      waiting (a cluster autoscaler may add a node) and names the scheduler's message if the
+      timeout comes first
+    * `:report_ready` - `true` (default). With `false` a ready pod is not reported: the watch
+      goes on reporting failures (a container that exits after it started, deletion) until it
+      is cancelled or times out, then with `phase: :running` if the pod was ready.
 
       {:ok, await} = FLAMEK8sBackend.Kube.await_pod(kube, "default", "runner-x7k2p", timeout: 30_000)
       receive do
@@ -264,7 +270,7 @@ defmodule FLAMEK8sBackend.Kube do
   @spec await_pod(t(), String.t(), String.t(), keyword()) ::
           {:ok, %{ref: reference(), handle: reference()}} | {:error, error()}
   def await_pod(%__MODULE__{} = kube, namespace, name, opts) do
-    opts = validate_keyword!(opts, [:timeout, :unschedulable], "await_pod options")
+    opts = validate_keyword!(opts, [:timeout, :unschedulable, :report_ready], "await_pod options")
 
     timeout =
       case Keyword.fetch(opts, :timeout) do
@@ -279,6 +285,7 @@ defmodule FLAMEK8sBackend.Kube do
         other -> raise ArgumentError, bad(":unschedulable", ":fail or :wait", other)
       end
 
+    report_ready = boolean!(opts, :report_ready, true)
     ref = make_ref()
 
     with {:ok, handle} <-

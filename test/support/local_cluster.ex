@@ -58,7 +58,7 @@ defmodule FLAMEK8sBackend.Test.LocalCluster do
     info =
       Map.merge(info, %{
         port: port,
-        ca_pem: File.read!(Path.join(state_dir, "ca.crt")),
+        ca_pem: File.read!(Path.join([state_dir, "pki", "ca.crt"])),
         runner_entrypoint: runner,
         ready_ms: ready_ms
       })
@@ -107,10 +107,17 @@ defmodule FLAMEK8sBackend.Test.LocalCluster do
   end
 
   @doc """
-  A ServiceAccount bound to a Role with `rules`, and a bearer token for it (TokenRequest).
-  Returns a connection that authenticates as that account.
+  A ServiceAccount bound to a Role with `rules`; returns a connection that authenticates as
+  that account with a TokenRequest token, to the API server or to `url`.
   """
-  def service_account_kube!(kube, namespace, name, rules) do
+  def service_account_kube!(kube, namespace, name, rules, url \\ nil) do
+    token = service_account_token!(kube, namespace, name, rules)
+    {:ok, sa_kube} = Kube.connect(url: url || info().server, ca_cert_pem: info().ca_pem, token: token)
+    sa_kube
+  end
+
+  @doc "A ServiceAccount bound to a Role with `rules`, and a bearer token for it (TokenRequest)."
+  def service_account_token!(kube, namespace, name, rules) do
     create_service_account!(kube, namespace, name)
 
     {:ok, _} =
@@ -142,8 +149,32 @@ defmodule FLAMEK8sBackend.Test.LocalCluster do
         body: %{"spec" => %{"expirationSeconds" => 600}}
       )
 
-    {:ok, sa_kube} = Kube.connect(url: info().server, ca_cert_pem: info().ca_pem, token: token)
-    sa_kube
+    token
+  end
+
+  @doc "Writes a kubeconfig that authenticates with `token`; returns its path."
+  def write_token_kubeconfig!(token) do
+    path = Path.join(info().state_dir, "kubeconfig-#{System.unique_integer([:positive])}")
+
+    File.write!(path, """
+    apiVersion: v1
+    kind: Config
+    clusters:
+    - name: local
+      cluster:
+        server: #{info().server}
+        certificate-authority-data: #{Base.encode64(info().ca_pem)}
+    users:
+    - name: token
+      user:
+        token: #{token}
+    contexts:
+    - name: token
+      context: {cluster: local, user: token}
+    current-context: token
+    """)
+
+    path
   end
 
   @doc """

@@ -25,4 +25,15 @@ defmodule FLAMEK8sBackend.Test.RemoteFuns do
 
   @doc "Stops the runner VM abruptly."
   def halt_vm, do: fn -> System.halt(1) end
+
+  @doc "Reports arrival to `test`, then waits for `:go` and returns the runner's node."
+  def rendezvous(test) do
+    fn ->
+      send(test, {:arrived, node(), self()})
+
+      receive do
+        :go -> node()
+      end
+    end
+  end
 end

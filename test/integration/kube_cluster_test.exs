@@ -1,0 +1,263 @@
+defmodule FLAMEK8sBackend.KubeClusterTest do
+  # Every operation of the bridge against the real kube-apiserver, with pods run by the
+  # simulated kubelet.
+  use FLAMEK8sBackend.Test.ClusterCase, async: true
+
+  alias FLAMEK8sBackend.Test.TcpProxy
+
+  defp await!(kube, namespace, name, opts \\ []) do
+    {:ok, await} = Kube.await_pod(kube, namespace, name, Keyword.put_new(opts, :timeout, 30_000))
+    ref = await.ref
+    assert_receive {:flame_k8s, ^ref, result}, 60_000
+    refute_received {:flame_k8s, ^ref, _}
+    result
+  end
+
+  describe "pods" do
+    test "create, get, list by label, delete; deleting twice is fine", %{kube: kube, namespace: ns} do
+      manifest = LocalCluster.pod_manifest("web", "sleeper:test", args: ["300"], labels: %{"role" => "a"})
+      assert {:ok, %{"metadata" => %{"name" => "web", "uid" => uid}}} = Kube.create_pod(kube, ns, manifest)
+      {:ok, _} = Kube.create_pod(kube, ns, LocalCluster.pod_manifest("other", "sleeper:test", args: ["300"]))
+
+      assert {:ok, %{"metadata" => %{"uid" => ^uid, "namespace" => ^ns}}} = Kube.get_pod(kube, ns, "web")
+      assert {:ok, [%{"metadata" => %{"name" => "web"}}]} = Kube.list_pods(kube, ns, label_selector: "role=a")
+      assert {:ok, pods} = Kube.list_pods(kube, ns)
+      assert pods |> Enum.map(& &1["metadata"]["name"]) |> Enum.sort() == ["other", "web"]
+
+      assert :ok = Kube.delete_pod(kube, ns, "web", grace_period: 0)
+      assert :ok = Kube.delete_pod(kube, ns, "web")
+      assert :ok = Kube.delete_pod(kube, ns, "never-existed")
+    end
+
+    test "a missing pod is a 404 with the server's message", %{kube: kube, namespace: ns} do
+      assert {:error, {:api, 404, "NotFound", message}} = Kube.get_pod(kube, ns, "nope")
+      assert message =~ ~s(pods "nope" not found)
+    end
+
+    test "a manifest the server rejects surfaces the field message (422)", %{kube: kube, namespace: ns} do
+      manifest = LocalCluster.pod_manifest("Bad_Name", "sleeper:test")
+      assert {:error, {:api, 422, "Invalid", message}} = Kube.create_pod(kube, ns, manifest)
+      assert message =~ "metadata.name"
+
+      manifest = put_in(LocalCluster.pod_manifest("ok", "sleeper:test"), ["spec", "containers"], [])
+      assert {:error, {:api, 422, "Invalid", message}} = Kube.create_pod(kube, ns, manifest)
+      assert message =~ "spec.containers"
+    end
+
+    test "a duplicate name is a 409", %{kube: kube, namespace: ns} do
+      manifest = LocalCluster.pod_manifest("dup", "sleeper:test", args: ["300"])
+      {:ok, _} = Kube.create_pod(kube, ns, manifest)
+      assert {:error, {:api, 409, "AlreadyExists", _}} = Kube.create_pod(kube, ns, manifest)
+    end
+  end
+
+  describe "secrets" do
+    test "create returns metadata only; delete is idempotent", %{kube: kube, namespace: ns} do
+      secret = %{"metadata" => %{"name" => "s1"}, "stringData" => %{"RELEASE_COOKIE" => "very-secret"}}
+      assert {:ok, %{"name" => "s1"} = meta} = Kube.create_secret(kube, ns, secret)
+      refute inspect(meta) =~ "very-secret"
+      refute inspect(meta) =~ Base.encode64("very-secret")
+
+      assert {:ok, %{"data" => %{"RELEASE_COOKIE" => encoded}}} =
+               Kube.request(kube, "GET", "/api/v1/namespaces/#{ns}/secrets/s1")
+
+      assert Base.decode64!(encoded) == "very-secret"
+      assert :ok = Kube.delete_secret(kube, ns, "s1")
+      assert :ok = Kube.delete_secret(kube, ns, "s1")
+      assert {:error, {:api, 404, _, _}} = Kube.request(kube, "GET", "/api/v1/namespaces/#{ns}/secrets/s1")
+    end
+  end
+
+  describe "await_pod" do
+    test "ready: Running with the pod IP the kubelet assigned", %{kube: kube, namespace: ns} do
+      {:ok, _} = Kube.create_pod(kube, ns, LocalCluster.pod_manifest("p", "sleeper:test", args: ["300"]))
+      assert {:ready, pod} = await!(kube, ns, "p")
+      assert pod["status"]["phase"] == "Running"
+      assert "127.0." <> _ = pod["status"]["podIP"]
+      assert {:ok, %{"status" => %{"podIP" => ip}}} = Kube.get_pod(kube, ns, "p")
+      assert ip == pod["status"]["podIP"]
+    end
+
+    test "a pod that is already ready is reported at once", %{kube: kube, namespace: ns} do
+      {:ok, _} = Kube.create_pod(kube, ns, LocalCluster.pod_manifest("p", "sleeper:test", args: ["300"]))
+      assert {:ready, _} = await!(kube, ns, "p")
+      assert {:ready, _} = await!(kube, ns, "p")
+    end
+
+    test "image pull failure names the image", %{kube: kube, namespace: ns} do
+      {:ok, _} = Kube.create_pod(kube, ns, LocalCluster.pod_manifest("p", "no-such-image:1"))
+
+      assert {:failed, {:image_pull, %{reason: reason, image: "no-such-image:1", message: message}}} =
+               await!(kube, ns, "p")
+
+      assert reason in ["ErrImagePull", "ImagePullBackOff"]
+      assert message =~ "no-such-image"
+    end
+
+    test "unschedulable fails with the scheduler's message, or waits when asked", %{kube: kube, namespace: ns} do
+      labels = %{"sim-kubelet/fail" => "unschedulable"}
+      {:ok, _} = Kube.create_pod(kube, ns, LocalCluster.pod_manifest("p", "sleeper:test", labels: labels))
+
+      assert {:failed, {:unschedulable, message}} = await!(kube, ns, "p", unschedulable: :fail)
+      assert message =~ "0/1 nodes are available"
+
+      assert {:timeout, %{phase: :scheduling, detail: detail, waited_ms: waited}} =
+               await!(kube, ns, "p", unschedulable: :wait, timeout: 1_000)
+
+      assert detail =~ "0/1 nodes are available"
+      assert waited >= 1_000
+    end
+
+    test "a missing secret is a container config error", %{kube: kube, namespace: ns} do
+      manifest =
+        LocalCluster.pod_manifest("p", "sleeper:test",
+          args: ["300"],
+          container: %{"envFrom" => [%{"secretRef" => %{"name" => "missing"}}]}
+        )
+
+      {:ok, _} = Kube.create_pod(kube, ns, manifest)
+
+      assert {:failed, {:container_config, %{reason: "CreateContainerConfigError", message: message}}} =
+               await!(kube, ns, "p")
+
+      assert message =~ "missing"
+    end
+
+    test "a crash injected by label", %{kube: kube, namespace: ns} do
+      labels = %{"sim-kubelet/fail" => "crash", "sim-kubelet/exit-code" => "42"}
+      {:ok, _} = Kube.create_pod(kube, ns, LocalCluster.pod_manifest("p", "sleeper:test", labels: labels))
+      assert {:failed, {:container_exited, %{exit_code: 42}}} = await!(kube, ns, "p")
+    end
+
+    test "OOMKilled", %{kube: kube, namespace: ns} do
+      labels = %{"sim-kubelet/fail" => "oom"}
+      {:ok, _} = Kube.create_pod(kube, ns, LocalCluster.pod_manifest("p", "sleeper:test", labels: labels))
+
+      assert {:failed, {:container_exited, %{exit_code: 137, reason: "OOMKilled"}}} =
+               await!(kube, ns, "p")
+    end
+
+    test "a pod that completes before anyone looks is a terminal phase", %{kube: kube, namespace: ns} do
+      {:ok, _} = Kube.create_pod(kube, ns, LocalCluster.pod_manifest("p", "shell:test", args: ["-c", "exit 0"]))
+      eventually(fn -> match?({:ok, %{"status" => %{"phase" => "Succeeded"}}}, Kube.get_pod(kube, ns, "p")) end)
+      assert {:failed, reason} = await!(kube, ns, "p")
+      assert match?({:container_exited, %{exit_code: 0}}, reason) or match?({:pod_phase, "Succeeded", _}, reason)
+    end
+
+    test "a slow start times out in the container_start phase", %{kube: kube, namespace: ns} do
+      labels = %{"sim-kubelet/start-delay-ms" => "60000"}
+      {:ok, _} = Kube.create_pod(kube, ns, LocalCluster.pod_manifest("p", "sleeper:test", args: ["300"], labels: labels))
+
+      assert {:timeout, %{phase: :container_start, detail: detail}} = await!(kube, ns, "p", timeout: 1_500)
+      assert detail =~ "ContainerCreating"
+    end
+
+    test "deletion during the wait is reported", %{kube: kube, namespace: ns} do
+      labels = %{"sim-kubelet/fail" => "unschedulable"}
+      {:ok, _} = Kube.create_pod(kube, ns, LocalCluster.pod_manifest("p", "sleeper:test", labels: labels))
+      {:ok, await} = Kube.await_pod(kube, ns, "p", timeout: 30_000, unschedulable: :wait)
+      :ok = Kube.delete_pod(kube, ns, "p", grace_period: 0)
+      ref = await.ref
+      assert_receive {:flame_k8s, ^ref, {:deleted, "p"}}, 10_000
+    end
+
+    test "a pod that does not exist is reported deleted", %{kube: kube, namespace: ns} do
+      assert {:deleted, "ghost"} = await!(kube, ns, "ghost")
+    end
+
+    test "cancel: no message, and the task is gone", %{kube: kube, namespace: ns} do
+      labels = %{"sim-kubelet/fail" => "unschedulable"}
+      {:ok, _} = Kube.create_pod(kube, ns, LocalCluster.pod_manifest("p", "sleeper:test", labels: labels))
+      {:ok, await} = Kube.await_pod(kube, ns, "p", timeout: 60_000, unschedulable: :wait)
+      assert Kube.live_tasks() >= 1
+      assert :ok = Kube.cancel_await(await)
+      assert :ok = Kube.cancel_await(await)
+      ref = await.ref
+      refute_receive {:flame_k8s, ^ref, _}, 200
+    end
+
+    test "the task ends when the caller dies", %{kube: kube, namespace: ns} do
+      labels = %{"sim-kubelet/fail" => "unschedulable"}
+      {:ok, _} = Kube.create_pod(kube, ns, LocalCluster.pod_manifest("p", "sleeper:test", labels: labels))
+      test = self()
+
+      {pid, monitor} =
+        spawn_monitor(fn ->
+          {:ok, _await} = Kube.await_pod(kube, ns, "p", timeout: 600_000, unschedulable: :wait)
+          send(test, {:started, Kube.live_tasks()})
+          receive do: (:never -> :ok)
+        end)
+
+      assert_receive {:started, live}, 5_000
+      assert live >= 1
+      Process.exit(pid, :kill)
+      assert_receive {:DOWN, ^monitor, :process, ^pid, :killed}
+      # Other async tests may run awaits too: count only ours by watching the total drop
+      # below what it was while ours ran.
+      eventually(fn -> Kube.live_tasks() < live end)
+    end
+  end
+
+  describe "RBAC" do
+    test "a token without pods/create gets a 403 naming verb and resource", %{kube: kube, namespace: ns} do
+      rules = [%{"apiGroups" => [""], "resources" => ["pods"], "verbs" => ["get", "list", "watch"]}]
+      limited = LocalCluster.service_account_kube!(kube, ns, "limited", rules)
+
+      assert {:ok, []} = Kube.list_pods(limited, ns)
+
+      assert {:error, {:api, 403, "Forbidden", message}} =
+               Kube.create_pod(limited, ns, LocalCluster.pod_manifest("p", "sleeper:test"))
+
+      assert message =~ ~s(cannot create resource "pods")
+      assert message =~ "system:serviceaccount:#{ns}:limited"
+
+      assert {:error, {:api, 403, "Forbidden", message}} =
+               Kube.create_secret(limited, ns, %{"metadata" => %{"name" => "s"}})
+
+      assert message =~ ~s(cannot create resource "secrets")
+    end
+
+    test "an await without watch rights fails fast with the 403", %{kube: kube, namespace: ns} do
+      rules = [%{"apiGroups" => [""], "resources" => ["pods"], "verbs" => ["get"]}]
+      limited = LocalCluster.service_account_kube!(kube, ns, "nowatch", rules)
+      assert {:error, {:api, 403, "Forbidden", message}} = await!(limited, ns, "p")
+      assert message =~ ~s(cannot list resource "pods")
+    end
+  end
+
+  # The API server "goes away" behind a TCP proxy that resets every connection and refuses new
+  # ones, which is what a client sees of a stopped server, without stopping the one server the
+  # whole suite shares.
+  describe "API server lost mid-watch" do
+    test "the await resumes when the server comes back", %{kube: kube, namespace: ns} do
+      rules = [%{"apiGroups" => [""], "resources" => ["pods"], "verbs" => ["get", "list", "watch"]}]
+      proxy = TcpProxy.start!(URI.parse(LocalCluster.info().server).port)
+      via_proxy = LocalCluster.service_account_kube!(kube, ns, "watcher", rules, proxy.url)
+
+      {:ok, _} = Kube.create_pod(kube, ns, LocalCluster.pod_manifest("p", "sleeper:test", args: ["300"], labels: %{"sim-kubelet/start-delay-ms" => "2000"}))
+      {:ok, await} = Kube.await_pod(via_proxy, ns, "p", timeout: 30_000)
+      TcpProxy.await_connections(proxy, 1)
+      TcpProxy.cut(proxy)
+      TcpProxy.restore(proxy)
+
+      ref = await.ref
+      assert_receive {:flame_k8s, ^ref, {:ready, _pod}}, 30_000
+    end
+
+    test "the await reports the lost connection and never hangs past its timeout", %{kube: kube, namespace: ns} do
+      rules = [%{"apiGroups" => [""], "resources" => ["pods"], "verbs" => ["get", "list", "watch"]}]
+      proxy = TcpProxy.start!(URI.parse(LocalCluster.info().server).port)
+      via_proxy = LocalCluster.service_account_kube!(kube, ns, "watcher", rules, proxy.url)
+
+      labels = %{"sim-kubelet/fail" => "unschedulable"}
+      {:ok, _} = Kube.create_pod(kube, ns, LocalCluster.pod_manifest("p", "sleeper:test", labels: labels))
+      {:ok, await} = Kube.await_pod(via_proxy, ns, "p", timeout: 3_000, unschedulable: :wait)
+      TcpProxy.await_connections(proxy, 1)
+      TcpProxy.cut(proxy)
+
+      ref = await.ref
+      assert_receive {:flame_k8s, ^ref, {:timeout, %{phase: :scheduling, detail: detail}}}, 10_000
+      assert is_binary(detail)
+    end
+  end
+end
