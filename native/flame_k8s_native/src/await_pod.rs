@@ -160,7 +160,7 @@ where
                 if !is_retriable(&err) {
                     return AwaitOutcome::Error(err);
                 }
-                progress.transport_error = Some(err.to_string());
+                progress.transport_error = Some(err.message());
                 tokio::time::sleep(backoff.next_delay()).await;
                 continue;
             }
@@ -337,7 +337,7 @@ mod tests {
                 waited_ms,
                 detail: Some(d),
             } => {
-                assert!(d.contains("Connection refused"), "{d}");
+                assert_eq!(d, "Connection refused");
                 assert!(waited_ms >= 3000, "{waited_ms}");
             }
             other => panic!("{other:?}"),

@@ -82,6 +82,23 @@ impl Error {
         }
     }
 
+    /// The message without the kind prefix of `Display` (for details inside other results).
+    pub fn message(&self) -> String {
+        match self {
+            Error::Api {
+                code,
+                reason,
+                message,
+            } => format!("{code} {reason}: {message}"),
+            Error::Timeout(ms) => format!("request timed out after {ms} ms"),
+            Error::Connect(m)
+            | Error::InvalidManifest(m)
+            | Error::Config(m)
+            | Error::Decode(m)
+            | Error::Internal(m) => m.clone(),
+        }
+    }
+
     /// The message of a caught panic payload.
     pub fn from_panic(payload: &(dyn std::any::Any + Send)) -> Error {
         let msg = if let Some(s) = payload.downcast_ref::<&'static str>() {
@@ -167,9 +184,10 @@ impl From<kube::Error> for Error {
                     message: status.message.clone(),
                 }
             }
-            K::HyperError(_) | K::Service(_) | K::ReadEvents(_) => {
-                Error::Connect(error_chain(&err))
-            }
+            // Leave out kube's "ServiceError:"/"HyperError:" prefixes; the chain says it all.
+            K::HyperError(e) => Error::Connect(error_chain(&e)),
+            K::Service(e) => Error::Connect(error_chain(e.as_ref())),
+            K::ReadEvents(e) => Error::Connect(format!("reading the response: {e}")),
             K::SerdeError(_) | K::FromUtf8(_) | K::LinesCodecMaxLineLengthExceeded => {
                 Error::Decode(error_chain(&err))
             }
@@ -273,7 +291,7 @@ mod tests {
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
         let e: Error = kube::Error::Service(Box::new(io)).into();
         match e {
-            Error::Connect(m) => assert!(m.contains("Connection refused"), "{m}"),
+            Error::Connect(m) => assert_eq!(m, "Connection refused"),
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -282,7 +300,8 @@ mod tests {
     fn read_events_is_connect() {
         let io = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "early eof");
         let e: Error = kube::Error::ReadEvents(io).into();
-        assert!(matches!(e, Error::Connect(ref m) if m.contains("early eof")));
+        assert_eq!(e, Error::Connect("reading the response: early eof".into()));
+        assert_eq!(e.message(), "reading the response: early eof");
     }
 
     #[test]
