@@ -19,6 +19,27 @@ use crate::readiness::{
 pub struct AwaitOptions {
     pub timeout: Duration,
     pub unschedulable: UnschedulablePolicy,
+    /// `false`: a ready pod is not reported; the watch goes on reporting failures (a
+    /// container that exits, deletion) until cancelled or timed out (then `Phase::Running`).
+    pub report_ready: bool,
+}
+
+/// The phase a timeout is reported in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Scheduling,
+    ContainerStart,
+    /// The pod was ready when the time ran out (only with `report_ready: false`).
+    Running,
+}
+
+impl From<PendingPhase> for Phase {
+    fn from(p: PendingPhase) -> Self {
+        match p {
+            PendingPhase::Scheduling => Phase::Scheduling,
+            PendingPhase::ContainerStart => Phase::ContainerStart,
+        }
+    }
 }
 
 /// The one result an await reports.
@@ -28,7 +49,7 @@ pub enum AwaitOutcome {
     Failed(FailureReason),
     Deleted(String),
     Timeout {
-        phase: PendingPhase,
+        phase: Phase,
         waited_ms: u64,
         detail: Option<String>,
     },
@@ -38,7 +59,7 @@ pub enum AwaitOutcome {
 /// What we know so far, for the timeout report.
 #[derive(Debug)]
 struct Progress {
-    phase: PendingPhase,
+    phase: Phase,
     detail: Option<String>,
     /// Set while the watch is failing; cleared by the next successful event.
     transport_error: Option<String>,
@@ -47,7 +68,7 @@ struct Progress {
 impl Progress {
     fn new() -> Self {
         Progress {
-            phase: PendingPhase::Scheduling,
+            phase: Phase::Scheduling,
             detail: None,
             transport_error: None,
         }
@@ -121,11 +142,8 @@ where
 {
     let started = Instant::now();
     let mut progress = Progress::new();
-    let outcome = tokio::time::timeout(
-        opts.timeout,
-        drive(stream, name, opts.unschedulable, &mut progress),
-    )
-    .await;
+    let outcome =
+        tokio::time::timeout(opts.timeout, drive(stream, name, opts, &mut progress)).await;
     match outcome {
         Ok(o) => o,
         Err(_elapsed) => progress.timeout(started.elapsed()),
@@ -135,7 +153,7 @@ where
 async fn drive<S>(
     stream: S,
     name: &str,
-    policy: UnschedulablePolicy,
+    opts: AwaitOptions,
     progress: &mut Progress,
 ) -> AwaitOutcome
 where
@@ -187,7 +205,11 @@ where
         if pod.metadata.name.as_deref() != Some(name) {
             continue;
         }
-        match classify(&pod, policy) {
+        match classify(&pod, opts.unschedulable) {
+            Classification::Ready if !opts.report_ready => {
+                progress.phase = Phase::Running;
+                progress.detail = None;
+            }
             Classification::Ready => {
                 return match serde_json::to_value(&pod) {
                     Ok(v) => AwaitOutcome::Ready(v),
@@ -197,7 +219,7 @@ where
             Classification::Failed(reason) => return AwaitOutcome::Failed(reason),
             Classification::Deleted => return AwaitOutcome::Deleted(name.to_string()),
             Classification::Pending { phase, detail } => {
-                progress.phase = phase;
+                progress.phase = phase.into();
                 progress.detail = detail;
             }
         }
@@ -250,7 +272,65 @@ mod tests {
         AwaitOptions {
             timeout: Duration::from_millis(ms),
             unschedulable,
+            report_ready: true,
         }
+    }
+
+    fn quiet(ms: u64) -> AwaitOptions {
+        AwaitOptions {
+            report_ready: false,
+            ..opts(ms, UnschedulablePolicy::Fail)
+        }
+    }
+
+    fn exited() -> Pod {
+        pod(json!({"metadata": {"name": "p"},
+                   "spec": {"nodeName": "n", "containers": [{"name": "c", "image": "i"}]},
+                   "status": {"phase": "Failed", "podIP": "127.0.0.5", "containerStatuses": [{"name": "c",
+                     "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+                     "state": {"terminated": {"exitCode": 1, "reason": "Error"}}}]}}))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_report_ready_a_ready_pod_times_out_as_running() {
+        let s = events(vec![
+            Ok(Event::Init),
+            Ok(Event::InitApply(creating())),
+            Ok(Event::InitDone),
+            Ok(Event::Apply(ready())),
+        ]);
+        assert_eq!(
+            await_on_stream(s, "p", quiet(700)).await,
+            AwaitOutcome::Timeout {
+                phase: Phase::Running,
+                waited_ms: 700,
+                detail: None
+            }
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_report_ready_failures_after_ready_are_reported() {
+        let s = events(vec![
+            Ok(Event::Init),
+            Ok(Event::InitApply(ready())),
+            Ok(Event::InitDone),
+            Ok(Event::Apply(exited())),
+        ]);
+        assert!(matches!(
+            await_on_stream(s, "p", quiet(10_000)).await,
+            AwaitOutcome::Failed(FailureReason::ContainerExited { exit_code: 1, .. })
+        ));
+        let s = events(vec![
+            Ok(Event::Init),
+            Ok(Event::InitApply(ready())),
+            Ok(Event::InitDone),
+            Ok(Event::Delete(ready())),
+        ]);
+        assert_eq!(
+            await_on_stream(s, "p", quiet(10_000)).await,
+            AwaitOutcome::Deleted("p".into())
+        );
     }
 
     fn api_err(code: u16) -> watcher::Error {
@@ -333,7 +413,7 @@ mod tests {
         let s = stream::repeat_with(|| Err(transport_err()));
         match await_on_stream(s, "p", opts(3000, UnschedulablePolicy::Fail)).await {
             AwaitOutcome::Timeout {
-                phase: PendingPhase::Scheduling,
+                phase: Phase::Scheduling,
                 waited_ms,
                 detail: Some(d),
             } => {
@@ -368,7 +448,7 @@ mod tests {
         assert_eq!(
             await_on_stream(s, "p", opts(500, UnschedulablePolicy::Fail)).await,
             AwaitOutcome::Timeout {
-                phase: PendingPhase::ContainerStart,
+                phase: Phase::ContainerStart,
                 waited_ms: 500,
                 detail: Some("ContainerCreating".into())
             }
@@ -391,7 +471,7 @@ mod tests {
         assert_eq!(
             await_on_stream(evs(), "p", opts(500, UnschedulablePolicy::Wait)).await,
             AwaitOutcome::Timeout {
-                phase: PendingPhase::Scheduling,
+                phase: Phase::Scheduling,
                 waited_ms: 500,
                 detail: Some("no nodes".into())
             }

@@ -6,11 +6,11 @@ use rustler::env::OwnedEnv;
 use rustler::{Encoder, Env, LocalPid, Monitor, NifResult, ResourceArc, Term};
 use serde_json::Value;
 
-use crate::await_pod::{AwaitOptions, AwaitOutcome};
+use crate::await_pod::{AwaitOptions, AwaitOutcome, Phase};
 use crate::client::{ClientHandle, ConnectOptions, Mode};
 use crate::error::Error;
 use crate::manifest::check_path_segment;
-use crate::readiness::{FailureReason, PendingPhase, UnschedulablePolicy};
+use crate::readiness::{FailureReason, UnschedulablePolicy};
 use crate::runtime::block_on_with_timeout;
 use crate::task::{cancel_pair, spawn_reporting, Canceller, LiveGuard};
 use crate::term::{json_to_term, term_to_json};
@@ -39,6 +39,8 @@ mod atoms {
         pod_phase,
         scheduling,
         container_start,
+        running,
+        report_ready,
         // map keys
         reason,
         container,
@@ -227,9 +229,16 @@ fn decode_await_opts(opts: Term) -> NifResult<AwaitOptions> {
         Some("wait") => UnschedulablePolicy::Wait,
         _ => return Err(arg_error("opts.unschedulable: expected :fail or :wait")),
     };
+    // Optional (default true) so callers written before it existed keep working.
+    let env = opts.get_env();
+    let report_ready = match opts.map_get(atoms::report_ready().to_term(env)) {
+        Ok(t) => decode_bool(t, "opts.report_ready")?,
+        Err(_) => true,
+    };
     Ok(AwaitOptions {
         timeout: Duration::from_millis(timeout_ms),
         unschedulable,
+        report_ready,
     })
 }
 
@@ -364,8 +373,9 @@ fn outcome_term<'a>(env: Env<'a>, outcome: &Result<AwaitOutcome, Error>) -> NifR
             detail,
         } => {
             let phase = match phase {
-                PendingPhase::Scheduling => atoms::scheduling(),
-                PendingPhase::ContainerStart => atoms::container_start(),
+                Phase::Scheduling => atoms::scheduling(),
+                Phase::ContainerStart => atoms::container_start(),
+                Phase::Running => atoms::running(),
             };
             (
                 atoms::timeout(),
