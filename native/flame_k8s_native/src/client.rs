@@ -12,6 +12,9 @@ use crate::runtime::runtime;
 /// within this plus a few seconds, then resumes from the last resourceVersion.
 pub const WATCH_TIMEOUT_SECS: u32 = 30;
 
+/// How far the per-connection timeouts of the request client trail the request timeout.
+const CONNECTION_TIMEOUT_MARGIN: Duration = Duration::from_secs(1);
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     InCluster,
@@ -49,7 +52,10 @@ impl fmt::Debug for ConnectOptions {
 
 /// A resolved configuration, before any client exists.
 pub struct Resolved {
+    /// The configuration of the request client; the watch client derives from it.
     pub config: kube::Config,
+    /// Bounds each request as a whole (connect, TLS, send, response): `{:timeout, ms}`.
+    pub request_timeout: Duration,
     pub default_namespace: Option<String>,
     /// A secret to scrub from error messages (the explicit bearer token).
     pub secret: Option<String>,
@@ -144,9 +150,14 @@ pub fn resolve(opts: &ConnectOptions) -> Result<Resolved> {
     if opts.insecure_skip_tls_verify {
         resolved.config.accept_invalid_certs = true;
     }
-    resolved.config.connect_timeout = Some(timeout);
-    resolved.config.read_timeout = Some(timeout);
-    resolved.config.write_timeout = Some(timeout);
+    // The overall request timeout (applied around each request) is what callers see; the
+    // per-connection timeouts are a backstop a little behind it, so a stuck connect or read
+    // is reported as `{:timeout, ms}` rather than racing it as a connect error.
+    let backstop = timeout + CONNECTION_TIMEOUT_MARGIN;
+    resolved.request_timeout = timeout;
+    resolved.config.connect_timeout = Some(backstop);
+    resolved.config.read_timeout = Some(backstop);
+    resolved.config.write_timeout = Some(backstop);
     Ok(resolved)
 }
 
@@ -160,14 +171,16 @@ pub fn connect(opts: &ConnectOptions) -> Result<ClientHandle> {
 fn build(resolved: Resolved) -> Result<ClientHandle> {
     let Resolved {
         config,
+        request_timeout,
         default_namespace,
         secret,
     } = resolved;
-    let request_timeout = config
-        .read_timeout
-        .unwrap_or_else(|| Duration::from_secs(30));
     let server = server_string(&config.cluster_url);
+    // Watches idle for long stretches: no read/write timeouts (the watcher's own server-side
+    // timeout and dead-connection detection cover them), but a reconnect to an unreachable
+    // server fails within the request timeout and is retried.
     let mut watch_config = config.clone();
+    watch_config.connect_timeout = Some(request_timeout);
     watch_config.read_timeout = None;
     watch_config.write_timeout = None;
 
@@ -216,6 +229,7 @@ fn resolve_incluster() -> Result<Resolved> {
     let ns = Some(config.default_namespace.clone()).filter(|n| !n.is_empty());
     Ok(Resolved {
         config,
+        request_timeout: Duration::ZERO,
         default_namespace: ns,
         secret: None,
     })
@@ -312,6 +326,7 @@ fn resolve_kubeconfig(path: Option<&str>, context: Option<&str>) -> Result<Resol
         })?;
     Ok(Resolved {
         config,
+        request_timeout: Duration::ZERO,
         default_namespace: namespace,
         secret: None,
     })
@@ -341,6 +356,7 @@ fn resolve_explicit(opts: &ConnectOptions) -> Result<Resolved> {
     }
     Ok(Resolved {
         config,
+        request_timeout: Duration::ZERO,
         default_namespace: None,
         secret: token,
     })
@@ -438,8 +454,9 @@ users:
         let r = resolve(&o).unwrap();
         assert_eq!(r.default_namespace, None);
         assert_eq!(server_string(&r.config.cluster_url), "https://10.0.0.1:443");
-        assert_eq!(r.config.read_timeout, Some(Duration::from_millis(5000)));
-        assert_eq!(r.config.connect_timeout, Some(Duration::from_millis(5000)));
+        assert_eq!(r.request_timeout, Duration::from_millis(5000));
+        assert_eq!(r.config.read_timeout, Some(Duration::from_millis(6000)));
+        assert_eq!(r.config.connect_timeout, Some(Duration::from_millis(6000)));
     }
 
     #[test]
