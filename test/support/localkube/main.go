@@ -288,12 +288,16 @@ func (lk *localkube) start(ctx context.Context) (*readyInfo, error) {
 		return nil, fmt.Errorf("generating certificates: %w", err)
 	}
 	lk.cp = &controlPlane{cfg: cfg, stateDir: lk.stateDir, pki: pki, wd: lk.wd}
+	t0 := time.Now()
 	if err := lk.cp.startEtcd(ctx); err != nil {
 		return nil, err
 	}
+	logf("etcd healthy in %.1fs at %s", time.Since(t0).Seconds(), lk.cp.etcdURL)
+	t0 = time.Now()
 	if err := lk.cp.startAPIServer(ctx); err != nil {
 		return nil, err
 	}
+	logf("kube-apiserver ready in %.1fs at %s", time.Since(t0).Seconds(), lk.cp.server)
 	if err := lk.cp.writeKubeconfig(); err != nil {
 		return nil, fmt.Errorf("writing kubeconfig: %w", err)
 	}

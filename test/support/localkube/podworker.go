@@ -255,7 +255,10 @@ func (w *podWorker) step() {
 func (w *podWorker) stepUnbound(pod *v1.Pod, now time.Time) {
 	b := parseBehaviour(pod)
 	if msg := unschedulableReason(pod, w.k.node, b); msg != "" {
-		if w.unschedMsg == msg || now.Before(w.unschedRetry) {
+		if w.unschedMsg == msg {
+			return
+		}
+		if now.Before(w.unschedRetry) {
 			w.wakeAt(w.unschedRetry)
 			return
 		}
