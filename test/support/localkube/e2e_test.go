@@ -22,10 +22,13 @@ import (
 	"testing"
 	"time"
 
+	authenticationv1 "k8s.io/api/authentication/v1"
 	v1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/utils/ptr"
 )
@@ -211,6 +214,7 @@ func TestE2E(t *testing.T) {
 	e := &e2eEnv{t: t, client: lk.client, ready: lk.ready, scratch: t.TempDir(), pids: map[int]string{}}
 
 	t.Run("node", e.testNode)
+	t.Run("serviceaccount token and RBAC", e.testTokenRBAC)
 	t.Run("running pod: env, IP, graceful delete", e.testRunningPod)
 	t.Run("grace period then SIGKILL", e.testGraceKill)
 	t.Run("start delay shows ContainerCreating", e.testStartDelay)
@@ -794,4 +798,55 @@ func (e *e2eEnv) testLeaveRunning(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	e.delete(t, ns, "stubborn", nil)
 	time.Sleep(200 * time.Millisecond)
+}
+
+// testTokenRBAC: TokenRequest works and RBAC is enforced for a ServiceAccount token.
+func (e *e2eEnv) testTokenRBAC(t *testing.T) {
+	ns := e.namespace(t)
+	ctx := context.Background()
+	if _, err := e.client.CoreV1().ServiceAccounts(ns).Create(ctx, &v1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "flame"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	tr, err := e.client.CoreV1().ServiceAccounts(ns).CreateToken(ctx, "flame", &authenticationv1.TokenRequest{
+		Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr.To[int64](600)},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", e.ready["kubeconfig"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	saCfg := &rest.Config{Host: cfg.Host, BearerToken: tr.Status.Token, TLSClientConfig: rest.TLSClientConfig{CAData: cfg.CAData}}
+	sa := kubernetes.NewForConfigOrDie(saCfg)
+	if _, err := sa.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{}); !apierrors.IsForbidden(err) {
+		t.Fatalf("before RBAC: want Forbidden, got %v", err)
+	}
+	if _, err := e.client.RbacV1().Roles(ns).Create(ctx, &rbacv1.Role{
+		ObjectMeta: metav1.ObjectMeta{Name: "pods"},
+		Rules:      []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "watch"}}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.client.RbacV1().RoleBindings(ns).Create(ctx, &rbacv1.RoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "pods"},
+		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: "pods"},
+		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: "flame", Namespace: ns}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, err := sa.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after RBAC: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if _, err := sa.CoreV1().Pods(ns).Create(ctx, simplePod("x", "demo:1"), metav1.CreateOptions{}); !apierrors.IsForbidden(err) {
+		t.Errorf("create without the verb: want Forbidden, got %v", err)
+	}
 }
