@@ -44,7 +44,9 @@ defmodule FLAMEK8sBackend do
       Service your DNSCluster query uses.
     * `:omit_owner_reference` - default `false`; when `true` the runner pod has no owner
       reference to the parent pod.
-    * `:runner_node_basename` - the runner's node name before `@`; default: the parent's.
+    * `:runner_node_basename` - the runner's node name before `@`; default: the runner pod's
+      name, so every runner node has a distinct name (`web-7d9f8b-x2k9p-flame-ab12cd34@10.1.2.3`)
+      even where several share one host's epmd.
     * `:boot_timeout` - ms for the whole boot (create, schedule, start, `remote_up`);
       default 30_000. FLAME passes its pool's `:boot_timeout`.
     * `:unschedulable` - `:wait` (default; a cluster autoscaler may still add a node, and the
@@ -80,6 +82,9 @@ defmodule FLAMEK8sBackend do
 
   @compile {:no_warn_undefined, [FLAME.Parent]}
 
+  # The secret manifest carries the cookie and :secret_env, and the pod manifest FLAME_PARENT:
+  # none of them may show up in logs or crash reports.
+  @derive {Inspect, only: [:namespace, :runner_name, :runner_node_name, :boot_timeout]}
   defstruct [
     :kube,
     :namespace,
@@ -110,13 +115,14 @@ defmodule FLAMEK8sBackend do
       |> Keyword.merge(opts)
       |> Options.validate!()
 
-    with {:ok, basename} <- node_basename(opts),
+    with :ok <- ensure_distributed(),
          {:ok, kube} <- connect(opts),
          {:ok, {namespace, _} = parent_id} <- parent_pod_id(opts),
          {:ok, parent_pod} <- fetch_parent_pod(kube, parent_id),
          :ok <- sweep(kube, namespace, parent_pod, opts.log),
          parent_ref = make_ref(),
          runner_name = runner_name(parent_pod),
+         basename = opts.runner_node_basename || runner_name,
          {:ok, pod_manifest} <-
            RunnerPod.build(parent_pod, %{
              app_container_name: opts.app_container_name,
@@ -230,7 +236,12 @@ defmodule FLAMEK8sBackend do
           # The watch always answers by its timeout; this only guards against a lost message.
           remaining(deadline) + 5_000 ->
             Kube.cancel_await(await)
-            {:error, not_ready_error(state, {:timeout, %{phase: :remote_up, waited_ms: state.boot_timeout, detail: nil}})}
+
+            {:error,
+             not_ready_error(
+               state,
+               {:timeout, %{phase: :remote_up, waited_ms: state.boot_timeout, detail: nil}}
+             )}
         end
 
       {:error, reason} ->
@@ -253,7 +264,11 @@ defmodule FLAMEK8sBackend do
   # The pod ran but the runner never said remote_up: name the phase after what was awaited.
   defp not_ready_error(state, {:timeout, %{phase: :running} = info}) do
     detail = "pod running, but the runner node never connected to #{node()}"
-    not_ready_error(state, {:timeout, %{info | phase: :remote_up, detail: info[:detail] || detail}})
+
+    not_ready_error(
+      state,
+      {:timeout, %{info | phase: :remote_up, detail: info[:detail] || detail}}
+    )
   end
 
   defp not_ready_error(state, {:timeout, %{phase: phase} = info}) do
@@ -326,23 +341,17 @@ defmodule FLAMEK8sBackend do
 
   ## init helpers
 
-  defp node_basename(opts) do
-    cond do
-      not Node.alive?() ->
-        {:error,
-         %BootError{
-           phase: :connect,
-           reason:
-             {:not_distributed,
-              "the parent VM is not a distributed node: run it with RELEASE_DISTRIBUTION=name and RELEASE_NODE=<app>@$(POD_IP)"}
-         }}
-
-      opts.runner_node_basename ->
-        {:ok, opts.runner_node_basename}
-
-      true ->
-        [basename | _] = node() |> Atom.to_string() |> String.split("@")
-        {:ok, basename}
+  defp ensure_distributed do
+    if Node.alive?() do
+      :ok
+    else
+      {:error,
+       %BootError{
+         phase: :connect,
+         reason:
+           {:not_distributed,
+            "the parent VM is not a distributed node: run it with RELEASE_DISTRIBUTION=name and RELEASE_NODE=<app>@$(POD_IP)"}
+       }}
     end
   end
 

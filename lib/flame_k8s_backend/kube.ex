@@ -296,7 +296,8 @@ defmodule FLAMEK8sBackend.Kube do
              ref,
              %{
                timeout_ms: timeout,
-               unschedulable: unschedulable
+               unschedulable: unschedulable,
+               report_ready: report_ready
              }
            ) do
       {:ok, %{ref: ref, handle: handle}}

@@ -41,7 +41,9 @@ defmodule FLAMEK8sBackend.BackendE2ETest do
   end
 
   defp runner_pods(kube, ns) do
-    {:ok, pods} = Kube.list_pods(kube, ns, label_selector: "app.kubernetes.io/managed-by=flame_k8s_backend")
+    {:ok, pods} =
+      Kube.list_pods(kube, ns, label_selector: "app.kubernetes.io/managed-by=flame_k8s_backend")
+
     pods
   end
 
@@ -50,7 +52,8 @@ defmodule FLAMEK8sBackend.BackendE2ETest do
   end
 
   defp gone?(kube, ns, name) do
-    match?({:error, {:api, 404, _, _}}, Kube.get_pod(kube, ns, name)) and not secret_exists?(kube, ns, name)
+    match?({:error, {:api, 404, _, _}}, Kube.get_pod(kube, ns, name)) and
+      not secret_exists?(kube, ns, name)
   end
 
   defp boot_error!(opts) do
@@ -61,8 +64,18 @@ defmodule FLAMEK8sBackend.BackendE2ETest do
     error
   end
 
-  test "a call returns a value computed on a runner node", %{kube: kube, namespace: ns, opts: opts} do
-    pool = start_pool!(Keyword.merge(opts, secret_env: %{"SECRET_SETTING" => "s3"}, labels: %{"excluster" => "flame"}))
+  test "a call returns a value computed on a runner node", %{
+    kube: kube,
+    namespace: ns,
+    opts: opts
+  } do
+    pool =
+      start_pool!(
+        Keyword.merge(opts,
+          secret_env: %{"SECRET_SETTING" => "s3"},
+          labels: %{"excluster" => "flame"}
+        )
+      )
 
     assert {runner, 49} = FLAME.call(pool, RemoteFuns.square(7))
     assert runner != node()
@@ -70,7 +83,7 @@ defmodule FLAMEK8sBackend.BackendE2ETest do
     assert info.node == runner
     assert info.pod_namespace == ns
     assert "127.0." <> _ = info.pod_ip
-    assert Atom.to_string(runner) == "flame_parent@#{info.pod_ip}"
+    assert Atom.to_string(runner) == "#{info.pod_name}@#{info.pod_ip}"
     assert info.phx_server == "false"
     assert info.from_parent == "inherited"
     assert info.secret == "s3"
@@ -90,14 +103,18 @@ defmodule FLAMEK8sBackend.BackendE2ETest do
     {:ok, state} = FLAMEK8sBackend.init(opts)
     {:ok, terminator, state} = FLAMEK8sBackend.remote_boot(state)
 
-    {:ok, {pid, ref}} = FLAMEK8sBackend.remote_spawn_monitor(state, {Kernel, :send, [self(), :from_mfa]})
+    {:ok, {pid, ref}} =
+      FLAMEK8sBackend.remote_spawn_monitor(state, {Kernel, :send, [self(), :from_mfa]})
+
     assert node(pid) == node(terminator)
     assert_receive :from_mfa, 10_000
     assert_receive {:DOWN, ^ref, :process, ^pid, :normal}, 10_000
 
-    assert_raise ArgumentError, ~r/expected a function of arity 0 or \{module, function, args\}/, fn ->
-      FLAMEK8sBackend.remote_spawn_monitor(state, fn _ -> :arity_one end)
-    end
+    assert_raise ArgumentError,
+                 ~r/expected a function of arity 0 or \{module, function, args\}/,
+                 fn ->
+                   FLAMEK8sBackend.remote_spawn_monitor(state, fn _ -> :arity_one end)
+                 end
   end
 
   test "five concurrent boots give five runner nodes", %{kube: kube, namespace: ns, opts: opts} do
@@ -119,7 +136,11 @@ defmodule FLAMEK8sBackend.BackendE2ETest do
     assert Enum.sort(nodes) == arrivals |> Enum.map(&elem(&1, 0)) |> Enum.sort()
   end
 
-  test "idle shutdown: the runner stops and its pod and secret are deleted", %{kube: kube, namespace: ns, opts: opts} do
+  test "idle shutdown: the runner stops and its pod and secret are deleted", %{
+    kube: kube,
+    namespace: ns,
+    opts: opts
+  } do
     pool = start_pool!(opts, idle_shutdown_after: 300)
     info = FLAME.call(pool, &RemoteFuns.whereami/0)
     runner = info.node
@@ -128,7 +149,11 @@ defmodule FLAMEK8sBackend.BackendE2ETest do
     eventually(fn -> gone?(kube, ns, info.pod_name) end, 15_000)
   end
 
-  test "runner VM killed: its pod and secret are deleted", %{kube: kube, namespace: ns, opts: opts} do
+  test "runner VM killed: its pod and secret are deleted", %{
+    kube: kube,
+    namespace: ns,
+    opts: opts
+  } do
     pool = start_pool!(opts)
     info = FLAME.call(pool, &RemoteFuns.whereami/0)
     catch_exit(FLAME.call(pool, RemoteFuns.halt_vm()))
@@ -137,63 +162,99 @@ defmodule FLAMEK8sBackend.BackendE2ETest do
 
   test "boot timeout while the container starts: the error names the phase", %{opts: opts} do
     labels = %{"sim-kubelet/start-delay-ms" => "60000"}
-    opts = Keyword.merge(opts, boot_timeout: 1_500, manifest: %{"metadata" => %{"labels" => labels}})
+
+    opts =
+      Keyword.merge(opts, boot_timeout: 1_500, manifest: %{"metadata" => %{"labels" => labels}})
+
     error = boot_error!(opts)
     assert %BootError{phase: :container_start, reason: {:timeout, %{detail: detail}}} = error
     assert detail =~ "ContainerCreating"
     assert Exception.message(error) =~ "starting its container: timed out"
   end
 
-  test "boot timeout waiting for remote_up: the error says the runner never connected", %{opts: opts} do
-    manifest = %{"spec" => %{"containers" => [%{"name" => "app", "image" => "sleeper:test", "args" => ["300"]}]}}
+  test "boot timeout waiting for remote_up: the error says the runner never connected", %{
+    opts: opts
+  } do
+    manifest = %{
+      "spec" => %{
+        "containers" => [%{"name" => "app", "image" => "sleeper:test", "args" => ["300"]}]
+      }
+    }
+
     error = boot_error!(Keyword.merge(opts, boot_timeout: 2_000, manifest: manifest))
     assert %BootError{phase: :remote_up, reason: {:timeout, %{detail: detail}}} = error
     assert detail =~ "never connected"
   end
 
   test "image pull failure: the error names the image", %{opts: opts} do
-    manifest = %{"spec" => %{"containers" => [%{"name" => "app", "image" => "registry.invalid/app:404"}]}}
+    manifest = %{
+      "spec" => %{"containers" => [%{"name" => "app", "image" => "registry.invalid/app:404"}]}
+    }
+
     error = boot_error!(Keyword.merge(opts, manifest: manifest))
 
-    assert %BootError{phase: :container_start, reason: {:image_pull, %{image: "registry.invalid/app:404"}}} =
-             error
+    assert %BootError{
+             phase: :container_start,
+             reason: {:image_pull, %{image: "registry.invalid/app:404"}}
+           } = error
 
     assert Exception.message(error) =~ "registry.invalid/app:404"
   end
 
   test "unschedulable with unschedulable: :fail: the scheduler's message", %{opts: opts} do
     labels = %{"sim-kubelet/fail" => "unschedulable"}
-    opts = Keyword.merge(opts, unschedulable: :fail, manifest: %{"metadata" => %{"labels" => labels}})
+
+    opts =
+      Keyword.merge(opts, unschedulable: :fail, manifest: %{"metadata" => %{"labels" => labels}})
+
     assert %BootError{phase: :scheduling, reason: {:unschedulable, message}} = boot_error!(opts)
     assert message =~ "0/1 nodes are available"
   end
 
-  test "unschedulable with the default :wait: times out in scheduling with the message", %{opts: opts} do
+  test "unschedulable with the default :wait: times out in scheduling with the message", %{
+    opts: opts
+  } do
     labels = %{"sim-kubelet/fail" => "unschedulable"}
-    opts = Keyword.merge(opts, boot_timeout: 1_500, manifest: %{"metadata" => %{"labels" => labels}})
-    assert %BootError{phase: :scheduling, reason: {:timeout, %{detail: detail}}} = boot_error!(opts)
+
+    opts =
+      Keyword.merge(opts, boot_timeout: 1_500, manifest: %{"metadata" => %{"labels" => labels}})
+
+    assert %BootError{phase: :scheduling, reason: {:timeout, %{detail: detail}}} =
+             boot_error!(opts)
+
     assert detail =~ "0/1 nodes are available"
   end
 
   test "a runner that crashes on start: exit code", %{opts: opts} do
     labels = %{"sim-kubelet/fail" => "crash", "sim-kubelet/exit-code" => "7"}
     opts = Keyword.merge(opts, manifest: %{"metadata" => %{"labels" => labels}})
-    assert %BootError{phase: :container_start, reason: {:container_exited, %{exit_code: 7}}} = boot_error!(opts)
+
+    assert %BootError{phase: :container_start, reason: {:container_exited, %{exit_code: 7}}} =
+             boot_error!(opts)
   end
 
   test "a runner that is OOMKilled", %{opts: opts} do
-    opts = Keyword.merge(opts, manifest: %{"metadata" => %{"labels" => %{"sim-kubelet/fail" => "oom"}}})
+    opts =
+      Keyword.merge(opts, manifest: %{"metadata" => %{"labels" => %{"sim-kubelet/fail" => "oom"}}})
 
     assert %BootError{reason: {:container_exited, %{reason: "OOMKilled", exit_code: 137}}} =
              boot_error!(opts)
   end
 
   test "missing RBAC: the error names verb and resource", %{kube: kube, namespace: ns, opts: opts} do
-    rules = [%{"apiGroups" => [""], "resources" => ["pods"], "verbs" => ["get", "list", "watch", "create", "delete"]}]
+    rules = [
+      %{
+        "apiGroups" => [""],
+        "resources" => ["pods"],
+        "verbs" => ["get", "list", "watch", "create", "delete"]
+      }
+    ]
+
     token = LocalCluster.service_account_token!(kube, ns, "no-secrets", rules)
     kubeconfig = LocalCluster.write_token_kubeconfig!(token)
 
     {:ok, state} = FLAMEK8sBackend.init(Keyword.put(opts, :kubeconfig, kubeconfig))
+
     assert {:error, %BootError{phase: :create_secret, reason: {:api, 403, "Forbidden", message}}} =
              FLAMEK8sBackend.remote_boot(state)
 
@@ -209,7 +270,11 @@ defmodule FLAMEK8sBackend.BackendE2ETest do
     assert Exception.message(error) =~ "POD_NAMESPACE and POD_NAME"
   end
 
-  test "the Runner process dying mid-boot leaves nothing behind", %{kube: kube, namespace: ns, opts: opts} do
+  test "the Runner process dying mid-boot leaves nothing behind", %{
+    kube: kube,
+    namespace: ns,
+    opts: opts
+  } do
     labels = %{"sim-kubelet/start-delay-ms" => "60000"}
     opts = Keyword.merge(opts, manifest: %{"metadata" => %{"labels" => labels}})
     test = self()
@@ -230,11 +295,23 @@ defmodule FLAMEK8sBackend.BackendE2ETest do
 
   test "init sweeps this parent's finished runner pods", %{kube: kube, namespace: ns, opts: opts} do
     {:ok, parent} = Kube.get_pod(kube, ns, "parent")
-    labels = %{"app.kubernetes.io/managed-by" => "flame_k8s_backend", "flame-k8s-backend.io/parent-uid" => parent["metadata"]["uid"]}
-    manifest = LocalCluster.pod_manifest("leftover", "shell:test", args: ["-c", "exit 0"], labels: labels)
+
+    labels = %{
+      "app.kubernetes.io/managed-by" => "flame_k8s_backend",
+      "flame-k8s-backend.io/parent-uid" => parent["metadata"]["uid"]
+    }
+
+    manifest =
+      LocalCluster.pod_manifest("leftover", "shell:test", args: ["-c", "exit 0"], labels: labels)
+
     {:ok, _} = Kube.create_pod(kube, ns, manifest)
-    {:ok, _} = Kube.create_secret(kube, ns, %{"metadata" => %{"name" => "leftover", "labels" => labels}})
-    eventually(fn -> match?({:ok, %{"status" => %{"phase" => "Succeeded"}}}, Kube.get_pod(kube, ns, "leftover")) end)
+
+    {:ok, _} =
+      Kube.create_secret(kube, ns, %{"metadata" => %{"name" => "leftover", "labels" => labels}})
+
+    eventually(fn ->
+      match?({:ok, %{"status" => %{"phase" => "Succeeded"}}}, Kube.get_pod(kube, ns, "leftover"))
+    end)
 
     {:ok, _state} = FLAMEK8sBackend.init(opts)
     assert gone?(kube, ns, "leftover")

@@ -14,13 +14,29 @@ defmodule FLAMEK8sBackend.KubeClusterTest do
   end
 
   describe "pods" do
-    test "create, get, list by label, delete; deleting twice is fine", %{kube: kube, namespace: ns} do
-      manifest = LocalCluster.pod_manifest("web", "sleeper:test", args: ["300"], labels: %{"role" => "a"})
-      assert {:ok, %{"metadata" => %{"name" => "web", "uid" => uid}}} = Kube.create_pod(kube, ns, manifest)
-      {:ok, _} = Kube.create_pod(kube, ns, LocalCluster.pod_manifest("other", "sleeper:test", args: ["300"]))
+    test "create, get, list by label, delete; deleting twice is fine", %{
+      kube: kube,
+      namespace: ns
+    } do
+      manifest =
+        LocalCluster.pod_manifest("web", "sleeper:test", args: ["300"], labels: %{"role" => "a"})
 
-      assert {:ok, %{"metadata" => %{"uid" => ^uid, "namespace" => ^ns}}} = Kube.get_pod(kube, ns, "web")
-      assert {:ok, [%{"metadata" => %{"name" => "web"}}]} = Kube.list_pods(kube, ns, label_selector: "role=a")
+      assert {:ok, %{"metadata" => %{"name" => "web", "uid" => uid}}} =
+               Kube.create_pod(kube, ns, manifest)
+
+      {:ok, _} =
+        Kube.create_pod(
+          kube,
+          ns,
+          LocalCluster.pod_manifest("other", "sleeper:test", args: ["300"])
+        )
+
+      assert {:ok, %{"metadata" => %{"uid" => ^uid, "namespace" => ^ns}}} =
+               Kube.get_pod(kube, ns, "web")
+
+      assert {:ok, [%{"metadata" => %{"name" => "web"}}]} =
+               Kube.list_pods(kube, ns, label_selector: "role=a")
+
       assert {:ok, pods} = Kube.list_pods(kube, ns)
       assert pods |> Enum.map(& &1["metadata"]["name"]) |> Enum.sort() == ["other", "web"]
 
@@ -34,12 +50,17 @@ defmodule FLAMEK8sBackend.KubeClusterTest do
       assert message =~ ~s(pods "nope" not found)
     end
 
-    test "a manifest the server rejects surfaces the field message (422)", %{kube: kube, namespace: ns} do
+    test "a manifest the server rejects surfaces the field message (422)", %{
+      kube: kube,
+      namespace: ns
+    } do
       manifest = LocalCluster.pod_manifest("Bad_Name", "sleeper:test")
       assert {:error, {:api, 422, "Invalid", message}} = Kube.create_pod(kube, ns, manifest)
       assert message =~ "metadata.name"
 
-      manifest = put_in(LocalCluster.pod_manifest("ok", "sleeper:test"), ["spec", "containers"], [])
+      manifest =
+        put_in(LocalCluster.pod_manifest("ok", "sleeper:test"), ["spec", "containers"], [])
+
       assert {:error, {:api, 422, "Invalid", message}} = Kube.create_pod(kube, ns, manifest)
       assert message =~ "spec.containers"
     end
@@ -53,7 +74,11 @@ defmodule FLAMEK8sBackend.KubeClusterTest do
 
   describe "secrets" do
     test "create returns metadata only; delete is idempotent", %{kube: kube, namespace: ns} do
-      secret = %{"metadata" => %{"name" => "s1"}, "stringData" => %{"RELEASE_COOKIE" => "very-secret"}}
+      secret = %{
+        "metadata" => %{"name" => "s1"},
+        "stringData" => %{"RELEASE_COOKIE" => "very-secret"}
+      }
+
       assert {:ok, %{"name" => "s1"} = meta} = Kube.create_secret(kube, ns, secret)
       refute inspect(meta) =~ "very-secret"
       refute inspect(meta) =~ Base.encode64("very-secret")
@@ -64,13 +89,17 @@ defmodule FLAMEK8sBackend.KubeClusterTest do
       assert Base.decode64!(encoded) == "very-secret"
       assert :ok = Kube.delete_secret(kube, ns, "s1")
       assert :ok = Kube.delete_secret(kube, ns, "s1")
-      assert {:error, {:api, 404, _, _}} = Kube.request(kube, "GET", "/api/v1/namespaces/#{ns}/secrets/s1")
+
+      assert {:error, {:api, 404, _, _}} =
+               Kube.request(kube, "GET", "/api/v1/namespaces/#{ns}/secrets/s1")
     end
   end
 
   describe "await_pod" do
     test "ready: Running with the pod IP the kubelet assigned", %{kube: kube, namespace: ns} do
-      {:ok, _} = Kube.create_pod(kube, ns, LocalCluster.pod_manifest("p", "sleeper:test", args: ["300"]))
+      {:ok, _} =
+        Kube.create_pod(kube, ns, LocalCluster.pod_manifest("p", "sleeper:test", args: ["300"]))
+
       assert {:ready, pod} = await!(kube, ns, "p")
       assert pod["status"]["phase"] == "Running"
       assert "127.0." <> _ = pod["status"]["podIP"]
@@ -79,7 +108,9 @@ defmodule FLAMEK8sBackend.KubeClusterTest do
     end
 
     test "a pod that is already ready is reported at once", %{kube: kube, namespace: ns} do
-      {:ok, _} = Kube.create_pod(kube, ns, LocalCluster.pod_manifest("p", "sleeper:test", args: ["300"]))
+      {:ok, _} =
+        Kube.create_pod(kube, ns, LocalCluster.pod_manifest("p", "sleeper:test", args: ["300"]))
+
       assert {:ready, _} = await!(kube, ns, "p")
       assert {:ready, _} = await!(kube, ns, "p")
     end
@@ -87,16 +118,22 @@ defmodule FLAMEK8sBackend.KubeClusterTest do
     test "image pull failure names the image", %{kube: kube, namespace: ns} do
       {:ok, _} = Kube.create_pod(kube, ns, LocalCluster.pod_manifest("p", "no-such-image:1"))
 
-      assert {:failed, {:image_pull, %{reason: reason, image: "no-such-image:1", message: message}}} =
+      assert {:failed,
+              {:image_pull, %{reason: reason, image: "no-such-image:1", message: message}}} =
                await!(kube, ns, "p")
 
       assert reason in ["ErrImagePull", "ImagePullBackOff"]
       assert message =~ "no-such-image"
     end
 
-    test "unschedulable fails with the scheduler's message, or waits when asked", %{kube: kube, namespace: ns} do
+    test "unschedulable fails with the scheduler's message, or waits when asked", %{
+      kube: kube,
+      namespace: ns
+    } do
       labels = %{"sim-kubelet/fail" => "unschedulable"}
-      {:ok, _} = Kube.create_pod(kube, ns, LocalCluster.pod_manifest("p", "sleeper:test", labels: labels))
+
+      {:ok, _} =
+        Kube.create_pod(kube, ns, LocalCluster.pod_manifest("p", "sleeper:test", labels: labels))
 
       assert {:failed, {:unschedulable, message}} = await!(kube, ns, "p", unschedulable: :fail)
       assert message =~ "0/1 nodes are available"
@@ -117,7 +154,8 @@ defmodule FLAMEK8sBackend.KubeClusterTest do
 
       {:ok, _} = Kube.create_pod(kube, ns, manifest)
 
-      assert {:failed, {:container_config, %{reason: "CreateContainerConfigError", message: message}}} =
+      assert {:failed,
+              {:container_config, %{reason: "CreateContainerConfigError", message: message}}} =
                await!(kube, ns, "p")
 
       assert message =~ "missing"
@@ -125,36 +163,66 @@ defmodule FLAMEK8sBackend.KubeClusterTest do
 
     test "a crash injected by label", %{kube: kube, namespace: ns} do
       labels = %{"sim-kubelet/fail" => "crash", "sim-kubelet/exit-code" => "42"}
-      {:ok, _} = Kube.create_pod(kube, ns, LocalCluster.pod_manifest("p", "sleeper:test", labels: labels))
+
+      {:ok, _} =
+        Kube.create_pod(kube, ns, LocalCluster.pod_manifest("p", "sleeper:test", labels: labels))
+
       assert {:failed, {:container_exited, %{exit_code: 42}}} = await!(kube, ns, "p")
     end
 
     test "OOMKilled", %{kube: kube, namespace: ns} do
       labels = %{"sim-kubelet/fail" => "oom"}
-      {:ok, _} = Kube.create_pod(kube, ns, LocalCluster.pod_manifest("p", "sleeper:test", labels: labels))
+
+      {:ok, _} =
+        Kube.create_pod(kube, ns, LocalCluster.pod_manifest("p", "sleeper:test", labels: labels))
 
       assert {:failed, {:container_exited, %{exit_code: 137, reason: "OOMKilled"}}} =
                await!(kube, ns, "p")
     end
 
-    test "a pod that completes before anyone looks is a terminal phase", %{kube: kube, namespace: ns} do
-      {:ok, _} = Kube.create_pod(kube, ns, LocalCluster.pod_manifest("p", "shell:test", args: ["-c", "exit 0"]))
-      eventually(fn -> match?({:ok, %{"status" => %{"phase" => "Succeeded"}}}, Kube.get_pod(kube, ns, "p")) end)
+    test "a pod that completes before anyone looks is a terminal phase", %{
+      kube: kube,
+      namespace: ns
+    } do
+      {:ok, _} =
+        Kube.create_pod(
+          kube,
+          ns,
+          LocalCluster.pod_manifest("p", "shell:test", args: ["-c", "exit 0"])
+        )
+
+      eventually(fn ->
+        match?({:ok, %{"status" => %{"phase" => "Succeeded"}}}, Kube.get_pod(kube, ns, "p"))
+      end)
+
       assert {:failed, reason} = await!(kube, ns, "p")
-      assert match?({:container_exited, %{exit_code: 0}}, reason) or match?({:pod_phase, "Succeeded", _}, reason)
+
+      assert match?({:container_exited, %{exit_code: 0}}, reason) or
+               match?({:pod_phase, "Succeeded", _}, reason)
     end
 
     test "a slow start times out in the container_start phase", %{kube: kube, namespace: ns} do
       labels = %{"sim-kubelet/start-delay-ms" => "60000"}
-      {:ok, _} = Kube.create_pod(kube, ns, LocalCluster.pod_manifest("p", "sleeper:test", args: ["300"], labels: labels))
 
-      assert {:timeout, %{phase: :container_start, detail: detail}} = await!(kube, ns, "p", timeout: 1_500)
+      {:ok, _} =
+        Kube.create_pod(
+          kube,
+          ns,
+          LocalCluster.pod_manifest("p", "sleeper:test", args: ["300"], labels: labels)
+        )
+
+      assert {:timeout, %{phase: :container_start, detail: detail}} =
+               await!(kube, ns, "p", timeout: 1_500)
+
       assert detail =~ "ContainerCreating"
     end
 
     test "deletion during the wait is reported", %{kube: kube, namespace: ns} do
       labels = %{"sim-kubelet/fail" => "unschedulable"}
-      {:ok, _} = Kube.create_pod(kube, ns, LocalCluster.pod_manifest("p", "sleeper:test", labels: labels))
+
+      {:ok, _} =
+        Kube.create_pod(kube, ns, LocalCluster.pod_manifest("p", "sleeper:test", labels: labels))
+
       {:ok, await} = Kube.await_pod(kube, ns, "p", timeout: 30_000, unschedulable: :wait)
       :ok = Kube.delete_pod(kube, ns, "p", grace_period: 0)
       ref = await.ref
@@ -167,7 +235,10 @@ defmodule FLAMEK8sBackend.KubeClusterTest do
 
     test "cancel: no message, and the task is gone", %{kube: kube, namespace: ns} do
       labels = %{"sim-kubelet/fail" => "unschedulable"}
-      {:ok, _} = Kube.create_pod(kube, ns, LocalCluster.pod_manifest("p", "sleeper:test", labels: labels))
+
+      {:ok, _} =
+        Kube.create_pod(kube, ns, LocalCluster.pod_manifest("p", "sleeper:test", labels: labels))
+
       {:ok, await} = Kube.await_pod(kube, ns, "p", timeout: 60_000, unschedulable: :wait)
       assert Kube.live_tasks() >= 1
       assert :ok = Kube.cancel_await(await)
@@ -178,7 +249,10 @@ defmodule FLAMEK8sBackend.KubeClusterTest do
 
     test "the task ends when the caller dies", %{kube: kube, namespace: ns} do
       labels = %{"sim-kubelet/fail" => "unschedulable"}
-      {:ok, _} = Kube.create_pod(kube, ns, LocalCluster.pod_manifest("p", "sleeper:test", labels: labels))
+
+      {:ok, _} =
+        Kube.create_pod(kube, ns, LocalCluster.pod_manifest("p", "sleeper:test", labels: labels))
+
       test = self()
 
       {pid, monitor} =
@@ -199,8 +273,14 @@ defmodule FLAMEK8sBackend.KubeClusterTest do
   end
 
   describe "RBAC" do
-    test "a token without pods/create gets a 403 naming verb and resource", %{kube: kube, namespace: ns} do
-      rules = [%{"apiGroups" => [""], "resources" => ["pods"], "verbs" => ["get", "list", "watch"]}]
+    test "a token without pods/create gets a 403 naming verb and resource", %{
+      kube: kube,
+      namespace: ns
+    } do
+      rules = [
+        %{"apiGroups" => [""], "resources" => ["pods"], "verbs" => ["get", "list", "watch"]}
+      ]
+
       limited = LocalCluster.service_account_kube!(kube, ns, "limited", rules)
 
       assert {:ok, []} = Kube.list_pods(limited, ns)
@@ -230,11 +310,23 @@ defmodule FLAMEK8sBackend.KubeClusterTest do
   # whole suite shares.
   describe "API server lost mid-watch" do
     test "the await resumes when the server comes back", %{kube: kube, namespace: ns} do
-      rules = [%{"apiGroups" => [""], "resources" => ["pods"], "verbs" => ["get", "list", "watch"]}]
+      rules = [
+        %{"apiGroups" => [""], "resources" => ["pods"], "verbs" => ["get", "list", "watch"]}
+      ]
+
       proxy = TcpProxy.start!(URI.parse(LocalCluster.info().server).port)
       via_proxy = LocalCluster.service_account_kube!(kube, ns, "watcher", rules, proxy.url)
 
-      {:ok, _} = Kube.create_pod(kube, ns, LocalCluster.pod_manifest("p", "sleeper:test", args: ["300"], labels: %{"sim-kubelet/start-delay-ms" => "2000"}))
+      {:ok, _} =
+        Kube.create_pod(
+          kube,
+          ns,
+          LocalCluster.pod_manifest("p", "sleeper:test",
+            args: ["300"],
+            labels: %{"sim-kubelet/start-delay-ms" => "2000"}
+          )
+        )
+
       {:ok, await} = Kube.await_pod(via_proxy, ns, "p", timeout: 30_000)
       TcpProxy.await_connections(proxy, 1)
       TcpProxy.cut(proxy)
@@ -244,13 +336,22 @@ defmodule FLAMEK8sBackend.KubeClusterTest do
       assert_receive {:flame_k8s, ^ref, {:ready, _pod}}, 30_000
     end
 
-    test "the await reports the lost connection and never hangs past its timeout", %{kube: kube, namespace: ns} do
-      rules = [%{"apiGroups" => [""], "resources" => ["pods"], "verbs" => ["get", "list", "watch"]}]
+    test "the await reports the lost connection and never hangs past its timeout", %{
+      kube: kube,
+      namespace: ns
+    } do
+      rules = [
+        %{"apiGroups" => [""], "resources" => ["pods"], "verbs" => ["get", "list", "watch"]}
+      ]
+
       proxy = TcpProxy.start!(URI.parse(LocalCluster.info().server).port)
       via_proxy = LocalCluster.service_account_kube!(kube, ns, "watcher", rules, proxy.url)
 
       labels = %{"sim-kubelet/fail" => "unschedulable"}
-      {:ok, _} = Kube.create_pod(kube, ns, LocalCluster.pod_manifest("p", "sleeper:test", labels: labels))
+
+      {:ok, _} =
+        Kube.create_pod(kube, ns, LocalCluster.pod_manifest("p", "sleeper:test", labels: labels))
+
       {:ok, await} = Kube.await_pod(via_proxy, ns, "p", timeout: 3_000, unschedulable: :wait)
       TcpProxy.await_connections(proxy, 1)
       TcpProxy.cut(proxy)

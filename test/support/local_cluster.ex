@@ -112,7 +112,10 @@ defmodule FLAMEK8sBackend.Test.LocalCluster do
   """
   def service_account_kube!(kube, namespace, name, rules, url \\ nil) do
     token = service_account_token!(kube, namespace, name, rules)
-    {:ok, sa_kube} = Kube.connect(url: url || info().server, ca_cert_pem: info().ca_pem, token: token)
+
+    {:ok, sa_kube} =
+      Kube.connect(url: url || info().server, ca_cert_pem: info().ca_pem, token: token)
+
     sa_kube
   end
 

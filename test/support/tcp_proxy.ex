@@ -18,11 +18,14 @@ defmodule FLAMEK8sBackend.Test.TcpProxy do
   def restore(%__MODULE__{pid: pid}), do: GenServer.call(pid, :restore)
 
   @doc "Returns once at least `n` client connections have been accepted in total."
-  def await_connections(%__MODULE__{pid: pid}, n), do: GenServer.call(pid, {:await_connections, n}, 30_000)
+  def await_connections(%__MODULE__{pid: pid}, n),
+    do: GenServer.call(pid, {:await_connections, n}, 30_000)
 
   @impl true
   def init(upstream_port) do
-    {:ok, listen} = :gen_tcp.listen(0, [:binary, active: false, ip: {127, 0, 0, 1}, reuseaddr: true])
+    {:ok, listen} =
+      :gen_tcp.listen(0, [:binary, active: false, ip: {127, 0, 0, 1}, reuseaddr: true])
+
     proxy = self()
     spawn_link(fn -> accept_loop(listen, proxy) end)
 
