@@ -84,7 +84,8 @@ defmodule FLAMEK8sBackend do
 
   # The secret manifest carries the cookie and :secret_env, and the pod manifest FLAME_PARENT:
   # none of them may show up in logs or crash reports.
-  @derive {Inspect, only: [:namespace, :runner_name, :runner_node_name, :boot_timeout]}
+  @derive {Inspect,
+           only: [:namespace, :runner_name, :runner_node_name, :boot_timeout, :boot_timings]}
   defstruct [
     :kube,
     :namespace,
@@ -96,9 +97,15 @@ defmodule FLAMEK8sBackend do
     :unschedulable,
     :log,
     :runner_node_name,
-    :remote_terminator_pid
+    :remote_terminator_pid,
+    :boot_timings
   ]
 
+  @typedoc """
+  The backend state. Once booted, `boot_timings` holds milliseconds since `remote_boot/1`
+  started: `:created` (secret and pod created), `:running` (the watch saw the pod running;
+  absent when remote_up came first) and `:remote_up`.
+  """
   @type t :: %__MODULE__{}
 
   @doc """
@@ -180,22 +187,23 @@ defmodule FLAMEK8sBackend do
   # The pod and its secret get a name chosen here rather than by generateName, so that even a
   # create whose answer was lost (a timeout) is known to the reaper and deleted.
   defp boot(state, reaper, deadline) do
-    started = System.monotonic_time(:millisecond)
+    started = now()
     :ok = Reaper.track(reaper, :secret, state.runner_name)
     :ok = Reaper.track(reaper, :pod, state.runner_name)
 
     with :ok <- create(state, :create_secret, &Kube.create_secret/3, state.secret_manifest),
          :ok <- create(state, :create_pod, &Kube.create_pod/3, state.pod_manifest),
-         log(state, :info, "runner pod #{pod_id(state)} created"),
-         {:ok, terminator} <- await_boot(state, deadline) do
-      elapsed = System.monotonic_time(:millisecond) - started
-      log(state, :info, "runner #{node(terminator)} up in #{elapsed} ms")
+         timings = %{created: now() - started},
+         log(state, :info, "runner pod #{pod_id(state)} created in #{timings.created} ms"),
+         {:ok, terminator, timings} <- await_boot(state, deadline, started, timings) do
+      log(state, :info, "runner #{node(terminator)} up in #{timings.remote_up} ms")
 
       {:ok, terminator,
        %{
          state
          | remote_terminator_pid: terminator,
            runner_node_name: node(terminator),
+           boot_timings: timings,
            pod_manifest: nil,
            secret_manifest: nil
        }}
@@ -210,81 +218,96 @@ defmodule FLAMEK8sBackend do
   end
 
   # One watch covers the whole boot: it reports failures (image pull, a crash of the runner VM
-  # even after the container started, deletion) and the phase a timeout hit, while the boot
-  # itself completes on the runner's remote_up, which may arrive before the watch even sees the
-  # pod running.
-  defp await_boot(state, deadline) do
-    parent_ref = state.parent_ref
-
+  # even after the container started, deletion), when the pod runs, and the phase a timeout
+  # hit; the boot itself completes on the runner's remote_up, which may even arrive before the
+  # watch has seen the pod running.
+  defp await_boot(state, deadline, started, timings) do
     case Kube.await_pod(state.kube, state.namespace, state.runner_name,
            timeout: max(remaining(deadline), 1),
            unschedulable: state.unschedulable,
            report_ready: false
          ) do
       {:ok, await} ->
-        ref = await.ref
-
-        receive do
-          {^parent_ref, {:remote_up, terminator}} ->
-            Kube.cancel_await(await)
-            flush_await(ref)
-            {:ok, terminator}
-
-          {:flame_k8s, ^ref, result} ->
-            {:error, not_ready_error(state, result)}
-        after
-          # The watch always answers by its timeout; this only guards against a lost message.
-          remaining(deadline) + 5_000 ->
-            Kube.cancel_await(await)
-
-            {:error,
-             not_ready_error(
-               state,
-               {:timeout, %{phase: :remote_up, waited_ms: state.boot_timeout, detail: nil}}
-             )}
-        end
+        receive_boot(state, await, deadline, started, timings)
 
       {:error, reason} ->
         {:error, %BootError{phase: :scheduling, reason: reason, pod: pod_id(state)}}
     end
   end
 
+  defp receive_boot(state, await, deadline, started, timings) do
+    %{parent_ref: parent_ref} = state
+    %{ref: ref} = await
+
+    receive do
+      {^parent_ref, {:remote_up, terminator}} ->
+        Kube.cancel_await(await)
+        flush_await(ref)
+        {:ok, terminator, Map.put(timings, :remote_up, now() - started)}
+
+      {:flame_k8s, ^ref, {:running, pod}} ->
+        timings = Map.put(timings, :running, now() - started)
+        ip = get_in(pod, ["status", "podIP"])
+
+        log(
+          state,
+          :info,
+          "runner pod #{pod_id(state)} running at #{ip} after #{timings.running} ms"
+        )
+
+        receive_boot(state, await, deadline, started, timings)
+
+      {:flame_k8s, ^ref, result} ->
+        {:error, not_ready_error(state, result, timings)}
+    after
+      # The watch always answers by its timeout; this only guards against a lost message.
+      remaining(deadline) + 5_000 ->
+        Kube.cancel_await(await)
+        timeout = %{phase: :running, waited_ms: state.boot_timeout, detail: nil}
+        {:error, not_ready_error(state, {:timeout, timeout}, timings)}
+    end
+  end
+
   defp flush_await(ref) do
     receive do
-      {:flame_k8s, ^ref, _} -> :ok
+      {:flame_k8s, ^ref, _} -> flush_await(ref)
     after
       0 -> :ok
     end
   end
 
-  defp not_ready_error(state, {:failed, reason}) do
-    %BootError{phase: failure_phase(reason), reason: reason, pod: pod_id(state)}
+  defp now, do: System.monotonic_time(:millisecond)
+
+  # A container that exits once the pod ran is the runner VM failing to come up.
+  defp not_ready_error(state, {:failed, reason}, timings) do
+    phase =
+      cond do
+        match?({:unschedulable, _}, reason) -> :scheduling
+        Map.has_key?(timings, :running) -> :remote_up
+        true -> :container_start
+      end
+
+    %BootError{phase: phase, reason: reason, pod: pod_id(state)}
   end
 
   # The pod ran but the runner never said remote_up: name the phase after what was awaited.
-  defp not_ready_error(state, {:timeout, %{phase: :running} = info}) do
-    detail = "pod running, but the runner node never connected to #{node()}"
-
-    not_ready_error(
-      state,
-      {:timeout, %{info | phase: :remote_up, detail: info[:detail] || detail}}
-    )
+  defp not_ready_error(state, {:timeout, %{phase: :running} = info}, timings) do
+    detail = info[:detail] || "pod running, but the runner node never connected to #{node()}"
+    not_ready_error(state, {:timeout, %{info | phase: :remote_up, detail: detail}}, timings)
   end
 
-  defp not_ready_error(state, {:timeout, %{phase: phase} = info}) do
+  defp not_ready_error(state, {:timeout, %{phase: phase} = info}, _timings) do
     %BootError{phase: phase, reason: {:timeout, Map.delete(info, :phase)}, pod: pod_id(state)}
   end
 
-  defp not_ready_error(state, {:deleted, name}) do
-    %BootError{phase: :container_start, reason: {:deleted, name}, pod: pod_id(state)}
+  defp not_ready_error(state, {:deleted, name}, timings) do
+    phase = if Map.has_key?(timings, :running), do: :remote_up, else: :container_start
+    %BootError{phase: phase, reason: {:deleted, name}, pod: pod_id(state)}
   end
 
-  defp not_ready_error(state, {:error, reason}) do
+  defp not_ready_error(state, {:error, reason}, _timings) do
     %BootError{phase: :scheduling, reason: reason, pod: pod_id(state)}
   end
-
-  defp failure_phase({:unschedulable, _}), do: :scheduling
-  defp failure_phase(_), do: :container_start
 
   defp cleanup(state) do
     pod = Kube.delete_pod(state.kube, state.namespace, state.runner_name, grace_period: 0)

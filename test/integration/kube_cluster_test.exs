@@ -172,13 +172,16 @@ defmodule FLAMEK8sBackend.KubeClusterTest do
       assert message =~ "missing"
     end
 
-    test "a crash injected by label", %{kube: kube, namespace: ns} do
+    # The simulated kubelet shows such a container running briefly before it dies, as a real
+    # one may: with report_ready: false the watch goes on past "running" and sees the exit.
+    test "a crash after start reports the exit code", %{kube: kube, namespace: ns} do
       labels = %{"sim-kubelet/fail" => "crash", "sim-kubelet/exit-code" => "42"}
 
       {:ok, _} =
         Kube.create_pod(kube, ns, LocalCluster.pod_manifest("p", "sleeper:test", labels: labels))
 
-      assert {:failed, {:container_exited, %{exit_code: 42}}} = await!(kube, ns, "p")
+      assert {:failed, {:container_exited, %{container: "main", exit_code: 42, reason: "Error"}}} =
+               await!(kube, ns, "p", report_ready: false)
     end
 
     test "OOMKilled", %{kube: kube, namespace: ns} do
@@ -188,7 +191,18 @@ defmodule FLAMEK8sBackend.KubeClusterTest do
         Kube.create_pod(kube, ns, LocalCluster.pod_manifest("p", "sleeper:test", labels: labels))
 
       assert {:failed, {:container_exited, %{exit_code: 137, reason: "OOMKilled"}}} =
-               await!(kube, ns, "p")
+               await!(kube, ns, "p", report_ready: false)
+    end
+
+    test "report_ready: false times out in the running phase for a healthy pod", %{
+      kube: kube,
+      namespace: ns
+    } do
+      manifest = LocalCluster.pod_manifest("p", "sleeper:test", args: ["300"])
+      {:ok, _} = Kube.create_pod(kube, ns, manifest)
+
+      assert {:timeout, %{phase: :running}} =
+               await!(kube, ns, "p", report_ready: false, timeout: 1_000)
     end
 
     test "a pod that completes before anyone looks is a terminal phase", %{
