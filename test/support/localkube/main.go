@@ -4,6 +4,7 @@
 //	localkube up --etcd BIN --apiserver BIN [--state-dir DIR] [--image NAME=PATH]...
 //	             [--kubelet-log FILE] [--node-name sim-node] [--apiserver-arg ARG]...
 //	             [--startup-timeout 90s] [--exit-on-stdin-eof=true]
+//	localkube dry-run|create [--kubeconfig FILE] [--context NAME] [--namespace NS] FILE...
 //
 // On success it prints exactly one line to stdout:
 //
@@ -88,6 +89,12 @@ Starts etcd, kube-apiserver and a simulated kubelet on 127.0.0.1. Prints one lin
 or FAILED <reason>. Runs until stdin reaches EOF, SIGINT or SIGTERM.
 
 Run "localkube up -h" for the flags.
+
+       localkube dry-run [--kubeconfig FILE] [--namespace NS] FILE...
+       localkube create  [--kubeconfig FILE] [--namespace NS] FILE...
+
+Send every object of the YAML files to the API server (dry-run: ?dryRun=All, nothing stored).
+Prints "ok Kind/name" or "FAILED Kind/name: message" per object. See "localkube dry-run -h".
 `)
 }
 
@@ -99,6 +106,8 @@ func main() {
 	switch os.Args[1] {
 	case "up":
 		os.Exit(runUp(os.Args[2:]))
+	case "dry-run", "create":
+		os.Exit(runManifests(os.Args[1], os.Args[2:], os.Stdout, os.Stderr))
 	case "__watchdog":
 		os.Exit(runWatchdog())
 	case "-h", "--help", "help":
