@@ -136,6 +136,9 @@ defmodule FLAMEK8sBackend.MixProject do
       version: @version,
       elixir: "~> 1.14",
       compilers: Mix.compilers() ++ [:flame_k8s_native],
+      # A real FLAME checkout gets a build tree of its own, so switching back and forth between
+      # it and the stand-in never mixes their compiled code.
+      build_path: if(System.get_env("FLAME_PATH"), do: "_build/flame_checkout", else: "_build"),
       elixirc_paths: elixirc_paths(Mix.env()),
       start_permanent: Mix.env() == :prod,
       deps: deps(),
@@ -156,11 +159,15 @@ defmodule FLAMEK8sBackend.MixProject do
   defp elixirc_paths(_), do: ["lib"]
 
   # FLAME is the user's own dependency (`{:flame, "~> 0.4.0 or ~> 0.5.0"}` from hex). Here, where
-  # hex is unreachable, dev and test use the stand-in of FLAME's public API under test/, or a real
-  # FLAME checkout when FLAME_PATH points at one. `only:` keeps it out of users' dependency trees.
+  # hex is unreachable, dev and test use the stand-in of FLAME's public API under test/, or the
+  # real FLAME checkout FLAME_PATH points at (compiled through test/flame_checkout). `only:`
+  # keeps either out of users' dependency trees.
+  defp flame_path,
+    do: if(System.get_env("FLAME_PATH"), do: "test/flame_checkout", else: "test/flame_standin")
+
   defp deps do
     [
-      {:flame, path: System.get_env("FLAME_PATH") || "test/flame_standin", only: [:dev, :test]}
+      {:flame, path: flame_path(), only: [:dev, :test]}
     ]
   end
 end
