@@ -103,6 +103,10 @@ defmodule FLAMEK8sBackend.BackendE2ETest do
     {:ok, state} = FLAMEK8sBackend.init(opts)
     {:ok, terminator, state} = FLAMEK8sBackend.remote_boot(state)
 
+    cookie = Atom.to_string(Node.get_cookie())
+    refute inspect(state) =~ cookie
+    refute inspect(state, structs: false) =~ "RELEASE_COOKIE"
+
     {:ok, {pid, ref}} =
       FLAMEK8sBackend.remote_spawn_monitor(state, {Kernel, :send, [self(), :from_mfa]})
 
