@@ -1,0 +1,39 @@
+defmodule FlameDemo.Application do
+  @moduledoc false
+  use Application
+
+  @impl true
+  def start(_type, _args) do
+    children = [
+      {DNSCluster, query: Application.get_env(:flame_demo, :dns_cluster_query) || :ignore},
+      FlameDemo.BootFailures,
+      # The pool the app uses. Runner pods get the headless Service's label so DNSCluster finds
+      # them too; they never get the Deployment's `app` label (see deployment.yaml).
+      {FLAME.Pool,
+       name: FlameDemo.Runner,
+       backend: {FLAMEK8sBackend, labels: %{"excluster" => "flame"}, log: :info},
+       min: 0,
+       max: 2,
+       max_concurrency: 10,
+       boot_timeout: 120_000,
+       idle_shutdown_after: Application.fetch_env!(:flame_demo, :idle_shutdown_after)},
+      # A pool whose runners can never start: its image does not exist. FLAME retries a failed
+      # boot while callers wait and only tells on_grow_end why, so the reason is kept there.
+      {FLAME.Pool,
+       name: FlameDemo.BadImageRunner,
+       backend:
+         {FLAMEK8sBackend,
+          manifest: %{
+            "spec" => %{
+              "containers" => [%{"image" => Application.fetch_env!(:flame_demo, :bad_image)}]
+            }
+          }},
+       min: 0,
+       max: 1,
+       boot_timeout: 60_000,
+       on_grow_end: &FlameDemo.BootFailures.on_grow_end/2}
+    ]
+
+    Supervisor.start_link(children, strategy: :one_for_one, name: FlameDemo.Supervisor)
+  end
+end
