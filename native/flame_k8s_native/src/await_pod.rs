@@ -19,8 +19,9 @@ use crate::readiness::{
 pub struct AwaitOptions {
     pub timeout: Duration,
     pub unschedulable: UnschedulablePolicy,
-    /// `false`: a ready pod is not reported; the watch goes on reporting failures (a
-    /// container that exits, deletion) until cancelled or timed out (then `Phase::Running`).
+    /// `false`: a ready pod is not the outcome; the first time it is ready the `on_running`
+    /// callback gets it (once), and the watch goes on reporting failures (a container that
+    /// exits, deletion) until cancelled or timed out (then `Phase::Running`).
     pub report_ready: bool,
 }
 
@@ -108,19 +109,24 @@ impl Backoff {
 }
 
 /// Watch `namespace/name` with the handle's watch client; never returns before a decisive
-/// event or `opts.timeout`.
-pub async fn await_pod(
+/// event or `opts.timeout`. With `opts.report_ready == false`, `on_running` is called with the
+/// pod (as sent for `Ready`) the first time it is ready, at most once; otherwise never.
+pub async fn await_pod<F>(
     handle: &ClientHandle,
     namespace: &str,
     name: &str,
     opts: AwaitOptions,
-) -> AwaitOutcome {
+    on_running: F,
+) -> AwaitOutcome
+where
+    F: FnMut(&Value) + Send,
+{
     let api: Api<Pod> = Api::namespaced(handle.watch_client().clone(), namespace);
     let config = watcher::Config::default()
         .fields(&format!("metadata.name={name}"))
         .timeout(WATCH_TIMEOUT_SECS);
     let stream = watcher::watcher(api, config);
-    match await_on_stream(stream, name, opts).await {
+    match await_on_stream(stream, name, opts, on_running).await {
         AwaitOutcome::Error(e) => AwaitOutcome::Error(handle.scrub(e)),
         AwaitOutcome::Timeout {
             phase,
@@ -136,33 +142,44 @@ pub async fn await_pod(
 }
 
 /// The watch logic over any stream of watcher events (unit-testable without a server).
-pub async fn await_on_stream<S>(stream: S, name: &str, opts: AwaitOptions) -> AwaitOutcome
+pub async fn await_on_stream<S, F>(
+    stream: S,
+    name: &str,
+    opts: AwaitOptions,
+    on_running: F,
+) -> AwaitOutcome
 where
     S: Stream<Item = Result<Event<Pod>, watcher::Error>>,
+    F: FnMut(&Value),
 {
     let started = Instant::now();
     let mut progress = Progress::new();
-    let outcome =
-        tokio::time::timeout(opts.timeout, drive(stream, name, opts, &mut progress)).await;
+    let watch = drive(stream, name, opts, &mut progress, on_running);
+    let outcome = tokio::time::timeout(opts.timeout, watch).await;
     match outcome {
         Ok(o) => o,
         Err(_elapsed) => progress.timeout(started.elapsed()),
     }
 }
 
-async fn drive<S>(
+async fn drive<S, F>(
     stream: S,
     name: &str,
     opts: AwaitOptions,
     progress: &mut Progress,
+    mut on_running: F,
 ) -> AwaitOutcome
 where
     S: Stream<Item = Result<Event<Pod>, watcher::Error>>,
+    F: FnMut(&Value),
 {
     let mut stream = std::pin::pin!(stream);
     let mut backoff = Backoff::new();
     // Was the pod in the current (re)list? If a list completes without it, it is gone.
     let mut seen_in_list = false;
+    // `on_running` was called (at most once per await, even if the pod stops being ready and
+    // becomes ready again).
+    let mut running_reported = false;
     loop {
         let Some(item) = stream.next().await else {
             return AwaitOutcome::Error(Error::Internal("the watch stream ended".into()));
@@ -207,6 +224,13 @@ where
         }
         match classify(&pod, opts.unschedulable) {
             Classification::Ready if !opts.report_ready => {
+                if !running_reported {
+                    match serde_json::to_value(&pod) {
+                        Ok(v) => on_running(&v),
+                        Err(e) => return AwaitOutcome::Error(Error::Decode(format!("pod: {e}"))),
+                    }
+                    running_reported = true;
+                }
                 progress.phase = Phase::Running;
                 progress.detail = None;
             }
@@ -291,46 +315,158 @@ mod tests {
                      "state": {"terminated": {"exitCode": 1, "reason": "Error"}}}]}}))
     }
 
+    /// For `report_ready: true`: the interim callback must never be called.
+    fn never(pod: &Value) {
+        panic!("on_running called with report_ready: true: {pod}");
+    }
+
+    /// Records every `on_running` call: the pod's IP and when (ms since `t0`, paused clock).
+    #[derive(Clone, Default)]
+    struct Calls(std::sync::Arc<std::sync::Mutex<Vec<(Value, u64)>>>);
+
+    impl Calls {
+        fn callback(&self, t0: Instant) -> impl FnMut(&Value) {
+            let calls = self.0.clone();
+            move |pod: &Value| {
+                let at = u64::try_from(t0.elapsed().as_millis()).unwrap();
+                calls
+                    .lock()
+                    .unwrap()
+                    .push((pod["status"]["podIP"].clone(), at));
+            }
+        }
+
+        fn get(&self) -> Vec<(Value, u64)> {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    /// Events each delivered after its delay (from the previous one), then silence.
+    fn timed(
+        items: Vec<(u64, Result<Event<Pod>, watcher::Error>)>,
+    ) -> impl Stream<Item = Result<Event<Pod>, watcher::Error>> {
+        stream::iter(items)
+            .then(|(ms, ev)| async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                ev
+            })
+            .chain(stream::pending())
+    }
+
     #[tokio::test(start_paused = true)]
     async fn without_report_ready_a_ready_pod_times_out_as_running() {
-        let s = events(vec![
-            Ok(Event::Init),
-            Ok(Event::InitApply(creating())),
-            Ok(Event::InitDone),
-            Ok(Event::Apply(ready())),
+        let s = timed(vec![
+            (0, Ok(Event::Init)),
+            (0, Ok(Event::InitApply(creating()))),
+            (0, Ok(Event::InitDone)),
+            (100, Ok(Event::Apply(ready()))),
         ]);
+        let calls = Calls::default();
         assert_eq!(
-            await_on_stream(s, "p", quiet(700)).await,
+            await_on_stream(s, "p", quiet(700), calls.callback(Instant::now())).await,
             AwaitOutcome::Timeout {
                 phase: Phase::Running,
                 waited_ms: 700,
                 detail: None
             }
         );
+        // Reported when the pod became ready, not at the end.
+        assert_eq!(calls.get(), vec![(json!("127.0.0.5"), 100)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_report_ready_running_is_reported_once() {
+        // Ready in the list, again in updates, not ready (a readiness probe failing), ready again.
+        let s = timed(vec![
+            (0, Ok(Event::Init)),
+            (0, Ok(Event::InitApply(ready()))),
+            (0, Ok(Event::InitDone)),
+            (50, Ok(Event::Apply(ready()))),
+            (50, Ok(Event::Apply(creating()))),
+            (50, Ok(Event::Apply(ready()))),
+            // A relist after a dropped watch replays the ready pod.
+            (50, Ok(Event::Init)),
+            (0, Ok(Event::InitApply(ready()))),
+            (0, Ok(Event::InitDone)),
+        ]);
+        let calls = Calls::default();
+        assert_eq!(
+            await_on_stream(s, "p", quiet(1000), calls.callback(Instant::now())).await,
+            AwaitOutcome::Timeout {
+                phase: Phase::Running,
+                waited_ms: 1000,
+                detail: None
+            }
+        );
+        assert_eq!(calls.get(), vec![(json!("127.0.0.5"), 0)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_report_ready_a_pod_never_ready_is_not_reported_running() {
+        let s = events(vec![
+            Ok(Event::Init),
+            Ok(Event::InitApply(creating())),
+            Ok(Event::InitDone),
+        ]);
+        let calls = Calls::default();
+        assert_eq!(
+            await_on_stream(s, "p", quiet(500), calls.callback(Instant::now())).await,
+            AwaitOutcome::Timeout {
+                phase: Phase::ContainerStart,
+                waited_ms: 500,
+                detail: Some("ContainerCreating".into())
+            }
+        );
+        assert_eq!(calls.get(), vec![]);
     }
 
     #[tokio::test(start_paused = true)]
     async fn without_report_ready_failures_after_ready_are_reported() {
-        let s = events(vec![
-            Ok(Event::Init),
-            Ok(Event::InitApply(ready())),
-            Ok(Event::InitDone),
-            Ok(Event::Apply(exited())),
+        let s = timed(vec![
+            (0, Ok(Event::Init)),
+            (0, Ok(Event::InitApply(creating()))),
+            (0, Ok(Event::InitDone)),
+            (200, Ok(Event::Apply(ready()))),
+            (150, Ok(Event::Apply(exited()))),
         ]);
+        let calls = Calls::default();
+        let t0 = Instant::now();
         assert!(matches!(
-            await_on_stream(s, "p", quiet(10_000)).await,
+            await_on_stream(s, "p", quiet(10_000), calls.callback(t0)).await,
             AwaitOutcome::Failed(FailureReason::ContainerExited { exit_code: 1, .. })
         ));
+        assert_eq!(t0.elapsed().as_millis(), 350);
+        assert_eq!(calls.get(), vec![(json!("127.0.0.5"), 200)]);
+
         let s = events(vec![
             Ok(Event::Init),
             Ok(Event::InitApply(ready())),
             Ok(Event::InitDone),
             Ok(Event::Delete(ready())),
         ]);
+        let calls = Calls::default();
         assert_eq!(
-            await_on_stream(s, "p", quiet(10_000)).await,
+            await_on_stream(s, "p", quiet(10_000), calls.callback(Instant::now())).await,
             AwaitOutcome::Deleted("p".into())
         );
+        assert_eq!(calls.get(), vec![(json!("127.0.0.5"), 0)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_report_ready_the_callback_is_never_called() {
+        let s = events(vec![
+            Ok(Event::Init),
+            Ok(Event::InitApply(ready())),
+            Ok(Event::InitDone),
+            Ok(Event::Apply(ready())),
+        ]);
+        let calls = Calls::default();
+        let o = opts(1000, UnschedulablePolicy::Fail);
+        assert!(matches!(
+            await_on_stream(s, "p", o, calls.callback(Instant::now())).await,
+            AwaitOutcome::Ready(_)
+        ));
+        assert_eq!(calls.get(), vec![]);
     }
 
     fn api_err(code: u16) -> watcher::Error {
@@ -363,7 +499,7 @@ mod tests {
             Ok(Event::Apply(creating())),
             Ok(Event::Apply(ready())),
         ]);
-        match await_on_stream(s, "p", opts(1000, UnschedulablePolicy::Fail)).await {
+        match await_on_stream(s, "p", opts(1000, UnschedulablePolicy::Fail), never).await {
             AwaitOutcome::Ready(v) => {
                 assert_eq!(v["status"]["podIP"], "127.0.0.5");
                 assert_eq!(v["kind"], "Pod");
@@ -376,7 +512,7 @@ mod tests {
     async fn missing_at_start_is_deleted() {
         let s = events(vec![Ok(Event::Init), Ok(Event::InitDone)]);
         assert_eq!(
-            await_on_stream(s, "p", opts(1000, UnschedulablePolicy::Fail)).await,
+            await_on_stream(s, "p", opts(1000, UnschedulablePolicy::Fail), never).await,
             AwaitOutcome::Deleted("p".into())
         );
     }
@@ -390,7 +526,7 @@ mod tests {
             Ok(Event::Delete(creating())),
         ]);
         assert_eq!(
-            await_on_stream(s, "p", opts(1000, UnschedulablePolicy::Fail)).await,
+            await_on_stream(s, "p", opts(1000, UnschedulablePolicy::Fail), never).await,
             AwaitOutcome::Deleted("p".into())
         );
     }
@@ -398,7 +534,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn forbidden_ends_at_once() {
         let s = events(vec![Err(api_err(403))]);
-        match await_on_stream(s, "p", opts(60_000, UnschedulablePolicy::Fail)).await {
+        match await_on_stream(s, "p", opts(60_000, UnschedulablePolicy::Fail), never).await {
             AwaitOutcome::Error(Error::Api {
                 code: 403, message, ..
             }) => {
@@ -411,7 +547,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn transport_errors_are_retried_and_reported_on_timeout() {
         let s = stream::repeat_with(|| Err(transport_err()));
-        match await_on_stream(s, "p", opts(3000, UnschedulablePolicy::Fail)).await {
+        match await_on_stream(s, "p", opts(3000, UnschedulablePolicy::Fail), never).await {
             AwaitOutcome::Timeout {
                 phase: Phase::Scheduling,
                 waited_ms,
@@ -433,7 +569,7 @@ mod tests {
             Ok(Event::InitApply(ready())),
         ]);
         assert!(matches!(
-            await_on_stream(s, "p", opts(10_000, UnschedulablePolicy::Fail)).await,
+            await_on_stream(s, "p", opts(10_000, UnschedulablePolicy::Fail), never).await,
             AwaitOutcome::Ready(_)
         ));
     }
@@ -446,7 +582,7 @@ mod tests {
             Ok(Event::InitDone),
         ]);
         assert_eq!(
-            await_on_stream(s, "p", opts(500, UnschedulablePolicy::Fail)).await,
+            await_on_stream(s, "p", opts(500, UnschedulablePolicy::Fail), never).await,
             AwaitOutcome::Timeout {
                 phase: Phase::ContainerStart,
                 waited_ms: 500,
@@ -465,11 +601,11 @@ mod tests {
             ])
         };
         assert_eq!(
-            await_on_stream(evs(), "p", opts(500, UnschedulablePolicy::Fail)).await,
+            await_on_stream(evs(), "p", opts(500, UnschedulablePolicy::Fail), never).await,
             AwaitOutcome::Failed(FailureReason::Unschedulable("no nodes".into()))
         );
         assert_eq!(
-            await_on_stream(evs(), "p", opts(500, UnschedulablePolicy::Wait)).await,
+            await_on_stream(evs(), "p", opts(500, UnschedulablePolicy::Wait), never).await,
             AwaitOutcome::Timeout {
                 phase: Phase::Scheduling,
                 waited_ms: 500,
@@ -492,7 +628,7 @@ mod tests {
             Ok(Event::InitDone),
         ]);
         assert_eq!(
-            await_on_stream(s, "p", opts(10_000, UnschedulablePolicy::Fail)).await,
+            await_on_stream(s, "p", opts(10_000, UnschedulablePolicy::Fail), never).await,
             AwaitOutcome::Deleted("p".into())
         );
     }

@@ -617,13 +617,44 @@ fn await_pod<'a>(
             &Error::Internal("cannot monitor the calling process".into()),
         ));
     }
+    // One env per message, each with its own copy of the ref (`send_and_clear` invalidates
+    // the terms saved in the env it sends from).
     let mut msg_env = OwnedEnv::new();
     let saved_ref = msg_env.save(reference);
+    let mut interim = (!opts.report_ready).then(|| {
+        let env = OwnedEnv::new();
+        let saved = env.save(reference);
+        (env, saved)
+    });
     let guard = LiveGuard::new();
+
+    // `{:running, pod}` from the Tokio thread, at most once (the core calls this at most once;
+    // `take` makes a second call a no-op anyway), never after a cancel.
+    let interim_cancel = token.clone();
+    let on_running = move |pod: &Value| {
+        if interim_cancel.is_cancelled() {
+            return;
+        }
+        let Some((mut env, saved)) = interim.take() else {
+            return;
+        };
+        // json_to_term fails only on duplicate map keys, which JSON objects cannot have; if it
+        // ever did, the interim message is skipped rather than sent malformed.
+        let Some(pod) = env.run(|e| json_to_term(e, pod).ok().map(|t| env.save(t))) else {
+            return;
+        };
+        let _ = env.send_and_clear(&pid, |e| {
+            (
+                atoms::flame_k8s(),
+                saved.load(e),
+                (atoms::running(), pod.load(e)),
+            )
+        });
+    };
 
     let task_client = client.clone();
     let work = async move {
-        crate::await_pod::await_pod(&task_client.handle, &namespace, &name, opts).await
+        crate::await_pod::await_pod(&task_client.handle, &namespace, &name, opts, on_running).await
     };
     // Held by the task until it ends, so the monitor (and `down`) outlive a dropped handle.
     let task_resource = resource.clone();

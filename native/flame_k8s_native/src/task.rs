@@ -47,8 +47,9 @@ pub struct Canceller {
     tx: watch::Sender<bool>,
 }
 
-/// The task's side.
-#[derive(Debug)]
+/// The task's side. Clones observe the same cancellation (e.g. a callback inside the work
+/// that sends its own messages checks one before each send).
+#[derive(Clone, Debug)]
 pub struct CancelToken {
     rx: watch::Receiver<bool>,
 }
@@ -195,6 +196,17 @@ mod tests {
             Err(Error::Internal("panic: task blew up".into()))
         );
         wait_for_count(base);
+    }
+
+    #[test]
+    fn cloned_tokens_see_the_cancel() {
+        let (c, token) = cancel_pair();
+        let clone = token.clone();
+        assert!(!clone.is_cancelled());
+        c.cancel();
+        assert!(token.is_cancelled() && clone.is_cancelled());
+        // A clone taken after the cancel sees it too.
+        assert!(token.clone().is_cancelled());
     }
 
     #[test]
