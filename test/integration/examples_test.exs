@@ -6,6 +6,10 @@ defmodule FLAMEK8sBackend.ExamplesTest do
 
   alias FLAMEK8sBackend.Test.RemoteFuns
 
+  # examples/kind/flame_demo is loaded at run time by one test (it cannot be compiled as a
+  # project here: it needs hex).
+  @compile {:no_warn_undefined, [FlameDemo, FlameDemo.Application]}
+
   @moduletag timeout: 120_000
 
   @root Path.expand("../..", __DIR__)
@@ -185,6 +189,55 @@ defmodule FLAMEK8sBackend.ExamplesTest do
       end,
       15_000
     )
+  end
+
+  # The kind scenario "bad image", minus Docker: the demo app's own pool definition and its
+  # FlameDemo.bad_image_call/1 (which digs the BootError out of whatever FLAME reports: the
+  # stand-in exits the caller with it, FLAME 0.5 only passes it to on_grow_end), loaded into this
+  # VM. Only the backend's connection settings are added to the pool.
+  # FLAME 0.5 logs the crash of its boot task: expected here.
+  @tag :capture_log
+  test "the demo app's bad-image pool reports the backend's BootError", ctx do
+    %{kube: kube, namespace: ns} = ctx
+    LocalCluster.create_parent_pod!(kube, ns)
+    load_demo_app!()
+    bad_image = "registry.invalid/flame-demo:missing"
+    Application.put_env(:flame_demo, :bad_image, bad_image)
+    Application.put_env(:flame_demo, :idle_shutdown_after, 10_000)
+
+    {FLAME.Pool, pool} =
+      Enum.find(FlameDemo.Application.pools(), fn {FLAME.Pool, opts} ->
+        opts[:name] == FlameDemo.BadImageRunner
+      end)
+
+    pool =
+      Keyword.update!(pool, :backend, fn {FLAMEK8sBackend, opts} ->
+        connection = [parent_pod: {ns, "parent"}, kubeconfig: LocalCluster.info().kubeconfig]
+        {FLAMEK8sBackend, Keyword.merge(opts, connection)}
+      end)
+
+    start_supervised!(FlameDemo.BootFailures)
+    start_supervised!({FLAME.Pool, pool})
+
+    assert {:error, message} = FlameDemo.bad_image_call(30_000)
+    assert is_binary(message), "no BootError found in #{inspect(message)}"
+    assert message =~ ~s(failed while starting its container: cannot pull image "#{bad_image}")
+
+    eventually(fn ->
+      {:ok, pods} =
+        Kube.list_pods(kube, ns, label_selector: "app.kubernetes.io/managed-by=flame_k8s_backend")
+
+      pods == []
+    end)
+  end
+
+  defp load_demo_app! do
+    unless Code.ensure_loaded?(FlameDemo.Application) do
+      files = Path.wildcard(Path.join(@root, "examples/kind/flame_demo/lib/**/*.ex"))
+      {:ok, _modules, []} = Kernel.ParallelCompiler.require(files)
+    end
+
+    :ok
   end
 
   defp matches?(labels, selector), do: Enum.all?(selector, fn {k, v} -> labels[k] == v end)

@@ -4,9 +4,20 @@ defmodule FlameDemo.Application do
 
   @impl true
   def start(_type, _args) do
-    children = [
-      {DNSCluster, query: Application.get_env(:flame_demo, :dns_cluster_query) || :ignore},
-      FlameDemo.BootFailures,
+    children =
+      [
+        {DNSCluster, query: Application.get_env(:flame_demo, :dns_cluster_query) || :ignore},
+        FlameDemo.BootFailures
+      ] ++ pools()
+
+    Supervisor.start_link(children, strategy: :one_for_one, name: FlameDemo.Supervisor)
+  end
+
+  # Public so that this repository's tests can start the same pools against their local
+  # control plane (test/integration/examples_test.exs).
+  @doc false
+  def pools do
+    [
       # The pool the app uses. Runner pods get the headless Service's label so DNSCluster finds
       # them too; they never get the Deployment's `app` label (see deployment.yaml).
       {FLAME.Pool,
@@ -33,7 +44,5 @@ defmodule FlameDemo.Application do
        boot_timeout: 60_000,
        on_grow_end: &FlameDemo.BootFailures.on_grow_end/2}
     ]
-
-    Supervisor.start_link(children, strategy: :one_for_one, name: FlameDemo.Supervisor)
   end
 end
