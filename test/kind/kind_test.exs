@@ -17,7 +17,17 @@ defmodule FLAMEK8sBackend.KindTest do
 
   setup_all do
     kubeconfig = System.get_env("KUBECONFIG") || Path.expand("~/.kube/config")
-    {:ok, kube} = Kube.connect(kubeconfig: kubeconfig)
+    System.find_executable("kubectl") || raise "the kind tests need kubectl on PATH"
+
+    kube =
+      case Kube.connect(kubeconfig: kubeconfig) do
+        {:ok, kube} ->
+          kube
+
+        {:error, reason} ->
+          raise "cannot use #{kubeconfig}: #{inspect(reason)}; the kind tests run against the " <>
+                  "cluster examples/kind/kind.sh sets up (it sets KUBECONFIG)"
+      end
 
     %{
       kube: kube,
