@@ -22,8 +22,9 @@ defmodule FLAMEK8sBackend do
 
   The parent pod needs `POD_NAME` and `POD_NAMESPACE` from the downward API, must run as a
   distributed node reachable at its pod IP (`RELEASE_DISTRIBUTION=name`,
-  `RELEASE_NODE=my_app@$(POD_IP)`), and its service account needs `get`, `list`, `create`,
-  `delete` on `pods` and `create`, `delete` on `secrets` in its namespace. See the README.
+  `RELEASE_NODE=my_app@$(POD_IP)`), and its service account needs `get`, `list`, `watch`,
+  `create`, `delete` on `pods` and `create`, `delete` on `secrets` in its namespace. See the
+  README and `examples/kubernetes/`.
 
   ## Options
 

@@ -7,7 +7,12 @@ alias FLAMEK8sBackend.Test.LocalCluster
     "-daemon"
   ])
 
-{:ok, _} = Node.start(:"flame_parent@127.0.0.1", :longnames)
+# A random part keeps concurrent test runs on one machine (one epmd) apart.
+{:ok, _} =
+  Node.start(
+    :"flame_parent_#{System.system_time(:millisecond) |> rem(1_000_000)}_#{:rand.uniform(99_999)}@127.0.0.1",
+    :longnames
+  )
 
 Node.set_cookie(
   :crypto.strong_rand_bytes(16)
