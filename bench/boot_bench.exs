@@ -1257,12 +1257,17 @@ spawn(fn ->
   Process.sleep(args[:max_seconds] * 1000 + 5_000)
   Bench.Out.note("time cap of #{args[:max_seconds]} s reached: stopping")
 
-  path =
-    Bench.Out.write(
-      "**Stopped by the time cap of #{args[:max_seconds]} s; the sections above are complete, later ones are missing.**"
-    )
+  try do
+    path =
+      Bench.Out.write(
+        "**Stopped by the time cap of #{args[:max_seconds]} s; the sections above are complete, later ones are missing.**"
+      )
 
-  Bench.Out.note("partial results in #{path}")
+    Bench.Out.note("partial results in #{path}")
+  catch
+    kind, reason -> Bench.Out.note("no results written: #{Exception.format(kind, reason)}")
+  end
+
   System.halt(3)
 end)
 
