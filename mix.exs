@@ -89,13 +89,30 @@ defmodule Mix.Tasks.Compile.FlameK8sNative do
         Mix.raise("cargo succeeded but #{built} does not exist")
 
       true ->
-        File.mkdir_p!(Path.dirname(installed))
-        # Copy to a temporary name, then rename: a VM that has the old library loaded keeps
-        # its mapping of the old inode instead of seeing a half-written file.
-        tmp = installed <> ".tmp"
-        File.cp!(built, tmp)
-        File.rename!(tmp, installed)
+        install(built, installed)
+        install_into_build(built)
         {:ok, []}
+    end
+  end
+
+  # Copy to a temporary name, then rename: a VM that has the old library loaded keeps its
+  # mapping of the old inode instead of seeing a half-written file, and two builds at once
+  # (two Mix envs) never write the same temporary file.
+  defp install(built, installed) do
+    File.mkdir_p!(Path.dirname(installed))
+    tmp = "#{installed}.#{System.pid()}-#{System.unique_integer([:positive])}.tmp"
+    File.cp!(built, tmp)
+    File.rename!(tmp, installed)
+  end
+
+  # _build/<env>/lib/flame_k8s_backend/priv is a symlink to priv/ in a normal build, but a copy
+  # made before this compiler ran with build_embedded: true.
+  defp install_into_build(built) do
+    app_priv = Path.join(Mix.Project.app_path(), "priv")
+
+    case File.read_link(app_priv) do
+      {:ok, _symlink} -> :ok
+      {:error, _} -> install(built, Path.join([app_priv, "native", Path.basename(built)]))
     end
   end
 

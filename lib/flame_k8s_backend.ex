@@ -52,7 +52,8 @@ defmodule FLAMEK8sBackend do
       default 30_000. FLAME passes its pool's `:boot_timeout`.
     * `:unschedulable` - `:wait` (default; a cluster autoscaler may still add a node, and the
       scheduler's message is reported if the boot times out) or `:fail` (fail at once).
-    * `:log` - `false` (default) or a Logger level for boot progress.
+    * `:log` - `false` (default) or a Logger level for boot progress. FLAME's pool passes its
+      own `:log` (default `false`); a `false` never hides a level set here or in config.
     * `:parent_pod` - `{namespace, name}`; default from `POD_NAMESPACE` and `POD_NAME`.
     * `:kubeconfig`, `:context` - connect through a kubeconfig instead of the pod's service
       account (a parent running outside the cluster, e.g. in development).
@@ -82,6 +83,8 @@ defmodule FLAMEK8sBackend do
   alias FLAMEK8sBackend.{BootError, Kube, Options, Reaper, RunnerPod}
 
   @compile {:no_warn_undefined, [FLAME.Parent]}
+
+  @sweep_interval 60_000
 
   # The secret manifest carries the cookie and :secret_env, and the pod manifest FLAME_PARENT:
   # none of them may show up in logs or crash reports.
@@ -117,17 +120,13 @@ defmodule FLAMEK8sBackend do
   """
   @spec init(keyword()) :: {:ok, t()} | {:error, BootError.t()}
   def init(opts) do
-    opts =
-      :flame
-      |> Application.get_env(__MODULE__, [])
-      |> Keyword.merge(opts)
-      |> Options.validate!()
+    opts = Options.from(Application.get_env(:flame, __MODULE__, []), opts)
 
     with :ok <- ensure_distributed(),
          {:ok, kube} <- connect(opts),
          {:ok, {namespace, _} = parent_id} <- parent_pod_id(opts),
          {:ok, parent_pod} <- fetch_parent_pod(kube, parent_id),
-         :ok <- sweep(kube, namespace, parent_pod, opts.log),
+         :ok <- sweep(kube, namespace, parent_pod, opts),
          parent_ref = make_ref(),
          runner_name = runner_name(parent_pod),
          basename = opts.runner_node_basename || runner_name,
@@ -141,11 +140,20 @@ defmodule FLAMEK8sBackend do
              node_basename: basename,
              flame_parent: flame_parent(parent_ref, basename),
              runner_name: runner_name,
+             secret_names: Map.keys(opts.secret_env),
              forwarded_env: forwarded_env()
            })
-           |> tag_error(:parent_pod) do
+           |> tag_error(:manifest) do
       cookie = Atom.to_string(Node.get_cookie())
-      secret = RunnerPod.secret(parent_pod, runner_name, cookie, opts.secret_env)
+
+      secret =
+        RunnerPod.secret(
+          parent_pod,
+          runner_name,
+          cookie,
+          opts.secret_env,
+          opts.omit_owner_reference
+        )
 
       {:ok,
        %__MODULE__{
@@ -178,8 +186,7 @@ defmodule FLAMEK8sBackend do
         {:ok, terminator, state}
 
       {:error, %BootError{} = error} ->
-        cleanup(state)
-        Reaper.release(reaper)
+        Reaper.reap_now(reaper)
         log(state, :warning, Exception.message(error))
         {:error, error}
     end
@@ -195,6 +202,7 @@ defmodule FLAMEK8sBackend do
     with :ok <- create(state, :create_secret, &Kube.create_secret/3, state.secret_manifest),
          :ok <- create(state, :create_pod, &Kube.create_pod/3, state.pod_manifest),
          timings = %{created: now() - started},
+         :ok <- time_left(state, deadline, timings),
          log(state, :info, "runner pod #{pod_id(state)} created in #{timings.created} ms"),
          {:ok, terminator, timings} <- await_boot(state, deadline, started, timings) do
       log(state, :info, "runner #{node(terminator)} up in #{timings.remote_up} ms")
@@ -211,6 +219,16 @@ defmodule FLAMEK8sBackend do
     end
   end
 
+  # Slow API requests may have eaten the boot timeout before the pod could even be watched.
+  defp time_left(state, deadline, timings) do
+    if remaining(deadline) > 0 do
+      :ok
+    else
+      reason = {:timeout, %{waited_ms: timings.created, detail: "creating the secret and pod"}}
+      {:error, %BootError{phase: :create_pod, reason: reason, pod: pod_id(state)}}
+    end
+  end
+
   defp create(state, phase, create_fun, manifest) do
     case create_fun.(state.kube, state.namespace, manifest) do
       {:ok, _} -> :ok
@@ -224,7 +242,7 @@ defmodule FLAMEK8sBackend do
   # watch has seen the pod running.
   defp await_boot(state, deadline, started, timings) do
     case Kube.await_pod(state.kube, state.namespace, state.runner_name,
-           timeout: max(remaining(deadline), 1),
+           timeout: remaining(deadline),
            unschedulable: state.unschedulable,
            report_ready: false
          ) do
@@ -264,7 +282,8 @@ defmodule FLAMEK8sBackend do
       # The watch always answers by its timeout; this only guards against a lost message.
       remaining(deadline) + 5_000 ->
         Kube.cancel_await(await)
-        timeout = %{phase: :running, waited_ms: state.boot_timeout, detail: nil}
+        phase = if Map.has_key?(timings, :running), do: :running, else: :container_start
+        timeout = %{phase: phase, waited_ms: state.boot_timeout, detail: nil}
         {:error, not_ready_error(state, {:timeout, timeout}, timings)}
     end
   end
@@ -306,27 +325,9 @@ defmodule FLAMEK8sBackend do
     %BootError{phase: phase, reason: {:deleted, name}, pod: pod_id(state)}
   end
 
-  defp not_ready_error(state, {:error, reason}, _timings) do
-    %BootError{phase: :scheduling, reason: reason, pod: pod_id(state)}
-  end
-
-  defp cleanup(state) do
-    pod = Kube.delete_pod(state.kube, state.namespace, state.runner_name, grace_period: 0)
-    report_cleanup(state, :pod, pod)
-
-    report_cleanup(
-      state,
-      :secret,
-      Kube.delete_secret(state.kube, state.namespace, state.runner_name)
-    )
-  end
-
-  defp report_cleanup(_state, _kind, :ok), do: :ok
-
-  defp report_cleanup(state, kind, {:error, reason}) do
-    Logger.warning(
-      "flame_k8s_backend could not delete runner #{kind} in #{state.namespace}: #{BootError.describe(reason)}"
-    )
+  defp not_ready_error(state, {:error, reason}, timings) do
+    phase = if Map.has_key?(timings, :running), do: :remote_up, else: :scheduling
+    %BootError{phase: phase, reason: reason, pod: pod_id(state)}
   end
 
   @doc """
@@ -359,8 +360,12 @@ defmodule FLAMEK8sBackend do
     System.stop()
   end
 
-  @doc "`FLAME.Backend` callback: this backend expects no messages of its own."
+  @doc """
+  `FLAME.Backend` callback. The only messages of this backend that can reach the Runner are
+  late answers of a pod watch cancelled at the end of a boot; they carry no news.
+  """
   @spec handle_info(term(), t()) :: {:noreply, t()}
+  def handle_info({:flame_k8s, ref, _late}, state) when is_reference(ref), do: {:noreply, state}
   def handle_info(_msg, state), do: {:noreply, state}
 
   ## init helpers
@@ -386,6 +391,10 @@ defmodule FLAMEK8sBackend do
         if opts.context, do: [context: opts.context, mode: :kubeconfig], else: []
 
     Kube.connect(connect_opts) |> tag_error(:connect)
+  rescue
+    # The NIF failed to load (its stub raises): say so instead of crashing the Runner.
+    error in ErlangError ->
+      {:error, %BootError{phase: :connect, reason: {:nif_not_loaded, Exception.message(error)}}}
   end
 
   defp parent_pod_id(%{parent_pod: {_, _} = id}), do: {:ok, id}
@@ -421,20 +430,39 @@ defmodule FLAMEK8sBackend do
   end
 
   # Finished runner pods of this parent, left behind when an earlier reaper could not delete
-  # them (the parent VM was killed, the API was unreachable). Failures here never fail a boot.
-  defp sweep(kube, namespace, parent_pod, log) do
-    with {:ok, pods} <-
-           Kube.list_pods(kube, namespace, label_selector: RunnerPod.selector(parent_pod)) do
-      for pod <- pods, get_in(pod, ["status", "phase"]) in ["Succeeded", "Failed"] do
-        name = get_in(pod, ["metadata", "name"])
-        _ = Kube.delete_pod(kube, namespace, name, grace_period: 0)
-        _ = Kube.delete_secret(kube, namespace, name)
+  # them (the parent VM was killed, the API was unreachable). Only pods older than a boot
+  # timeout, so a sibling boot that just failed keeps its own story, and at most once a minute
+  # per parent, so a burst of boots does not list pods once each. Never fails a boot.
+  defp sweep(kube, namespace, parent_pod, opts) do
+    key = {__MODULE__, :swept, get_in(parent_pod, ["metadata", "uid"])}
+    last = :persistent_term.get(key, nil)
 
-        if log, do: Logger.log(log, "swept finished runner pod #{namespace}/#{name}")
+    if is_nil(last) or now() - last > @sweep_interval do
+      :persistent_term.put(key, now())
+      selector = RunnerPod.selector(parent_pod)
+
+      with {:ok, pods} <- Kube.list_pods(kube, namespace, label_selector: selector) do
+        for pod <- pods, finished?(pod), older_than?(pod, opts.boot_timeout) do
+          name = get_in(pod, ["metadata", "name"])
+          _ = Kube.delete_pod(kube, namespace, name, grace_period: 0)
+          _ = Kube.delete_secret(kube, namespace, name)
+          if opts.log, do: Logger.log(opts.log, "swept finished runner pod #{namespace}/#{name}")
+        end
       end
     end
 
     :ok
+  end
+
+  defp finished?(pod), do: get_in(pod, ["status", "phase"]) in ["Succeeded", "Failed"]
+
+  defp older_than?(pod, ms) do
+    with created when is_binary(created) <- get_in(pod, ["metadata", "creationTimestamp"]),
+         {:ok, created, _} <- DateTime.from_iso8601(created) do
+      DateTime.diff(DateTime.utc_now(), created, :millisecond) > ms
+    else
+      _ -> false
+    end
   end
 
   defp flame_parent(parent_ref, basename) do

@@ -6,8 +6,9 @@ defmodule FLAMEK8sBackend.BootError do
 
   Fields:
 
-    * `:phase` - where the boot stopped: `:connect`, `:parent_pod`, `:create_secret`,
-      `:create_pod`, `:scheduling`, `:container_start` or `:remote_up`
+    * `:phase` - where the boot stopped: `:connect`, `:parent_pod`, `:manifest` (the runner pod
+      could not be built from the parent and the options), `:create_secret`, `:create_pod`,
+      `:scheduling`, `:container_start` or `:remote_up`
     * `:reason` - what happened, as data:
       * `{:image_pull, %{reason: "ErrImagePull" | "ImagePullBackOff" | ..., image: image, message: msg}}`
       * `{:container_config, %{reason: reason, container: name, message: msg}}`
@@ -34,6 +35,7 @@ defmodule FLAMEK8sBackend.BootError do
   @type phase ::
           :connect
           | :parent_pod
+          | :manifest
           | :create_secret
           | :create_pod
           | :scheduling
@@ -50,6 +52,7 @@ defmodule FLAMEK8sBackend.BootError do
 
   defp phase_text(:connect), do: "connecting to the Kubernetes API"
   defp phase_text(:parent_pod), do: "reading the parent pod"
+  defp phase_text(:manifest), do: "building its manifest"
   defp phase_text(:create_secret), do: "creating its secret"
   defp phase_text(:create_pod), do: "being created"
   defp phase_text(:scheduling), do: "scheduling"
@@ -90,6 +93,7 @@ defmodule FLAMEK8sBackend.BootError do
         "or the :parent_pod option)"
 
   def describe({:not_distributed, message}), do: message
+  def describe({:nif_not_loaded, message}), do: message
   def describe({:api, status, reason, message}), do: "API error #{status} #{reason}: #{message}"
   def describe({:connect, message}), do: "cannot reach the API server: #{message}"
 

@@ -21,17 +21,30 @@ defmodule FLAMEK8sBackend.Options do
   ]
 
   @keys Keyword.keys(@defaults)
+  @dns_label ~r/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/
+  @dns_subdomain ~r/^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/
   @log_levels [:emergency, :alert, :critical, :error, :warning, :warn, :notice, :info, :debug]
 
   @spec keys() :: [atom()]
   def keys, do: @keys
 
+  @doc """
+  Merges `config :flame, FLAMEK8sBackend` (lowest) with the options FLAME passes, then
+  validates. FLAME's pool always passes its own `log: false` default: a `false` never hides a
+  level configured elsewhere.
+  """
+  @spec from(keyword(), keyword()) :: map()
+  def from(app_env, opts) do
+    app_env = keyword!(app_env, "config :flame, FLAMEK8sBackend")
+    opts = keyword!(opts, "FLAMEK8sBackend options")
+    merged = Keyword.merge(app_env, opts)
+    log = Enum.find([opts[:log], app_env[:log]], false, & &1)
+    validate!(Keyword.put(merged, :log, log))
+  end
+
   @spec validate!(keyword()) :: map()
   def validate!(opts) do
-    unless Keyword.keyword?(opts) do
-      raise ArgumentError,
-            "FLAMEK8sBackend options: expected a keyword list, got: #{inspect(opts)}"
-    end
+    opts = keyword!(opts, "FLAMEK8sBackend options")
 
     case Keyword.keys(opts) -- @keys do
       [] ->
@@ -46,6 +59,20 @@ defmodule FLAMEK8sBackend.Options do
     Map.new(opts, fn {key, value} -> {key, check!(key, value)} end)
   end
 
+  # Never inspect the options themselves here: they may hold :secret_env values.
+  defp keyword!(opts, what) do
+    if is_list(opts) and Keyword.keyword?(opts) do
+      opts
+    else
+      raise ArgumentError, "#{what}: expected a keyword list, got a #{type_name(opts)}"
+    end
+  end
+
+  defp type_name(term) when is_list(term), do: "list that is not a keyword list"
+  defp type_name(term) when is_map(term), do: "map"
+  defp type_name(term) when is_binary(term), do: "string"
+  defp type_name(_term), do: "term of another type"
+
   defp check!(key, nil)
        when key in [
               :app_container_name,
@@ -58,8 +85,19 @@ defmodule FLAMEK8sBackend.Options do
             ],
        do: nil
 
+  defp check!(:runner_node_basename, value) do
+    if is_binary(value) and Regex.match?(~r/^[A-Za-z0-9_-]{1,200}$/, value),
+      do: value,
+      else:
+        bad!(
+          :runner_node_basename,
+          "letters, digits, - and _ (the part of a node name before @)",
+          value
+        )
+  end
+
   defp check!(key, value)
-       when key in [:app_container_name, :runner_node_basename, :kubeconfig, :context] do
+       when key in [:app_container_name, :kubeconfig, :context] do
     if is_binary(value) and value != "", do: value, else: bad!(key, "a non-empty string", value)
   end
 
@@ -77,18 +115,34 @@ defmodule FLAMEK8sBackend.Options do
     end)
   end
 
-  defp check!(:secret_env, value) do
-    value
-    |> pairs!(:secret_env)
-    |> Map.new(fn
-      {name, v} when is_binary(v) ->
-        {name, v}
+  # Secret values are never echoed back, not even in an error: only names and types.
+  defp check!(:secret_env, value) when is_map(value) or is_list(value) do
+    Map.new(value, fn
+      {name, v} when is_binary(name) or is_atom(name) ->
+        name = to_string(name)
 
-      # Secret values are never echoed back, not even in an error.
-      {name, _} ->
+        cond do
+          not Regex.match?(~r/^[A-Za-z_][A-Za-z0-9_]*$/, name) ->
+            raise ArgumentError,
+                  "FLAMEK8sBackend option :secret_env: #{inspect(name)} is not an environment variable name"
+
+          not (is_binary(v) and String.valid?(v)) ->
+            raise ArgumentError,
+                  "FLAMEK8sBackend option :secret_env: the value of #{name} must be a UTF-8 string"
+
+          true ->
+            {name, v}
+        end
+
+      _ ->
         raise ArgumentError,
-              "FLAMEK8sBackend option :secret_env: the value of #{name} must be a string"
+              "FLAMEK8sBackend option :secret_env: expected a map of variable names to strings"
     end)
+  end
+
+  defp check!(:secret_env, _value) do
+    raise ArgumentError,
+          "FLAMEK8sBackend option :secret_env: expected a map of variable names to strings"
   end
 
   defp check!(:labels, value) do
@@ -116,8 +170,11 @@ defmodule FLAMEK8sBackend.Options do
   defp check!(:unschedulable, value), do: bad!(:unschedulable, ":fail or :wait", value)
 
   defp check!(:parent_pod, {namespace, name} = value)
-       when is_binary(namespace) and namespace != "" and is_binary(name) and name != "",
-       do: value
+       when is_binary(namespace) and is_binary(name) do
+    if Regex.match?(@dns_label, namespace) and Regex.match?(@dns_subdomain, name),
+      do: value,
+      else: bad!(:parent_pod, "{namespace, name} of valid Kubernetes names", value)
+  end
 
   defp check!(:parent_pod, value), do: bad!(:parent_pod, "{namespace, name}", value)
 

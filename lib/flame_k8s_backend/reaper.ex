@@ -5,7 +5,9 @@ defmodule FLAMEK8sBackend.Reaper do
   One reaper per runner, started before anything is created. It monitors the FLAME Runner
   process that owns the boot and, once booted, the remote terminator: when either goes down
   (idle shutdown, the runner VM killed, its node lost, the Runner crashing mid-boot) it deletes
-  what it tracks. A boot that fails cleans up itself and then `release/1`s the reaper.
+  what it tracks. A boot that fails has it delete everything at once with `reap_now/1`.
+  Failed deletes are retried (not when RBAC forbids them); a booted runner's pod is deleted with
+  its own grace period, one that never booted at once.
   """
   use GenServer, restart: :temporary
 
@@ -13,7 +15,10 @@ defmodule FLAMEK8sBackend.Reaper do
 
   alias FLAMEK8sBackend.Kube
 
-  defstruct [:kube, :namespace, :log, pod: nil, secret: nil]
+  defstruct [:kube, :namespace, :log, pod: nil, secret: nil, booted?: false]
+
+  @attempts 3
+  @backoff 250
 
   @doc "Starts a reaper that watches `owner` (the FLAME Runner process)."
   @spec start(Kube.t(), String.t(), pid(), false | Logger.level()) :: {:ok, pid()}
@@ -35,9 +40,12 @@ defmodule FLAMEK8sBackend.Reaper do
   @spec monitor(pid(), pid()) :: :ok
   def monitor(reaper, pid), do: GenServer.call(reaper, {:monitor, pid})
 
-  @doc "Stops the reaper without deleting anything (the caller cleaned up already)."
-  @spec release(pid()) :: :ok
-  def release(reaper), do: GenServer.call(reaper, :release)
+  @doc """
+  Deletes what it tracks now (a failed boot), retrying a failed delete, then stops. Returns
+  once done, so the caller's error is returned only after the cleanup.
+  """
+  @spec reap_now(pid()) :: :ok
+  def reap_now(reaper), do: GenServer.call(reaper, :reap_now, :infinity)
 
   @impl true
   def init({kube, namespace, owner, log}) do
@@ -51,10 +59,13 @@ defmodule FLAMEK8sBackend.Reaper do
 
   def handle_call({:monitor, pid}, _from, state) do
     Process.monitor(pid)
-    {:reply, :ok, state}
+    {:reply, :ok, %{state | booted?: true}}
   end
 
-  def handle_call(:release, _from, state), do: {:stop, :normal, :ok, state}
+  def handle_call(:reap_now, _from, state) do
+    reap(state, :boot_failed)
+    {:stop, :normal, :ok, state}
+  end
 
   @impl true
   def handle_info({:DOWN, _ref, :process, _pid, reason}, state) do
@@ -68,13 +79,7 @@ defmodule FLAMEK8sBackend.Reaper do
   end
 
   defp delete(state, kind, name, reason) do
-    result =
-      case kind do
-        :pod -> Kube.delete_pod(state.kube, state.namespace, name, grace_period: 0)
-        :secret -> Kube.delete_secret(state.kube, state.namespace, name)
-      end
-
-    case result do
+    case delete_with_retries(state, kind, name, @attempts) do
       :ok ->
         log(
           state,
@@ -86,6 +91,29 @@ defmodule FLAMEK8sBackend.Reaper do
           "flame_k8s_backend could not delete runner #{kind} #{state.namespace}/#{name}: " <>
             FLAMEK8sBackend.BootError.describe(error)
         )
+    end
+  end
+
+  # A booted runner gets its pod's grace period, so its VM can finish what it is doing; a pod
+  # that never booted has nothing to finish.
+  defp delete_with_retries(state, kind, name, attempts_left) do
+    result =
+      case kind do
+        :pod when state.booted? -> Kube.delete_pod(state.kube, state.namespace, name)
+        :pod -> Kube.delete_pod(state.kube, state.namespace, name, grace_period: 0)
+        :secret -> Kube.delete_secret(state.kube, state.namespace, name)
+      end
+
+    case result do
+      {:error, {:api, status, _, _}} = error when status in [401, 403] ->
+        error
+
+      {:error, _} when attempts_left > 1 ->
+        Process.sleep(@backoff * (@attempts - attempts_left + 1))
+        delete_with_retries(state, kind, name, attempts_left - 1)
+
+      result ->
+        result
     end
   end
 

@@ -15,19 +15,23 @@ defmodule FLAMEK8sBackend.RunnerPod do
 
     1. a map `:manifest` is deep-merged over that pod (containers merge by name; a container
        without a name is the app container); a `:manifest` function receives the parent pod
-       and its app container and returns the whole pod instead;
+       and its app container and returns the whole pod instead (what would make it the
+       parent's — `status`, controller owner references, the parent's own labels — is dropped,
+       and env entries copied unchanged from the parent rank as parent env);
     2. `metadata`: the runner's name (the parent's name, `-flame-` and a random suffix,
        chosen by the backend), the namespace, labels (manifest
-       labels, then `:labels`, then the identifying labels below), and an owner reference to
-       the parent pod unless `:omit_owner_reference`;
+       labels, then `:labels`, then the identifying labels below), and a controller owner
+       reference to the parent pod unless `:omit_owner_reference` (Kubernetes' garbage
+       collector deletes runners with their parent, and no ReplicaSet ever adopts one);
     3. `restartPolicy: Never`;
     4. the app container's environment, by precedence (later wins):
        parent container env < defaults (`PHX_SERVER=false`, `RELEASE_DISTRIBUTION=name`,
        `RELEASE_NODE=<basename>@$(POD_IP)`, and `ERL_AFLAGS`/`ERL_ZFLAGS` of the parent VM)
        < `:manifest` env < `:env` < fixed (`POD_NAME`, `POD_NAMESPACE`, `POD_IP` from the
        downward API, `FLAME_PARENT`).
-       `RELEASE_COOKIE` is never a plain env var: it is removed from the env list and comes
-       from the runner secret (named like the pod) through `envFrom`, with `:secret_env`.
+       `RELEASE_COOKIE` and the `:secret_env` names are never plain env vars: they are removed
+       from the env list (a plain var would win over the secret) and come from the runner
+       secret (named like the pod, same owner reference) through `envFrom`.
 
   Identifying labels: `app.kubernetes.io/managed-by=flame_k8s_backend` and
   `flame-k8s-backend.io/parent-uid=<parent pod uid>`; the annotation
@@ -52,6 +56,7 @@ defmodule FLAMEK8sBackend.RunnerPod do
           required(:node_basename) => String.t(),
           required(:flame_parent) => String.t(),
           required(:runner_name) => String.t(),
+          required(:secret_names) => [String.t()],
           required(:forwarded_env) => %{String.t() => String.t()}
         }
 
@@ -71,16 +76,17 @@ defmodule FLAMEK8sBackend.RunnerPod do
       iex> secret["metadata"]["labels"]["flame-k8s-backend.io/parent-uid"]
       "u1"
   """
-  @spec secret(map(), String.t(), String.t(), %{String.t() => String.t()}) :: map()
-  def secret(parent_pod, name, cookie, secret_env) do
+  @spec secret(map(), String.t(), String.t(), %{String.t() => String.t()}, boolean()) :: map()
+  def secret(parent_pod, name, cookie, secret_env, omit_owner_reference \\ false) do
+    metadata =
+      %{"name" => name, "labels" => identifying_labels(parent_pod)}
+      |> owner_references(parent_pod, %{omit_owner_reference: omit_owner_reference})
+
     %{
       "apiVersion" => "v1",
       "kind" => "Secret",
       "type" => "Opaque",
-      "metadata" => %{
-        "name" => name,
-        "labels" => identifying_labels(parent_pod)
-      },
+      "metadata" => metadata,
       "stringData" => Map.put(secret_env, "RELEASE_COOKIE", cookie)
     }
   end
@@ -96,7 +102,8 @@ defmodule FLAMEK8sBackend.RunnerPod do
   def build(parent_pod, spec) do
     with {:ok, app} <- find_container(parent_pod, spec.app_container_name),
          {:ok, pod} <- base_pod(parent_pod, app, spec),
-         {:ok, pod} <- ensure_app_container(pod, app, spec) do
+         {:ok, pod} <- ensure_app_container(pod, app, spec),
+         :ok <- validate_env(pod) do
       {:ok, finish(pod, parent_pod, app, spec)}
     end
   end
@@ -120,14 +127,14 @@ defmodule FLAMEK8sBackend.RunnerPod do
   end
 
   @container_keys ~w(name image imagePullPolicy command args env envFrom resources volumeMounts workingDir securityContext)
-  @pod_spec_keys ~w(serviceAccountName imagePullSecrets volumes nodeSelector tolerations securityContext)
+  @pod_spec_keys ~w(serviceAccountName automountServiceAccountToken imagePullSecrets volumes nodeSelector tolerations securityContext)
 
   defp base_pod(parent_pod, app, spec) do
     case spec.manifest do
       fun when is_function(fun, 2) ->
         case fun.(parent_pod, app) do
           %{} = pod ->
-            {:ok, stringify(pod)}
+            {:ok, pod |> stringify() |> without_parent_identity(parent_pod)}
 
           other ->
             {:error,
@@ -154,6 +161,51 @@ defmodule FLAMEK8sBackend.RunnerPod do
 
         {:ok, merge_manifest(pod, stringify(manifest || %{}), container["name"])}
     end
+  end
+
+  # A function may hand back (a copy of) the parent pod: what makes it the parent's must go,
+  # above all its ReplicaSet's controller reference and the labels its selector matches.
+  defp without_parent_identity(pod, parent_pod) do
+    parent_labels = get_in(parent_pod, ["metadata", "labels"]) || %{}
+
+    metadata =
+      (pod["metadata"] || %{})
+      |> Map.drop(~w(managedFields generation deletionTimestamp deletionGracePeriodSeconds))
+      |> Map.update("ownerReferences", [], fn refs ->
+        Enum.reject(List.wrap(refs), &(is_map(&1) and &1["controller"] == true))
+      end)
+      |> Map.update("labels", %{}, fn labels ->
+        labels
+        |> Enum.reject(fn {k, v} -> k == "pod-template-hash" or parent_labels[k] == v end)
+        |> Map.new()
+      end)
+
+    pod |> Map.delete("status") |> Map.put("metadata", metadata)
+  end
+
+  defp validate_env(pod) do
+    pod["spec"]["containers"]
+    |> Enum.with_index()
+    |> Enum.find_value(:ok, fn {container, i} ->
+      case container["env"] do
+        nil ->
+          nil
+
+        env when is_list(env) ->
+          Enum.find_value(Enum.with_index(env), fn
+            {%{"name" => name}, _} when is_binary(name) and name != "" ->
+              nil
+
+            {_, j} ->
+              {:error,
+               {:invalid_manifest,
+                "spec.containers[#{i}].env[#{j}]: expected a map with a \"name\""}}
+          end)
+
+        _ ->
+          {:error, {:invalid_manifest, "spec.containers[#{i}].env: expected a list"}}
+      end
+    end)
   end
 
   # The parent's own downward-API and cluster vars describe the parent, not the runner.
@@ -205,7 +257,7 @@ defmodule FLAMEK8sBackend.RunnerPod do
       |> owner_references(parent_pod, spec)
 
     app_name = get_in(pod, ["spec", "containers", Access.at(index), "name"])
-    manifest_env = manifest_env(spec.manifest, app_name, pod)
+    manifest_env = manifest_env(spec.manifest, app_name, pod, app)
 
     pod_spec =
       pod["spec"]
@@ -224,9 +276,14 @@ defmodule FLAMEK8sBackend.RunnerPod do
 
   # The env the user's manifest asked for, so that it outranks the defaults while the env
   # copied from the parent container does not.
-  defp manifest_env(fun, app_name, pod) when is_function(fun, 2), do: container_env(pod, app_name)
-  defp manifest_env(nil, _app_name, _pod), do: []
-  defp manifest_env(manifest, app_name, _pod), do: container_env(stringify(manifest), app_name)
+  # For a function, entries it copied unchanged from the parent's container stay parent env.
+  defp manifest_env(fun, app_name, pod, app) when is_function(fun, 2),
+    do: container_env(pod, app_name) -- (app["env"] || [])
+
+  defp manifest_env(nil, _app_name, _pod, _app), do: []
+
+  defp manifest_env(manifest, app_name, _pod, _app),
+    do: container_env(stringify(manifest), app_name)
 
   defp container_env(pod, app_name) do
     case get_in(pod, ["spec", "containers"]) do
@@ -242,7 +299,7 @@ defmodule FLAMEK8sBackend.RunnerPod do
   end
 
   defp runner_container(container, _app, manifest_env, spec) do
-    parent_env = container["env"] || []
+    parent_env = drop_parent_env(container["env"] || [])
 
     defaults =
       [
@@ -266,12 +323,14 @@ defmodule FLAMEK8sBackend.RunnerPod do
       |> Enum.reduce(%{order: [], by_name: %{}}, &merge_env/2)
 
     fixed_names = Enum.map(fixed ++ last, & &1["name"])
+    # A plain env var would win over the secret's envFrom value of the same name.
+    secret_only = @secret_only ++ spec.secret_names
 
     # $(VAR) expansion only sees variables defined earlier in the list: the downward-API vars
     # come first so RELEASE_NODE=<basename>@$(POD_IP) resolves.
     ordered =
       Enum.map(fixed, & &1["name"]) ++
-        Enum.reject(merged.order, &(&1 in fixed_names or &1 in @secret_only)) ++
+        Enum.reject(merged.order, &(&1 in fixed_names or &1 in secret_only)) ++
         Enum.map(last, & &1["name"])
 
     env_from = (container["envFrom"] || []) ++ [%{"secretRef" => %{"name" => spec.runner_name}}]
@@ -305,14 +364,16 @@ defmodule FLAMEK8sBackend.RunnerPod do
   defp owner_references(metadata, _parent_pod, %{omit_owner_reference: true}), do: metadata
 
   defp owner_references(metadata, parent_pod, _spec) do
+    # controller: true also keeps any ReplicaSet from adopting the runner, whatever its labels.
     owner = %{
       "apiVersion" => "v1",
       "kind" => "Pod",
       "name" => name(parent_pod),
-      "uid" => uid(parent_pod)
+      "uid" => uid(parent_pod),
+      "controller" => true
     }
 
-    Map.update(metadata, "ownerReferences", [owner], &(&1 ++ [owner]))
+    Map.update(metadata, "ownerReferences", [owner], &(List.wrap(&1) ++ [owner]))
   end
 
   defp name(pod), do: get_in(pod, ["metadata", "name"]) || "flame-runner"

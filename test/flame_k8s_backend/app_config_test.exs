@@ -4,7 +4,12 @@ defmodule FLAMEK8sBackend.AppConfigTest do
   use ExUnit.Case, async: false
 
   setup do
-    on_exit(fn -> Application.delete_env(:flame, FLAMEK8sBackend) end)
+    pod_name = System.get_env("POD_NAME")
+
+    on_exit(fn ->
+      Application.delete_env(:flame, FLAMEK8sBackend)
+      if pod_name, do: System.put_env("POD_NAME", pod_name)
+    end)
   end
 
   test "options from config :flame, FLAMEK8sBackend are validated like given ones" do
@@ -15,13 +20,13 @@ defmodule FLAMEK8sBackend.AppConfigTest do
   end
 
   test "given options win over config" do
-    Application.put_env(:flame, FLAMEK8sBackend, log: :loud)
-    # A valid given :log replaces the invalid configured one, so validation passes and init
-    # goes on to the next step: no POD_NAMESPACE/POD_NAME here.
+    Application.put_env(:flame, FLAMEK8sBackend, boot_timeout: "soon")
+    # A valid given :boot_timeout replaces the invalid configured one, so validation passes
+    # and init goes on to the next step: no POD_NAMESPACE/POD_NAME here.
     System.delete_env("POD_NAME")
 
     assert {:error, %FLAMEK8sBackend.BootError{phase: phase}} =
-             FLAMEK8sBackend.init(log: false, kubeconfig: "/nonexistent/kubeconfig")
+             FLAMEK8sBackend.init(boot_timeout: 1_000, kubeconfig: "/nonexistent/kubeconfig")
 
     assert phase in [:connect, :parent_pod]
   end

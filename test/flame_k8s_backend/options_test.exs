@@ -57,4 +57,54 @@ defmodule FLAMEK8sBackend.OptionsTest do
     assert error.message =~ "TOKEN"
     refute error.message =~ "hunter2"
   end
+
+  describe "secret values are never echoed" do
+    test "in a list that is not a keyword list" do
+      error =
+        assert_raise ArgumentError, fn ->
+          Options.validate!([{:secret_env, %{"A" => "hunter2"}}, "x"])
+        end
+
+      refute error.message =~ "hunter2"
+    end
+
+    test "in a bad name or a bad shape" do
+      for bad <- [%{"" => "hunter2"}, %{"A B" => "hunter2"}, "API_KEY=hunter2", [{1, "hunter2"}]] do
+        error = assert_raise ArgumentError, fn -> Options.validate!(secret_env: bad) end
+        assert error.message =~ ":secret_env"
+        refute error.message =~ "hunter2"
+      end
+    end
+
+    test "in config that is not a keyword list" do
+      error =
+        assert_raise ArgumentError, fn ->
+          Options.from(%{secret_env: %{"A" => "hunter2"}}, [])
+        end
+
+      assert error.message =~ "config :flame, FLAMEK8sBackend"
+      refute error.message =~ "hunter2"
+    end
+  end
+
+  test "given options win over config, but FLAME's log: false never hides a configured level" do
+    assert %{boot_timeout: 2, log: :info} =
+             Options.from([boot_timeout: 1, log: :info], boot_timeout: 2, log: false)
+
+    assert %{log: :debug} = Options.from([log: :info], log: :debug)
+    assert %{log: false} = Options.from([], log: false)
+  end
+
+  test "runner node basenames and parent pod names must be valid" do
+    assert_raise ArgumentError, ~r/:runner_node_basename/, fn ->
+      Options.validate!(runner_node_basename: "my app@x")
+    end
+
+    assert_raise ArgumentError, ~r/:parent_pod/, fn ->
+      Options.validate!(parent_pod: {"a/b", "x"})
+    end
+
+    assert %{runner_node_basename: "web-runner_1"} =
+             Options.validate!(runner_node_basename: "web-runner_1")
+  end
 end

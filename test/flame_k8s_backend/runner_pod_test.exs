@@ -52,6 +52,7 @@ defmodule FLAMEK8sBackend.RunnerPodTest do
         node_basename: "web",
         flame_parent: "ENCODED",
         runner_name: "web-7d9f8b-x2k9p-flame-abcdefgh",
+        secret_names: [],
         forwarded_env: %{}
       },
       overrides
@@ -258,5 +259,69 @@ defmodule FLAMEK8sBackend.RunnerPodTest do
 
     assert {:error, {:invalid_manifest, "the runner pod has no spec.containers"}} =
              RunnerPod.build(@parent, spec(%{manifest: fn _, _ -> %{"spec" => %{}} end}))
+  end
+
+  test "secret_env names never appear as plain env, whoever set them" do
+    container =
+      build!(%{secret_names: ["DATABASE_URL", "API_KEY"], env: %{"API_KEY" => "plain"}})
+      |> app_container()
+
+    refute "DATABASE_URL" in env_names(container)
+    refute "API_KEY" in env_names(container)
+  end
+
+  test "the secret carries the same controller owner reference as the pod" do
+    secret = RunnerPod.secret(@parent, "n", "c", %{})
+    assert [%{"uid" => "1111-2222", "controller" => true}] = secret["metadata"]["ownerReferences"]
+
+    refute Map.has_key?(
+             RunnerPod.secret(@parent, "n", "c", %{}, true)["metadata"],
+             "ownerReferences"
+           )
+  end
+
+  test "the runner's owner reference to the parent is the controller: no ReplicaSet adopts it" do
+    assert [%{"controller" => true}] = build!()["metadata"]["ownerReferences"]
+  end
+
+  test "a function that returns the parent pod itself loses what makes it the parent's" do
+    parent =
+      @parent
+      |> put_in(["metadata", "ownerReferences"], [
+        %{"kind" => "ReplicaSet", "name" => "web-7d9f8b", "uid" => "rs", "controller" => true}
+      ])
+      |> put_in(["metadata", "managedFields"], [%{"manager" => "kube-controller-manager"}])
+      |> Map.put("status", %{"phase" => "Running", "podIP" => "10.0.0.9"})
+
+    pod = build!(%{manifest: fn parent, _app -> parent end}, parent)
+
+    assert [%{"kind" => "Pod", "uid" => "1111-2222"}] = pod["metadata"]["ownerReferences"]
+    refute Map.has_key?(pod, "status")
+    refute Map.has_key?(pod["metadata"], "managedFields")
+    refute Map.has_key?(pod["metadata"]["labels"], "app")
+    refute Map.has_key?(pod["metadata"]["labels"], "pod-template-hash")
+    refute Map.has_key?(pod["spec"], "nodeName")
+
+    env = pod |> app_container() |> env_map()
+    # Copied unchanged from the parent, so it ranks below the defaults.
+    assert env["PHX_SERVER"] == "false"
+    assert env["DATABASE_URL"] == "ecto://db"
+  end
+
+  test "automountServiceAccountToken: false on the parent stays false on the runner" do
+    parent = put_in(@parent, ["spec", "automountServiceAccountToken"], false)
+    assert build!(%{}, parent)["spec"]["automountServiceAccountToken"] == false
+  end
+
+  test "malformed env entries are an invalid manifest naming the path" do
+    manifest = %{"spec" => %{"containers" => [%{"name" => "app", "env" => [%{"value" => "x"}]}]}}
+
+    assert {:error, {:invalid_manifest, "spec.containers[0].env[" <> _}} =
+             RunnerPod.build(@parent, spec(%{manifest: manifest}))
+
+    manifest = %{"spec" => %{"containers" => [%{"name" => "app", "env" => "A=1"}]}}
+
+    assert {:error, {:invalid_manifest, "spec.containers[0].env: expected a list"}} =
+             RunnerPod.build(@parent, spec(%{manifest: manifest}))
   end
 end

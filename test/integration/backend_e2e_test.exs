@@ -100,12 +100,16 @@ defmodule FLAMEK8sBackend.BackendE2ETest do
   end
 
   test "an MFA runs on the runner node", %{opts: opts} do
-    {:ok, state} = FLAMEK8sBackend.init(opts)
-    {:ok, terminator, state} = FLAMEK8sBackend.remote_boot(state)
+    {:ok, state} =
+      FLAMEK8sBackend.init(Keyword.put(opts, :secret_env, %{"API_KEY" => "k3y-s3cr3t"}))
 
-    cookie = Atom.to_string(Node.get_cookie())
-    refute inspect(state) =~ cookie
-    refute inspect(state, structs: false) =~ "RELEASE_COOKIE"
+    # Before the boot the state holds the secret manifest: what a crash report would print.
+    for shown <- [inspect(state), Exception.format_exit({:boom, state})] do
+      refute shown =~ Atom.to_string(Node.get_cookie())
+      refute shown =~ "k3y-s3cr3t"
+    end
+
+    {:ok, terminator, state} = FLAMEK8sBackend.remote_boot(state)
 
     {:ok, {pid, ref}} =
       FLAMEK8sBackend.remote_spawn_monitor(state, {Kernel, :send, [self(), :from_mfa]})
@@ -316,7 +320,11 @@ defmodule FLAMEK8sBackend.BackendE2ETest do
     eventually(fn -> gone?(kube, ns, name) end)
   end
 
-  test "init sweeps this parent's finished runner pods", %{kube: kube, namespace: ns, opts: opts} do
+  test "init sweeps this parent's finished runner pods, and only those", %{
+    kube: kube,
+    namespace: ns,
+    opts: opts
+  } do
     {:ok, parent} = Kube.get_pod(kube, ns, "parent")
 
     labels = %{
@@ -324,19 +332,27 @@ defmodule FLAMEK8sBackend.BackendE2ETest do
       "flame-k8s-backend.io/parent-uid" => parent["metadata"]["uid"]
     }
 
-    manifest =
+    finished =
       LocalCluster.pod_manifest("leftover", "shell:test", args: ["-c", "exit 0"], labels: labels)
 
-    {:ok, _} = Kube.create_pod(kube, ns, manifest)
+    running = LocalCluster.pod_manifest("sibling", "sleeper:test", args: ["300"], labels: labels)
+    {:ok, _} = Kube.create_pod(kube, ns, finished)
+    {:ok, _} = Kube.create_pod(kube, ns, running)
 
     {:ok, _} =
       Kube.create_secret(kube, ns, %{"metadata" => %{"name" => "leftover", "labels" => labels}})
 
-    eventually(fn ->
-      match?({:ok, %{"status" => %{"phase" => "Succeeded"}}}, Kube.get_pod(kube, ns, "leftover"))
-    end)
+    {:ok, await} = Kube.await_pod(kube, ns, "leftover", timeout: 30_000, report_ready: false)
+    ref = await.ref
+    assert_receive {:flame_k8s, ^ref, {:failed, {:container_exited, %{exit_code: 0}}}}, 30_000
+    {:ok, await} = Kube.await_pod(kube, ns, "sibling", timeout: 30_000)
+    ref = await.ref
+    assert_receive {:flame_k8s, ^ref, {:ready, _}}, 30_000
 
-    {:ok, _state} = FLAMEK8sBackend.init(opts)
+    # Only pods older than a boot timeout are swept: a sibling boot that just failed keeps
+    # its pod for its own report.
+    {:ok, _state} = FLAMEK8sBackend.init(Keyword.put(opts, :boot_timeout, 1))
     assert gone?(kube, ns, "leftover")
+    assert {:ok, %{"status" => %{"phase" => "Running"}}} = Kube.get_pod(kube, ns, "sibling")
   end
 end

@@ -265,11 +265,17 @@ defmodule FLAMEK8sBackend.KubeClusterTest do
         Kube.create_pod(kube, ns, LocalCluster.pod_manifest("p", "sleeper:test", labels: labels))
 
       {:ok, await} = Kube.await_pod(kube, ns, "p", timeout: 60_000, unschedulable: :wait)
-      assert Kube.live_tasks() >= 1
+      # A second await on the same pod that is not cancelled: the deletion below reaches it,
+      # so it proves the cancelled one would have had something to report.
+      {:ok, witness} = Kube.await_pod(kube, ns, "p", timeout: 60_000, unschedulable: :wait)
       assert :ok = Kube.cancel_await(await)
       assert :ok = Kube.cancel_await(await)
+      :ok = Kube.delete_pod(kube, ns, "p", grace_period: 0)
+
+      witness_ref = witness.ref
+      assert_receive {:flame_k8s, ^witness_ref, {:deleted, "p"}}, 10_000
       ref = await.ref
-      refute_receive {:flame_k8s, ^ref, _}, 200
+      refute_received {:flame_k8s, ^ref, _}
     end
 
     test "the task ends when the caller dies", %{kube: kube, namespace: ns} do
