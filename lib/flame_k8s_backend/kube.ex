@@ -240,8 +240,8 @@ defmodule FLAMEK8sBackend.Kube do
   @doc """
   Starts watching a pod until it is ready, fails, is deleted, or `:timeout` elapses.
 
-  Returns at once. The caller later receives exactly one
-  `{:flame_k8s, ref, result}` message, where `ref` is `await.ref` and `result` is one of
+  Returns at once. The caller later receives one final `{:flame_k8s, ref, result}` message,
+  where `ref` is `await.ref` and `result` is one of
 
     * `{:ready, pod}` - Running, with a pod IP, every container started
     * `{:failed, reason}` - see `FLAMEK8sBackend.BootError` for the reasons
@@ -249,8 +249,10 @@ defmodule FLAMEK8sBackend.Kube do
     * `{:timeout, %{phase: :scheduling | :container_start | :running, waited_ms: ms, detail: detail}}`
     * `{:error, reason}` - the watch itself was refused (e.g. RBAC)
 
-  The watch ends by itself when the caller exits; `cancel_await/1` ends it earlier (then no
-  message is sent).
+  With `report_ready: false`, an interim `{:flame_k8s, ref, {:running, pod}}` comes first,
+  once, when the pod is ready; the watch then goes on.
+
+  The watch ends by itself when the caller exits; `cancel_await/1` ends it earlier.
 
   Options:
 
@@ -305,8 +307,8 @@ defmodule FLAMEK8sBackend.Kube do
   end
 
   @doc """
-  Stops an await started by `await_pod/4`; no message is sent afterwards (one already sent
-  stays in the mailbox). Idempotent.
+  Stops an await started by `await_pod/4`. Idempotent. A message the task was already
+  sending may still arrive just after: flush `{:flame_k8s, await.ref, _}` if that matters.
   """
   @spec cancel_await(%{handle: reference()}) :: :ok
   def cancel_await(%{handle: handle}), do: Native.cancel_await(handle)

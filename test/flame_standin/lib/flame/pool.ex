@@ -24,10 +24,21 @@ defmodule FLAME.Pool do
     if Keyword.get(opts, :min, 0) != 0,
       do: raise(ArgumentError, "the FLAME stand-in supports only min: 0")
 
+    # As FLAME's pool does: the backend always gets the pool's :log (default false) and its
+    # terminator supervisor, and a bare backend module becomes {module, those options}.
+    defaults = [terminator_sup: nil, log: Keyword.get(opts, :log, false)]
+
+    backend =
+      case Keyword.fetch!(opts, :backend) do
+        {backend, backend_opts} -> {backend, Keyword.merge(backend_opts, defaults)}
+        backend -> {backend, defaults}
+      end
+
     runner_opts =
       opts
-      |> Keyword.take([:backend, :boot_timeout, :idle_shutdown_after, :single_use, :log])
+      |> Keyword.take([:boot_timeout, :idle_shutdown_after, :single_use, :log])
       |> Keyword.put_new(:boot_timeout, 30_000)
+      |> Keyword.put(:backend, backend)
 
     {:ok,
      %{
