@@ -390,7 +390,20 @@ defmodule FLAMEK8sBackend do
         if(opts.kubeconfig, do: [kubeconfig: opts.kubeconfig], else: []) ++
         if opts.context, do: [context: opts.context, mode: :kubeconfig], else: []
 
-    Kube.connect(connect_opts) |> tag_error(:connect)
+    # One client per connection settings for the whole VM: runners then share its connection
+    # pool (no TLS handshake per boot) and the NIF's memory stays that of one client.
+    key = {__MODULE__, :kube, connect_opts}
+
+    case :persistent_term.get(key, nil) do
+      %Kube{} = kube ->
+        {:ok, kube}
+
+      nil ->
+        with {:ok, kube} <- Kube.connect(connect_opts) |> tag_error(:connect) do
+          :persistent_term.put(key, kube)
+          {:ok, kube}
+        end
+    end
   rescue
     # The NIF failed to load (its stub raises): say so instead of crashing the Runner.
     error in ErlangError ->
