@@ -1,14 +1,18 @@
 //! Structural checks of manifests before they are sent to the API server.
 //!
-//! Only structural errors are ours (wrong JSON types, a conflicting namespace); semantic
-//! validation (missing containers, bad names...) is left to the API server, whose 422 comes
-//! back as an `Api` error with its own message.
+//! Only structural errors are ours (wrong JSON types, unknown fields, a conflicting
+//! namespace); semantic validation (missing containers, bad names...) is left to the API
+//! server, whose 422 comes back as an `Api` error with its own message.
 //!
-//! The manifest is type-checked by deserializing it into the k8s-openapi type, but the original
-//! JSON is what gets sent, so fields newer than our k8s-openapi version are not dropped.
+//! The manifest is type-checked by deserializing it into the k8s-openapi type. k8s-openapi
+//! ignores unknown fields, so the typed value is serialized back and every key of the input
+//! that did not survive the round trip is reported as an unknown field (a misspelled or
+//! snake_case field would otherwise be dropped without a word). The original JSON is still
+//! what gets sent.
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
@@ -26,7 +30,7 @@ pub fn prepare_secret(namespace: &str, manifest: Value) -> Result<Value> {
 
 fn prepare<K>(namespace: &str, mut manifest: Value) -> Result<Value>
 where
-    K: DeserializeOwned + k8s_openapi::Resource,
+    K: DeserializeOwned + Serialize + k8s_openapi::Resource,
 {
     let kind = json_type_name(&manifest);
     let obj = manifest
@@ -36,8 +40,67 @@ where
     pin_string_field(obj, "kind", K::KIND)?;
     pin_namespace(obj, namespace)?;
 
-    typecheck::<K>(&manifest)?;
+    let typed = typecheck::<K>(&manifest)?;
+    check_unknown_fields(&manifest, &typed)?;
     Ok(manifest)
+}
+
+/// Refuse keys of `input` that `typed` (deserialized from it) does not have: unknown fields.
+///
+/// All of them are reported, joined with `"; "`, in a deterministic order (depth first, keys
+/// of an object sorted, list elements by index): `spec.node_selector: unknown field`.
+///
+/// Only missing keys count, never changed values (an `IntOrString` or a `Quantity` may come
+/// back in another form). A key whose input value is `null`, `{}` or `[]` may vanish: the typed
+/// value does not distinguish such a field from an absent one.
+pub fn check_unknown_fields<K: Serialize>(input: &Value, typed: &K) -> Result<()> {
+    let output = serde_json::to_value(typed)
+        .map_err(|e| Error::Internal(format!("re-serializing the manifest: {e}")))?;
+    let mut found = Vec::new();
+    missing_keys(input, &output, &mut Path::new(), &mut found);
+    if found.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::InvalidManifest(found.join("; ")))
+    }
+}
+
+fn missing_keys(input: &Value, output: &Value, path: &mut Path, found: &mut Vec<String>) {
+    match (input, output) {
+        (Value::Object(input), Value::Object(output)) => {
+            let mut keys: Vec<&String> = input.keys().collect();
+            keys.sort();
+            for key in keys {
+                let value = &input[key];
+                path.push_key(key);
+                match output.get(key) {
+                    Some(out) => missing_keys(value, out, path, found),
+                    None if is_vacuous(value) => {}
+                    None => found.push(format!("{path}: unknown field")),
+                }
+                path.pop();
+            }
+        }
+        (Value::Array(input), Value::Array(output)) => {
+            for (i, (value, out)) in input.iter().zip(output).enumerate() {
+                path.push_index(i);
+                missing_keys(value, out, path, found);
+                path.pop();
+            }
+        }
+        // A scalar, or a value whose shape changed in the round trip: only keys are compared.
+        _ => {}
+    }
+}
+
+/// `null`, `{}` or `[]`: a value the typed round trip may legitimately drop.
+fn is_vacuous(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Object(o) => o.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        _ => false,
+    }
 }
 
 /// Deserialize into `K` only to find type errors, reported with the path of the bad field.
@@ -204,14 +267,156 @@ mod tests {
     }
 
     #[test]
-    fn unknown_fields_are_kept_for_the_server() {
-        let v = prepare_pod(
+    fn unknown_top_level_field() {
+        let m = msg(prepare_pod(
+            "ns",
+            json!({"metadata": {"name": "p"}, "specs": {"containers": []}}),
+        ));
+        assert_eq!(m, "specs: unknown field");
+    }
+
+    #[test]
+    fn unknown_nested_field() {
+        let m = msg(prepare_pod(
             "ns",
             json!({"metadata": {"name": "p"},
-                   "spec": {"containers": [{"name": "c", "image": "i"}], "futureField": {"x": 1}}}),
-        )
-        .unwrap();
-        assert_eq!(v["spec"]["futureField"]["x"], 1);
+                   "spec": {"containers": [{"name": "c", "image": "i"}],
+                            "node_selector": {"disk": "ssd"}}}),
+        ));
+        assert_eq!(m, "spec.node_selector: unknown field");
+
+        let m = msg(prepare_pod(
+            "ns",
+            json!({"metadata": {"name": "p"},
+                   "spec": {"serviceAcountName": "sa", "containers": [{"name": "c"}]}}),
+        ));
+        assert_eq!(m, "spec.serviceAcountName: unknown field");
+    }
+
+    #[test]
+    fn unknown_field_in_a_list_element() {
+        let m = msg(prepare_pod(
+            "ns",
+            json!({"metadata": {"name": "p"},
+                   "spec": {"containers": [{
+                       "name": "c", "image": "i",
+                       "env": [{"name": "A",
+                                "value_from": {"secretKeyRef": {"name": "s", "key": "k"}}}]}]}}),
+        ));
+        assert_eq!(m, "spec.containers[0].env[0].value_from: unknown field");
+    }
+
+    #[test]
+    fn unknown_fields_are_all_reported_in_order() {
+        let m = msg(prepare_pod(
+            "ns",
+            json!({"zzz": 1,
+                   "metadata": {"name": "p", "label": {"a": "b"}},
+                   "spec": {"containers": [
+                       {"name": "a", "image": "i"},
+                       {"name": "b", "image": "i", "image_pull_policy": "Always",
+                        "ports": [{"containerPort": 80, "host": "x"}]}]}}),
+        ));
+        assert_eq!(
+            m,
+            "metadata.label: unknown field; \
+             spec.containers[1].image_pull_policy: unknown field; \
+             spec.containers[1].ports[0].host: unknown field; \
+             zzz: unknown field"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_quoted_like_type_errors() {
+        let m = msg(prepare_pod(
+            "ns",
+            json!({"metadata": {"name": "p"}, "spec": {"node.selector": "x"}}),
+        ));
+        assert_eq!(m, r#"spec["node.selector"]: unknown field"#);
+    }
+
+    #[test]
+    fn round_trip_differences_are_not_unknown_fields() {
+        let pod = json!({
+            "metadata": {
+                "name": "p",
+                "labels": {},
+                "annotations": {"a/b": "c"},
+                "creationTimestamp": "2024-01-02T03:04:05.000Z",
+                "deletionTimestamp": null,
+                "finalizers": []
+            },
+            "spec": {
+                "nodeSelector": {},
+                "tolerations": [],
+                "containers": [{
+                    "name": "c",
+                    "image": "i",
+                    "args": [],
+                    "command": ["run"],
+                    "env": [{"name": "A", "value": "1"},
+                            {"name": "B",
+                             "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+                    "envFrom": [],
+                    "ports": [{"containerPort": 4369, "name": "epmd"}],
+                    "resources": {
+                        "limits": {"memory": "1.5Gi", "cpu": "1000m"},
+                        "requests": {"memory": "512Mi", "cpu": "0.5", "ephemeral-storage": "1e3"}
+                    },
+                    "readinessProbe": {"tcpSocket": {"port": "epmd"},
+                                       "periodSeconds": 1},
+                    "livenessProbe": {"httpGet": {"port": 8080, "path": "/"}},
+                    "securityContext": {}
+                }],
+                "volumes": null
+            },
+            "status": {
+                "phase": "Running",
+                "podIP": "10.0.0.1",
+                "conditions": [{"type": "Ready", "status": "True",
+                                "lastTransitionTime": "2024-01-02T03:04:05Z"}],
+                "containerStatuses": []
+            }
+        });
+        let v = prepare_pod("ns", pod.clone()).unwrap();
+        // The original is what gets sent, not the round-tripped value.
+        assert_eq!(
+            v["spec"]["containers"][0]["resources"],
+            pod["spec"]["containers"][0]["resources"]
+        );
+        assert_eq!(
+            v["metadata"]["creationTimestamp"],
+            "2024-01-02T03:04:05.000Z"
+        );
+    }
+
+    #[test]
+    fn vacuous_values_may_vanish_others_may_not() {
+        let mut found = Vec::new();
+        missing_keys(
+            &json!({"a": null, "b": {}, "c": [], "d": 0, "e": "", "f": {"x": 1}, "g": [1]}),
+            &json!({}),
+            &mut Path::new(),
+            &mut found,
+        );
+        assert_eq!(
+            found,
+            [
+                "d: unknown field",
+                "e: unknown field",
+                "f: unknown field",
+                "g: unknown field"
+            ]
+        );
+        // Changed values and shapes are not compared.
+        let mut found = Vec::new();
+        missing_keys(
+            &json!({"port": "80", "q": {"x": 1}, "l": [{"k": 1}, {"k": 2}]}),
+            &json!({"port": 80, "q": "x", "l": [{"k": 1}]}),
+            &mut Path::new(),
+            &mut found,
+        );
+        assert!(found.is_empty(), "{found:?}");
     }
 
     #[test]
@@ -249,6 +454,24 @@ mod tests {
             json!({"metadata": {"name": "s"}, "data": {"k": "not base64!"}}),
         ));
         assert!(m.starts_with("data.k: "), "{m}");
+
+        let m = msg(prepare_secret(
+            "ns",
+            json!({"metadata": {"name": "s"}, "string_data": {"RELEASE_COOKIE": "c"}}),
+        ));
+        assert_eq!(m, "string_data: unknown field");
+        let m = msg(prepare_secret(
+            "ns",
+            json!({"metadata": {"name": "s", "generate_name": "s-"}, "type": "Opaque",
+                   "immutable": true, "data": {"k": "c2VjcmV0"}}),
+        ));
+        assert_eq!(m, "metadata.generate_name: unknown field");
+        assert!(prepare_secret(
+            "ns",
+            json!({"metadata": {"name": "s", "labels": {}}, "type": "Opaque", "immutable": true,
+                   "data": {"k": "c2VjcmV0"}, "stringData": {}}),
+        )
+        .is_ok());
     }
 
     #[test]

@@ -24,6 +24,30 @@ fn build_error(e: kube::core::request::Error) -> Error {
     Error::Internal(format!("building request: {e}"))
 }
 
+/// A POST of `body` to the collection with `fieldValidation=Strict`: the server refuses
+/// unknown and duplicate fields (400) instead of dropping them. kube-rs's `PostParams` has no
+/// field for it, so the parameter is appended to the built request's URI.
+fn create_strict(collection: &Request, body: Vec<u8>) -> Result<http::Request<Vec<u8>>> {
+    let mut req = collection
+        .create(&PostParams::default(), body)
+        .map_err(build_error)?;
+    let mut uri = req
+        .uri()
+        .path_and_query()
+        .map(|pq| pq.as_str().to_string())
+        .unwrap_or_default();
+    if !uri.contains('?') {
+        uri.push('?');
+    } else if !(uri.ends_with('?') || uri.ends_with('&')) {
+        uri.push('&');
+    }
+    uri.push_str("fieldValidation=Strict");
+    *req.uri_mut() = uri
+        .parse()
+        .map_err(|e| Error::Internal(format!("building request URI {uri:?}: {e}")))?;
+    Ok(req)
+}
+
 fn expect_object(v: Value, what: &str) -> Result<Value> {
     if v.is_object() {
         Ok(v)
@@ -62,9 +86,7 @@ pub async fn get_pod(h: &ClientHandle, namespace: &str, name: &str) -> Result<Va
 pub async fn create_pod(h: &ClientHandle, namespace: &str, manifest: Value) -> Result<Value> {
     let body = prepare_pod(namespace, manifest)?;
     let bytes = serde_json::to_vec(&body).map_err(|e| Error::InvalidManifest(e.to_string()))?;
-    let req = collection(namespace, "pods")?
-        .create(&PostParams::default(), bytes)
-        .map_err(build_error)?;
+    let req = create_strict(&collection(namespace, "pods")?, bytes)?;
     expect_object(send_json(h.client(), req).await?, "Pod")
 }
 
@@ -130,9 +152,7 @@ pub fn list_items(list: Value, kind: &str) -> Result<Vec<Value>> {
 pub async fn create_secret(h: &ClientHandle, namespace: &str, manifest: Value) -> Result<Value> {
     let body = prepare_secret(namespace, manifest)?;
     let bytes = serde_json::to_vec(&body).map_err(|e| Error::InvalidManifest(e.to_string()))?;
-    let req = collection(namespace, "secrets")?
-        .create(&PostParams::default(), bytes)
-        .map_err(build_error)?;
+    let req = create_strict(&collection(namespace, "secrets")?, bytes)?;
     let created = send_json(h.client(), req).await?;
     metadata_only(created)
 }
@@ -216,6 +236,24 @@ mod tests {
         let body: Value = serde_json::from_slice(req.body()).unwrap();
         assert_eq!(body["propagationPolicy"], "Background");
         assert_eq!(body["gracePeriodSeconds"], 0);
+    }
+
+    #[test]
+    fn create_requests_ask_for_strict_field_validation() {
+        for plural in ["pods", "secrets"] {
+            let req = create_strict(&collection("ns", plural).unwrap(), b"{}".to_vec()).unwrap();
+            assert_eq!(req.method(), http::Method::POST);
+            assert_eq!(
+                req.uri().path(),
+                format!("/api/v1/namespaces/ns/{plural}").as_str()
+            );
+            assert_eq!(req.uri().query(), Some("fieldValidation=Strict"));
+            assert_eq!(req.body(), b"{}");
+            assert_eq!(
+                req.headers()[http::header::CONTENT_TYPE],
+                "application/json"
+            );
+        }
     }
 
     #[test]
