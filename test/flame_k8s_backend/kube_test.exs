@@ -163,6 +163,22 @@ defmodule FLAMEK8sBackend.KubeTest do
       assert message =~ "other"
     end
 
+    test "unknown fields are refused, never dropped" do
+      kube = refused_kube()
+      manifest = put_in(@pod, ["spec", "node_selector"], %{"pool" => "flame"})
+
+      assert {:error, {:invalid_manifest, "spec.node_selector: unknown field"}} =
+               Kube.create_pod(kube, "default", manifest)
+
+      env = [%{"name" => "A", "value_from" => %{"fieldRef" => %{"fieldPath" => "status.podIP"}}}]
+
+      manifest =
+        put_in(@pod, ["spec", "containers"], [%{"name" => "c", "image" => "i", "env" => env}])
+
+      assert {:error, {:invalid_manifest, message}} = Kube.create_pod(kube, "default", manifest)
+      assert message =~ "spec.containers[0].env[0].value_from: unknown field"
+    end
+
     test "atom keys are accepted (and reach the network step)" do
       kube = refused_kube()
       manifest = %{metadata: %{name: "p"}, spec: %{containers: [%{name: "c", image: "i"}]}}
