@@ -181,8 +181,9 @@ defmodule Bench.Metrics do
   end
 
   # Who sends what here: the simulated kubelet binds pods, patches their status, reads the
-  # secrets/configmaps its containers reference, and keeps its node and lease; the rest is the
-  # backend (or, in the readiness series, the bench's wait strategy and its create/delete).
+  # secrets/configmaps its containers reference and ends graceful deletions; the backend (or, in
+  # the readiness series, the bench's wait strategy and its create/delete) sends the other pod
+  # and secret requests.
   def attribute({_verb, "pods", "final delete", _}), do: :kubelet
   def attribute({_verb, "pods", "binding", _}), do: :kubelet
   def attribute({_verb, "pods", "status", _}), do: :kubelet
@@ -1263,7 +1264,7 @@ out = args[:out] || Path.join([File.cwd!(), "bench", "results", "boot-#{stamp}.m
 # The parent: a distributed node on 127.0.0.1 that runner nodes (127.0.0.x) connect back to.
 epmd = Path.join(:code.root_dir(), "erts-#{:erlang.system_info(:version)}/bin/epmd")
 {_, 0} = System.cmd(epmd, ["-daemon"])
-{:ok, _} = Node.start(:"flame_bench_#{System.unique_integer([:positive])}@127.0.0.1", :longnames)
+{:ok, _} = Node.start(:"flame_bench_#{:rand.uniform(1_000_000_000)}@127.0.0.1", :longnames)
 
 Node.set_cookie(
   :crypto.strong_rand_bytes(16)
@@ -1321,6 +1322,10 @@ spawn(fn ->
   System.halt(3)
 end)
 
+# LocalCluster names its state dir after System.unique_integer/1, which starts at the same small
+# numbers in every VM, and localkube wipes a state dir it is given: move the counter on by a
+# random amount so that a test run started at the same time on this machine gets another one.
+for _ <- 1..:rand.uniform(1_000_000), do: System.unique_integer([:positive])
 info = LocalCluster.start!()
 kube = LocalCluster.kube!()
 Bench.KubeletLog.init(info.kubelet_log)
