@@ -28,6 +28,7 @@ exclude =
 
     _ ->
       LocalCluster.start!()
+      ExUnit.after_suite(fn _ -> LocalCluster.stop() end)
       [:kind]
   end
 

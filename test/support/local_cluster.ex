@@ -68,6 +68,37 @@ defmodule FLAMEK8sBackend.Test.LocalCluster do
     info
   end
 
+  @doc """
+  Stops the control plane and waits until localkube has stopped everything it started, so no
+  process outlives the test run. (Closing the port is localkube's signal: EOF on its stdin.)
+  """
+  def stop do
+    case :persistent_term.get(@key, nil) do
+      %{port: port} ->
+        os_pid = Port.info(port, :os_pid)
+        Port.close(port)
+        :persistent_term.erase(@key)
+
+        with {:os_pid, pid} <- os_pid do
+          wait_for_exit(pid, System.monotonic_time(:millisecond) + 15_000)
+        end
+
+        :ok
+
+      nil ->
+        :ok
+    end
+  end
+
+  # No event tells this VM when an OS process it no longer owns has exited: check /proc.
+  defp wait_for_exit(pid, deadline) do
+    cond do
+      not File.exists?("/proc/#{pid}") -> :ok
+      System.monotonic_time(:millisecond) > deadline -> :timeout
+      true -> Process.sleep(50) && wait_for_exit(pid, deadline)
+    end
+  end
+
   @doc "The running control plane's info (`:kubeconfig`, `:server`, `:state_dir`, `:kubelet_log`, `:ca_pem`)."
   def info, do: :persistent_term.get(@key)
 
