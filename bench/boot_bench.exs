@@ -871,7 +871,10 @@ defmodule Bench do
 
     table =
       Out.table(["", "n", "p50 ms", "max ms", "mean ms"], [
-        metric.("`init/1` (connect, GET parent pod, LIST sweep, manifests)", :init),
+        metric.(
+          "`init/1` (GET parent pod, manifests; connect and sweep LIST only when due)",
+          :init
+        ),
         metric.("`remote_boot/1` total", :boot),
         metric.("  secret + pod created (`boot_timings.created`)", :created),
         metric.(
@@ -993,7 +996,7 @@ defmodule Bench do
     per pod/boot, from the storm's start. Lateness = how late a `send_after(1 ms)` arrives in
     the parent VM (probe process looping during the storm; includes the 1 ms timer resolution,
     see the idle baseline). Pod reads = GET/LIST/WATCH pods per pod/boot (boot rows include
-    `init/1`'s LIST for the sweep and GET of the parent pod).
+    `init/1`'s GET of the parent pod, and its sweep LIST when due).
 
     #{Out.table(["storm", "wait strategy", "N", "ok", "wall s", "duration p50 ms", "duration max ms", "probe samples", "lateness p50 ms", "lateness p99 ms", "lateness max ms", "pod reads / item", "notes"], rows)}
     """)
