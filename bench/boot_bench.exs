@@ -1322,6 +1322,7 @@ spawn(fn ->
     kind, reason -> Bench.Out.note("no results written: #{Exception.format(kind, reason)}")
   end
 
+  LocalCluster.stop()
   System.halt(3)
 end)
 
@@ -1403,3 +1404,7 @@ end
 elapsed = div(System.monotonic_time(:millisecond) - started_ms, 1000)
 path = Bench.Out.write("Total run time: #{elapsed} s.")
 IO.puts("\nTotal run time: #{elapsed} s. Results written to #{Path.relative_to_cwd(path)}")
+
+# Wait until localkube has stopped every process it started (runner VMs, apiserver, etcd)
+# before this VM exits.
+LocalCluster.stop()
