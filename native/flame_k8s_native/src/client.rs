@@ -3,7 +3,14 @@
 use std::fmt;
 use std::time::Duration;
 
+use hyper_timeout::TimeoutConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use kube::client::retry::RetryPolicy;
+use kube::client::ConfigExt;
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use tower::retry::RetryLayer;
+use tower::{BoxError, ServiceBuilder};
 
 use crate::error::{error_chain, Error, Result};
 use crate::runtime::runtime;
@@ -12,7 +19,7 @@ use crate::runtime::runtime;
 /// within this plus a few seconds, then resumes from the last resourceVersion.
 pub const WATCH_TIMEOUT_SECS: u32 = 30;
 
-/// How far the per-connection timeouts of the request client trail the request timeout.
+/// How far the connect timeout of the request client trails the request timeout.
 const CONNECTION_TIMEOUT_MARGIN: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,8 +77,9 @@ impl fmt::Debug for Resolved {
     }
 }
 
-/// The connection: one client for bounded requests (connect and read timeouts applied) and
-/// one for watches (connect timeout only; watches are bounded by their own server timeout).
+/// The connection: one client for bounded requests (each bounded as a whole by the request
+/// timeout) and one for watches (bounded by their own server timeout). Both have a connect
+/// timeout only, and separate connection pools.
 pub struct ClientHandle {
     client: kube::Client,
     watch_client: kube::Client,
@@ -151,17 +159,21 @@ pub fn resolve(opts: &ConnectOptions) -> Result<Resolved> {
         resolved.config.accept_invalid_certs = true;
     }
     // The overall request timeout (applied around each request) is what callers see; the
-    // per-connection timeouts are a backstop a little behind it, so a stuck connect or read
-    // is reported as `{:timeout, ms}` rather than racing it as a connect error.
-    let backstop = timeout + CONNECTION_TIMEOUT_MARGIN;
+    // connect timeout is a backstop a little behind it, so a stuck connect is reported as
+    // `{:timeout, ms}` rather than racing it as a connect error. No per-connection read or
+    // write timeouts: the pending read of an idle pooled connection counts against a read
+    // timeout, so a connection idle for about that long could be handed out just as it timed
+    // out and the request failed at once with "connection error: timed out" (kube-rs dropped
+    // its default read timeout for the same reason). The overall timeout bounds a server
+    // that accepts but never answers.
     resolved.request_timeout = timeout;
-    resolved.config.connect_timeout = Some(backstop);
-    resolved.config.read_timeout = Some(backstop);
-    resolved.config.write_timeout = Some(backstop);
+    resolved.config.connect_timeout = Some(timeout + CONNECTION_TIMEOUT_MARGIN);
+    resolved.config.read_timeout = None;
+    resolved.config.write_timeout = None;
     Ok(resolved)
 }
 
-/// Build the clients (inside the runtime context; `Client::try_from` needs a reactor).
+/// Build the clients (inside the runtime context; building a client needs a reactor).
 pub fn connect(opts: &ConnectOptions) -> Result<ClientHandle> {
     let resolved = resolve(opts)?;
     let secret = resolved.secret.clone();
@@ -176,13 +188,11 @@ fn build(resolved: Resolved) -> Result<ClientHandle> {
         secret,
     } = resolved;
     let server = server_string(&config.cluster_url);
-    // Watches idle for long stretches: no read/write timeouts (the watcher's own server-side
-    // timeout and dead-connection detection cover them), but a reconnect to an unreachable
-    // server fails within the request timeout and is retried.
+    // Watches idle for long stretches (the watcher's own server-side timeout and
+    // dead-connection detection cover them), but a reconnect to an unreachable server fails
+    // within the request timeout and is retried.
     let mut watch_config = config.clone();
     watch_config.connect_timeout = Some(request_timeout);
-    watch_config.read_timeout = None;
-    watch_config.write_timeout = None;
 
     let rt = runtime()?;
     let _guard = rt.enter();
@@ -192,8 +202,8 @@ fn build(resolved: Resolved) -> Result<ClientHandle> {
         }
         other => other,
     };
-    let client = kube::Client::try_from(config).map_err(to_config_error)?;
-    let watch_client = kube::Client::try_from(watch_config).map_err(to_config_error)?;
+    let client = make_client(&config).map_err(to_config_error)?;
+    let watch_client = make_client(&watch_config).map_err(to_config_error)?;
     Ok(ClientHandle {
         client,
         watch_client,
@@ -202,6 +212,41 @@ fn build(resolved: Resolved) -> Result<ClientHandle> {
         server,
         secret,
     })
+}
+
+/// What `kube::Client::try_from(config)` builds (rustls connector, connect timeout, base URI,
+/// server retries of 429/503/504, auth with token refresh, extra/impersonation headers),
+/// except: TCP_NODELAY on every connection (without it a small request written in two
+/// segments on a reused connection waits tens of ms for the server's delayed ACK: Nagle
+/// holds the second segment back), and only the connect timeout of `config` is applied, never
+/// `read_timeout`/`write_timeout`. Left out: the tracing layer (nothing subscribes) and gzip
+/// (the feature is off). A proxy URL goes to kube's own builder, which refuses it (the
+/// proxy features are off) with its usual error.
+fn make_client(config: &kube::Config) -> std::result::Result<kube::Client, kube::Error> {
+    if config.proxy_url.is_some() {
+        return kube::Client::try_from(config.clone());
+    }
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    let https = config.rustls_https_connector_with_connector(http)?;
+    // Bounds TCP connect and TLS handshake together, as kube's builder does.
+    let mut connector = TimeoutConnector::new(https);
+    connector.set_connect_timeout(config.connect_timeout);
+    let http_client: hyper_util::client::legacy::Client<_, kube::client::Body> =
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(connector);
+    let service = ServiceBuilder::new()
+        .layer(config.base_uri_layer())
+        .option_layer(
+            config
+                .default_retry
+                .then(|| RetryLayer::new(RetryPolicy::server_retry())),
+        )
+        .option_layer(config.auth_layer()?)
+        .layer(config.extra_headers_layer()?)
+        .map_err(BoxError::from)
+        .service(http_client);
+    Ok(kube::Client::new(service, config.default_namespace.clone()))
 }
 
 fn server_string(uri: &http::Uri) -> String {
@@ -455,7 +500,8 @@ users:
         assert_eq!(r.default_namespace, None);
         assert_eq!(server_string(&r.config.cluster_url), "https://10.0.0.1:443");
         assert_eq!(r.request_timeout, Duration::from_millis(5000));
-        assert_eq!(r.config.read_timeout, Some(Duration::from_millis(6000)));
+        assert_eq!(r.config.read_timeout, None);
+        assert_eq!(r.config.write_timeout, None);
         assert_eq!(r.config.connect_timeout, Some(Duration::from_millis(6000)));
     }
 
