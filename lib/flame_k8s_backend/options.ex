@@ -25,9 +25,6 @@ defmodule FLAMEK8sBackend.Options do
   @dns_subdomain ~r/^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/
   @log_levels [:emergency, :alert, :critical, :error, :warning, :warn, :notice, :info, :debug]
 
-  @spec keys() :: [atom()]
-  def keys, do: @keys
-
   @doc """
   Merges `config :flame, FLAMEK8sBackend` (lowest) with the options FLAME passes, then
   validates. FLAME's pool always passes its own `log: false` default: a `false` never hides a

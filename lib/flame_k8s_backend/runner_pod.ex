@@ -264,7 +264,7 @@ defmodule FLAMEK8sBackend.RunnerPod do
       |> Map.put("restartPolicy", "Never")
       |> Map.delete("nodeName")
       |> Map.update!("containers", fn containers ->
-        List.update_at(containers, index, &runner_container(&1, app, manifest_env, spec))
+        List.update_at(containers, index, &runner_container(&1, manifest_env, spec))
       end)
 
     pod
@@ -298,7 +298,7 @@ defmodule FLAMEK8sBackend.RunnerPod do
     end
   end
 
-  defp runner_container(container, _app, manifest_env, spec) do
+  defp runner_container(container, manifest_env, spec) do
     parent_env = drop_parent_env(container["env"] || [])
 
     defaults =
