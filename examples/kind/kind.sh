@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the kind scenarios (test/kind) against a real cluster: creates a kind cluster, builds the
+# Runs the kind scenarios (test/e2e/kind_test.exs) against a real cluster: creates a kind cluster, builds the
 # flame_demo image and loads it into the cluster, deploys it with examples/kubernetes/*.yaml
 # (adapted to the demo), then runs `mix test --only kind` from this repository.
 #
@@ -167,4 +167,4 @@ FLAME_K8S_LOCAL_CLUSTER=0 \
   FLAME_DEMO_NAMESPACE="$NAMESPACE" \
   FLAME_DEMO_DEPLOYMENT=flame-demo \
   FLAME_DEMO_BAD_IMAGE="$BAD_IMAGE" \
-  mix test --only kind test/kind
+  mix test --only kind test/e2e/kind_test.exs

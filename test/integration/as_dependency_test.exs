@@ -3,6 +3,8 @@ defmodule FLAMEK8sBackend.AsDependencyTest do
   # dependency of another mix project (the way users consume it), with no hex anywhere.
   use ExUnit.Case, async: true
 
+  @moduletag :integration
+
   @moduletag :tmp_dir
   @moduletag timeout: 600_000
 

@@ -3,6 +3,8 @@ defmodule FLAMEK8sBackend.KubeClusterTest do
   # simulated kubelet.
   use FLAMEK8sBackend.Test.ClusterCase, async: true
 
+  @moduletag :integration
+
   alias FLAMEK8sBackend.Test.TcpProxy
 
   # The final result of an await; with report_ready: false the interim {:running, pod} that

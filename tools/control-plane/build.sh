@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver and etcd from their upstream Go modules and caches the binaries per version
-# outside the clone. A second run with the same versions reuses the cache and builds nothing.
+# Builds Kubernetes components and etcd from their upstream Go modules and caches the binaries per
+# version outside the clone. A second run with the same versions reuses the cache and builds nothing.
 #
-#   tools/control-plane/build.sh            # prints the cache directory holding both binaries
+#   tools/control-plane/build.sh            # kube-apiserver + etcd; prints the cache directory
+#   tools/control-plane/build.sh kubelet kube-scheduler kube-controller-manager kube-proxy
+#                                           # + those (the real node); same directory
 #
 # Env: KUBE_VERSION (default v1.36.3), ETCD_VERSION (default: the etcd server version that
 # k8s.io/kubernetes itself requires), FLAME_K8S_CACHE (default ~/.cache/flame_k8s_backend).
@@ -29,7 +31,19 @@ if [ -z "${ETCD_VERSION:-}" ]; then
   ETCD_VERSION="$(awk '$1 == "go.etcd.io/etcd/server/v3" {print $2; exit}' "$KMOD")"
 fi
 OUT="$CACHE/control-plane/kube-$KUBE_VERSION-etcd-$ETCD_VERSION"
-if [ -x "$OUT/kube-apiserver" ] && [ -x "$OUT/etcd" ]; then
+kube_components=(kube-apiserver)
+for component in "$@"; do
+  case "$component" in
+    kube-apiserver) ;;
+    kubelet | kube-scheduler | kube-controller-manager | kube-proxy) kube_components+=("$component") ;;
+    *) log "unknown component: $component (kubelet, kube-scheduler, kube-controller-manager, kube-proxy)"; exit 2 ;;
+  esac
+done
+missing=()
+for component in "${kube_components[@]}"; do
+  [ -x "$OUT/$component" ] || missing+=("$component")
+done
+if [ "${#missing[@]}" -eq 0 ] && [ -x "$OUT/etcd" ]; then
   log "cached: $OUT"
   echo "$OUT"
   exit 0
@@ -42,7 +56,7 @@ staging_version="v0.$minor.$patch"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
-if [ ! -x "$OUT/kube-apiserver" ]; then
+if [ "${#missing[@]}" -gt 0 ]; then
   step_start=$SECONDS
   mkdir -p "$work/kube"
   {
@@ -56,15 +70,19 @@ if [ ! -x "$OUT/kube-apiserver" ]; then
     # v0.<minor>.<patch>; point the replace there instead.
     awk '$2 == "=>" && $3 ~ /^\.\/staging\// {print "replace " $1 " => " $1 " '"$staging_version"'"}' "$KMOD"
   } > "$work/kube/go.mod"
-  log "kube-apiserver $KUBE_VERSION: $(grep -c '^replace' "$work/kube/go.mod") staging modules at $staging_version"
-  log "kube-apiserver: resolving modules (first run downloads ~1 GB of sources)"
-  (cd "$work/kube" && go get "k8s.io/kubernetes/cmd/kube-apiserver@$KUBE_VERSION" >&2)
-  log "kube-apiserver: compiling (first run takes several minutes on 2 cores)"
+  packages=()
+  for component in "${missing[@]}"; do packages+=("k8s.io/kubernetes/cmd/$component"); done
+  log "${missing[*]} $KUBE_VERSION: $(grep -c '^replace' "$work/kube/go.mod") staging modules at $staging_version"
+  log "${missing[*]}: resolving modules (first run downloads ~1 GB of sources)"
+  (cd "$work/kube" && go get "${packages[@]/%/@$KUBE_VERSION}" >&2)
+  log "${missing[*]}: compiling (first run takes 8-20 minutes on 2 cores)"
   ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$KUBE_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean"
   ldflags="$ldflags -X k8s.io/client-go/pkg/version.gitVersion=$KUBE_VERSION -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$minor"
-  (cd "$work/kube" && go build -trimpath -ldflags "$ldflags" -o "$OUT/kube-apiserver.tmp" k8s.io/kubernetes/cmd/kube-apiserver)
-  mv "$OUT/kube-apiserver.tmp" "$OUT/kube-apiserver"
-  log "kube-apiserver: built in $(took)"
+  # One go build for all of them: their shared packages compile once.
+  mkdir -p "$work/out"
+  (cd "$work/kube" && go build -trimpath -ldflags "$ldflags" -o "$work/out/" "${packages[@]}")
+  for component in "${missing[@]}"; do mv "$work/out/$component" "$OUT/$component"; done
+  log "${missing[*]}: built in $(took)"
 fi
 
 if [ ! -x "$OUT/etcd" ]; then

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the localkube binary (test/support/localkube) into a cache outside the clone, keyed by a
+# Builds the localkube binary (tools/localkube) into a cache outside the clone, keyed by a
 # hash of its sources and the Go version, and prints its path. Reruns with unchanged sources build
 # nothing.
 #
@@ -9,7 +9,7 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-SRC="$ROOT/test/support/localkube"
+SRC="$ROOT/tools/localkube"
 CACHE="${FLAME_K8S_CACHE:-$HOME/.cache/flame_k8s_backend}"
 export GOTOOLCHAIN=local CGO_ENABLED=0
 

@@ -7,7 +7,7 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-cd "$ROOT/test/support/localkube"
+cd "$ROOT/tools/localkube"
 export GOTOOLCHAIN=local CGO_ENABLED=0
 
 unformatted="$(gofmt -l .)"

@@ -2,7 +2,7 @@ defmodule FlameDemo.MixProject do
   use Mix.Project
 
   # A minimal app using FLAMEK8sBackend, built into an image by ../Dockerfile and deployed to
-  # kind by ../kind.sh. Its functions are called from outside the cluster by test/kind.
+  # kind by ../kind.sh. Its functions are called from outside the cluster by test/e2e/kind_test.exs.
   def project do
     [
       app: :flame_demo,

@@ -14,7 +14,7 @@ defmodule FlameDemo.Application do
   end
 
   # Public so that this repository's tests can start the same pools against their local
-  # control plane (test/integration/examples_test.exs).
+  # control plane (test/e2e/examples_test.exs).
   @doc false
   def pools do
     [

@@ -1,6 +1,8 @@
 defmodule FLAMEK8sBackend.OptionsTest do
   use ExUnit.Case, async: true
 
+  @moduletag :unit
+
   alias FLAMEK8sBackend.Options
 
   test "defaults" do

@@ -2,6 +2,8 @@ defmodule FLAMEK8sBackend.KubeTest do
   # Tests of the bridge that need no API server.
   use ExUnit.Case, async: true
 
+  @moduletag :unit
+
   alias FLAMEK8sBackend.{Kube, Native}
 
   @token "s3cr3t-token-value"

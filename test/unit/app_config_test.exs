@@ -3,6 +3,8 @@ defmodule FLAMEK8sBackend.AppConfigTest do
   # for a bare-module backend); global state, hence not async.
   use ExUnit.Case, async: false
 
+  @moduletag :unit
+
   setup do
     pod_name = System.get_env("POD_NAME")
 

@@ -1,5 +1,7 @@
 defmodule FLAMEK8sBackend.RunnerPodTest do
   use ExUnit.Case, async: true
+
+  @moduletag :unit
   doctest FLAMEK8sBackend.RunnerPod
 
   alias FLAMEK8sBackend.RunnerPod

@@ -1,12 +1,14 @@
 defmodule FLAMEK8sBackend.KindTest do
   # The end-to-end scenarios on a real cluster: the flame_demo app (examples/kind/flame_demo)
   # deployed to kind with the example manifests. examples/kind/kind.sh sets all of it up and
-  # runs `mix test --only kind test/kind`; excluded by default (test/test_helper.exs).
+  # runs `mix test --only kind test/e2e/kind_test.exs`; excluded by default (test/test_helper.exs).
   #
   # From outside the cluster, with $KUBECONFIG: FLAME calls run in the parent pod through
   # `kubectl exec deploy/flame-demo -- bin/flame_demo rpc ...`, and the runner pods are checked
   # through FLAMEK8sBackend.Kube.
   use ExUnit.Case, async: false
+
+  @moduletag :e2e
 
   alias FLAMEK8sBackend.Kube
 

@@ -1,8 +1,10 @@
 defmodule FLAMEK8sBackend.ExamplesTest do
   # The example manifests (examples/kubernetes) checked by the API server itself, through
-  # `localkube dry-run` / `localkube create` (test/support/localkube/manifests.go), and the RBAC
+  # `localkube dry-run` / `localkube create` (tools/localkube/manifests.go), and the RBAC
   # they document proven sufficient by booting a runner with the ServiceAccount's own token.
   use FLAMEK8sBackend.Test.ClusterCase, async: true
+
+  @moduletag :e2e
 
   alias FLAMEK8sBackend.Test.RemoteFuns
 

@@ -3,6 +3,8 @@ defmodule FLAMEK8sBackend.BackendE2ETest do
   # pods are BEAM nodes started by the simulated kubelet from the runner manifest as built.
   use FLAMEK8sBackend.Test.ClusterCase, async: true
 
+  @moduletag :e2e
+
   alias FLAMEK8sBackend.BootError
   alias FLAMEK8sBackend.Test.RemoteFuns
 
