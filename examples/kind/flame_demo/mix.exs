@@ -2,13 +2,19 @@ defmodule FlameDemo.MixProject do
   use Mix.Project
 
   # A minimal app using FLAMEK8sBackend, built into an image by ../Dockerfile and deployed to
-  # kind by ../kind.sh. Its functions are called from outside the cluster by test/e2e/kind_test.exs.
+  # kind by ../kind.sh, or by tools/realnode/image.sh for the real-node tests. Its functions are
+  # called from outside the cluster by test/e2e/kind_test.exs.
+  #
+  # FLAME_DEMO_OFFLINE=1 builds it without hex.pm (tools/realnode/image.sh does): FLAME from this
+  # repository's stand-in of FLAME's API (test/flame_standin), and FlameDemo.DNSPoller instead of
+  # dns_cluster. FLAME_PATH, set to a FLAME checkout, compiles that FLAME instead (through
+  # test/flame_checkout), with or without FLAME_DEMO_OFFLINE.
   def project do
     [
       app: :flame_demo,
       version: "0.1.0",
-      # FLAME itself needs Elixir ~> 1.15.
-      elixir: "~> 1.15",
+      # FLAME from hex needs Elixir ~> 1.15 and says so itself; the stand-in runs on 1.14.
+      elixir: "~> 1.14",
       start_permanent: Mix.env() == :prod,
       deps: deps(),
       releases: [
@@ -28,9 +34,21 @@ defmodule FlameDemo.MixProject do
     [
       # This repository; a real app would use {:flame_k8s_backend, "~> 0.1"}.
       {:flame_k8s_backend, path: "../../.."},
-      {:flame, "~> 0.5"},
-      # Joins all nodes behind the headless Service (DNS_CLUSTER_QUERY) into one BEAM cluster.
-      {:dns_cluster, "~> 0.1"}
-    ]
+      flame_dep()
+    ] ++
+      if offline?(),
+        do: [],
+        # Joins all nodes behind the headless Service (DNS_CLUSTER_QUERY) into one BEAM cluster.
+        else: [{:dns_cluster, "~> 0.1"}]
   end
+
+  defp flame_dep do
+    cond do
+      System.get_env("FLAME_PATH") -> {:flame, path: "../../../test/flame_checkout"}
+      offline?() -> {:flame, path: "../../../test/flame_standin"}
+      true -> {:flame, "~> 0.5"}
+    end
+  end
+
+  defp offline?, do: System.get_env("FLAME_DEMO_OFFLINE") in ["1", "true"]
 end

@@ -2,11 +2,15 @@ defmodule FlameDemo.Application do
   @moduledoc false
   use Application
 
+  # DNSCluster when the app is built with hex, FlameDemo.DNSPoller (the same job, a page of this
+  # app) when it is built without (FLAME_DEMO_OFFLINE=1, see mix.exs).
+  @dns_cluster if Code.ensure_loaded?(DNSCluster), do: DNSCluster, else: FlameDemo.DNSPoller
+
   @impl true
   def start(_type, _args) do
     children =
       [
-        {DNSCluster, query: Application.get_env(:flame_demo, :dns_cluster_query) || :ignore},
+        {@dns_cluster, query: Application.get_env(:flame_demo, :dns_cluster_query) || :ignore},
         FlameDemo.BootFailures
       ] ++ pools()
 
