@@ -4,8 +4,10 @@
 # release's priv/, on a Debian bookworm minbase rootfs, packed as a one-layer OCI archive that
 # `ctr -n k8s.io images import` accepts. The same image runs the parent pod and the runner pods.
 #
-#   tools/realnode/image.sh [--force] [--no-check]
+#   tools/realnode/image.sh [--rev REV] [--force] [--no-check]
 #
+#   --rev REV    build from git revision REV (e.g. HEAD) instead of the working tree, so that
+#                uncommitted edits in a shared checkout stay out of the image
 #   --force      rebuild even when an image for the current inputs is cached
 #   --no-check   skip the smoke test of a new image (the release run from the unpacked layer)
 #
@@ -24,9 +26,15 @@
 # Debian mirror of apt's own sources (or DEBIAN_MIRROR). No hex.pm: the app is built with
 # FLAME_DEMO_OFFLINE=1 (see examples/kind/flame_demo/mix.exs).
 #
-# Env: FLAME_K8S_CACHE (default ~/.cache/flame_k8s_backend; images under images/), CARGO_TARGET_DIR
-# (default: the project's shared one, see tools/ensure-toolchains.sh), DEBIAN_MIRROR, FLAME_PATH,
-# IMAGE_KEEP (how many flame-demo archives to keep, default 3).
+# Builds happen in a copy of the inputs under the cache, in which a file changes (and gets a new
+# mtime) only when its content does; Mix's _build and cargo's target dir for that copy are kept
+# there too (images/build/), so a change rebuilds only what it touches and mtime-based freshness
+# (cargo, the NIF compiler) is always right. The first build seeds that cargo target dir from the
+# project's shared one ($CARGO_TARGET_DIR, see tools/ensure-toolchains.sh) when it exists, so the
+# NIF's dependencies are not compiled twice.
+#
+# Env: FLAME_K8S_CACHE (default ~/.cache/flame_k8s_backend; images under images/), DEBIAN_MIRROR,
+# FLAME_PATH, IMAGE_KEEP (how many flame-demo archives to keep, default 3).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -47,13 +55,19 @@ APP_UID=1000
 KEEP="${IMAGE_KEEP:-3}"
 FORCE=0
 CHECK=1
+REV=""
 
 while [ $# -gt 0 ]; do
   case "$1" in
     --force) FORCE=1 ;;
     --no-check) CHECK=0 ;;
+    --rev)
+      [ $# -ge 2 ] || { echo "image.sh: --rev needs a value" >&2; exit 2; }
+      REV="$2"
+      shift
+      ;;
     -h | --help)
-      sed -n '2,30p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+      sed -n '2,42p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
       exit 0
       ;;
     *)
@@ -88,15 +102,20 @@ fi
 
 # ---- inputs: a snapshot of exactly the files the build reads, hashed ---------------------------
 INCOMING="$BUILD/incoming"
+INPUTS=(mix.exs Cargo.toml Cargo.lock lib native test/flame_standin test/flame_checkout/mix.exs
+  examples/kind/flame_demo)
 rm -rf "$INCOMING"
 mkdir -p "$INCOMING"
-(
-  cd "$ROOT"
-  find mix.exs Cargo.toml Cargo.lock lib native test/flame_standin test/flame_checkout/mix.exs \
-    examples/kind/flame_demo \
-    \( -name _build -o -name deps -o -name target -o -name erl_crash.dump \) -prune -o -type f -print0 |
-    tar --null -T - -cf -
-) | tar -xf - --no-same-owner -C "$INCOMING"
+if [ -n "$REV" ]; then
+  git -C "$ROOT" rev-parse --verify --quiet "$REV^{commit}" >/dev/null || die "no such git revision: $REV"
+  git -C "$ROOT" archive --format=tar "$REV" -- "${INPUTS[@]}" | tar -xf - --no-same-owner -C "$INCOMING"
+else
+  (
+    cd "$ROOT"
+    find "${INPUTS[@]}" \( -name _build -o -name deps -o -name target -o -name erl_crash.dump \) -prune \
+      -o -type f -print0 | tar --null -T - -cf -
+  ) | tar -xf - --no-same-owner -C "$INCOMING"
+fi
 
 versions="$(elixir -e 'IO.puts("elixir #{System.version()} otp #{System.otp_release()} erts #{:erlang.system_info(:version)}")')"
 ROOTFS_KEY="$(printf '%s\n' "$SUITE minbase include=$ROOTFS_PACKAGES recipe=$ROOTFS_RECIPE uid=$APP_UID" | sha256sum | cut -c1-12)"
@@ -105,7 +124,7 @@ HASH="$(
     echo "$versions"
     rustc -V 2>/dev/null || cargo -V
     echo "rootfs $ROOTFS_KEY"
-    (cd "$HERE" && sha256sum image.sh oci_image.py)
+    (cd "$HERE" && sha256sum image.sh oci_image.py sync_tree.py)
     (cd "$INCOMING" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
     if [ -n "${FLAME_PATH:-}" ]; then
       echo "FLAME_PATH"
@@ -122,7 +141,7 @@ if [ -f "$OUT" ] && [ "$FORCE" = 0 ]; then
   echo "$REF $OUT"
   exit 0
 fi
-log "building $REF ($versions)"
+log "building $REF from ${REV:+git $REV of }$ROOT ($versions)"
 
 # ---- rootfs: debootstrap minbase + libraries, cached per recipe -------------------------------
 ROOTFS="$IMAGES/rootfs/$SUITE-minbase-$ROOTFS_KEY"
@@ -174,23 +193,43 @@ else
 fi
 
 # ---- the release -------------------------------------------------------------------------------
-# A fixed source path, so Mix and cargo see the same files at the same place each time and build
-# only what changed (_build and the NIF's cargo artifacts persist; mtimes are kept by tar).
+# cargo's target dir for this copy, seeded once from the project's shared one (under cargo's
+# lock): the dependencies' artifacts stay valid in a copy; the NIF crate itself is rebuilt here,
+# since every file of a new copy is newer than anything built before.
+CARGO_TARGET="$BUILD/cargo-target"
+SHARED_TARGET="${CARGO_TARGET_DIR:-}"
 SRC="$BUILD/src"
-rm -rf "$SRC"
-mv "$INCOMING" "$SRC"
+if [ ! -d "$CARGO_TARGET/release" ]; then
+  # A new target dir goes with a new copy (whose files are all newer than any artifact).
+  rm -rf "$SRC" "$CARGO_TARGET"
+  if [ -n "$SHARED_TARGET" ] && [ -d "$SHARED_TARGET/release/deps" ]; then
+    log "seeding $CARGO_TARGET from $SHARED_TARGET/release"
+    rm -rf "$CARGO_TARGET.tmp"
+    mkdir -p "$CARGO_TARGET.tmp"
+    flock "$SHARED_TARGET/release/.cargo-lock" cp -a "$SHARED_TARGET/release" "$CARGO_TARGET.tmp/"
+    mv "$CARGO_TARGET.tmp" "$CARGO_TARGET"
+  fi
+fi
+
+# The snapshot goes into a fixed copy, file by file (tools/realnode/sync_tree.py): an unchanged
+# file keeps its old mtime, a changed or new one gets the current time, a removed one goes (build
+# outputs such as priv/native stay). Mix and cargo then rebuild exactly what changed.
+python3 "$HERE/sync_tree.py" "$INCOMING" "$SRC" priv _build deps >&2
+rm -rf "$INCOMING"
+
 REL="$BUILD/rel"
 log "mix release (MIX_ENV=prod, FLAME_DEMO_OFFLINE=1${FLAME_PATH:+, FLAME_PATH=$FLAME_PATH}; log: $BUILD/mix.log)"
 if ! (
   cd "$SRC/examples/kind/$APP"
-  export MIX_ENV=prod FLAME_DEMO_OFFLINE=1 MIX_BUILD_ROOT="$BUILD/_build" HEX_OFFLINE=1
+  export MIX_ENV=prod FLAME_DEMO_OFFLINE=1 MIX_BUILD_ROOT="$BUILD/_build" HEX_OFFLINE=1 \
+    CARGO_TARGET_DIR="$CARGO_TARGET"
   mix compile
   mix release "$APP" --overwrite --path "$REL"
 ) >"$BUILD/mix.log" 2>&1; then
   tail -n 40 "$BUILD/mix.log" >&2
   die "mix release failed (full log: $BUILD/mix.log)"
 fi
-grep -E '^(Compiling|Generated|Compiling NIF|\* assembling)' "$BUILD/mix.log" | sed 's/^/    /' >&2 || true
+grep -E '^(Compiling|Generated|\* assembling|\s+Finished)' "$BUILD/mix.log" | sed 's/^/    /' >&2 || true
 nif="$(find "$REL/lib" -path '*/flame_k8s_backend-*/priv/native/libflame_k8s_native.so' | head -1)"
 [ -n "$nif" ] || die "the release has no priv/native/libflame_k8s_native.so"
 [ -d "$REL/erts-$(elixir -e 'IO.write(:erlang.system_info(:version))')" ] || die "the release has no ERTS"
