@@ -24,9 +24,10 @@ defmodule Mix.Tasks.Compile.FlameK8sNative do
   def run(_args) do
     root = Path.dirname(__ENV__.file)
     installed = installed_path(root)
+    profile = System.get_env("FLAME_K8S_NIF_PROFILE", "release")
 
-    if stale?(root, installed) do
-      build(root, installed)
+    if stale?(root, installed) or installed_profile(installed) != profile do
+      build(root, installed, profile)
     else
       {:noop, []}
     end
@@ -42,6 +43,17 @@ defmodule Mix.Tasks.Compile.FlameK8sNative do
   end
 
   defp installed_path(root), do: Path.join([root, "priv", "native", "lib#{@crate}.so"])
+
+  # Which cargo profile built the installed library: switching FLAME_K8S_NIF_PROFILE must
+  # rebuild even when no source changed.
+  defp profile_marker(installed), do: installed <> ".profile"
+
+  defp installed_profile(installed) do
+    case File.read(profile_marker(installed)) do
+      {:ok, profile} -> String.trim(profile)
+      {:error, _} -> "release"
+    end
+  end
 
   defp stale?(root, installed) do
     sources =
@@ -60,9 +72,8 @@ defmodule Mix.Tasks.Compile.FlameK8sNative do
     end
   end
 
-  defp build(root, installed) do
+  defp build(root, installed, profile) do
     cargo = cargo!()
-    profile = System.get_env("FLAME_K8S_NIF_PROFILE", "release")
     target_dir = System.get_env("CARGO_TARGET_DIR") || default_target_dir()
     profile_args = if profile == "release", do: ["--release"], else: []
 
@@ -90,6 +101,7 @@ defmodule Mix.Tasks.Compile.FlameK8sNative do
 
       true ->
         install(built, installed)
+        File.write!(profile_marker(installed), profile)
         install_into_build(built)
         {:ok, []}
     end

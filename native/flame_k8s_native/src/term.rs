@@ -14,15 +14,146 @@ use serde_json::{Map, Number, Value};
 
 use crate::path::Path;
 
-/// Maps and lists may nest this deep, no deeper.
+/// Maps and lists may nest this deep, no deeper. No Kubernetes object comes near it; the bound
+/// is there for what comes after conversion (serde's serializer, deserializer and `Drop` of a
+/// `Value` recurse once per level). The conversions here are iterative: their stack use does
+/// not grow with depth, whatever the input, so no build profile can overflow a scheduler's
+/// stack in them.
 pub const MAX_DEPTH: usize = 64;
 
 const EXPECTED: &str = "expected a string, number, boolean, nil, list or map";
 
+/// A list or map being converted: what is done so far and what is left of it.
+enum Frame<'a> {
+    List {
+        out: Vec<Value>,
+        rest: Term<'a>,
+    },
+    Map {
+        out: Map<String, Value>,
+        entries: MapIterator<'a>,
+        /// The key of the entry whose value is being converted.
+        key: Option<String>,
+    },
+}
+
+impl<'a> Frame<'a> {
+    /// Store the converted value of the current entry (whose path segment is on `path`).
+    fn accept(&mut self, value: Value, path: &mut Path) {
+        match self {
+            Frame::List { out, .. } => out.push(value),
+            Frame::Map { out, key, .. } => {
+                if let Some(key) = key.take() {
+                    out.insert(key, value);
+                }
+            }
+        }
+        path.pop();
+    }
+
+    /// The next entry to convert, with its path segment pushed, or `None` when done.
+    fn next_entry(&mut self, path: &mut Path) -> Result<Option<Term<'a>>, String> {
+        match self {
+            Frame::List { out, rest } => {
+                if rest.is_empty_list() {
+                    return Ok(None);
+                }
+                let (head, tail) = rest
+                    .list_get_cell()
+                    .map_err(|_| format!("{path}: improper list"))?;
+                *rest = tail;
+                path.push_index(out.len());
+                Ok(Some(head))
+            }
+            Frame::Map { out, entries, key } => {
+                let Some((k, v)) = entries.next() else {
+                    return Ok(None);
+                };
+                let name = map_key(k, path)?;
+                path.push_key(&name);
+                if out.contains_key(&name) {
+                    return Err(format!(
+                        "{path}: duplicate key (given both as an atom and as a string)"
+                    ));
+                }
+                *key = Some(name);
+                Ok(Some(v))
+            }
+        }
+    }
+
+    fn finish(self) -> Value {
+        match self {
+            Frame::List { out, .. } => Value::Array(out),
+            Frame::Map { out, .. } => Value::Object(out),
+        }
+    }
+}
+
 /// Convert a term; errors name the path, with `root` for the term itself.
 pub fn term_to_json(term: Term, root: &str) -> Result<Value, String> {
     let mut path = Path::named(root);
-    convert(term, &mut path)
+    let mut open: Vec<Frame> = Vec::new();
+    let mut next = term;
+    loop {
+        let mut done = match enter(next, &path)? {
+            Entered::Scalar(value) => Some(value),
+            Entered::Container(frame) => {
+                open.push(frame);
+                None
+            }
+        };
+        // Hand finished values up until some open container has another entry to convert.
+        loop {
+            let Some(frame) = open.last_mut() else {
+                // Only the root finishes with nothing open; `done` is its value.
+                return Ok(done.unwrap_or(Value::Null));
+            };
+            if let Some(value) = done.take() {
+                frame.accept(value, &mut path);
+            }
+            match frame.next_entry(&mut path)? {
+                Some(entry) => {
+                    next = entry;
+                    break;
+                }
+                None => {
+                    done = open.pop().map(Frame::finish);
+                }
+            }
+        }
+    }
+}
+
+enum Entered<'a> {
+    Scalar(Value),
+    Container(Frame<'a>),
+}
+
+fn enter<'a>(term: Term<'a>, path: &Path) -> Result<Entered<'a>, String> {
+    match term.get_type() {
+        TermType::List => {
+            check_depth(path)?;
+            if !term.is_list() {
+                return Err(format!("{path}: improper list"));
+            }
+            Ok(Entered::Container(Frame::List {
+                out: Vec::new(),
+                rest: term,
+            }))
+        }
+        TermType::Map => {
+            check_depth(path)?;
+            let entries =
+                MapIterator::new(term).ok_or_else(|| format!("{path}: unreadable map"))?;
+            Ok(Entered::Container(Frame::Map {
+                out: Map::new(),
+                entries,
+                key: None,
+            }))
+        }
+        _ => scalar(term, path).map(Entered::Scalar),
+    }
 }
 
 fn type_name(t: TermType) -> &'static str {
@@ -42,7 +173,7 @@ fn type_name(t: TermType) -> &'static str {
     }
 }
 
-fn convert(term: Term, path: &mut Path) -> Result<Value, String> {
+fn scalar(term: Term, path: &Path) -> Result<Value, String> {
     match term.get_type() {
         TermType::Atom => {
             let name = term
@@ -72,46 +203,6 @@ fn convert(term: Term, path: &mut Path) -> Result<Value, String> {
             Number::from_f64(f)
                 .map(Value::Number)
                 .ok_or_else(|| format!("{path}: float is not finite"))
-        }
-        TermType::List => {
-            check_depth(path)?;
-            let mut out = Vec::new();
-            let mut rest = term;
-            loop {
-                if rest.is_empty_list() {
-                    break;
-                }
-                if !rest.is_list() {
-                    return Err(format!("{path}: improper list"));
-                }
-                let (head, tail) = rest
-                    .list_get_cell()
-                    .map_err(|_| format!("{path}: improper list"))?;
-                path.push_index(out.len());
-                let v = convert(head, path)?;
-                path.pop();
-                out.push(v);
-                rest = tail;
-            }
-            Ok(Value::Array(out))
-        }
-        TermType::Map => {
-            check_depth(path)?;
-            let iter = MapIterator::new(term).ok_or_else(|| format!("{path}: unreadable map"))?;
-            let mut out = Map::new();
-            for (k, v) in iter {
-                let key = map_key(k, path)?;
-                path.push_key(&key);
-                if out.contains_key(&key) {
-                    return Err(format!(
-                        "{path}: duplicate key (given both as an atom and as a string)"
-                    ));
-                }
-                let value = convert(v, path)?;
-                path.pop();
-                out.insert(key, value);
-            }
-            Ok(Value::Object(out))
         }
         other => Err(format!("{path}: {EXPECTED}, got {}", type_name(other))),
     }
@@ -146,10 +237,84 @@ fn map_key(k: Term, path: &Path) -> Result<String, String> {
     }
 }
 
-/// Convert JSON into a term (objects get binary keys).
+/// A JSON array or object being converted: its entries left and the terms made so far.
+enum JsonFrame<'v, 'a> {
+    Array {
+        items: std::slice::Iter<'v, Value>,
+        done: Vec<Term<'a>>,
+    },
+    Object {
+        entries: serde_json::map::Iter<'v>,
+        keys: Vec<Term<'a>>,
+        values: Vec<Term<'a>>,
+    },
+}
+
+/// Convert JSON into a term (objects get binary keys). Iterative, like `term_to_json`.
 pub fn json_to_term<'a>(env: Env<'a>, v: &Value) -> NifResult<Term<'a>> {
-    Ok(match v {
-        Value::Null => rustler::types::atom::nil().encode(env),
+    let mut open: Vec<JsonFrame<'_, 'a>> = Vec::new();
+    let mut next = v;
+    loop {
+        let mut done = match next {
+            Value::Array(items) => {
+                open.push(JsonFrame::Array {
+                    items: items.iter(),
+                    done: Vec::with_capacity(items.len()),
+                });
+                None
+            }
+            Value::Object(obj) => {
+                open.push(JsonFrame::Object {
+                    entries: obj.iter(),
+                    keys: Vec::with_capacity(obj.len()),
+                    values: Vec::with_capacity(obj.len()),
+                });
+                None
+            }
+            scalar => Some(json_scalar(env, scalar)),
+        };
+        loop {
+            let Some(frame) = open.last_mut() else {
+                return Ok(done.unwrap_or_else(|| rustler::types::atom::nil().encode(env)));
+            };
+            let entry = match frame {
+                JsonFrame::Array { items, done: out } => {
+                    out.extend(done.take());
+                    items.next()
+                }
+                JsonFrame::Object {
+                    entries,
+                    keys,
+                    values,
+                } => {
+                    values.extend(done.take());
+                    entries.next().map(|(k, x)| {
+                        keys.push(k.as_str().encode(env));
+                        x
+                    })
+                }
+            };
+            match entry {
+                Some(entry) => {
+                    next = entry;
+                    break;
+                }
+                None => {
+                    done = match open.pop() {
+                        Some(JsonFrame::Array { done: out, .. }) => Some(out.encode(env)),
+                        Some(JsonFrame::Object { keys, values, .. }) => {
+                            Some(Term::map_from_term_arrays(env, &keys, &values)?)
+                        }
+                        None => None,
+                    };
+                }
+            }
+        }
+    }
+}
+
+fn json_scalar<'a>(env: Env<'a>, v: &Value) -> Term<'a> {
+    match v {
         Value::Bool(b) => b.encode(env),
         Value::Number(n) => {
             if let Some(i) = n.as_i64() {
@@ -161,21 +326,6 @@ pub fn json_to_term<'a>(env: Env<'a>, v: &Value) -> NifResult<Term<'a>> {
             }
         }
         Value::String(s) => s.as_str().encode(env),
-        Value::Array(items) => {
-            let terms = items
-                .iter()
-                .map(|x| json_to_term(env, x))
-                .collect::<NifResult<Vec<Term<'a>>>>()?;
-            terms.encode(env)
-        }
-        Value::Object(obj) => {
-            let mut keys = Vec::with_capacity(obj.len());
-            let mut values = Vec::with_capacity(obj.len());
-            for (k, x) in obj {
-                keys.push(k.as_str().encode(env));
-                values.push(json_to_term(env, x)?);
-            }
-            Term::map_from_term_arrays(env, &keys, &values)?
-        }
-    })
+        _ => rustler::types::atom::nil().encode(env),
+    }
 }
