@@ -13,9 +13,9 @@
 #
 # Progress goes to stderr. The LAST line on stdout is `<image ref> <absolute path of the .tar>`,
 # e.g. `docker.io/library/flame-demo:0123456789ab /root/.cache/.../flame-demo-0123456789ab.tar`.
-# The tag is a hash of every input: lib/, native/, mix.exs, Cargo.*, the FLAME used (the stand-in
-# in test/flame_standin, or $FLAME_PATH), the demo app's files, the Erlang, Elixir and Rust
-# versions, the rootfs recipe and this script. Same inputs, same tag: nothing is rebuilt.
+# The tag is a hash of every input: lib/, native/, mix.exs, tools/mix/, Cargo.*, the FLAME used
+# (the stand-in in test/flame_standin, or $FLAME_PATH), the demo app's files, the Erlang, Elixir
+# and Rust versions, the rootfs recipe and these scripts. Same inputs, same tag: nothing is rebuilt.
 #
 # The image: /app holds the release (owned by uid 1000, the image's user), Entrypoint
 # /app/bin/flame_demo, Cmd start, WorkingDir /app, LANG=C.UTF-8. The release's VM runs as PID 1
@@ -102,14 +102,23 @@ fi
 
 # ---- inputs: a snapshot of exactly the files the build reads, hashed ---------------------------
 INCOMING="$BUILD/incoming"
-INPUTS=(mix.exs Cargo.toml Cargo.lock lib native test/flame_standin test/flame_checkout/mix.exs
-  examples/kind/flame_demo)
+# What `mix release` of the demo reads from this repository (tools/mix: the NIF's Mix compiler,
+# which mix.exs requires; absent in older revisions).
+CANDIDATES=(mix.exs Cargo.toml Cargo.lock lib native tools/mix test/flame_standin
+  test/flame_checkout/mix.exs examples/kind/flame_demo)
+INPUTS=()
 rm -rf "$INCOMING"
 mkdir -p "$INCOMING"
 if [ -n "$REV" ]; then
   git -C "$ROOT" rev-parse --verify --quiet "$REV^{commit}" >/dev/null || die "no such git revision: $REV"
+  for path in "${CANDIDATES[@]}"; do
+    if git -C "$ROOT" cat-file -e "$REV:$path" 2>/dev/null; then INPUTS+=("$path"); fi
+  done
   git -C "$ROOT" archive --format=tar "$REV" -- "${INPUTS[@]}" | tar -xf - --no-same-owner -C "$INCOMING"
 else
+  for path in "${CANDIDATES[@]}"; do
+    if [ -e "$ROOT/$path" ]; then INPUTS+=("$path"); fi
+  done
   (
     cd "$ROOT"
     find "${INPUTS[@]}" \( -name _build -o -name deps -o -name target -o -name erl_crash.dump \) -prune \

@@ -1,17 +1,19 @@
 defmodule FlameDemo do
   @moduledoc """
-  What the kind tests run in the parent pod, through `bin/flame_demo rpc`. The closures are
-  defined here, in compiled code, so the runner (the same release) has them too.
+  What the kind and real-node tests run in the parent pod, through `bin/flame_demo rpc` or
+  Erlang distribution. The closures are defined here, in compiled code, so the runner (the same
+  release) has them too.
   """
 
   @doc "Runs a FLAME call and says where the caller and the function ran."
   def where do
-    runner =
-      FLAME.call(FlameDemo.Runner, fn ->
-        %{node: node(), pod: System.get_env("POD_NAME"), pod_ip: System.get_env("POD_IP")}
-      end)
-
+    runner = FLAME.call(FlameDemo.Runner, &runner_info/0)
     %{parent: %{node: node(), pod: System.get_env("POD_NAME")}, runner: runner}
+  end
+
+  @doc "The node, pod name and pod IP of the VM it runs in."
+  def runner_info do
+    %{node: node(), pod: System.get_env("POD_NAME"), pod_ip: System.get_env("POD_IP")}
   end
 
   @doc "A computation on a runner."
@@ -23,14 +25,64 @@ defmodule FlameDemo do
   `{:error, {:no_boot_failure, reason}}` if none was seen within `timeout` ms.
   """
   def bad_image_call(timeout \\ 90_000) do
+    call = fn ->
+      FLAME.call(FlameDemo.BadImageRunner, fn -> :unreachable end, timeout: timeout)
+    end
+
+    case watch_boot(call, timeout) do
+      {:error, %FLAMEK8sBackend.BootError{} = error} -> {:error, Exception.message(error)}
+      {:ok, result} -> {:error, {:no_boot_failure, {:returned, result}}}
+      other -> other
+    end
+  end
+
+  @doc """
+  Runs `fun` (default: `runner_info/0`) on a runner of a pool started for this call alone, whose
+  backend options are `backend_opts` (over `labels: %{"excluster" => "flame"}`), then stops the
+  pool; its runner goes when idle (`:idle_shutdown_after`, default 5 s). For trying one backend
+  setting from outside, e.g. an unschedulable runner:
+
+      bin/flame_demo rpc 'FlameDemo.Cli.print(FlameDemo.call_with(unschedulable: :fail,
+        manifest: %{"spec" => %{"nodeSelector" => %{"disk" => "none"}}}))'
+
+  Returns `{:ok, result}`, `{:error, %FLAMEK8sBackend.BootError{}}` as soon as a boot has failed
+  (its `phase` and `reason`; `Exception.message/1` reads well), or
+  `{:error, {:no_boot_failure, reason}}`. Options: `:fun`,
+  `:timeout` (boot and call, default 60_000), `:idle_shutdown_after`. One call at a time: boot
+  failures are read from the app's single `FlameDemo.BootFailures`.
+  """
+  def call_with(backend_opts, opts \\ []) do
+    timeout = Keyword.get(opts, :timeout, 60_000)
+    fun = Keyword.get(opts, :fun, &runner_info/0)
+    name = :"Elixir.FlameDemo.Pool#{System.unique_integer([:positive])}"
+
+    pool =
+      {FLAME.Pool,
+       name: name,
+       backend:
+         {FLAMEK8sBackend, Keyword.merge([labels: %{"excluster" => "flame"}], backend_opts)},
+       min: 0,
+       max: 1,
+       boot_timeout: timeout,
+       idle_shutdown_after: Keyword.get(opts, :idle_shutdown_after, 5_000),
+       on_grow_end: &FlameDemo.BootFailures.on_grow_end/2}
+
+    {:ok, _} = Supervisor.start_child(FlameDemo.Supervisor, Supervisor.child_spec(pool, id: name))
+
+    try do
+      watch_boot(fn -> FLAME.call(name, fun, timeout: timeout) end, timeout)
+    after
+      Supervisor.terminate_child(FlameDemo.Supervisor, name)
+      Supervisor.delete_child(FlameDemo.Supervisor, name)
+    end
+  end
+
+  # Runs `call` in a process of its own and returns {:ok, its result}, or {:error, boot_error} as
+  # soon as a pool reports a failed boot to FlameDemo.BootFailures (or the call exits with one).
+  defp watch_boot(call, timeout) do
     FlameDemo.BootFailures.clear()
     deadline = System.monotonic_time(:millisecond) + timeout
-
-    {pid, ref} =
-      spawn_monitor(fn ->
-        FLAME.call(FlameDemo.BadImageRunner, fn -> :unreachable end, timeout: timeout)
-      end)
-
+    {pid, ref} = spawn_monitor(fn -> exit({:flame_demo_result, call.()}) end)
     await_boot_failure(pid, ref, deadline)
   end
 
@@ -38,6 +90,7 @@ defmodule FlameDemo do
     case FlameDemo.BootFailures.last() do
       nil ->
         receive do
+          {:DOWN, ^ref, :process, ^pid, {:flame_demo_result, result}} -> {:ok, result}
           {:DOWN, ^ref, :process, ^pid, reason} -> describe(reason)
         after
           200 ->
@@ -58,7 +111,7 @@ defmodule FlameDemo do
 
   defp describe(reason) do
     case find_boot_error(reason) do
-      %FLAMEK8sBackend.BootError{} = error -> {:error, Exception.message(error)}
+      %FLAMEK8sBackend.BootError{} = error -> {:error, error}
       nil -> {:error, {:no_boot_failure, reason}}
     end
   end
