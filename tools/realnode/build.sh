@@ -16,7 +16,7 @@
 #
 # Env: KUBE_VERSION (v1.36.3), COREDNS_VERSION (v1.15.0), FLAME_K8S_CACHE.
 set -euo pipefail
-# shellcheck source=lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 
 COREDNS_VERSION="${COREDNS_VERSION:-v1.15.0}"

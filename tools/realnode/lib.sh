@@ -93,15 +93,16 @@ stop_component() {
 
 # The stable sysctls, `key = value` per line (what the baseline and check-clean compare).
 sysctl_snapshot() {
-  sysctl -a 2>/dev/null | grep -Ev "$SYSCTL_VOLATILE" | LC_ALL=C sort
+  { sysctl -a 2>/dev/null || true; } | { grep -Ev "$SYSCTL_VOLATILE" || true; } | LC_ALL=C sort
 }
 
-# Per hierarchy, the cgroup directories two levels deep (kubepods, kubepods/burstable, ...).
+# Per hierarchy, the cgroups the kubelet and containerd make (kubepods, kubepods/burstable, ...,
+# k8s.io), two levels deep. (Other cgroups come and go with other software.)
 cgroup_snapshot() {
   local h
-  for h in /sys/fs/cgroup/*/; do
+  for h in /sys/fs/cgroup/ /sys/fs/cgroup/*/; do
     [ -d "$h" ] || continue
-    find "$h" -mindepth 1 -maxdepth 2 -type d 2>/dev/null
+    find "$h" -mindepth 1 -maxdepth 2 -type d \( -path '*/kubepods*' -o -path '*/k8s.io*' \) 2>/dev/null || true
   done | LC_ALL=C sort
 }
 
@@ -109,10 +110,11 @@ mount_snapshot() { awk '{print $2, $3}' /proc/mounts | LC_ALL=C sort; }
 
 ruleset_snapshot() {
   # Tables and chains, not rules: counters and handles change; names do not.
-  nft list tables 2>/dev/null | LC_ALL=C sort
+  { nft list tables 2>/dev/null || true; } | LC_ALL=C sort
   local t
   for t in iptables ip6tables; do
     command -v "$t-save" >/dev/null 2>&1 || continue
-    "$t-save" 2>/dev/null | grep -E '^(\*|:|-A)' | sed 's/\[[0-9:]*\]//' | sed "s/^/$t /" | LC_ALL=C sort
+    "$t-save" 2>/dev/null | { grep -E '^(\*|:|-A)' || true; } | sed 's/\[[0-9:]*\]//' | sed "s/^/$t /" | LC_ALL=C sort
   done
+  return 0
 }
