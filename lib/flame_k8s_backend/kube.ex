@@ -3,9 +3,13 @@ defmodule FLAMEK8sBackend.Kube do
   The Kubernetes API as the backend uses it: a small, typed Elixir face over the Rust NIF
   (kube-rs on a Tokio runtime owned by the NIF).
 
-  Every request runs on a dirty IO scheduler and is bounded by the connection's
-  `:request_timeout`. Waiting for a pod (`await_pod/4`) holds no scheduler at all: a Tokio
-  task watches the pod and sends the caller one message.
+  No BEAM scheduler, normal or dirty, waits on the network. Each request is a task on the
+  NIF's Tokio runtime, bounded by the connection's `:request_timeout`: the NIF returns at
+  once and the task answers the calling process with one message. The functions here wait for
+  that message, so they are synchronous for their callers. The task is cancelled if the
+  caller exits, and if the reply does not come within the request timeout plus a margin
+  (then the result is `{:error, {:timeout, ms}}`). Waiting for a pod (`await_pod/4`) is such a
+  task too, whose messages the caller receives itself.
 
   ## Results
 
@@ -19,8 +23,14 @@ defmodule FLAMEK8sBackend.Kube do
       the message names the offending path
     * `{:config, message}` - the connection options or credentials are unusable
     * `{:decode, message}` - the server's answer was not what Kubernetes sends
+    * `{:internal, message}` - a bug in this library (e.g. a caught panic); please report it
 
-  Arguments of the wrong type raise `ArgumentError` naming the argument.
+  ## Arguments
+
+  Arguments are validated here, once, before anything reaches the NIF: a bad one raises
+  `ArgumentError` naming the argument or option as you wrote it (secret values are never
+  shown). Namespaces and names must be Kubernetes names (letters, digits, `-`, `.`, `_`, `:`;
+  at most 253 characters), since they go into the request's URL as they are.
 
   ## Example
 
@@ -66,6 +76,17 @@ defmodule FLAMEK8sBackend.Kube do
     :request_timeout
   ]
   @default_request_timeout 15_000
+  # How long past the request timeout a caller waits for the task's reply (see call/2).
+  @reply_margin 2_000
+  @max_timeout 4_000_000_000
+  @max_u32 4_294_967_295
+  @methods %{
+    "GET" => :get,
+    "POST" => :post,
+    "PUT" => :put,
+    "PATCH" => :patch,
+    "DELETE" => :delete
+  }
 
   @doc """
   Connects to an API server. Nothing is sent to the server until the first request.
@@ -99,14 +120,15 @@ defmodule FLAMEK8sBackend.Kube do
       ca_cert_pem: optional_string!(opts, :ca_cert_pem),
       token: optional_string!(opts, :token),
       insecure_skip_tls_verify: boolean!(opts, :insecure_skip_tls_verify, false),
-      request_timeout_ms: pos_integer!(opts, :request_timeout, @default_request_timeout)
+      request_timeout_ms: timeout!(opts, :request_timeout, @default_request_timeout)
     }
 
     if native_opts.mode == :explicit and is_nil(native_opts.url) do
       raise ArgumentError, "connect options: mode :explicit needs :url"
     end
 
-    with {:ok, resource} <- Native.connect(native_opts) do
+    with {:ok, resource} <-
+           call(native_opts.request_timeout_ms, &Native.connect(native_opts, &1)) do
       info = Native.client_info(resource)
 
       {:ok,
@@ -127,7 +149,9 @@ defmodule FLAMEK8sBackend.Kube do
   """
   @spec get_pod(t(), String.t(), String.t()) :: {:ok, pod()} | {:error, error()}
   def get_pod(%__MODULE__{} = kube, namespace, name) do
-    Native.get_pod(kube.resource, name!(namespace, "namespace"), name!(name, "name"))
+    namespace = name!(namespace, "namespace")
+    name = name!(name, "name")
+    call(kube.request_timeout, &Native.get_pod(kube.resource, namespace, name, &1))
   end
 
   @doc """
@@ -138,9 +162,8 @@ defmodule FLAMEK8sBackend.Kube do
       {:ok, %{"metadata" => %{"name" => "runner-x7k2p"}}} = FLAMEK8sBackend.Kube.create_pod(kube, "default", manifest)
   """
   @spec create_pod(t(), String.t(), manifest()) :: {:ok, pod()} | {:error, error()}
-  def create_pod(%__MODULE__{} = kube, namespace, manifest) do
-    Native.create_pod(kube.resource, name!(namespace, "namespace"), map!(manifest, "manifest"))
-  end
+  def create_pod(%__MODULE__{} = kube, namespace, manifest),
+    do: create(kube, :pod, namespace, manifest)
 
   @doc """
   Deletes a pod with background propagation. A pod that is already gone counts as deleted.
@@ -156,11 +179,11 @@ defmodule FLAMEK8sBackend.Kube do
     grace =
       case Keyword.get(opts, :grace_period) do
         nil -> nil
-        seconds when is_integer(seconds) and seconds >= 0 -> seconds
+        seconds when is_integer(seconds) and seconds in 0..@max_u32 -> seconds
         other -> raise ArgumentError, bad(":grace_period", "a non-negative integer", other)
       end
 
-    Native.delete_pod(kube.resource, name!(namespace, "namespace"), name!(name, "name"), grace)
+    delete(kube, :pod, namespace, name, grace)
   end
 
   @doc """
@@ -173,11 +196,12 @@ defmodule FLAMEK8sBackend.Kube do
     opts = validate_keyword!(opts, [:label_selector], "list_pods options")
     selector = Keyword.get(opts, :label_selector, "")
 
-    unless is_binary(selector) do
+    unless is_binary(selector) and String.valid?(selector) do
       raise ArgumentError, bad(":label_selector", "a string", selector)
     end
 
-    Native.list_pods(kube.resource, name!(namespace, "namespace"), selector)
+    namespace = name!(namespace, "namespace")
+    call(kube.request_timeout, &Native.list_pods(kube.resource, namespace, selector, &1))
   end
 
   @doc """
@@ -190,9 +214,8 @@ defmodule FLAMEK8sBackend.Kube do
         })
   """
   @spec create_secret(t(), String.t(), manifest()) :: {:ok, map()} | {:error, error()}
-  def create_secret(%__MODULE__{} = kube, namespace, manifest) do
-    Native.create_secret(kube.resource, name!(namespace, "namespace"), map!(manifest, "manifest"))
-  end
+  def create_secret(%__MODULE__{} = kube, namespace, manifest),
+    do: create(kube, :secret, namespace, manifest)
 
   @doc """
   Deletes a secret. A secret that is already gone counts as deleted.
@@ -200,8 +223,23 @@ defmodule FLAMEK8sBackend.Kube do
       :ok = FLAMEK8sBackend.Kube.delete_secret(kube, "default", "runner-cookie-abc")
   """
   @spec delete_secret(t(), String.t(), String.t()) :: :ok | {:error, error()}
-  def delete_secret(%__MODULE__{} = kube, namespace, name) do
-    Native.delete_secret(kube.resource, name!(namespace, "namespace"), name!(name, "name"))
+  def delete_secret(%__MODULE__{} = kube, namespace, name),
+    do: delete(kube, :secret, namespace, name, nil)
+
+  defp create(kube, kind, namespace, manifest) do
+    namespace = name!(namespace, "namespace")
+    manifest = map!(manifest, "manifest")
+    call(kube.request_timeout, &Native.create(kube.resource, kind, namespace, manifest, &1))
+  end
+
+  defp delete(kube, kind, namespace, name, grace) do
+    namespace = name!(namespace, "namespace")
+    name = name!(name, "name")
+
+    call(
+      kube.request_timeout,
+      &Native.delete(kube.resource, kind, namespace, name, grace, &1)
+    )
   end
 
   @doc """
@@ -218,13 +256,11 @@ defmodule FLAMEK8sBackend.Kube do
   def request(%__MODULE__{} = kube, method, path, opts \\ []) do
     opts = validate_keyword!(opts, [:body, :content_type], "request options")
 
-    unless method in ~w(GET POST PUT PATCH DELETE) do
-      raise ArgumentError, bad("method", ~s("GET", "POST", "PUT", "PATCH" or "DELETE"), method)
-    end
+    method =
+      Map.get(@methods, method) ||
+        raise ArgumentError, bad("method", ~s("GET", "POST", "PUT", "PATCH" or "DELETE"), method)
 
-    unless is_binary(path) and String.starts_with?(path, "/") do
-      raise ArgumentError, bad("path", "an absolute path such as \"/api/v1/pods\"", path)
-    end
+    path = path!(path)
 
     body =
       case Keyword.get(opts, :body) do
@@ -234,7 +270,11 @@ defmodule FLAMEK8sBackend.Kube do
       end
 
     content_type = optional_string!(opts, :content_type)
-    Native.request(kube.resource, method, path, body, content_type)
+
+    call(
+      kube.request_timeout,
+      &Native.request(kube.resource, method, path, body, content_type, &1)
+    )
   end
 
   @doc """
@@ -274,12 +314,11 @@ defmodule FLAMEK8sBackend.Kube do
   def await_pod(%__MODULE__{} = kube, namespace, name, opts) do
     opts = validate_keyword!(opts, [:timeout, :unschedulable, :report_ready], "await_pod options")
 
-    timeout =
-      case Keyword.fetch(opts, :timeout) do
-        {:ok, ms} when is_integer(ms) and ms > 0 -> ms
-        {:ok, other} -> raise ArgumentError, bad(":timeout", "a positive integer (ms)", other)
-        :error -> raise ArgumentError, "await_pod options: :timeout is required"
-      end
+    unless Keyword.has_key?(opts, :timeout) do
+      raise ArgumentError, "await_pod options: :timeout is required"
+    end
+
+    timeout = timeout!(opts, :timeout, nil)
 
     unschedulable =
       case Keyword.get(opts, :unschedulable, :fail) do
@@ -290,18 +329,11 @@ defmodule FLAMEK8sBackend.Kube do
     report_ready = boolean!(opts, :report_ready, true)
     ref = make_ref()
 
-    with {:ok, handle} <-
-           Native.await_pod(
-             kube.resource,
-             name!(namespace, "namespace"),
-             name!(name, "name"),
-             ref,
-             %{
-               timeout_ms: timeout,
-               unschedulable: unschedulable,
-               report_ready: report_ready
-             }
-           ) do
+    opts = %{timeout_ms: timeout, unschedulable: unschedulable, report_ready: report_ready}
+    namespace = name!(namespace, "namespace")
+    name = name!(name, "name")
+
+    with {:ok, handle} <- Native.await_pod(kube.resource, namespace, name, opts, ref) do
       {:ok, %{ref: ref, handle: handle}}
     end
   end
@@ -311,13 +343,59 @@ defmodule FLAMEK8sBackend.Kube do
   sending may still arrive just after: flush `{:flame_k8s, await.ref, _}` if that matters.
   """
   @spec cancel_await(%{handle: reference()}) :: :ok
-  def cancel_await(%{handle: handle}), do: Native.cancel_await(handle)
+  def cancel_await(%{handle: handle}) do
+    _ = Native.cancel(handle)
+    :ok
+  end
 
-  @doc "Number of await tasks alive in the NIF's runtime (for tests and diagnostics)."
+  @doc """
+  Number of tasks (requests and awaits) alive in the NIF's runtime, for tests and
+  diagnostics: a request that returned, or whose caller exited, leaves none behind.
+  """
   @spec live_tasks() :: non_neg_integer()
   def live_tasks, do: Native.live_tasks()
 
-  ## Validation
+  ## Calls
+
+  # Starts a request task with a fresh reference and waits for its one reply. The task bounds
+  # itself by the request timeout and then answers {:timeout, ms} on its own; the margin only
+  # matters if the NIF's runtime were too busy to answer in time. Giving up cancels the task,
+  # so nothing keeps working for a caller that stopped waiting (a caller that exits is covered
+  # by the NIF's monitor).
+  defp call(timeout, start) do
+    ref = make_ref()
+
+    case start.(ref) do
+      {:ok, handle} ->
+        receive do
+          {:flame_k8s, ^ref, reply} -> reply
+        after
+          timeout + @reply_margin -> give_up(handle, ref, timeout)
+        end
+
+      {:error, _} = error ->
+        error
+    end
+  end
+
+  # The NIF decides atomically whether the cancel or the task's reply came first, so no reply
+  # is left behind in the caller's mailbox: if the task got there first, its reply is the
+  # answer after all (the pod may exist).
+  defp give_up(handle, ref, timeout) do
+    case Native.cancel(handle) do
+      :ok ->
+        {:error, {:timeout, timeout}}
+
+      :sent ->
+        receive do
+          {:flame_k8s, ^ref, reply} -> reply
+        after
+          @reply_margin -> {:error, {:timeout, timeout}}
+        end
+    end
+  end
+
+  ## Validation (the only place arguments are checked; the NIF only decodes their types)
 
   defp validate_keyword!(opts, allowed, what) do
     unless is_list(opts) and Enum.all?(opts, &match?({key, _} when is_atom(key), &1)) do
@@ -361,13 +439,22 @@ defmodule FLAMEK8sBackend.Kube do
 
   defp optional_string!(opts, key) do
     case Keyword.get(opts, key) do
-      nil -> nil
-      value when is_binary(value) and value != "" -> value
+      nil ->
+        nil
+
+      value when is_binary(value) and value != "" ->
+        if String.valid?(value), do: value, else: raise(ArgumentError, bad_string(key))
+
       # A token is a secret: never echo its value back in the error.
-      _ when key == :token -> raise ArgumentError, ":token: expected a non-empty string"
-      other -> raise ArgumentError, bad(inspect(key), "a non-empty string", other)
+      _ when key == :token ->
+        raise ArgumentError, bad_string(key)
+
+      other ->
+        raise ArgumentError, bad(inspect(key), "a non-empty string", other)
     end
   end
+
+  defp bad_string(key), do: "#{inspect(key)}: expected a non-empty UTF-8 string"
 
   defp boolean!(opts, key, default) do
     case Keyword.get(opts, key, default) do
@@ -376,15 +463,37 @@ defmodule FLAMEK8sBackend.Kube do
     end
   end
 
-  defp pos_integer!(opts, key, default) do
+  # Milliseconds; the bound keeps `timeout + @reply_margin` a valid `receive ... after`.
+  defp timeout!(opts, key, default) do
     case Keyword.get(opts, key, default) do
-      value when is_integer(value) and value > 0 -> value
-      other -> raise ArgumentError, bad(inspect(key), "a positive integer", other)
+      value when is_integer(value) and value in 1..@max_timeout -> value
+      other -> raise ArgumentError, bad(inspect(key), "a positive integer (ms)", other)
     end
   end
 
-  defp name!(value, _what) when is_binary(value) and value != "", do: value
+  # Names go into the URL path as they are: only the characters of Kubernetes names (DNS
+  # subdomains, and `:` of a few system names), never "." or "..", which would change the path.
+  defp name!(value, what) when is_binary(value) do
+    if value =~ ~r/\A[A-Za-z0-9_.:-]{1,253}\z/ and value not in [".", ".."] do
+      value
+    else
+      raise ArgumentError,
+            bad(what, "a Kubernetes name (letters, digits, -, ., _, :; 1 to 253 of them)", value)
+    end
+  end
+
   defp name!(value, what), do: raise(ArgumentError, bad(what, "a non-empty string", value))
+
+  # An absolute path with an optional query, in the characters a URI path may hold: no "//"
+  # at the start (that would name a host), no fragment, no spaces or control characters.
+  defp path!(path) do
+    if is_binary(path) and byte_size(path) < 65_535 and String.valid?(path) and
+         path =~ ~r{\A/(?!/)[^\x00-\x20\x7f#<>`"]*\z}u do
+      path
+    else
+      raise ArgumentError, bad("path", "an absolute path such as \"/api/v1/pods\"", path)
+    end
+  end
 
   defp map!(value, _what) when is_map(value) and not is_struct(value), do: value
   defp map!(value, what), do: raise(ArgumentError, bad(what, "a map", value))

@@ -35,17 +35,17 @@ defmodule FLAMEK8sBackend.Native do
   @doc false
   def load_error, do: :persistent_term.get({__MODULE__, :load_error}, nil)
 
-  def connect(_opts), do: not_loaded()
+  # Every function that talks to the API server starts a task and returns {:ok, handle} at
+  # once; the task sends {:flame_k8s, ref, reply} to the caller (see FLAMEK8sBackend.Kube).
+  def connect(_opts, _ref), do: not_loaded()
   def client_info(_client), do: not_loaded()
-  def get_pod(_client, _namespace, _name), do: not_loaded()
-  def create_pod(_client, _namespace, _manifest), do: not_loaded()
-  def delete_pod(_client, _namespace, _name, _grace_period_seconds), do: not_loaded()
-  def list_pods(_client, _namespace, _label_selector), do: not_loaded()
-  def create_secret(_client, _namespace, _manifest), do: not_loaded()
-  def delete_secret(_client, _namespace, _name), do: not_loaded()
-  def request(_client, _method, _path, _body, _content_type), do: not_loaded()
-  def await_pod(_client, _namespace, _name, _ref, _opts), do: not_loaded()
-  def cancel_await(_handle), do: not_loaded()
+  def get_pod(_client, _namespace, _name, _ref), do: not_loaded()
+  def list_pods(_client, _namespace, _label_selector, _ref), do: not_loaded()
+  def create(_client, _kind, _namespace, _manifest, _ref), do: not_loaded()
+  def delete(_client, _kind, _namespace, _name, _grace_period_seconds, _ref), do: not_loaded()
+  def request(_client, _method, _path, _body, _content_type, _ref), do: not_loaded()
+  def await_pod(_client, _namespace, _name, _opts, _ref), do: not_loaded()
+  def cancel(_handle), do: not_loaded()
   def live_tasks, do: not_loaded()
   def noop, do: not_loaded()
 

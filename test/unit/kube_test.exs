@@ -212,6 +212,7 @@ defmodule FLAMEK8sBackend.KubeTest do
       end
 
       assert_raise ArgumentError, ~r/method/, fn -> Kube.request(kube, "BREW", "/") end
+      assert_raise ArgumentError, ~r/method/, fn -> Kube.request(kube, :get, "/") end
       assert_raise ArgumentError, ~r/path/, fn -> Kube.request(kube, "GET", "api") end
 
       assert_raise ArgumentError, ~r/:timeout is required/, fn ->
@@ -223,6 +224,35 @@ defmodule FLAMEK8sBackend.KubeTest do
       end
 
       assert_raise FunctionClauseError, fn -> Kube.get_pod(:not_a_client, "d", "p") end
+    end
+
+    # Names and paths go into the URL as they are: anything that would change which URL is
+    # requested is refused before a request exists.
+    test "names and paths that would change the URL raise ArgumentError" do
+      kube = refused_kube()
+
+      for bad <- ["a/b", "..", ".", "a?b", "a b", "a#b", "é", String.duplicate("a", 254)] do
+        assert_raise ArgumentError, ~r/name/, fn -> Kube.get_pod(kube, "default", bad) end
+        assert_raise ArgumentError, ~r/namespace/, fn -> Kube.list_pods(kube, bad) end
+        assert_raise ArgumentError, ~r/name/, fn -> Kube.delete_secret(kube, "d", bad) end
+      end
+
+      for bad <- ["//evil.example/x", "/a b", "/a#frag", "/a\nb", "/<x>", <<?/, 255>>, ""] do
+        assert_raise ArgumentError, ~r/path/, fn -> Kube.request(kube, "GET", bad) end
+      end
+
+      assert {:error, {:connect, _}} = Kube.get_pod(kube, "kube-system", "a.b_c:d-1")
+
+      assert {:error, {:connect, _}} =
+               Kube.request(kube, "GET", "/api/v1/pods?limit=1&labelSelector=a%3Db,c&x={y}|^")
+
+      assert_raise ArgumentError, ~r/:grace_period/, fn ->
+        Kube.delete_pod(kube, "d", "p", grace_period: 2 ** 32)
+      end
+
+      assert_raise ArgumentError, ~r/:label_selector/, fn ->
+        Kube.list_pods(kube, "d", label_selector: <<255>>)
+      end
     end
 
     test "garbage into every NIF raises or returns an error, and the VM lives on" do
@@ -247,22 +277,26 @@ defmodule FLAMEK8sBackend.KubeTest do
         kube.resource
       ]
 
+      ref = make_ref()
+
       calls = [
-        fn g -> Native.connect(g) end,
+        fn g -> Native.connect(g, ref) end,
         fn g -> Native.client_info(g) end,
-        fn g -> Native.get_pod(g, g, g) end,
-        fn g -> Native.get_pod(kube.resource, g, "p") end,
-        fn g -> Native.create_pod(kube.resource, "d", g) end,
-        fn g -> Native.create_pod(g, g, g) end,
-        fn g -> Native.delete_pod(kube.resource, "d", "p", g) end,
-        fn g -> Native.list_pods(kube.resource, "d", g) end,
-        fn g -> Native.create_secret(kube.resource, g, g) end,
-        fn g -> Native.delete_secret(g, "d", "s") end,
-        fn g -> Native.request(kube.resource, g, "/", nil, nil) end,
-        fn g -> Native.request(kube.resource, "GET", "/", g, g) end,
+        fn g -> Native.get_pod(g, g, g, g) end,
+        fn g -> Native.get_pod(kube.resource, g, "p", ref) end,
+        fn g -> Native.get_pod(kube.resource, "d", "p", g) end,
+        fn g -> Native.create(kube.resource, :pod, "d", g, ref) end,
+        fn g -> Native.create(kube.resource, g, "d", %{}, ref) end,
+        fn g -> Native.create(g, g, g, g, g) end,
+        fn g -> Native.delete(kube.resource, :pod, "d", "p", g, ref) end,
+        fn g -> Native.delete(g, :secret, "d", "s", nil, ref) end,
+        fn g -> Native.list_pods(kube.resource, "d", g, ref) end,
+        fn g -> Native.request(kube.resource, g, "/", nil, nil, ref) end,
+        fn g -> Native.request(kube.resource, :get, g, nil, nil, ref) end,
+        fn g -> Native.request(kube.resource, :get, "/", g, g, ref) end,
         fn g -> Native.await_pod(kube.resource, "d", "p", g, g) end,
         fn g -> Native.await_pod(g, g, g, g, g) end,
-        fn g -> Native.cancel_await(g) end
+        fn g -> Native.cancel(g) end
       ]
 
       for call <- calls, g <- garbage do
@@ -282,5 +316,112 @@ defmodule FLAMEK8sBackend.KubeTest do
 
       assert Native.noop() == :ok
     end
+  end
+end
+
+defmodule FLAMEK8sBackend.KubeTaskTest do
+  # How requests run: as tasks on the NIF's runtime, answered by message, cancelled when the
+  # caller stops waiting. Not async: these tests count the NIF's live tasks, which are global.
+  use ExUnit.Case, async: false
+
+  @moduletag :unit
+
+  alias FLAMEK8sBackend.{Kube, Native}
+
+  # A server that accepts connections (the kernel does, from the backlog) and never answers:
+  # every request to it stays in flight until its timeout.
+  defp silent_kube(request_timeout) do
+    {:ok, listen} = :gen_tcp.listen(0, [:binary, active: false, ip: {127, 0, 0, 1}, backlog: 256])
+
+    {:ok, port} = :inet.port(listen)
+    on_exit(fn -> :gen_tcp.close(listen) end)
+
+    {:ok, kube} =
+      Kube.connect(url: "https://127.0.0.1:#{port}", token: "t", request_timeout: request_timeout)
+
+    kube
+  end
+
+  defp eventually(fun, tries \\ 200) do
+    cond do
+      fun.() -> :ok
+      tries == 0 -> flunk("condition never became true")
+      true -> Process.sleep(10) && eventually(fun, tries - 1)
+    end
+  end
+
+  test "the NIF returns at once; the reply comes as a message tagged with the caller's ref" do
+    kube = silent_kube(60_000)
+    ref = make_ref()
+    {micros, {:ok, handle}} = :timer.tc(fn -> Native.get_pod(kube.resource, "d", "p", ref) end)
+    assert micros < 50_000
+    assert :ok = Native.cancel(handle)
+    assert :ok = Native.cancel(handle)
+    refute_receive {:flame_k8s, ^ref, _}, 200
+  end
+
+  # What Kube relies on when it stops waiting: the cancel says whether a reply is on its way.
+  test "a cancel after the reply says it was sent" do
+    {:ok, kube} = Kube.connect(url: "https://127.0.0.1:1", token: "t")
+    ref = make_ref()
+    {:ok, handle} = Native.get_pod(kube.resource, "d", "p", ref)
+    assert_receive {:flame_k8s, ^ref, {:error, {:connect, _}}}, 5_000
+    assert :sent = Native.cancel(handle)
+    assert :sent = Native.cancel(handle)
+  end
+
+  # With the requests on dirty IO schedulers (10 of them by default), 50 requests that each
+  # wait a second took 5 seconds; as tasks, they all wait at the same time.
+  test "50 simultaneous requests are all in flight at once, holding no scheduler" do
+    kube = silent_kube(1_000)
+    base = Kube.live_tasks()
+    test = self()
+
+    started = System.monotonic_time(:millisecond)
+
+    for i <- 1..50 do
+      spawn_link(fn -> send(test, {:done, i, Kube.get_pod(kube, "d", "p#{i}")}) end)
+    end
+
+    eventually(fn -> Kube.live_tasks() >= base + 50 end)
+
+    for i <- 1..50 do
+      assert_receive {:done, ^i, {:error, reason}}, 5_000
+      assert reason == {:timeout, 1_000} or match?({:connect, _}, reason)
+    end
+
+    assert System.monotonic_time(:millisecond) - started < 3_000
+    eventually(fn -> Kube.live_tasks() <= base end)
+  end
+
+  test "a caller that exits mid-request cancels its task" do
+    kube = silent_kube(60_000)
+    base = Kube.live_tasks()
+    test = self()
+
+    {pid, monitor} =
+      spawn_monitor(fn ->
+        send(test, :calling)
+        Kube.create_pod(kube, "d", %{"metadata" => %{"name" => "p"}})
+      end)
+
+    assert_receive :calling
+    eventually(fn -> Kube.live_tasks() == base + 1 end)
+    Process.exit(pid, :kill)
+    assert_receive {:DOWN, ^monitor, :process, ^pid, :killed}
+    eventually(fn -> Kube.live_tasks() <= base end)
+  end
+
+  test "finished requests and awaits leave no task behind" do
+    {:ok, kube} = Kube.connect(url: "https://127.0.0.1:1", token: "t", request_timeout: 2_000)
+
+    base = Kube.live_tasks()
+    assert {:error, {:connect, _}} = Kube.get_pod(kube, "d", "p")
+    assert {:error, {:connect, _}} = Kube.delete_pod(kube, "d", "p")
+    assert {:error, {:invalid_manifest, _}} = Kube.create_secret(kube, "d", %{"a" => self()})
+    {:ok, await} = Kube.await_pod(kube, "d", "p", timeout: 200)
+    ref = await.ref
+    assert_receive {:flame_k8s, ^ref, {:timeout, _}}, 5_000
+    eventually(fn -> Kube.live_tasks() <= base end)
   end
 end

@@ -25,8 +25,9 @@ pub struct AwaitOptions {
     pub report_ready: bool,
 }
 
-/// The phase a timeout is reported in.
+/// The phase a timeout is reported in (`:scheduling`, `:container_start`, `:running`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(test), derive(rustler::NifUnitEnum))]
 pub enum Phase {
     Scheduling,
     ContainerStart,

@@ -22,15 +22,19 @@ pub const WATCH_TIMEOUT_SECS: u32 = 30;
 /// How far the connect timeout of the request client trails the request timeout.
 const CONNECTION_TIMEOUT_MARGIN: Duration = Duration::from_secs(1);
 
+/// `:in_cluster`, `:kubeconfig` or `:explicit` (`Kube.connect/1` resolves `:auto`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(test), derive(rustler::NifUnitEnum))]
 pub enum Mode {
     InCluster,
     Kubeconfig,
     Explicit,
 }
 
-/// What `connect/1` receives (all keys always present; `None` = unset).
+/// What `connect/2` receives: the map `Kube.connect/1` builds, every key present (`nil` =
+/// unset). Decoded only, never encoded: the token must not travel back into a term.
 #[derive(Clone, Default)]
+#[cfg_attr(not(test), derive(rustler::NifMap), rustler(decode))]
 pub struct ConnectOptions {
     pub mode: Option<Mode>,
     pub kubeconfig: Option<String>,
@@ -99,8 +103,9 @@ impl fmt::Debug for ClientHandle {
     }
 }
 
-/// What `client_info/1` returns.
+/// What `client_info/1` returns (a map with these keys).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(not(test), derive(rustler::NifMap), rustler(encode))]
 pub struct ClientInfo {
     pub server: String,
     pub default_namespace: Option<String>,
@@ -173,8 +178,23 @@ pub fn resolve(opts: &ConnectOptions) -> Result<Resolved> {
     Ok(resolved)
 }
 
-/// Build the clients (inside the runtime context; building a client needs a reactor).
-pub fn connect(opts: &ConnectOptions) -> Result<ClientHandle> {
+/// Resolve the options and build the clients, on Tokio's blocking pool: reading a kubeconfig or
+/// the in-cluster files is blocking file I/O, which must hold neither a runtime worker nor (the
+/// NIF being asynchronous) a BEAM scheduler. Nothing is sent to the server. The blocking part
+/// cannot be interrupted; if the caller gives up, it finishes and its result is dropped.
+pub async fn connect(opts: ConnectOptions) -> Result<ClientHandle> {
+    match tokio::task::spawn_blocking(move || connect_blocking(&opts)).await {
+        Ok(r) => r,
+        Err(e) => Err(match e.try_into_panic() {
+            Ok(payload) => Error::from_panic(payload.as_ref()),
+            Err(e) => Error::Internal(format!("connect: {e}")),
+        }),
+    }
+}
+
+/// `connect` on the calling thread, which must not be a runtime worker (the kubeconfig is
+/// resolved with `block_on`).
+pub fn connect_blocking(opts: &ConnectOptions) -> Result<ClientHandle> {
     let resolved = resolve(opts)?;
     let secret = resolved.secret.clone();
     build(resolved).map_err(|e| e.redacted(secret.as_deref()))
@@ -477,7 +497,7 @@ users:
         let (_p, path) = kubeconfig_file(KUBECONFIG);
         let mut o = opts(Mode::Kubeconfig);
         o.kubeconfig = Some(path);
-        let h = connect(&o).unwrap();
+        let h = connect_blocking(&o).unwrap();
         assert_eq!(
             h.info(),
             ClientInfo {
@@ -488,6 +508,27 @@ users:
         );
         let dbg = format!("{h:?}");
         assert!(!dbg.contains("super-secret-token"), "{dbg}");
+    }
+
+    // The NIF's path: from a runtime task, the kubeconfig's `block_on` runs on the blocking
+    // pool (on a worker it would panic: a runtime cannot block on itself).
+    #[test]
+    fn connect_from_a_task() {
+        let (_p, path) = kubeconfig_file(KUBECONFIG);
+        let mut o = opts(Mode::Kubeconfig);
+        o.kubeconfig = Some(path);
+        let rt = runtime().unwrap();
+        let h = rt
+            .block_on(async { rt.spawn(connect(o)).await })
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.info().default_namespace.as_deref(), Some("flame"));
+        let mut bad = opts(Mode::Kubeconfig);
+        bad.kubeconfig = Some("/nonexistent/kubeconfig".into());
+        assert!(matches!(
+            rt.block_on(connect(bad)),
+            Err(Error::Config(m)) if m.contains("/nonexistent/kubeconfig")
+        ));
     }
 
     #[test]
@@ -533,7 +574,7 @@ users:
         o.url = Some("https://127.0.0.1:6443".into());
         o.token = Some("tok-123".into());
         o.insecure_skip_tls_verify = true;
-        let h = connect(&o).unwrap();
+        let h = connect_blocking(&o).unwrap();
         let info = h.info();
         assert_eq!(info.server, "https://127.0.0.1:6443");
         assert_eq!(info.default_namespace, None);

@@ -1,6 +1,6 @@
 //! One error type for the whole crate and its mapping from kube-rs errors.
 //!
-//! Every variant maps to one stable Elixir term (see `nif::encode_error`):
+//! Every variant maps to one stable Elixir term (`nif::reply::Reason` encodes it):
 //!
 //! | variant            | Elixir term                                   |
 //! |--------------------|-----------------------------------------------|

@@ -1,8 +1,9 @@
 //! NIF library for `FLAMEK8sBackend.Native`: Kubernetes API access through kube-rs on one
 //! Tokio runtime.
 //!
-//! The NIF layer (`nif`, `term`) only converts terms; everything else is plain Rust with unit
-//! tests that need no BEAM.
+//! The NIF layer (`nif`, `term`) only converts terms and starts tasks; everything else is plain
+//! Rust with unit tests that need no BEAM. A few core types derive their rustler encoder or
+//! decoder where their shape is the Elixir one, only outside `cfg(test)`.
 #![cfg_attr(
     not(test),
     deny(

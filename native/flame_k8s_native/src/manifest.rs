@@ -175,29 +175,6 @@ pub fn json_type_name(v: &Value) -> &'static str {
     }
 }
 
-/// Validate a namespace or object name used as a URL path segment.
-/// Kubernetes names are DNS labels/subdomains; we only reject what could change the URL.
-pub fn check_path_segment(what: &str, value: &str) -> std::result::Result<(), String> {
-    if value.is_empty() {
-        return Err(format!("{what}: must not be empty"));
-    }
-    if value.len() > 253 {
-        return Err(format!("{what}: longer than 253 characters"));
-    }
-    if value == "." || value == ".." {
-        return Err(format!("{what}: {value:?} is not a valid name"));
-    }
-    if let Some(c) = value
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | ':')))
-    {
-        return Err(format!(
-            "{what}: {value:?} is not a valid name (character {c:?})"
-        ));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -472,19 +449,5 @@ mod tests {
                    "data": {"k": "c2VjcmV0"}, "stringData": {}}),
         )
         .is_ok());
-    }
-
-    #[test]
-    fn path_segments() {
-        assert!(check_path_segment("name", "runner-abc.1").is_ok());
-        assert!(check_path_segment("name", "").is_err());
-        assert!(check_path_segment("name", "..").is_err());
-        assert!(check_path_segment("name", "a/b").is_err());
-        assert!(check_path_segment("name", "a?b").is_err());
-        assert!(check_path_segment("name", "a b").is_err());
-        assert_eq!(
-            check_path_segment("namespace", "a/b").unwrap_err(),
-            r#"namespace: "a/b" is not a valid name (character '/')"#
-        );
     }
 }

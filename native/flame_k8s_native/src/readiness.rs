@@ -2,8 +2,10 @@
 
 use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod};
 
-/// What to do when the scheduler reports the pod Unschedulable.
+/// What to do when the scheduler reports the pod Unschedulable (`:fail` or `:wait` in the
+/// options of `await_pod`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(test), derive(rustler::NifUnitEnum))]
 pub enum UnschedulablePolicy {
     /// Fail at once with `{:unschedulable, message}`.
     Fail,

@@ -2,7 +2,8 @@
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use futures::FutureExt;
 use tokio::sync::watch;
@@ -41,10 +42,18 @@ impl Drop for LiveGuard {
     }
 }
 
+// Who got to the final report first: the task (it will report) or the canceller (it never
+// will). Deciding this once, atomically, lets a caller that cancels know whether a reply is on
+// its way, so it can wait for it instead of leaving a stray message in its mailbox.
+const PENDING: u8 = 0;
+const REPORTING: u8 = 1;
+const CANCELLED: u8 = 2;
+
 /// The cancelling side (kept in the NIF resource). Cancelling is idempotent.
 #[derive(Debug)]
 pub struct Canceller {
     tx: watch::Sender<bool>,
+    report: Arc<AtomicU8>,
 }
 
 /// The task's side. Clones observe the same cancellation (e.g. a callback inside the work
@@ -52,16 +61,40 @@ pub struct Canceller {
 #[derive(Clone, Debug)]
 pub struct CancelToken {
     rx: watch::Receiver<bool>,
+    report: Arc<AtomicU8>,
 }
 
 pub fn cancel_pair() -> (Canceller, CancelToken) {
     let (tx, rx) = watch::channel(false);
-    (Canceller { tx }, CancelToken { rx })
+    let report = Arc::new(AtomicU8::new(PENDING));
+    (
+        Canceller {
+            tx,
+            report: report.clone(),
+        },
+        CancelToken { rx, report },
+    )
+}
+
+/// What a cancel found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cancelled {
+    /// No final report will be made.
+    BeforeReport,
+    /// The task had already begun its final report: it is made (or being made) regardless.
+    AfterReport,
 }
 
 impl Canceller {
-    pub fn cancel(&self) {
+    pub fn cancel(&self) -> Cancelled {
         self.tx.send_replace(true);
+        match self
+            .report
+            .compare_exchange(PENDING, CANCELLED, Ordering::SeqCst, Ordering::SeqCst)
+        {
+            Ok(_) | Err(CANCELLED) => Cancelled::BeforeReport,
+            Err(_) => Cancelled::AfterReport,
+        }
     }
 
     pub fn is_cancelled(&self) -> bool {
@@ -74,6 +107,13 @@ impl CancelToken {
         *self.rx.borrow()
     }
 
+    /// Take the one final report for the task; `false` if a cancel came first.
+    fn claim_report(&self) -> bool {
+        self.report
+            .compare_exchange(PENDING, REPORTING, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    }
+
     /// Resolves once cancelled; never resolves if the canceller is gone without cancelling.
     pub async fn cancelled(&mut self) {
         if self.rx.wait_for(|c| *c).await.is_err() {
@@ -83,7 +123,8 @@ impl CancelToken {
 }
 
 /// Spawn `work` on the runtime. Unless cancelled first, `report` is called exactly once, with
-/// the work's output or `Error::Internal` if the work panicked. `guard` is held until the
+/// the work's output or `Error::Internal` if the work panicked; a cancel that returns
+/// `Cancelled::BeforeReport` guarantees it is not called at all. `guard` is held until the
 /// task ends.
 pub fn spawn_reporting<T, W, R>(
     work: W,
@@ -105,7 +146,7 @@ where
             _ = cancel.cancelled() => return,
             r = work => r,
         };
-        if cancel.is_cancelled() {
+        if !cancel.claim_report() {
             return;
         }
         let result = result.map_err(|payload| Error::from_panic(payload.as_ref()));
@@ -165,8 +206,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(live_tasks(), base + 1);
-        c.cancel();
-        c.cancel();
+        assert_eq!(c.cancel(), Cancelled::BeforeReport);
+        assert_eq!(c.cancel(), Cancelled::BeforeReport);
         assert!(c.is_cancelled());
         wait_for_count(base);
         assert!(rx.recv_timeout(Duration::from_millis(50)).is_err());
@@ -196,6 +237,20 @@ mod tests {
             Err(Error::Internal("panic: task blew up".into()))
         );
         wait_for_count(base);
+    }
+
+    #[test]
+    fn a_cancel_after_the_report_says_so() {
+        let _l = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let (c, token) = cancel_pair();
+        let (tx, rx) = mpsc::channel();
+        spawn_reporting(async { 5 }, token, LiveGuard::new(), move |r| {
+            tx.send(r).unwrap();
+        })
+        .unwrap();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), Ok(5));
+        assert_eq!(c.cancel(), Cancelled::AfterReport);
+        assert_eq!(c.cancel(), Cancelled::AfterReport);
     }
 
     #[test]

@@ -1,0 +1,209 @@
+//! The NIFs of `FLAMEK8sBackend.Native`: typed arguments in (`args`), a task started
+//! (`tasks`), a handle out; the task's reply is encoded by `reply`. Nothing else.
+//!
+//! No NIF here waits for anything: each returns at once on the caller's normal scheduler, so
+//! no BEAM scheduler, normal or dirty, ever waits on the network (50 simultaneous requests
+//! are 50 tasks, not a queue behind the dirty IO schedulers). `FLAMEK8sBackend.Kube` turns the
+//! reply into a synchronous call for its callers.
+
+mod args;
+mod reply;
+mod tasks;
+
+use std::future::Future;
+
+use rustler::{Atom, Encoder, Env, Term};
+use serde_json::Value;
+
+use args::{
+    ApiPath, Await, Body, Client, Connect, ContentType, Grace, Handle, KindArg, Manifest,
+    MethodArg, Name, Namespace, Ref, Selector,
+};
+use reply::{Answer, Replier};
+use tasks::{start, ClientResource};
+
+use crate::client::ClientInfo;
+use crate::error::Error;
+use crate::runtime::with_timeout;
+use crate::term::json_to_term;
+
+rustler::atoms! {
+    running,
+    sent,
+}
+
+#[rustler::nif]
+fn noop() -> Atom {
+    rustler::types::atom::ok()
+}
+
+/// Tasks not finished yet (tests check that none is left behind).
+#[rustler::nif]
+fn live_tasks() -> usize {
+    crate::task::live_tasks()
+}
+
+/// Reads the kubeconfig or in-cluster files (on Tokio's blocking pool) and builds the clients;
+/// bounded by the request timeout like every request.
+#[rustler::nif]
+fn connect<'a>(env: Env<'a>, opts: Connect, reference: Ref<'a>) -> Term<'a> {
+    let opts = opts.0;
+    let timeout = std::time::Duration::from_millis(opts.request_timeout_ms);
+    let work = async move {
+        let handle = crate::client::connect(opts).await?;
+        Ok(Answer::Client(rustler::ResourceArc::new(ClientResource {
+            handle,
+        })))
+    };
+    start(
+        env,
+        reference,
+        move |_| with_timeout(timeout, work),
+        reply::answer,
+    )
+}
+
+#[rustler::nif]
+fn client_info(client: Client) -> ClientInfo {
+    client.0.handle.info()
+}
+
+#[rustler::nif]
+fn get_pod<'a>(
+    env: Env<'a>,
+    client: Client,
+    namespace: Namespace,
+    name: Name,
+    reference: Ref<'a>,
+) -> Term<'a> {
+    spawn_request(env, reference, client, |c| async move {
+        let pod = crate::pods::get_pod(&c.handle, &namespace.0, &name.0).await?;
+        Ok(Answer::Json(pod))
+    })
+}
+
+#[rustler::nif]
+fn list_pods<'a>(
+    env: Env<'a>,
+    client: Client,
+    namespace: Namespace,
+    label_selector: Selector,
+    reference: Ref<'a>,
+) -> Term<'a> {
+    spawn_request(env, reference, client, |c| async move {
+        let pods = crate::pods::list_pods(&c.handle, &namespace.0, &label_selector.0).await?;
+        Ok(Answer::Json(Value::Array(pods)))
+    })
+}
+
+/// Creates a pod or a secret (`kind`). The manifest is converted to JSON in the task.
+#[rustler::nif]
+fn create<'a>(
+    env: Env<'a>,
+    client: Client,
+    kind: KindArg,
+    namespace: Namespace,
+    manifest: Manifest,
+    reference: Ref<'a>,
+) -> Term<'a> {
+    spawn_request(env, reference, client, |c| async move {
+        let manifest = manifest.0.into_json("manifest")?;
+        let created = crate::pods::create(&c.handle, kind.0, &namespace.0, manifest).await?;
+        Ok(Answer::Json(created))
+    })
+}
+
+/// Deletes a pod or a secret (`kind`); `grace_period_seconds` is `nil` for the object's own.
+#[rustler::nif]
+fn delete<'a>(
+    env: Env<'a>,
+    client: Client,
+    kind: KindArg,
+    namespace: Namespace,
+    name: Name,
+    grace_period_seconds: Grace,
+    reference: Ref<'a>,
+) -> Term<'a> {
+    spawn_request(env, reference, client, |c| async move {
+        let (kind, grace) = (kind.0, grace_period_seconds.0);
+        crate::pods::delete(&c.handle, kind, &namespace.0, &name.0, grace).await?;
+        Ok(Answer::Done)
+    })
+}
+
+#[rustler::nif]
+fn request<'a>(
+    env: Env<'a>,
+    client: Client,
+    method: MethodArg,
+    path: ApiPath,
+    body: Body,
+    content_type: ContentType,
+    reference: Ref<'a>,
+) -> Term<'a> {
+    spawn_request(env, reference, client, |c| async move {
+        let body = body.0.map(|b| b.into_json("body")).transpose()?;
+        let ct = content_type.0;
+        let v = crate::raw::request(&c.handle, method.0, &path.0, body.as_ref(), ct.as_deref());
+        Ok(Answer::Json(v.await?))
+    })
+}
+
+/// Watches a pod; see `Kube.await_pod/4` for the messages. With `report_ready: false` an
+/// interim `{:running, pod}` comes first, at most once, never after a cancel.
+#[rustler::nif]
+fn await_pod<'a>(
+    env: Env<'a>,
+    client: Client,
+    namespace: Namespace,
+    name: Name,
+    opts: Await,
+    reference: Ref<'a>,
+) -> Term<'a> {
+    let opts: crate::await_pod::AwaitOptions = opts.0.into();
+    let mut interim = (!opts.report_ready).then(|| Replier::new(env.pid(), reference.0));
+    let work = move |cancel: crate::task::CancelToken| {
+        let on_running = move |pod: &Value| {
+            if cancel.is_cancelled() {
+                return;
+            }
+            if let Some(r) = interim.take() {
+                r.send_interim(|env| Ok((running(), json_to_term(env, pod)?).encode(env)));
+            }
+        };
+        let c = client.0;
+        async move {
+            crate::await_pod::await_pod(&c.handle, &namespace.0, &name.0, opts, on_running).await
+        }
+    };
+    start(env, reference, work, reply::outcome)
+}
+
+/// Cancels a request or an await. Idempotent. `:ok`: its final reply will never come;
+/// `:sent`: the task got to its final reply first, which is (or is about to be) in the
+/// caller's mailbox. Either way the task ends.
+#[rustler::nif]
+fn cancel(handle: Handle) -> Atom {
+    match handle.0.cancel() {
+        crate::task::Cancelled::BeforeReport => rustler::types::atom::ok(),
+        crate::task::Cancelled::AfterReport => sent(),
+    }
+}
+
+/// A request task: `work` bounded by the client's request timeout, its errors scrubbed of the
+/// client's secret, its reply one of `:ok`, `{:ok, value}` or `{:error, reason}`.
+fn spawn_request<'a, W, F>(env: Env<'a>, reference: Ref<'a>, client: Client, work: W) -> Term<'a>
+where
+    W: FnOnce(rustler::ResourceArc<ClientResource>) -> F,
+    F: Future<Output = Result<Answer, Error>> + Send + 'static,
+{
+    let client = client.0;
+    let timeout = client.handle.request_timeout();
+    let future = work(client.clone());
+    let bounded = async move {
+        with_timeout(timeout, future)
+            .await
+            .map_err(|e| client.handle.scrub(e))
+    };
+    start(env, reference, move |_| bounded, reply::answer)
+}

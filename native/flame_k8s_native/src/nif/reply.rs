@@ -1,0 +1,238 @@
+//! What goes back to Elixir: the shapes `FLAMEK8sBackend.Kube` documents, declared once as
+//! types whose encoders rustler derives, and the one way a task sends them.
+//!
+//! The core's own types are not derived where their shape differs from the Elixir one (a
+//! named-field variant vs a tuple) or where the module must stay free of the BEAM
+//! (`readiness`); the types here borrow from them instead.
+
+use rustler::env::{OwnedEnv, SavedTerm};
+use rustler::{Encoder, Env, LocalPid, NifResult, NifTaggedEnum, ResourceArc, Term};
+use serde_json::Value;
+
+use super::tasks::ClientResource;
+use crate::await_pod::{AwaitOutcome, Phase};
+use crate::error::Error;
+use crate::readiness::FailureReason;
+use crate::term::json_to_term;
+
+rustler::atoms! {
+    flame_k8s,
+}
+
+/// The `reason` of `{:error, reason}` (the table in `error.rs`).
+#[derive(NifTaggedEnum)]
+#[rustler(encode)]
+enum Reason<'e> {
+    Api(u16, &'e str, &'e str),
+    Connect(&'e str),
+    Timeout(u64),
+    InvalidManifest(&'e str),
+    Config(&'e str),
+    Decode(&'e str),
+    Internal(&'e str),
+}
+
+impl<'e> From<&'e Error> for Reason<'e> {
+    fn from(e: &'e Error) -> Self {
+        match e {
+            Error::Api {
+                code,
+                reason,
+                message,
+            } => Reason::Api(*code, reason, message),
+            Error::Connect(m) => Reason::Connect(m),
+            Error::Timeout(ms) => Reason::Timeout(*ms),
+            Error::InvalidManifest(m) => Reason::InvalidManifest(m),
+            Error::Config(m) => Reason::Config(m),
+            Error::Decode(m) => Reason::Decode(m),
+            Error::Internal(m) => Reason::Internal(m),
+        }
+    }
+}
+
+/// `{:error, reason}`.
+pub fn error<'a>(env: Env<'a>, e: &Error) -> Term<'a> {
+    (rustler::types::atom::error(), Reason::from(e)).encode(env)
+}
+
+/// What a request answers when it succeeds.
+pub enum Answer {
+    /// `:ok`
+    Done,
+    /// `{:ok, term}`
+    Json(Value),
+    /// `{:ok, client}`
+    Client(ResourceArc<ClientResource>),
+}
+
+/// The reply of a request task.
+pub fn answer<'a>(env: Env<'a>, result: Result<Answer, Error>) -> NifResult<Term<'a>> {
+    let ok = rustler::types::atom::ok();
+    Ok(match result {
+        Ok(Answer::Done) => ok.encode(env),
+        Ok(Answer::Json(v)) => (ok, json_to_term(env, &v)?).encode(env),
+        Ok(Answer::Client(c)) => (ok, c).encode(env),
+        Err(e) => error(env, &e),
+    })
+}
+
+/// `{:failed, reason}` of an await: see `FLAMEK8sBackend.BootError`.
+#[derive(NifTaggedEnum)]
+#[rustler(encode)]
+enum Failure<'o> {
+    ImagePull {
+        reason: &'o str,
+        container: &'o str,
+        image: &'o str,
+        message: &'o str,
+    },
+    ContainerConfig {
+        reason: &'o str,
+        container: &'o str,
+        message: &'o str,
+    },
+    ContainerExited {
+        container: &'o str,
+        exit_code: i32,
+        reason: &'o str,
+        message: Option<&'o str>,
+    },
+    Unschedulable(&'o str),
+    PodPhase(&'o str, Option<&'o str>),
+}
+
+impl<'o> From<&'o FailureReason> for Failure<'o> {
+    fn from(f: &'o FailureReason) -> Self {
+        match f {
+            FailureReason::ImagePull {
+                reason,
+                container,
+                image,
+                message,
+            } => Failure::ImagePull {
+                reason,
+                container,
+                image,
+                message,
+            },
+            FailureReason::ContainerConfig {
+                reason,
+                container,
+                message,
+            } => Failure::ContainerConfig {
+                reason,
+                container,
+                message,
+            },
+            FailureReason::ContainerExited {
+                container,
+                exit_code,
+                reason,
+                message,
+            } => Failure::ContainerExited {
+                container,
+                exit_code: *exit_code,
+                reason,
+                message: message.as_deref(),
+            },
+            FailureReason::Unschedulable(m) => Failure::Unschedulable(m),
+            FailureReason::PodPhase { phase, message } => {
+                Failure::PodPhase(phase, message.as_deref())
+            }
+        }
+    }
+}
+
+/// The final message of an await (`Kube.await_pod/4` lists them).
+#[derive(NifTaggedEnum)]
+#[rustler(encode)]
+enum Outcome<'a, 'o> {
+    Ready(Term<'a>),
+    Failed(Failure<'o>),
+    Deleted(&'o str),
+    Timeout {
+        phase: Phase,
+        waited_ms: u64,
+        detail: Option<&'o str>,
+    },
+    Error(Reason<'o>),
+}
+
+/// The reply of an await task.
+pub fn outcome<'a>(env: Env<'a>, outcome: AwaitOutcome) -> NifResult<Term<'a>> {
+    let o = match &outcome {
+        AwaitOutcome::Ready(pod) => Outcome::Ready(json_to_term(env, pod)?),
+        AwaitOutcome::Failed(f) => Outcome::Failed(f.into()),
+        AwaitOutcome::Deleted(name) => Outcome::Deleted(name),
+        AwaitOutcome::Timeout {
+            phase,
+            waited_ms,
+            detail,
+        } => Outcome::Timeout {
+            phase: *phase,
+            waited_ms: *waited_ms,
+            detail: detail.as_deref(),
+        },
+        AwaitOutcome::Error(e) => Outcome::Error(e.into()),
+    };
+    Ok(o.encode(env))
+}
+
+/// Sends one `{:flame_k8s, ref, message}` to the caller, from a task (never from a scheduler:
+/// the VM allows a process-independent env to send only from threads it does not manage).
+pub struct Replier {
+    env: OwnedEnv,
+    reference: SavedTerm,
+    pid: LocalPid,
+}
+
+impl Replier {
+    pub fn new(pid: LocalPid, reference: Term) -> Self {
+        let env = OwnedEnv::new();
+        let reference = env.save(reference);
+        Replier {
+            env,
+            reference,
+            pid,
+        }
+    }
+
+    /// Send the message `build` makes. If it cannot be made (JSON to term fails only on
+    /// duplicate map keys, which a JSON object cannot have), the caller still gets its one
+    /// reply: `{:error, {:internal, _}}`.
+    pub fn send<F>(self, build: F)
+    where
+        F: for<'b> FnOnce(Env<'b>) -> NifResult<Term<'b>>,
+    {
+        self.deliver(build, true);
+    }
+
+    /// Send the message `build` makes, or nothing if it cannot be made (an interim message is
+    /// better missing than malformed: the final reply still comes).
+    pub fn send_interim<F>(self, build: F)
+    where
+        F: for<'b> FnOnce(Env<'b>) -> NifResult<Term<'b>>,
+    {
+        self.deliver(build, false);
+    }
+
+    fn deliver<F>(mut self, build: F, fallback: bool)
+    where
+        F: for<'b> FnOnce(Env<'b>) -> NifResult<Term<'b>>,
+    {
+        let message = self.env.run(|env| match build(env) {
+            Ok(t) => Some(self.env.save(t)),
+            Err(_) if fallback => {
+                let e = Error::Internal("cannot encode the result".into());
+                Some(self.env.save(error(env, &e)))
+            }
+            Err(_) => None,
+        });
+        let Some(message) = message else { return };
+        let reference = self.reference;
+        // A caller that is gone is not an error: there is nobody left to tell.
+        let _ = self.env.send_and_clear(&self.pid, |env| {
+            (flame_k8s(), reference.load(env), message.load(env))
+        });
+    }
+}
