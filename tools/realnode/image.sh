@@ -231,7 +231,7 @@ log "mix release (MIX_ENV=prod, FLAME_DEMO_OFFLINE=1${FLAME_PATH:+, FLAME_PATH=$
 if ! (
   cd "$SRC/examples/kind/$APP"
   export MIX_ENV=prod FLAME_DEMO_OFFLINE=1 MIX_BUILD_ROOT="$BUILD/_build" HEX_OFFLINE=1 \
-    CARGO_TARGET_DIR="$CARGO_TARGET"
+    CARGO_TARGET_DIR="$CARGO_TARGET" FLAME_K8S_NIF_PROFILE=release
   mix compile
   mix release "$APP" --overwrite --path "$REL"
 ) >"$BUILD/mix.log" 2>&1; then
@@ -332,7 +332,8 @@ EOF
   answer=""
   for _ in $(seq 1 60); do
     answer="$(nsenter --target "$pid1" --net --pid --mount "${in_image[@]}" /app/bin/$APP rpc \
-      'IO.puts("SMOKE #{node()} os_pid=#{System.pid()} #{inspect(Process.whereis(FlameDemo.Runner) != nil)}")' 2>&1)" || true
+      'pool = Enum.find_value(1..100, fn _ -> Process.whereis(FlameDemo.Runner) || Process.sleep(100) && nil end)
+       IO.puts("SMOKE #{node()} os_pid=#{System.pid()} #{inspect(is_pid(pool))}")' 2>&1)" || true
     case "$answer" in *SMOKE*) break ;; esac
     sleep 0.5
   done
