@@ -23,7 +23,8 @@ defmodule FLAMEK8sBackend.MixProject do
       deps: deps(),
       test_paths: ["test"],
       description: "A Kubernetes backend for FLAME with a Rust (kube-rs) core",
-      docs: [main: "FLAMEK8sBackend"]
+      package: [licenses: ["Apache-2.0"]],
+      docs: [main: "FLAMEK8sBackend", extras: ["README.md", "CHANGELOG.md"]]
     ]
   end
 
@@ -37,16 +38,25 @@ defmodule FLAMEK8sBackend.MixProject do
   defp elixirc_paths(:test), do: ["lib", "test/support"]
   defp elixirc_paths(_), do: ["lib"]
 
-  # FLAME is the user's own dependency (`{:flame, "~> 0.4.0 or ~> 0.5.0"}` from hex). Here, where
-  # hex is unreachable, dev and test use the stand-in of FLAME's public API under test/, or the
-  # real FLAME checkout FLAME_PATH points at (compiled through test/flame_checkout). `only:`
-  # keeps either out of users' dependency trees.
+  defp deps, do: Enum.reject([flame(Mix.env())], &is_nil/1)
+
+  # FLAMEK8sBackend implements FLAME.Backend, so FLAME must compile first: it is a dependency.
+  #
+  # This project's own dev and test use the stand-in of FLAME's public API under test/ (hex.pm
+  # is unreachable where this is built), or the real FLAME checkout FLAME_PATH points at
+  # (compiled through test/flame_checkout).
+  #
+  # In an app that depends on this library (mix evaluates this file there with MIX_ENV=prod),
+  # FLAME is the app's own hex dependency, declared here as optional: the app chooses its
+  # version, and FLAMEK8sBackend.Kube stays usable without FLAME. Mix cannot load a hex
+  # dependency at all without Hex, not even an optional one, so an app built without Hex
+  # (a path dependency, FLAME-less) sees no declaration of it.
+  defp flame(env) when env in [:dev, :test], do: {:flame, path: flame_path(), only: [:dev, :test]}
+
+  defp flame(_env) do
+    if Code.ensure_loaded?(Hex), do: {:flame, "~> 0.4.0 or ~> 0.5.0", optional: true}
+  end
+
   defp flame_path,
     do: if(System.get_env("FLAME_PATH"), do: "test/flame_checkout", else: "test/flame_standin")
-
-  defp deps do
-    [
-      {:flame, path: flame_path(), only: [:dev, :test]}
-    ]
-  end
 end

@@ -19,7 +19,10 @@ defmodule FLAMEK8sBackend.BootError do
       * `{:timeout, %{waited_ms: ms, detail: detail}}` - `:phase` says which phase timed out;
         `detail` is the last thing Kubernetes said (e.g. the scheduler's message)
       * `{:parent_pod_not_found, "namespace/name"}`, `{:not_distributed, message}`
-      * a `FLAMEK8sBackend.Kube.error()` such as `{:api, 403, "Forbidden", message}`
+      * `{:app_container_not_found, name, available_names}` - the `:app_container_name` option
+        names no container of the parent pod
+      * `{:nif_not_loaded, message}` - the NIF library could not be loaded
+      * a `t:FLAMEK8sBackend.Kube.error/0` such as `{:api, 403, "Forbidden", message}`
     * `:pod` - `"namespace/name"` of the runner pod, when one was created
 
   ## Example
@@ -45,6 +48,7 @@ defmodule FLAMEK8sBackend.BootError do
   @type t :: %__MODULE__{phase: phase(), reason: term(), pod: String.t() | nil}
 
   @impl true
+  @spec message(t()) :: String.t()
   def message(%__MODULE__{phase: phase, reason: reason, pod: pod}) do
     subject = if pod, do: "runner pod #{pod}", else: "runner"
     "#{subject} failed while #{phase_text(phase)}: #{describe(reason)}"
@@ -60,7 +64,14 @@ defmodule FLAMEK8sBackend.BootError do
   defp phase_text(:remote_up), do: "waiting for the runner node's remote_up"
   defp phase_text(other), do: to_string(other)
 
-  @doc false
+  @doc """
+  A sentence for a person about `reason` (a `:reason` of this error, or any
+  `t:FLAMEK8sBackend.Kube.error/0`).
+
+      iex> FLAMEK8sBackend.BootError.describe({:api, 403, "Forbidden", "pods is forbidden"})
+      "API error 403 Forbidden: pods is forbidden"
+  """
+  @spec describe(term()) :: String.t()
   def describe({:image_pull, %{} = info}),
     do: "cannot pull image #{inspect(info[:image])} (#{info[:reason]}): #{info[:message]}"
 
@@ -102,6 +113,8 @@ defmodule FLAMEK8sBackend.BootError do
 
   def describe({:invalid_manifest, message}), do: "invalid runner manifest: #{message}"
   def describe({:config, message}), do: "unusable Kubernetes connection settings: #{message}"
+  def describe({:decode, message}), do: "unexpected answer from the API server: #{message}"
+  def describe({:internal, message}), do: "internal error of the Kubernetes client: #{message}"
 
   def describe({:app_container_not_found, name, available}),
     do: "the parent pod has no container #{inspect(name)} (it has #{inspect(available)})"

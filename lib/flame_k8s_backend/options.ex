@@ -1,36 +1,159 @@
 defmodule FLAMEK8sBackend.Options do
   @moduledoc false
-  # Validates the backend's options into a map, raising ArgumentError that names the option.
+  # The backend's options, in one place: the schema below validates them (raising
+  # ArgumentError that names the option, never echoing a :secret_env value) and renders their
+  # documentation into FLAMEK8sBackend's moduledoc (`docs/0`). Add an option here and nowhere
+  # else.
 
-  @defaults [
-    app_container_name: nil,
-    manifest: nil,
-    env: %{},
-    secret_env: %{},
-    labels: %{},
-    omit_owner_reference: false,
-    boot_timeout: 30_000,
-    log: false,
-    runner_node_basename: nil,
-    unschedulable: :wait,
-    parent_pod: nil,
-    kubeconfig: nil,
-    context: nil,
-    request_timeout: 15_000,
-    terminator_sup: nil
-  ]
-
-  @keys Keyword.keys(@defaults)
   @dns_label ~r/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/
   @dns_subdomain ~r/^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/
   @log_levels [:emergency, :alert, :critical, :error, :warning, :warn, :notice, :info, :debug]
+
+  # Each option: its type (checked by check/3), its default, and its documentation. `doc: false`
+  # hides an option FLAME passes but this backend does not use. A `nil` default means the
+  # option may be left unset, and `default_doc` then says what happens.
+  @schema [
+    app_container_name: [
+      type: :non_empty_string,
+      default: nil,
+      default_doc: "the first container",
+      doc: "the parent container whose image and settings the runner uses."
+    ],
+    manifest: [
+      type: :manifest,
+      default: nil,
+      doc: """
+      a map deep-merged into the runner pod built from the parent (containers merge by name; \
+      a container without a name is the app container), or a function \
+      `(parent_pod, app_container) -> pod manifest` that returns the whole pod. See \
+      `FLAMEK8sBackend.RunnerPod` for what is always set on top.\
+      """
+    ],
+    env: [
+      type: :env,
+      default: %{},
+      doc: """
+      `%{"NAME" => "value"}` (or an EnvVarSource map as value) for the runner's app \
+      container; wins over the manifest's env and the defaults.\
+      """
+    ],
+    secret_env: [
+      type: :secret_env,
+      default: %{},
+      doc: """
+      `%{"NAME" => "value"}` given to the runner through its secret, never as plain pod env. \
+      Values never appear in errors or `inspect/1`.\
+      """
+    ],
+    labels: [
+      type: :labels,
+      default: %{},
+      doc: """
+      extra runner pod labels, e.g. `%{"excluster" => "flame"}` for the headless Service \
+      your DNSCluster query uses.\
+      """
+    ],
+    omit_owner_reference: [
+      type: :boolean,
+      default: false,
+      doc: "when `true`, the runner pod and secret have no owner reference to the parent pod."
+    ],
+    runner_node_basename: [
+      type: :node_basename,
+      default: nil,
+      default_doc: """
+      the runner pod's name, so every runner node has a distinct name \
+      (`web-7d9f8b-x2k9p-flame-ab12cd34@10.1.2.3`) even where several share one host's epmd\
+      """,
+      doc: "the runner's node name before `@`."
+    ],
+    boot_timeout: [
+      type: :milliseconds,
+      default: 30_000,
+      doc: """
+      ms for the whole boot (create, schedule, start, `remote_up`). FLAME passes its pool's \
+      `:boot_timeout`.\
+      """
+    ],
+    unschedulable: [
+      type: {:one_of, [:fail, :wait]},
+      default: :wait,
+      doc: """
+      `:wait` (a cluster autoscaler may still add a node, and the scheduler's message is \
+      reported if the boot times out) or `:fail` (fail at once).\
+      """
+    ],
+    log: [
+      type: :log,
+      default: false,
+      doc: """
+      `false` or a Logger level for boot progress. FLAME's pool passes its own `:log` \
+      (default `false`); a `false` never hides a level set here or in config.\
+      """
+    ],
+    parent_pod: [
+      type: :parent_pod,
+      default: nil,
+      default_doc: "from the `POD_NAMESPACE` and `POD_NAME` environment variables",
+      doc: "`{namespace, name}` of the pod this VM runs in."
+    ],
+    kubeconfig: [
+      type: :non_empty_string,
+      default: nil,
+      default_doc: "the pod's service account",
+      doc: """
+      path of a kubeconfig to connect through, for a parent running outside the cluster \
+      (e.g. in development).\
+      """
+    ],
+    context: [
+      type: :non_empty_string,
+      default: nil,
+      default_doc: "the kubeconfig's current context",
+      doc: "the kubeconfig context to use; implies connecting through a kubeconfig."
+    ],
+    request_timeout: [
+      type: :milliseconds,
+      default: 15_000,
+      doc: "ms per Kubernetes API request."
+    ],
+    # FLAME passes its own terminator supervisor; this backend has no use for it.
+    terminator_sup: [type: :any, default: nil, doc: false]
+  ]
+
+  @keys Keyword.keys(@schema)
+
+  @derive {Inspect, except: [:secret_env]}
+  defstruct Enum.map(@schema, fn {key, spec} -> {key, spec[:default]} end)
+
+  @typedoc "Validated options; `inspect/1` leaves out `:secret_env`."
+  @type t :: %__MODULE__{
+          app_container_name: String.t() | nil,
+          manifest: map() | (map(), map() -> map()) | nil,
+          env: %{String.t() => String.t() | map()},
+          secret_env: %{String.t() => String.t()},
+          labels: %{String.t() => String.t()},
+          omit_owner_reference: boolean(),
+          runner_node_basename: String.t() | nil,
+          boot_timeout: pos_integer(),
+          unschedulable: :wait | :fail,
+          log: false | Logger.level(),
+          parent_pod: {String.t(), String.t()} | nil,
+          kubeconfig: String.t() | nil,
+          context: String.t() | nil,
+          request_timeout: pos_integer(),
+          terminator_sup: term()
+        }
 
   @doc """
   Merges `config :flame, FLAMEK8sBackend` (lowest) with the options FLAME passes, then
   validates. FLAME's pool always passes its own `log: false` default: a `false` never hides a
   level configured elsewhere.
+
+      iex> FLAMEK8sBackend.Options.from([boot_timeout: 1_000, log: :info], log: false).log
+      :info
   """
-  @spec from(keyword(), keyword()) :: map()
+  @spec from(keyword(), keyword()) :: t()
   def from(app_env, opts) do
     app_env = keyword!(app_env, "config :flame, FLAMEK8sBackend")
     opts = keyword!(opts, "FLAMEK8sBackend options")
@@ -39,7 +162,13 @@ defmodule FLAMEK8sBackend.Options do
     validate!(Keyword.put(merged, :log, log))
   end
 
-  @spec validate!(keyword()) :: map()
+  @doc """
+  Validates options given as a keyword list; unset options get their defaults.
+
+      iex> FLAMEK8sBackend.Options.validate!(env: [ROLE: "runner"]).env
+      %{"ROLE" => "runner"}
+  """
+  @spec validate!(keyword()) :: t()
   def validate!(opts) do
     opts = keyword!(opts, "FLAMEK8sBackend options")
 
@@ -52,8 +181,38 @@ defmodule FLAMEK8sBackend.Options do
               "FLAMEK8sBackend: unknown option(s) #{inspect(Enum.uniq(unknown))}, expected one of #{inspect(@keys)}"
     end
 
-    opts = Keyword.merge(@defaults, opts)
-    Map.new(opts, fn {key, value} -> {key, check!(key, value)} end)
+    Enum.reduce(opts, %__MODULE__{}, fn {key, value}, acc ->
+      Map.replace!(acc, key, validate_one!(key, value))
+    end)
+  end
+
+  @doc """
+  The documented options as a Markdown list, for `FLAMEK8sBackend`'s moduledoc.
+
+      iex> FLAMEK8sBackend.Options.docs() =~ "* `:boot_timeout` - ms for the whole boot"
+      true
+  """
+  @spec docs() :: String.t()
+  def docs do
+    for {key, spec} <- @schema, spec[:doc] do
+      "  * `#{inspect(key)}` - #{spec[:doc]} Default: #{default_doc(spec)}.\n"
+    end
+    |> Enum.join()
+  end
+
+  defp default_doc(spec) do
+    case Keyword.fetch(spec, :default_doc) do
+      {:ok, text} -> String.trim_trailing(text)
+      :error -> "`#{inspect(spec[:default], pretty: true)}`"
+    end
+  end
+
+  defp validate_one!(key, value) do
+    spec = Keyword.fetch!(@schema, key)
+
+    if is_nil(value) and is_nil(spec[:default]),
+      do: nil,
+      else: check(spec[:type], key, value)
   end
 
   # Never inspect the options themselves here: they may hold :secret_env values.
@@ -70,50 +229,76 @@ defmodule FLAMEK8sBackend.Options do
   defp type_name(term) when is_binary(term), do: "string"
   defp type_name(_term), do: "term of another type"
 
-  defp check!(key, nil)
-       when key in [
-              :app_container_name,
-              :manifest,
-              :runner_node_basename,
-              :parent_pod,
-              :kubeconfig,
-              :context,
-              :terminator_sup
-            ],
-       do: nil
+  ## Types
 
-  defp check!(:runner_node_basename, value) do
-    if is_binary(value) and Regex.match?(~r/^[A-Za-z0-9_-]{1,200}$/, value),
-      do: value,
-      else:
-        bad!(
-          :runner_node_basename,
-          "letters, digits, - and _ (the part of a node name before @)",
-          value
-        )
-  end
+  defp check(:any, _key, value), do: value
 
-  defp check!(key, value)
-       when key in [:app_container_name, :kubeconfig, :context] do
+  defp check(:non_empty_string, key, value) do
     if is_binary(value) and value != "", do: value, else: bad!(key, "a non-empty string", value)
   end
 
-  defp check!(:manifest, value) when is_function(value, 2), do: value
-  defp check!(:manifest, %{} = value) when not is_struct(value), do: value
-  defp check!(:manifest, value), do: bad!(:manifest, "a map or a function of 2 arguments", value)
+  defp check(:boolean, key, value) do
+    if is_boolean(value), do: value, else: bad!(key, "a boolean", value)
+  end
 
-  defp check!(:env, value) do
+  defp check(:milliseconds, key, value) do
+    if is_integer(value) and value > 0,
+      do: value,
+      else: bad!(key, "a positive integer (ms)", value)
+  end
+
+  defp check({:one_of, allowed}, key, value) do
+    if value in allowed,
+      do: value,
+      else: bad!(key, Enum.map_join(allowed, " or ", &inspect/1), value)
+  end
+
+  defp check(:log, key, value) do
+    if value == false or value in @log_levels,
+      do: value,
+      else: bad!(key, "false or a Logger level", value)
+  end
+
+  defp check(:node_basename, key, value) do
+    if is_binary(value) and Regex.match?(~r/^[A-Za-z0-9_-]{1,200}$/, value),
+      do: value,
+      else: bad!(key, "letters, digits, - and _ (the part of a node name before @)", value)
+  end
+
+  defp check(:manifest, _key, value) when is_function(value, 2), do: value
+  defp check(:manifest, _key, %{} = value) when not is_struct(value), do: value
+  defp check(:manifest, key, value), do: bad!(key, "a map or a function of 2 arguments", value)
+
+  defp check(:env, key, value) do
     value
-    |> pairs!(:env)
+    |> pairs!(key)
     |> Map.new(fn
       {name, v} when is_binary(v) -> {name, v}
       {name, %{} = source} when not is_struct(source) -> {name, source}
-      {name, v} -> bad!(:env, "string values (or EnvVarSource maps), #{name} is", v)
+      {name, v} -> bad!(key, "string values (or EnvVarSource maps), #{name} is", v)
     end)
   end
 
+  defp check(:labels, key, value) do
+    value
+    |> pairs!(key)
+    |> Map.new(fn
+      {name, v} when is_binary(v) -> {name, v}
+      {name, v} -> bad!(key, "string values, #{name} is", v)
+    end)
+  end
+
+  defp check(:parent_pod, key, {namespace, name} = value)
+       when is_binary(namespace) and is_binary(name) do
+    if Regex.match?(@dns_label, namespace) and Regex.match?(@dns_subdomain, name),
+      do: value,
+      else: bad!(key, "{namespace, name} of valid Kubernetes names", value)
+  end
+
+  defp check(:parent_pod, key, value), do: bad!(key, "{namespace, name}", value)
+
   # Secret values are never echoed back, not even in an error: only names and types.
-  defp check!(:secret_env, value) when is_map(value) or is_list(value) do
+  defp check(:secret_env, key, value) when is_map(value) or is_list(value) do
     Map.new(value, fn
       {name, v} when is_binary(name) or is_atom(name) ->
         name = to_string(name)
@@ -121,11 +306,11 @@ defmodule FLAMEK8sBackend.Options do
         cond do
           not Regex.match?(~r/^[A-Za-z_][A-Za-z0-9_]*$/, name) ->
             raise ArgumentError,
-                  "FLAMEK8sBackend option :secret_env: #{inspect(name)} is not an environment variable name"
+                  "FLAMEK8sBackend option #{inspect(key)}: #{inspect(name)} is not an environment variable name"
 
           not (is_binary(v) and String.valid?(v)) ->
             raise ArgumentError,
-                  "FLAMEK8sBackend option :secret_env: the value of #{name} must be a UTF-8 string"
+                  "FLAMEK8sBackend option #{inspect(key)}: the value of #{name} must be a UTF-8 string"
 
           true ->
             {name, v}
@@ -133,50 +318,14 @@ defmodule FLAMEK8sBackend.Options do
 
       _ ->
         raise ArgumentError,
-              "FLAMEK8sBackend option :secret_env: expected a map of variable names to strings"
+              "FLAMEK8sBackend option #{inspect(key)}: expected a map of variable names to strings"
     end)
   end
 
-  defp check!(:secret_env, _value) do
+  defp check(:secret_env, key, _value) do
     raise ArgumentError,
-          "FLAMEK8sBackend option :secret_env: expected a map of variable names to strings"
+          "FLAMEK8sBackend option #{inspect(key)}: expected a map of variable names to strings"
   end
-
-  defp check!(:labels, value) do
-    value
-    |> pairs!(:labels)
-    |> Map.new(fn
-      {name, v} when is_binary(v) -> {name, v}
-      {name, v} -> bad!(:labels, "string values, #{name} is", v)
-    end)
-  end
-
-  defp check!(:omit_owner_reference, value) when is_boolean(value), do: value
-  defp check!(:omit_owner_reference, value), do: bad!(:omit_owner_reference, "a boolean", value)
-
-  defp check!(key, value) when key in [:boot_timeout, :request_timeout] do
-    if is_integer(value) and value > 0,
-      do: value,
-      else: bad!(key, "a positive integer (ms)", value)
-  end
-
-  defp check!(:log, value) when value == false or value in @log_levels, do: value
-  defp check!(:log, value), do: bad!(:log, "false or a Logger level", value)
-
-  defp check!(:unschedulable, value) when value in [:fail, :wait], do: value
-  defp check!(:unschedulable, value), do: bad!(:unschedulable, ":fail or :wait", value)
-
-  defp check!(:parent_pod, {namespace, name} = value)
-       when is_binary(namespace) and is_binary(name) do
-    if Regex.match?(@dns_label, namespace) and Regex.match?(@dns_subdomain, name),
-      do: value,
-      else: bad!(:parent_pod, "{namespace, name} of valid Kubernetes names", value)
-  end
-
-  defp check!(:parent_pod, value), do: bad!(:parent_pod, "{namespace, name}", value)
-
-  # FLAME passes its own terminator supervisor; this backend has no use for it.
-  defp check!(:terminator_sup, value), do: value
 
   defp pairs!(value, key) when is_map(value) or is_list(value) do
     Enum.map(value, fn
@@ -188,6 +337,7 @@ defmodule FLAMEK8sBackend.Options do
 
   defp pairs!(value, key), do: bad!(key, "a map", value)
 
+  @spec bad!(atom(), String.t(), term()) :: no_return()
   defp bad!(key, expected, got) do
     raise ArgumentError,
           "FLAMEK8sBackend option #{inspect(key)}: expected #{expected}, got: #{inspect(got)}"

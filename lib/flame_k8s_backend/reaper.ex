@@ -21,7 +21,8 @@ defmodule FLAMEK8sBackend.Reaper do
   @backoff 250
 
   @doc "Starts a reaper that watches `owner` (the FLAME Runner process)."
-  @spec start(Kube.t(), String.t(), pid(), false | Logger.level()) :: {:ok, pid()}
+  @spec start(Kube.t(), String.t(), pid(), false | Logger.level()) ::
+          DynamicSupervisor.on_start_child()
   def start(kube, namespace, owner, log) do
     DynamicSupervisor.start_child(
       FLAMEK8sBackend.ReaperSupervisor,

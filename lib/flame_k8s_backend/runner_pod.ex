@@ -38,6 +38,8 @@ defmodule FLAMEK8sBackend.RunnerPod do
   `flame-k8s-backend.io/parent-pod` holds the parent's name.
   """
 
+  alias FLAMEK8sBackend.RunnerPod.Spec
+
   @managed_by_label "app.kubernetes.io/managed-by"
   @managed_by "flame_k8s_backend"
   @parent_uid_label "flame-k8s-backend.io/parent-uid"
@@ -46,20 +48,6 @@ defmodule FLAMEK8sBackend.RunnerPod do
   @fixed_first ~w(POD_NAME POD_NAMESPACE POD_IP)
   @secret_only ~w(RELEASE_COOKIE)
 
-  @typedoc "Everything the manifest depends on, already validated."
-  @type spec :: %{
-          required(:app_container_name) => String.t() | nil,
-          required(:manifest) => map() | (map(), map() -> map()) | nil,
-          required(:env) => %{String.t() => String.t() | map()},
-          required(:labels) => %{String.t() => String.t()},
-          required(:omit_owner_reference) => boolean(),
-          required(:node_basename) => String.t(),
-          required(:flame_parent) => String.t(),
-          required(:runner_name) => String.t(),
-          required(:secret_names) => [String.t()],
-          required(:forwarded_env) => %{String.t() => String.t()}
-        }
-
   @doc "The label selector matching every runner pod of `parent_pod`."
   @spec selector(map()) :: String.t()
   def selector(parent_pod) do
@@ -67,27 +55,31 @@ defmodule FLAMEK8sBackend.RunnerPod do
   end
 
   @doc """
-  The runner secret: the cookie plus `:secret_env`, labelled like the runner pods.
+  The runner secret, named like the runner pod: the cookie plus `:secret_env`, labelled like
+  the runner pods and owned by the parent pod like them.
 
       iex> parent = %{"metadata" => %{"name" => "web-1", "uid" => "u1"}}
-      iex> secret = FLAMEK8sBackend.RunnerPod.secret(parent, "web-1-flame-x7k2p", "cookie", %{"API_KEY" => "k"})
+      iex> spec = %FLAMEK8sBackend.RunnerPod.Spec{runner_name: "web-1-flame-x7k2p",
+      ...>   node_basename: "web-1-flame-x7k2p", flame_parent: "g2gD...",
+      ...>   secret_env: %{"API_KEY" => "k"}}
+      iex> secret = FLAMEK8sBackend.RunnerPod.secret(parent, spec, "cookie")
       iex> secret["stringData"]
       %{"API_KEY" => "k", "RELEASE_COOKIE" => "cookie"}
       iex> secret["metadata"]["labels"]["flame-k8s-backend.io/parent-uid"]
       "u1"
   """
-  @spec secret(map(), String.t(), String.t(), %{String.t() => String.t()}, boolean()) :: map()
-  def secret(parent_pod, name, cookie, secret_env, omit_owner_reference \\ false) do
+  @spec secret(map(), Spec.t(), String.t()) :: map()
+  def secret(parent_pod, %Spec{} = spec, cookie) do
     metadata =
-      %{"name" => name, "labels" => identifying_labels(parent_pod)}
-      |> owner_references(parent_pod, %{omit_owner_reference: omit_owner_reference})
+      %{"name" => spec.runner_name, "labels" => identifying_labels(parent_pod)}
+      |> owner_references(parent_pod, spec)
 
     %{
       "apiVersion" => "v1",
       "kind" => "Secret",
       "type" => "Opaque",
       "metadata" => metadata,
-      "stringData" => Map.put(secret_env, "RELEASE_COOKIE", cookie)
+      "stringData" => Map.put(spec.secret_env, "RELEASE_COOKIE", cookie)
     }
   end
 
@@ -97,14 +89,26 @@ defmodule FLAMEK8sBackend.RunnerPod do
   Returns `{:error, {:app_container_not_found, name, available_names}}` when the parent has no
   such container, and `{:error, {:invalid_manifest, message}}` when `:manifest` gives something
   that is not a pod.
+
+      iex> parent = %{"metadata" => %{"name" => "web-1", "namespace" => "prod", "uid" => "u1"},
+      ...>   "spec" => %{"containers" => [%{"name" => "app", "image" => "web:42"}]}}
+      iex> spec = %FLAMEK8sBackend.RunnerPod.Spec{runner_name: "web-1-flame-x7k2p",
+      ...>   node_basename: "web-1-flame-x7k2p", flame_parent: "g2gD..."}
+      iex> {:ok, pod} = FLAMEK8sBackend.RunnerPod.build(parent, spec)
+      iex> {pod["metadata"]["name"], pod["spec"]["restartPolicy"], hd(pod["spec"]["containers"])["image"]}
+      {"web-1-flame-x7k2p", "Never", "web:42"}
   """
-  @spec build(map(), spec()) :: {:ok, map()} | {:error, term()}
-  def build(parent_pod, spec) do
+  @spec build(map(), Spec.t()) ::
+          {:ok, map()}
+          | {:error,
+             {:app_container_not_found, String.t() | nil, [String.t()]}
+             | {:invalid_manifest, String.t()}}
+  def build(parent_pod, %Spec{} = spec) do
     with {:ok, app} <- find_container(parent_pod, spec.app_container_name),
          {:ok, pod} <- base_pod(parent_pod, app, spec),
-         {:ok, pod} <- ensure_app_container(pod, app, spec),
+         {:ok, pod, app_index} <- ensure_app_container(pod, app, spec),
          :ok <- validate_env(pod) do
-      {:ok, finish(pod, parent_pod, app, spec)}
+      {:ok, finish(pod, app_index, parent_pod, app, spec)}
     end
   end
 
@@ -234,12 +238,11 @@ defmodule FLAMEK8sBackend.RunnerPod do
             |> Map.put_new("image", app["image"])
           end)
 
-        {:ok, put_in(pod, ["spec", "containers"], containers) |> Map.put("__app_index__", index)}
+        {:ok, put_in(pod, ["spec", "containers"], containers), index}
     end
   end
 
-  defp finish(pod, parent_pod, app, spec) do
-    {index, pod} = Map.pop(pod, "__app_index__")
+  defp finish(pod, index, parent_pod, app, spec) do
     namespace = get_in(parent_pod, ["metadata", "namespace"])
 
     metadata =
@@ -324,7 +327,7 @@ defmodule FLAMEK8sBackend.RunnerPod do
 
     fixed_names = Enum.map(fixed ++ last, & &1["name"])
     # A plain env var would win over the secret's envFrom value of the same name.
-    secret_only = @secret_only ++ spec.secret_names
+    secret_only = @secret_only ++ Map.keys(spec.secret_env)
 
     # $(VAR) expansion only sees variables defined earlier in the list: the downward-API vars
     # come first so RELEASE_NODE=<basename>@$(POD_IP) resolves.
@@ -361,7 +364,7 @@ defmodule FLAMEK8sBackend.RunnerPod do
 
   defp annotations(parent_pod), do: %{@parent_annotation => name(parent_pod)}
 
-  defp owner_references(metadata, _parent_pod, %{omit_owner_reference: true}), do: metadata
+  defp owner_references(metadata, _parent_pod, %Spec{omit_owner_reference: true}), do: metadata
 
   defp owner_references(metadata, parent_pod, _spec) do
     # controller: true also keeps any ReplicaSet from adopting the runner, whatever its labels.
@@ -382,9 +385,8 @@ defmodule FLAMEK8sBackend.RunnerPod do
   defp put_if(map, nil, _key, _value), do: map
   defp put_if(map, _, key, value), do: Map.put(map, key, value)
 
-  @doc false
   # Deep merge where lists replace lists, except spec.containers, merged by container name.
-  def merge_manifest(base, overlay, app_name) do
+  defp merge_manifest(base, overlay, app_name) do
     Map.merge(base, overlay, fn
       "spec", %{} = b, %{} = o -> merge_spec(b, o, app_name)
       _key, %{} = b, %{} = o -> deep_merge(b, o)
@@ -435,14 +437,13 @@ defmodule FLAMEK8sBackend.RunnerPod do
     end)
   end
 
-  @doc false
   # Atom keys become strings so users may write manifests either way.
-  def stringify(%{} = map) when not is_struct(map) do
+  defp stringify(%{} = map) when not is_struct(map) do
     Map.new(map, fn {k, v} -> {key(k), stringify(v)} end)
   end
 
-  def stringify(list) when is_list(list), do: Enum.map(list, &stringify/1)
-  def stringify(other), do: other
+  defp stringify(list) when is_list(list), do: Enum.map(list, &stringify/1)
+  defp stringify(other), do: other
 
   defp key(k) when is_atom(k), do: Atom.to_string(k)
   defp key(k), do: k

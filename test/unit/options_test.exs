@@ -3,6 +3,8 @@ defmodule FLAMEK8sBackend.OptionsTest do
 
   @moduletag :unit
 
+  doctest FLAMEK8sBackend.Options
+
   alias FLAMEK8sBackend.Options
 
   test "defaults" do
@@ -108,5 +110,33 @@ defmodule FLAMEK8sBackend.OptionsTest do
 
     assert %{runner_node_basename: "web-runner_1"} =
              Options.validate!(runner_node_basename: "web-runner_1")
+  end
+
+  test "inspecting validated options never shows :secret_env values" do
+    opts = Options.validate!(secret_env: %{"API_KEY" => "hunter2"}, env: %{"ROLE" => "runner"})
+    assert %Options{} = opts
+    refute inspect(opts) =~ "hunter2"
+    assert inspect(opts) =~ "runner"
+  end
+
+  describe "docs/0, rendered from the schema that validates" do
+    test "documents every option with its default, and only FLAME's own one is left out" do
+      docs = Options.docs()
+      documented = Regex.scan(~r/^  \* `:(\w+)` - /m, docs, capture: :all_but_first)
+
+      assert List.flatten(documented) --
+               Enum.map(Map.keys(Map.from_struct(%Options{})), &Atom.to_string/1) == []
+
+      assert length(documented) == map_size(Map.from_struct(%Options{})) - 1
+      refute docs =~ "terminator_sup"
+      assert docs =~ ~r/`:boot_timeout` - .* Default: `30000`\./
+      assert docs =~ ~r/`:unschedulable` - .* Default: `:wait`\./
+      assert docs =~ ~r/`:app_container_name` - .* Default: the first container\./
+    end
+
+    test "is the option list of FLAMEK8sBackend's moduledoc" do
+      {:docs_v1, _, :elixir, _, %{"en" => moduledoc}, _, _} = Code.fetch_docs(FLAMEK8sBackend)
+      assert moduledoc =~ Options.docs()
+    end
   end
 end

@@ -3,8 +3,10 @@ defmodule FLAMEK8sBackend.RunnerPodTest do
 
   @moduletag :unit
   doctest FLAMEK8sBackend.RunnerPod
+  doctest FLAMEK8sBackend.RunnerPod.Spec
 
   alias FLAMEK8sBackend.RunnerPod
+  alias FLAMEK8sBackend.RunnerPod.Spec
 
   @parent %{
     "metadata" => %{
@@ -43,19 +45,13 @@ defmodule FLAMEK8sBackend.RunnerPodTest do
     }
   }
 
-  defp spec(overrides) do
-    Map.merge(
-      %{
+  defp spec(overrides \\ %{}) do
+    struct!(
+      %Spec{
         app_container_name: "app",
-        manifest: nil,
-        env: %{},
-        labels: %{},
-        omit_owner_reference: false,
         node_basename: "web",
         flame_parent: "ENCODED",
-        runner_name: "web-7d9f8b-x2k9p-flame-abcdefgh",
-        secret_names: [],
-        forwarded_env: %{}
+        runner_name: "web-7d9f8b-x2k9p-flame-abcdefgh"
       },
       overrides
     )
@@ -265,7 +261,10 @@ defmodule FLAMEK8sBackend.RunnerPodTest do
 
   test "secret_env names never appear as plain env, whoever set them" do
     container =
-      build!(%{secret_names: ["DATABASE_URL", "API_KEY"], env: %{"API_KEY" => "plain"}})
+      build!(%{
+        secret_env: %{"DATABASE_URL" => "ecto://secret", "API_KEY" => "k3y"},
+        env: %{"API_KEY" => "plain"}
+      })
       |> app_container()
 
     refute "DATABASE_URL" in env_names(container)
@@ -273,13 +272,30 @@ defmodule FLAMEK8sBackend.RunnerPodTest do
   end
 
   test "the secret carries the same controller owner reference as the pod" do
-    secret = RunnerPod.secret(@parent, "n", "c", %{})
+    secret = RunnerPod.secret(@parent, spec(), "c")
     assert [%{"uid" => "1111-2222", "controller" => true}] = secret["metadata"]["ownerReferences"]
 
     refute Map.has_key?(
-             RunnerPod.secret(@parent, "n", "c", %{}, true)["metadata"],
+             RunnerPod.secret(@parent, spec(%{omit_owner_reference: true}), "c")["metadata"],
              "ownerReferences"
            )
+  end
+
+  test "the secret is named like the pod and holds the cookie and :secret_env" do
+    spec = spec(%{secret_env: %{"API_KEY" => "k3y"}})
+    secret = RunnerPod.secret(@parent, spec, "cookie")
+
+    assert secret["metadata"]["name"] ==
+             build!(%{secret_env: spec.secret_env})["metadata"]["name"]
+
+    assert secret["stringData"] == %{"API_KEY" => "k3y", "RELEASE_COOKIE" => "cookie"}
+  end
+
+  test "inspecting a spec shows neither :secret_env values nor FLAME_PARENT" do
+    shown = inspect(spec(%{secret_env: %{"API_KEY" => "k3y"}}))
+    refute shown =~ "k3y"
+    refute shown =~ "ENCODED"
+    assert shown =~ "web-7d9f8b-x2k9p-flame-abcdefgh"
   end
 
   test "the runner's owner reference to the parent is the controller: no ReplicaSet adopts it" do

@@ -1,0 +1,84 @@
+defmodule FLAMEK8sBackend.Sweep do
+  @moduledoc false
+  # Deletes this parent's finished runner pods (and their secrets) left behind when an earlier
+  # reaper could not delete them: the parent VM was killed, the API server was unreachable.
+  # Only pods older than a boot timeout, so a sibling boot that just failed keeps its pod for
+  # its own report; and at most once a minute per parent, so a burst of boots does not list
+  # pods once each. Never fails a boot.
+
+  require Logger
+
+  alias FLAMEK8sBackend.{Kube, Options, RunnerPod}
+
+  @interval_ms 60_000
+
+  @doc "Sweeps the finished runner pods of `parent_pod` in `namespace`, when due. Always `:ok`."
+  @spec run(Kube.t(), String.t(), Kube.pod(), Options.t()) :: :ok
+  def run(kube, namespace, parent_pod, %Options{} = opts) do
+    if due?(parent_pod) do
+      selector = RunnerPod.selector(parent_pod)
+
+      case Kube.list_pods(kube, namespace, label_selector: selector) do
+        {:ok, pods} ->
+          now = DateTime.utc_now()
+
+          pods
+          |> Enum.filter(&leftover?(&1, opts.boot_timeout, now))
+          |> Enum.each(&delete(kube, namespace, get_in(&1, ["metadata", "name"]), opts.log))
+
+        # The sweep is housekeeping: the next one, a minute on, tries again.
+        {:error, _reason} ->
+          :ok
+      end
+    end
+
+    :ok
+  end
+
+  @doc """
+  Whether `pod` is a runner to sweep at `now`: finished, and created more than `boot_timeout`
+  ms ago.
+
+      iex> pod = %{"metadata" => %{"creationTimestamp" => "2025-01-01T12:00:00Z"},
+      ...>   "status" => %{"phase" => "Failed"}}
+      iex> FLAMEK8sBackend.Sweep.leftover?(pod, 30_000, ~U[2025-01-01 12:01:00Z])
+      true
+      iex> FLAMEK8sBackend.Sweep.leftover?(pod, 90_000, ~U[2025-01-01 12:01:00Z])
+      false
+  """
+  @spec leftover?(Kube.pod(), pos_integer(), DateTime.t()) :: boolean()
+  def leftover?(pod, boot_timeout, now) do
+    finished?(pod) and older_than?(pod, boot_timeout, now)
+  end
+
+  defp finished?(pod), do: get_in(pod, ["status", "phase"]) in ["Succeeded", "Failed"]
+
+  defp older_than?(pod, ms, now) do
+    with created when is_binary(created) <- get_in(pod, ["metadata", "creationTimestamp"]),
+         {:ok, created, _offset} <- DateTime.from_iso8601(created) do
+      DateTime.diff(now, created, :millisecond) > ms
+    else
+      _ -> false
+    end
+  end
+
+  # Marks the sweep as done now when it is due, so that concurrent boots mostly skip it.
+  defp due?(parent_pod) do
+    key = {__MODULE__, get_in(parent_pod, ["metadata", "uid"])}
+    now = System.monotonic_time(:millisecond)
+    last = :persistent_term.get(key, nil)
+
+    if is_nil(last) or now - last > @interval_ms do
+      :persistent_term.put(key, now)
+      true
+    else
+      false
+    end
+  end
+
+  defp delete(kube, namespace, name, log) do
+    _ = Kube.delete_pod(kube, namespace, name, grace_period: 0)
+    _ = Kube.delete_secret(kube, namespace, name)
+    if log, do: Logger.log(log, "swept finished runner pod #{namespace}/#{name}")
+  end
+end
