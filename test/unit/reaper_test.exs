@@ -1,0 +1,206 @@
+defmodule FLAMEK8sBackend.ReaperTest do
+  # The reaper against a fake API server: every request it makes reaches the test process
+  # (before the answer is sent), and each answer is the one the test scripted.
+  use ExUnit.Case, async: true
+
+  @moduletag :unit
+
+  import ExUnit.CaptureLog
+
+  alias FLAMEK8sBackend.{Kube, Reaper}
+
+  @token "s3cr3t-reaper-token"
+  @ns "prod"
+  @pod_path "/api/v1/namespaces/prod/pods/web-1-flame-x7k2p"
+  @secret_path "/api/v1/namespaces/prod/secrets/web-1-flame-x7k2p"
+
+  defmodule FakeApiServer do
+    # An HTTP/1.1 server that sends `{:api_request, method, path, body}` to `test` for every
+    # request, then answers with `answer.(method, path)`: `{status, json}`.
+
+    def start!(test, answer) do
+      {:ok, listen} =
+        :gen_tcp.listen(0, [:binary, active: false, reuseaddr: true, ip: {127, 0, 0, 1}])
+
+      {:ok, port} = :inet.port(listen)
+      pid = spawn_link(fn -> accept(listen, test, answer) end)
+      :ok = :gen_tcp.controlling_process(listen, pid)
+      "http://127.0.0.1:#{port}"
+    end
+
+    defp accept(listen, test, answer) do
+      {:ok, socket} = :gen_tcp.accept(listen)
+      handler = spawn(fn -> serve(socket, test, answer) end)
+      :ok = :gen_tcp.controlling_process(socket, handler)
+      send(handler, :go)
+      accept(listen, test, answer)
+    end
+
+    defp serve(socket, test, answer) do
+      receive do
+        :go -> loop(socket, test, answer)
+      end
+    end
+
+    defp loop(socket, test, answer) do
+      :ok = :inet.setopts(socket, packet: :http_bin)
+
+      case :gen_tcp.recv(socket, 0) do
+        {:ok, {:http_request, method, {:abs_path, path}, _version}} ->
+          length = content_length(socket, 0)
+          :ok = :inet.setopts(socket, packet: :raw)
+          body = if length > 0, do: elem(:gen_tcp.recv(socket, length), 1), else: ""
+          method = to_string(method)
+          [path | _query] = String.split(path, "?")
+          send(test, {:api_request, method, path, body})
+          {status, json} = answer.(method, path)
+
+          :ok =
+            :gen_tcp.send(socket, [
+              "HTTP/1.1 #{status} X\r\ncontent-type: application/json\r\n",
+              "content-length: #{byte_size(json)}\r\n\r\n",
+              json
+            ])
+
+          loop(socket, test, answer)
+
+        {:error, _closed} ->
+          :ok
+      end
+    end
+
+    defp content_length(socket, length) do
+      case :gen_tcp.recv(socket, 0) do
+        {:ok, {:http_header, _, :"Content-Length", _, value}} ->
+          content_length(socket, String.to_integer(value))
+
+        {:ok, {:http_header, _, _, _, _}} ->
+          content_length(socket, length)
+
+        {:ok, :http_eoh} ->
+          length
+      end
+    end
+  end
+
+  @success ~s({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Success"})
+
+  defp failure(code, reason),
+    do:
+      {code,
+       ~s({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure",) <>
+         ~s("message":"#{reason} for the test","reason":"#{reason}","code":#{code}})}
+
+  defp kube!(answer \\ fn _method, _path -> {200, @success} end) do
+    url = FakeApiServer.start!(self(), answer)
+    {:ok, kube} = Kube.connect(url: url, token: @token, request_timeout: 5_000)
+    kube
+  end
+
+  # The FLAME Runner process the reaper watches.
+  defp runner do
+    spawn(fn ->
+      receive do
+        :stop -> :ok
+      end
+    end)
+  end
+
+  defp start_reaper!(kube, owner, log \\ false) do
+    {:ok, reaper} = Reaper.start(kube, @ns, owner, log)
+    :ok = Reaper.track(reaper, :secret, "web-1-flame-x7k2p")
+    :ok = Reaper.track(reaper, :pod, "web-1-flame-x7k2p")
+    {reaper, Process.monitor(reaper)}
+  end
+
+  test "the Runner going down mid-boot: pod deleted at once, then its secret" do
+    owner = runner()
+    {reaper, monitor} = start_reaper!(kube!(), owner)
+
+    send(owner, :stop)
+
+    assert_receive {:api_request, "DELETE", @pod_path, body}, 5_000
+    assert body =~ ~s("gracePeriodSeconds":0)
+    assert_receive {:api_request, "DELETE", @secret_path, _}, 5_000
+    assert_receive {:DOWN, ^monitor, :process, ^reaper, :normal}, 5_000
+  end
+
+  test "the terminator of a booted runner going down: the pod keeps its own grace period" do
+    owner = runner()
+    terminator = runner()
+    {reaper, monitor} = start_reaper!(kube!(), owner)
+    :ok = Reaper.monitor(reaper, terminator)
+
+    send(terminator, :stop)
+
+    assert_receive {:api_request, "DELETE", @pod_path, body}, 5_000
+    refute body =~ "gracePeriodSeconds"
+    assert_receive {:api_request, "DELETE", @secret_path, _}, 5_000
+    assert_receive {:DOWN, ^monitor, :process, ^reaper, :normal}, 5_000
+  end
+
+  test "reap_now/1 returns once pod and secret are deleted, and the reaper is done" do
+    {reaper, monitor} = start_reaper!(kube!(), runner())
+
+    assert Reaper.reap_now(reaper) == :ok
+
+    assert_received {:api_request, "DELETE", @pod_path, _}
+    assert_received {:api_request, "DELETE", @secret_path, _}
+    assert_receive {:DOWN, ^monitor, :process, ^reaper, :normal}, 5_000
+  end
+
+  test "what was never tracked is never deleted" do
+    owner = runner()
+    {:ok, reaper} = Reaper.start(kube!(), @ns, owner, false)
+    monitor = Process.monitor(reaper)
+
+    send(owner, :stop)
+
+    assert_receive {:DOWN, ^monitor, :process, ^reaper, :normal}, 5_000
+    refute_received {:api_request, _, _, _}
+  end
+
+  test "a failed delete is retried" do
+    attempts = :counters.new(1, [])
+
+    kube =
+      kube!(fn
+        "DELETE", @pod_path ->
+          :counters.add(attempts, 1, 1)
+
+          if :counters.get(attempts, 1) < 3,
+            do: failure(500, "InternalError"),
+            else: {200, @success}
+
+        _method, _path ->
+          {200, @success}
+      end)
+
+    {reaper, _monitor} = start_reaper!(kube, runner(), :info)
+
+    log = capture_log(fn -> assert Reaper.reap_now(reaper) == :ok end)
+
+    for _ <- 1..3, do: assert_received({:api_request, "DELETE", @pod_path, _})
+    assert_received {:api_request, "DELETE", @secret_path, _}
+    assert log =~ "deleted runner pod prod/web-1-flame-x7k2p"
+    refute log =~ "could not delete"
+  end
+
+  test "a delete that RBAC forbids is not retried; the warning names it, never the token" do
+    kube =
+      kube!(fn
+        "DELETE", @pod_path -> failure(403, "Forbidden")
+        _method, _path -> {200, @success}
+      end)
+
+    {reaper, _monitor} = start_reaper!(kube, runner())
+
+    log = capture_log(fn -> assert Reaper.reap_now(reaper) == :ok end)
+
+    assert_received {:api_request, "DELETE", @pod_path, _}
+    assert_received {:api_request, "DELETE", @secret_path, _}
+    refute_received {:api_request, "DELETE", @pod_path, _}
+    assert log =~ "could not delete runner pod prod/web-1-flame-x7k2p: API error 403 Forbidden"
+    refute log =~ @token
+  end
+end
