@@ -202,6 +202,8 @@ else
 fi
 
 # ---- the release -------------------------------------------------------------------------------
+# The NIF is always built from the snapshot (FLAME_K8S_BUILD=1: never a precompiled download),
+# with the release profile.
 # cargo's target dir for this copy, seeded once from the project's shared one (under cargo's
 # lock): the dependencies' artifacts stay valid in a copy; the NIF crate itself is rebuilt here,
 # since every file of a new copy is newer than anything built before.
@@ -231,7 +233,7 @@ log "mix release (MIX_ENV=prod, FLAME_DEMO_OFFLINE=1${FLAME_PATH:+, FLAME_PATH=$
 if ! (
   cd "$SRC/examples/kind/$APP"
   export MIX_ENV=prod FLAME_DEMO_OFFLINE=1 MIX_BUILD_ROOT="$BUILD/_build" HEX_OFFLINE=1 \
-    CARGO_TARGET_DIR="$CARGO_TARGET" FLAME_K8S_NIF_PROFILE=release
+    CARGO_TARGET_DIR="$CARGO_TARGET" FLAME_K8S_NIF_PROFILE=release FLAME_K8S_BUILD=1
   mix compile
   mix release "$APP" --overwrite --path "$REL"
 ) >"$BUILD/mix.log" 2>&1; then
