@@ -22,7 +22,10 @@ pub enum PendingPhase {
     ContainerStart,
 }
 
+/// Why a boot failed: `{:failed, reason}` of an await, encoded as derived (`{:image_pull,
+/// %{reason: ..., ...}}`, `{:unschedulable, message}`, `{:pod_phase, phase, message}`).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(not(test), derive(rustler::NifTaggedEnum), rustler(encode))]
 pub enum FailureReason {
     ImagePull {
         reason: String,
@@ -42,10 +45,8 @@ pub enum FailureReason {
         message: Option<String>,
     },
     Unschedulable(String),
-    PodPhase {
-        phase: String,
-        message: Option<String>,
-    },
+    /// The pod's phase (`Failed` or `Succeeded`) and its message.
+    PodPhase(String, Option<String>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -115,10 +116,7 @@ pub fn classify(pod: &Pod, policy: UnschedulablePolicy) -> Classification {
     if phase == "Failed" || phase == "Succeeded" {
         let message = status
             .and_then(|s| non_empty(s.message.as_ref()).or_else(|| non_empty(s.reason.as_ref())));
-        return Classification::Failed(FailureReason::PodPhase {
-            phase: phase.to_string(),
-            message,
-        });
+        return Classification::Failed(FailureReason::PodPhase(phase.to_string(), message));
     }
 
     let conditions = status.and_then(|s| s.conditions.as_ref());
@@ -508,10 +506,10 @@ mod tests {
         }));
         assert_eq!(
             classify(&p, Fail),
-            Classification::Failed(F::PodPhase {
-                phase: "Failed".into(),
-                message: Some("The node was low on resource: memory.".into())
-            })
+            Classification::Failed(F::PodPhase(
+                "Failed".into(),
+                Some("The node was low on resource: memory.".into())
+            ))
         );
         let p = pod(json!({
             "metadata": {"name": "p"},
@@ -520,10 +518,7 @@ mod tests {
         }));
         assert_eq!(
             classify(&p, Fail),
-            Classification::Failed(F::PodPhase {
-                phase: "Succeeded".into(),
-                message: None
-            })
+            Classification::Failed(F::PodPhase("Succeeded".into(), None))
         );
         // With a terminated container, the container explains it.
         assert!(matches!(

@@ -1,9 +1,10 @@
 //! What goes back to Elixir: the shapes `FLAMEK8sBackend.Kube` documents, declared once as
 //! types whose encoders rustler derives, and the one way a task sends them.
 //!
-//! The core's own types are not derived where their shape differs from the Elixir one (a
-//! named-field variant vs a tuple) or where the module must stay free of the BEAM
-//! (`readiness`); the types here borrow from them instead.
+//! Core types whose shape is the Elixir one derive their encoders where they are declared
+//! (`FailureReason`, `Phase`, `ClientInfo`); the types here cover the rest (`Error::Api` has
+//! named fields but is a 4-tuple in Elixir; a pod is JSON until it is encoded) and borrow from
+//! the core's values instead of copying them.
 
 use rustler::env::{OwnedEnv, SavedTerm};
 use rustler::{Encoder, Env, LocalPid, NifResult, NifTaggedEnum, ResourceArc, Term};
@@ -76,79 +77,12 @@ pub fn answer<'a>(env: Env<'a>, result: Result<Answer, Error>) -> NifResult<Term
     })
 }
 
-/// `{:failed, reason}` of an await: see `FLAMEK8sBackend.BootError`.
-#[derive(NifTaggedEnum)]
-#[rustler(encode)]
-enum Failure<'o> {
-    ImagePull {
-        reason: &'o str,
-        container: &'o str,
-        image: &'o str,
-        message: &'o str,
-    },
-    ContainerConfig {
-        reason: &'o str,
-        container: &'o str,
-        message: &'o str,
-    },
-    ContainerExited {
-        container: &'o str,
-        exit_code: i32,
-        reason: &'o str,
-        message: Option<&'o str>,
-    },
-    Unschedulable(&'o str),
-    PodPhase(&'o str, Option<&'o str>),
-}
-
-impl<'o> From<&'o FailureReason> for Failure<'o> {
-    fn from(f: &'o FailureReason) -> Self {
-        match f {
-            FailureReason::ImagePull {
-                reason,
-                container,
-                image,
-                message,
-            } => Failure::ImagePull {
-                reason,
-                container,
-                image,
-                message,
-            },
-            FailureReason::ContainerConfig {
-                reason,
-                container,
-                message,
-            } => Failure::ContainerConfig {
-                reason,
-                container,
-                message,
-            },
-            FailureReason::ContainerExited {
-                container,
-                exit_code,
-                reason,
-                message,
-            } => Failure::ContainerExited {
-                container,
-                exit_code: *exit_code,
-                reason,
-                message: message.as_deref(),
-            },
-            FailureReason::Unschedulable(m) => Failure::Unschedulable(m),
-            FailureReason::PodPhase { phase, message } => {
-                Failure::PodPhase(phase, message.as_deref())
-            }
-        }
-    }
-}
-
 /// The final message of an await (`Kube.await_pod/4` lists them).
 #[derive(NifTaggedEnum)]
 #[rustler(encode)]
 enum Outcome<'a, 'o> {
     Ready(Term<'a>),
-    Failed(Failure<'o>),
+    Failed(&'o FailureReason),
     Deleted(&'o str),
     Timeout {
         phase: Phase,
@@ -162,7 +96,7 @@ enum Outcome<'a, 'o> {
 pub fn outcome<'a>(env: Env<'a>, outcome: AwaitOutcome) -> NifResult<Term<'a>> {
     let o = match &outcome {
         AwaitOutcome::Ready(pod) => Outcome::Ready(json_to_term(env, pod)?),
-        AwaitOutcome::Failed(f) => Outcome::Failed(f.into()),
+        AwaitOutcome::Failed(f) => Outcome::Failed(f),
         AwaitOutcome::Deleted(name) => Outcome::Deleted(name),
         AwaitOutcome::Timeout {
             phase,
