@@ -22,6 +22,7 @@ defmodule FLAMEK8sBackend.Options do
     manifest: [
       type: :manifest,
       default: nil,
+      default_doc: "none, the runner pod as built from the parent",
       doc: """
       a map deep-merged into the runner pod built from the parent (containers merge by name; \
       a container without a name is the app container), or a function \
@@ -100,7 +101,8 @@ defmodule FLAMEK8sBackend.Options do
     kubeconfig: [
       type: :non_empty_string,
       default: nil,
-      default_doc: "the pod's service account",
+      default_doc:
+        "the pod's service account; outside a pod, `$KUBECONFIG`, then `~/.kube/config`",
       doc: """
       path of a kubeconfig to connect through, for a parent running outside the cluster \
       (e.g. in development).\
@@ -203,9 +205,15 @@ defmodule FLAMEK8sBackend.Options do
   defp default_doc(spec) do
     case Keyword.fetch(spec, :default_doc) do
       {:ok, text} -> String.trim_trailing(text)
-      :error -> "`#{inspect(spec[:default], pretty: true)}`"
+      :error -> "`#{literal(spec[:default])}`"
     end
   end
+
+  # Written as in code: 30_000, not 30000.
+  defp literal(ms) when is_integer(ms) and ms >= 10_000,
+    do: Regex.replace(~r/\B(?=(\d{3})+$)/, Integer.to_string(ms), "_")
+
+  defp literal(value), do: inspect(value)
 
   defp validate_one!(key, value) do
     spec = Keyword.fetch!(@schema, key)

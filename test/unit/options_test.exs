@@ -129,7 +129,7 @@ defmodule FLAMEK8sBackend.OptionsTest do
 
       assert length(documented) == map_size(Map.from_struct(%Options{})) - 1
       refute docs =~ "terminator_sup"
-      assert docs =~ ~r/`:boot_timeout` - .* Default: `30000`\./
+      assert docs =~ ~r/`:boot_timeout` - .* Default: `30_000`\./
       assert docs =~ ~r/`:unschedulable` - .* Default: `:wait`\./
       assert docs =~ ~r/`:app_container_name` - .* Default: the first container\./
     end
