@@ -1,0 +1,51 @@
+defmodule Bench.Boot.Polling do
+  @moduledoc """
+  The polling variant of a boot, for comparison: the backend's own `init/1` (parent pod, sweep,
+  manifests), the same secret and pod, but the wait polls the pod every second until it runs
+  (`Bench.PodPoll`, as the pure-Elixir backend waits), then waits for the runner's remote_up.
+  The requests go through the bench's own client. It cleans up nothing itself: the teardown
+  deletes its pod and secret as the backend's reaper would.
+  """
+
+  alias Bench.{Clock, PodPoll, RemoteUpTracer}
+  alias FLAMEK8sBackend.Kube
+
+  # Reads the prepared manifests and the FLAME parent reference from the state `init/1` returns:
+  # the backend has no public call that creates a runner without also waiting for it.
+  def run(opts, kube) do
+    t_init = Clock.wall()
+    {:ok, state} = FLAMEK8sBackend.init(opts)
+    t_boot = Clock.wall()
+    RemoteUpTracer.trace_me()
+    deadline = System.monotonic_time(:millisecond) + state.boot_timeout
+    %FLAMEK8sBackend{namespace: ns, runner_name: name} = state
+
+    with {:ok, _} <- Kube.create_secret(kube, ns, state.secret_manifest),
+         {:ok, _} <- Kube.create_pod(kube, ns, state.pod_manifest),
+         t_created = Clock.wall(),
+         %{seen: seen} <- PodPoll.until_ready(kube, ns, name, deadline),
+         {:ok, t_done} <- await_remote_up(state.parent_ref, deadline) do
+      %{
+        key: "#{ns}/#{name}",
+        runner: name,
+        t_init: t_init,
+        t_boot: t_boot,
+        t_done: t_done,
+        t_created: t_created,
+        t_remote_up: nil,
+        t_running_seen: seen
+      }
+    else
+      {:error, reason} -> %{key: "#{ns}/#{name}", error: reason}
+      %{error: reason} -> %{key: "#{ns}/#{name}", error: reason}
+    end
+  end
+
+  defp await_remote_up(parent_ref, deadline) do
+    receive do
+      {^parent_ref, {:remote_up, _terminator}} -> {:ok, Clock.wall()}
+    after
+      max(deadline - System.monotonic_time(:millisecond), 0) -> {:error, :remote_up_timeout}
+    end
+  end
+end

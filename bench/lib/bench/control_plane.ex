@@ -1,0 +1,100 @@
+defmodule Bench.ControlPlane do
+  @moduledoc """
+  The control-plane driver: starts the local control plane (real kube-apiserver + etcd and the
+  simulated kubelet `localkube`, through the test harness `LocalCluster`), gives the bench a
+  namespace with a parent pod object in it, cleans the namespace at the end and stops it all.
+  The control plane also stops when this VM exits (localkube watches its stdin).
+  """
+
+  alias Bench.{Incidents, KubeletLog}
+  alias FLAMEK8sBackend.Kube
+  alias FLAMEK8sBackend.Test.LocalCluster
+
+  @enforce_keys [:kube, :namespace, :kubeconfig, :version, :ready_ms]
+  defstruct @enforce_keys
+
+  @type t :: %__MODULE__{
+          kube: Kube.t(),
+          namespace: String.t(),
+          kubeconfig: String.t(),
+          version: String.t(),
+          ready_ms: non_neg_integer()
+        }
+
+  @parent "parent"
+
+  @spec start!() :: t()
+  def start! do
+    # LocalCluster names its state dir after System.unique_integer/1, which starts at the same
+    # small numbers in every VM, and localkube wipes a state dir it is given: move the counter on
+    # by a random amount so that a test run started at the same time gets another one.
+    for _ <- 1..:rand.uniform(1_000_000), do: System.unique_integer([:positive])
+    info = LocalCluster.start!()
+    kube = LocalCluster.kube!()
+    KubeletLog.init(info.kubelet_log)
+    namespace = "bench-#{System.unique_integer([:positive])}"
+    LocalCluster.create_namespace!(kube, namespace)
+    LocalCluster.create_parent_pod!(kube, namespace, name: @parent)
+    {:ok, version} = Kube.request(kube, "GET", "/version")
+
+    %__MODULE__{
+      kube: kube,
+      namespace: namespace,
+      kubeconfig: info.kubeconfig,
+      version: version["gitVersion"],
+      ready_ms: info.ready_ms
+    }
+  end
+
+  @doc "Options for `FLAMEK8sBackend.init/1` as this VM's backend would have them in the namespace."
+  def backend_opts(%__MODULE__{} = cp) do
+    [parent_pod: {cp.namespace, @parent}, kubeconfig: cp.kubeconfig, boot_timeout: 60_000]
+  end
+
+  @doc "A pod manifest for the simulated kubelet (images: see `LocalCluster`)."
+  defdelegate pod_manifest(name, image, opts), to: LocalCluster
+
+  @doc "Deletes whatever pods and runner secrets are left in the namespace, as incidents."
+  def clean(%__MODULE__{kube: kube, namespace: ns}) do
+    pods =
+      case Kube.list_pods(kube, ns) do
+        {:ok, pods} ->
+          names = for pod <- pods, name = pod["metadata"]["name"], name != @parent, do: name
+          Enum.each(names, &Kube.delete_pod(kube, ns, &1, grace_period: 0))
+          _ = Kube.delete_pod(kube, ns, @parent, grace_period: 0)
+          names
+
+        _ ->
+          []
+      end
+
+    # Kube has no list_secrets: the bench reads the list with a plain request.
+    secrets_path = "/api/v1/namespaces/#{ns}/secrets?labelSelector=#{runners()}"
+
+    secrets =
+      case Kube.request(kube, "GET", secrets_path) do
+        {:ok, %{"items" => items}} ->
+          names = for item <- items, do: item["metadata"]["name"]
+          Enum.each(names, &Kube.delete_secret(kube, ns, &1))
+          names
+
+        _ ->
+          []
+      end
+
+    report_cleaned("pod(s)", pods)
+    report_cleaned("runner secret(s)", secrets)
+  end
+
+  @doc "Stops the control plane and waits until every process localkube started is gone."
+  defdelegate stop(), to: LocalCluster
+
+  # The label the backend puts on everything it creates (see the README).
+  defp runners, do: URI.encode_www_form("app.kubernetes.io/managed-by=flame_k8s_backend")
+
+  defp report_cleaned(_what, []), do: :ok
+
+  defp report_cleaned(what, names) do
+    Incidents.record("final cleanup deleted #{length(names)} #{what}: #{Enum.join(names, ", ")}")
+  end
+end

@@ -1,0 +1,74 @@
+defmodule Bench.Main do
+  @moduledoc """
+  The boot benchmark of `FLAMEK8sBackend` on the local control plane, section by section:
+  readiness of pods (1), sequential boots (2, 3, 2b), storms (4), incidents. Prints the tables
+  and writes them as Markdown (`Bench.Report`). A benchmark, not a test: `bench/run [options]`
+  (`Bench.Options`).
+  """
+
+  alias Bench.{
+    Budget,
+    ControlPlane,
+    Incidents,
+    Options,
+    ParentNode,
+    RemoteUpTracer,
+    Report,
+    RunInfo
+  }
+
+  alias Bench.Section
+
+  def run(argv) do
+    args = Options.parse!(argv)
+    started_ms = System.monotonic_time(:millisecond)
+    Budget.start(args[:max_seconds], fn -> stop_at_cap(args[:max_seconds]) end)
+    now = DateTime.utc_now() |> DateTime.truncate(:second)
+
+    ParentNode.start!()
+    RemoteUpTracer.start()
+    Incidents.start()
+    {:ok, _} = Application.ensure_all_started(:flame_k8s_backend)
+    {:ok, _} = Application.ensure_all_started(:flame)
+
+    cp = ControlPlane.start!()
+    Report.start(args[:out] || Report.default_path(now), RunInfo.header(now, args, cp))
+
+    try do
+      Section.Readiness.run(cp, args[:pods], args[:batch])
+      Section.SequentialBoots.run(cp, args[:boots])
+      Section.Storms.run(cp, args[:storm], args[:rounds])
+    after
+      ControlPlane.clean(cp)
+      Section.Incidents.render()
+    end
+
+    elapsed = div(System.monotonic_time(:millisecond) - started_ms, 1000)
+    path = Report.write("Total run time: #{elapsed} s.")
+    IO.puts("\nTotal run time: #{elapsed} s. Results written to #{Path.relative_to_cwd(path)}")
+
+    # Wait until localkube has stopped every process it started (runner VMs, apiserver, etcd)
+    # before this VM exits.
+    ControlPlane.stop()
+  end
+
+  # Whatever is running at the cap: write what the report has and stop the VM, and with it the
+  # control plane and every pod process.
+  defp stop_at_cap(max_seconds) do
+    Report.note("time cap of #{max_seconds} s reached: stopping")
+
+    try do
+      path =
+        Report.write(
+          "**Stopped by the time cap of #{max_seconds} s; the sections above are complete, later ones are missing.**"
+        )
+
+      Report.note("partial results in #{path}")
+    catch
+      kind, reason -> Report.note("no results written: #{Exception.format(kind, reason)}")
+    end
+
+    ControlPlane.stop()
+    System.halt(3)
+  end
+end

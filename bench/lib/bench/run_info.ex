@@ -1,0 +1,46 @@
+defmodule Bench.RunInfo do
+  @moduledoc """
+  The report's header: when, which commit (and whether the library had uncommitted changes),
+  on what machine and control plane, with which parameters, and how to read the figures.
+  """
+
+  alias Bench.{ControlPlane, Machine}
+
+  def header(%DateTime{} = now, args, %ControlPlane{} = cp) do
+    """
+    # Boot benchmark: FLAMEK8sBackend on the local control plane
+
+    | | |
+    |---|---|
+    | date | #{DateTime.to_iso8601(now)} |
+    | commit | #{commit()} |
+    | machine | #{Machine.cpus()} CPUs, #{Machine.mem_mb(:total)} MB RAM |
+    | Erlang/OTP, Elixir | #{System.otp_release()}, #{System.version()} |
+    | control plane | kube-apiserver #{cp.version} + etcd, simulated kubelet `localkube` (pods are local processes; ready in #{cp.ready_ms} ms) |
+    | load average at start (1 / 5 / 15 min) | #{Machine.load()} |
+    | parameters | pods #{args[:pods]}, batch #{args[:batch]}, boots #{args[:boots]}, storm #{args[:storm]} × #{args[:rounds]} rounds, time cap #{args[:max_seconds]} s |
+
+    Everything runs on this one machine: the parent VM (this bench), kube-apiserver, etcd, the
+    simulated kubelet and every runner VM share its CPUs, and so does anything else running on the
+    machine (see the load averages). Percentiles are nearest-rank; with n ≤ 100,
+    p99 is the largest or second-largest sample.
+    """
+  end
+
+  defp commit do
+    case System.cmd("git", ["rev-parse", "--short", "HEAD"], stderr_to_stdout: true) do
+      {sha, 0} ->
+        {changes, _} =
+          System.cmd("git", ["status", "--porcelain", "--", "lib", "native", "test/support"])
+
+        String.trim(sha) <>
+          if(changes != "",
+            do: " (with uncommitted changes in lib/, native/ or test/support/)",
+            else: ""
+          )
+
+      _ ->
+        "unknown"
+    end
+  end
+end
