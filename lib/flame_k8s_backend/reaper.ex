@@ -8,6 +8,16 @@ defmodule FLAMEK8sBackend.Reaper do
   what it tracks. A boot that fails has it delete everything at once with `reap_now/1`.
   Failed deletes are retried (not when RBAC forbids them); a booted runner's pod is deleted with
   its own grace period, one that never booted at once.
+
+  `FLAMEK8sBackend.remote_boot/1` uses it like this:
+
+      {:ok, reaper} = Reaper.start(kube, namespace, self(), log)
+      :ok = Reaper.track(reaper, :secret, runner_name)
+      :ok = Reaper.track(reaper, :pod, runner_name)
+      # ... create the secret and the pod, await the runner's remote_up, then either
+      :ok = Reaper.monitor(reaper, remote_terminator)
+      # or, when the boot failed
+      :ok = Reaper.reap_now(reaper)
   """
   use GenServer, restart: :temporary
 
@@ -55,8 +65,10 @@ defmodule FLAMEK8sBackend.Reaper do
   end
 
   @impl true
-  def handle_call({:track, kind, name}, _from, state),
-    do: {:reply, :ok, Map.put(state, kind, name)}
+  def handle_call({:track, :pod, name}, _from, state), do: {:reply, :ok, %{state | pod: name}}
+
+  def handle_call({:track, :secret, name}, _from, state),
+    do: {:reply, :ok, %{state | secret: name}}
 
   def handle_call({:monitor, pid}, _from, state) do
     Process.monitor(pid)

@@ -48,7 +48,12 @@ defmodule FLAMEK8sBackend.RunnerPod do
   @fixed_first ~w(POD_NAME POD_NAMESPACE POD_IP)
   @secret_only ~w(RELEASE_COOKIE)
 
-  @doc "The label selector matching every runner pod of `parent_pod`."
+  @doc """
+  The label selector matching every runner pod of `parent_pod`.
+
+      iex> FLAMEK8sBackend.RunnerPod.selector(%{"metadata" => %{"uid" => "u1"}})
+      "app.kubernetes.io/managed-by=flame_k8s_backend,flame-k8s-backend.io/parent-uid=u1"
+  """
   @spec selector(map()) :: String.t()
   def selector(parent_pod) do
     "#{@managed_by_label}=#{@managed_by},#{@parent_uid_label}=#{uid(parent_pod)}"
