@@ -41,6 +41,7 @@ defmodule FLAMEK8sBackend.Reaper do
   end
 
   @doc false
+  @spec start_link({Kube.t(), String.t(), pid(), false | Logger.level()}) :: GenServer.on_start()
   def start_link(args), do: GenServer.start_link(__MODULE__, args)
 
   @doc "Tracks a created `:pod` or `:secret` by name."
