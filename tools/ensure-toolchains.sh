@@ -14,6 +14,7 @@ ensure_toolchains() {
   [ -n "$(find /usr/lib/erlang -name erl_nif.h 2>/dev/null | head -1)" ] || missing+=(erlang-dev)
   # The tests lint the example scripts with it.
   command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
+  command -v dialyzer >/dev/null 2>&1 || missing+=(erlang-dialyzer)
   if [ "${#missing[@]}" -gt 0 ]; then
     if [ "$(id -u)" != 0 ]; then
       echo "missing: ${missing[*]} (install them: sudo apt-get install elixir erlang-dev)" >&2

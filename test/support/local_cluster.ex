@@ -68,10 +68,12 @@ defmodule FLAMEK8sBackend.Test.LocalCluster do
       })
 
     :persistent_term.put(@key, info)
+
     IO.puts(
       "local control plane ready in #{ready_ms} ms at #{info.server} (#{info.kubeconfig}); " <>
         "builds #{build_ms} ms"
     )
+
     info
   end
 
