@@ -78,6 +78,34 @@ defmodule FLAMEK8sBackend.KubeClusterTest do
       assert message =~ "spec.containers"
     end
 
+    # Each request is a task on the NIF's runtime, not a dirty scheduler held for the round
+    # trip: 50 creates from 50 processes are in flight together and each gets its own reply.
+    test "50 simultaneous creates each get their own answer", %{kube: kube, namespace: ns} do
+      names = for i <- 1..50, do: "burst-#{i}"
+      # Never scheduled: the simulated kubelet runs nothing for this test.
+      labels = %{"sim-kubelet/fail" => "unschedulable"}
+
+      results =
+        names
+        |> Task.async_stream(
+          &Kube.create_pod(
+            kube,
+            ns,
+            LocalCluster.pod_manifest(&1, "sleeper:test", labels: labels)
+          ),
+          max_concurrency: 50,
+          timeout: 30_000
+        )
+        |> Enum.map(fn {:ok, result} -> result end)
+
+      for {name, result} <- Enum.zip(names, results) do
+        assert {:ok, %{"metadata" => %{"name" => ^name}}} = result
+      end
+
+      assert {:ok, pods} = Kube.list_pods(kube, ns)
+      assert length(pods) == 50
+    end
+
     test "a duplicate name is a 409", %{kube: kube, namespace: ns} do
       manifest = LocalCluster.pod_manifest("dup", "sleeper:test", args: ["300"])
       {:ok, _} = Kube.create_pod(kube, ns, manifest)
