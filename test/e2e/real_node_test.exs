@@ -1,0 +1,712 @@
+defmodule FLAMEK8sBackend.RealNodeTest do
+  # The scenarios of a real node (tools/realnode): real containers (containerd + runc) on a CNI
+  # bridge, the real kube-scheduler and kube-controller-manager (garbage collector), kube-proxy,
+  # CoreDNS. test/test_helper.exs starts the node when tools/realnode/can-run passes; run alone
+  # with FLAME_K8S_REAL_NODE=1 this module starts (and stops) it itself.
+  use ExUnit.Case, async: false
+
+  @moduletag :e2e
+  @moduletag :real_node
+  @moduletag timeout: 180_000
+
+  alias FLAMEK8sBackend.{BootError, Kube}
+  alias FLAMEK8sBackend.Test.RealNode
+
+  @managed_by "app.kubernetes.io/managed-by=flame_k8s_backend"
+
+  case RealNode.test_mode() do
+    :running ->
+      :ok
+
+    :standalone ->
+      setup_all do
+        RealNode.ensure_started!()
+        :ok
+      end
+
+    {:skip, reason} ->
+      @moduletag skip: reason
+  end
+
+  setup context do
+    kube = RealNode.kube!()
+    ns = RealNode.namespace_name(context.module, context.test)
+    RealNode.create_namespace!(kube, ns)
+    on_exit(fn -> RealNode.delete_namespace(RealNode.kube!(), ns) end)
+    %{kube: kube, namespace: ns}
+  end
+
+  # --- helpers
+
+  defp backend_opts(ns, extra) do
+    [parent_pod: {ns, "parent"}, kubeconfig: RealNode.info().kubeconfig, boot_timeout: 30_000]
+    |> Keyword.merge(extra)
+  end
+
+  defp secret_exists?(kube, ns, name) do
+    match?({:ok, _}, Kube.request(kube, "GET", "/api/v1/namespaces/#{ns}/secrets/#{name}"))
+  end
+
+  defp gone?(kube, ns, name) do
+    match?({:error, {:api, 404, _, _}}, Kube.get_pod(kube, ns, name)) and
+      not secret_exists?(kube, ns, name)
+  end
+
+  defp runner_pods(kube, ns) do
+    {:ok, pods} = Kube.list_pods(kube, ns, label_selector: @managed_by)
+    pods
+  end
+
+  # init + remote_boot against the running parent pod; the boot must fail, and leave nothing.
+  defp boot_error!(kube, ns, opts) do
+    {:ok, state} = FLAMEK8sBackend.init(backend_opts(ns, opts))
+    assert {:error, %BootError{} = error} = FLAMEK8sBackend.remote_boot(state)
+    assert gone?(kube, ns, state.runner_name)
+    assert runner_pods(kube, ns) == []
+    {error, state.runner_name}
+  end
+
+  defp app_container(extra), do: Map.merge(%{"name" => "app"}, extra)
+
+  # A pod that runs a shell command, writes what it printed as its termination message and
+  # exits; returns that message.
+  defp run_to_completion!(kube, ns, name, script) do
+    manifest =
+      RealNode.pod_manifest(name, RealNode.info().busybox_image,
+        command: ["/bin/sh", "-c", "{ #{script}; } > /dev/termination-log 2>&1"]
+      )
+
+    {:ok, _} = Kube.create_pod(kube, ns, manifest)
+    {:ok, await} = Kube.await_pod(kube, ns, name, timeout: 60_000, report_ready: false)
+    ref = await.ref
+    assert_receive {:flame_k8s, ^ref, {:failed, {:container_exited, %{exit_code: 0}}}}, 65_000
+    {:ok, pod} = Kube.get_pod(kube, ns, name)
+    [status] = pod["status"]["containerStatuses"]
+    status["state"]["terminated"]["message"]
+  end
+
+  # --- the node
+
+  test "the node is Ready: kubelet v1.36.3 on containerd, at the bridge address", %{kube: kube} do
+    {:ok, node} = Kube.request(kube, "GET", "/api/v1/nodes/#{RealNode.info().node_name}")
+
+    assert Enum.any?(
+             node["status"]["conditions"],
+             &(&1["type"] == "Ready" and &1["status"] == "True")
+           )
+
+    assert node["status"]["nodeInfo"]["kubeletVersion"] == "v1.36.3"
+    assert "containerd://" <> _ = node["status"]["nodeInfo"]["containerRuntimeVersion"]
+    assert %{"type" => "InternalIP", "address" => "10.244.0.1"} in node["status"]["addresses"]
+    assert File.read!("/proc/sys/net/ipv4/ip_forward") == "0\n"
+  end
+
+  test "a pod from the pause image runs on the bridge; pods have no default route", %{
+    kube: kube,
+    namespace: ns
+  } do
+    started = System.monotonic_time(:millisecond)
+
+    {:ok, _} =
+      Kube.create_pod(kube, ns, RealNode.pod_manifest("pause", RealNode.info().pause_image))
+
+    pod = RealNode.await_running!(kube, ns, "pause")
+    running_ms = System.monotonic_time(:millisecond) - started
+    IO.puts("real node: pause pod create -> Running #{running_ms} ms")
+
+    assert pod["spec"]["nodeName"] == RealNode.info().node_name
+    assert "10.244.0." <> _ = pod["status"]["podIP"]
+
+    report =
+      run_to_completion!(
+        kube,
+        ns,
+        "netcheck",
+        "ip route; cat /etc/resolv.conf; ls /var/run/secrets/kubernetes.io/serviceaccount"
+      )
+
+    refute report =~ "default"
+    assert report =~ "10.96.0.0/12 via 10.244.0.1"
+    assert report =~ "nameserver 10.244.0.1"
+    assert report =~ "search #{ns}.svc.cluster.local svc.cluster.local cluster.local"
+    assert report =~ "token"
+    assert report =~ "ca.crt"
+  end
+
+  # --- real failures with real reasons, through the backend
+
+  describe "boot failures" do
+    setup %{kube: kube, namespace: ns} do
+      RealNode.create_parent_pod!(kube, ns)
+      :ok
+    end
+
+    test "a nodeSelector no node has: the real scheduler's message", %{kube: kube, namespace: ns} do
+      manifest = %{"spec" => %{"nodeSelector" => %{"flame-k8s-backend.io/no-such-node" => "x"}}}
+
+      {error, runner} = boot_error!(kube, ns, unschedulable: :fail, manifest: manifest)
+      assert %BootError{phase: :scheduling, reason: {:unschedulable, message}} = error
+      assert message =~ "0/1 nodes are available"
+      assert message =~ "didn't match Pod's node affinity/selector"
+
+      # The backend deleted its pod and secret itself (audit log: the kubeconfig's user).
+      assert [%{"code" => 200}] =
+               RealNode.audit_events(%{"verb" => "delete", "resource" => "pods", "name" => runner})
+
+      assert [%{"user" => "flame-realnode-admin"}] =
+               RealNode.audit_events(%{
+                 "verb" => "delete",
+                 "resource" => "secrets",
+                 "name" => runner
+               })
+    end
+
+    test "a resource request no node satisfies, unschedulable: :wait: the timeout names it", %{
+      kube: kube,
+      namespace: ns
+    } do
+      manifest = %{
+        "spec" => %{
+          "containers" => [app_container(%{"resources" => %{"requests" => %{"cpu" => "64"}}})]
+        }
+      }
+
+      {error, _} = boot_error!(kube, ns, boot_timeout: 4_000, manifest: manifest)
+      assert %BootError{phase: :scheduling, reason: {:timeout, %{detail: detail}}} = error
+      assert detail =~ "Insufficient cpu"
+    end
+
+    test "an image that is not on the node: ErrImageNeverPull names it", %{
+      kube: kube,
+      namespace: ns
+    } do
+      image = "flame-k8s.local/not-imported:1"
+      container = app_container(%{"image" => image, "imagePullPolicy" => "Never"})
+      {error, _} = boot_error!(kube, ns, manifest: %{"spec" => %{"containers" => [container]}})
+
+      assert %BootError{
+               phase: :container_start,
+               reason: {:image_pull, %{image: ^image, reason: "ErrImageNeverPull"}}
+             } = error
+
+      assert Exception.message(error) =~ image
+    end
+
+    test "a pull is refused on the machine at once (no registry, nothing leaves)", %{
+      kube: kube,
+      namespace: ns
+    } do
+      image = "registry.invalid/flame/app:404"
+      container = app_container(%{"image" => image, "imagePullPolicy" => "IfNotPresent"})
+      started = System.monotonic_time(:millisecond)
+      {error, _} = boot_error!(kube, ns, manifest: %{"spec" => %{"containers" => [container]}})
+      assert System.monotonic_time(:millisecond) - started < 20_000
+
+      assert %BootError{
+               phase: :container_start,
+               reason: {:image_pull, %{image: ^image, message: message}}
+             } = error
+
+      assert message =~ "127.0.0.1:1"
+    end
+
+    test "a runner that exits on start: its exit code", %{kube: kube, namespace: ns} do
+      container =
+        app_container(%{
+          "image" => RealNode.info().busybox_image,
+          "command" => ["/bin/sh", "-c", "exit 7"]
+        })
+
+      {error, _} = boot_error!(kube, ns, manifest: %{"spec" => %{"containers" => [container]}})
+
+      assert %BootError{phase: phase, reason: {:container_exited, %{exit_code: 7}}} = error
+      assert phase in [:container_start, :remote_up]
+      assert Exception.message(error) =~ "exited with code 7"
+    end
+
+    test "a Role without secrets create: 403 naming verb and resource", %{
+      kube: kube,
+      namespace: ns
+    } do
+      rules = [
+        %{
+          "apiGroups" => [""],
+          "resources" => ["pods"],
+          "verbs" => ["get", "list", "watch", "create", "delete"]
+        }
+      ]
+
+      kubeconfig = RealNode.service_account_kubeconfig!(kube, ns, "no-secrets", rules)
+      {:ok, state} = FLAMEK8sBackend.init(backend_opts(ns, kubeconfig: kubeconfig))
+
+      assert {:error,
+              %BootError{phase: :create_secret, reason: {:api, 403, "Forbidden", message}}} =
+               FLAMEK8sBackend.remote_boot(state)
+
+      assert message =~ ~s(cannot create resource "secrets")
+      assert message =~ "system:serviceaccount:#{ns}:no-secrets"
+      assert runner_pods(kube, ns) == []
+    end
+  end
+
+  # --- the garbage collector
+
+  test "the parent pod is deleted: the garbage collector removes runner pod and secret", %{
+    kube: kube,
+    namespace: ns
+  } do
+    RealNode.create_parent_pod!(kube, ns)
+    # The runner's pod and secret exactly as the backend builds them (owner references to the
+    # parent pod), but the pause image: nothing has to boot for the collector to act.
+    container = app_container(%{"image" => RealNode.info().pause_image})
+
+    {:ok, state} =
+      FLAMEK8sBackend.init(
+        backend_opts(ns, manifest: %{"spec" => %{"containers" => [container]}})
+      )
+
+    {:ok, _} = Kube.create_secret(kube, ns, state.secret_manifest)
+    {:ok, _} = Kube.create_pod(kube, ns, state.pod_manifest)
+    runner = RealNode.await_running!(kube, ns, state.runner_name)
+
+    assert [%{"kind" => "Pod", "name" => "parent", "controller" => true}] =
+             runner["metadata"]["ownerReferences"]
+
+    :ok = Kube.delete_pod(kube, ns, "parent", grace_period: 0)
+
+    RealNode.wait_until!(fn -> gone?(kube, ns, state.runner_name) end, 60_000, "runner collected")
+
+    gc = "system:serviceaccount:kube-system:generic-garbage-collector"
+
+    for resource <- ["pods", "secrets"] do
+      assert [%{"user" => ^gc} | _] =
+               RealNode.audit_events(%{
+                 "verb" => "delete",
+                 "resource" => resource,
+                 "name" => state.runner_name
+               })
+    end
+  end
+
+  # --- DNS
+
+  test "a headless Service resolves to its pods' IPs from the host (:inet_res, CoreDNS)", %{
+    kube: kube,
+    namespace: ns
+  } do
+    {:ok, _} =
+      Kube.request(kube, "POST", "/api/v1/namespaces/#{ns}/services",
+        body: %{
+          "metadata" => %{"name" => "flame-peers"},
+          "spec" => %{
+            "clusterIP" => "None",
+            "selector" => %{"excluster" => "flame"},
+            "ports" => [%{"name" => "epmd", "port" => 4369}]
+          }
+        }
+      )
+
+    ips =
+      for name <- ["peer-a", "peer-b"] do
+        manifest =
+          RealNode.pod_manifest(name, RealNode.info().pause_image,
+            labels: %{"excluster" => "flame"}
+          )
+
+        {:ok, _} = Kube.create_pod(kube, ns, manifest)
+        pod = RealNode.await_running!(kube, ns, name)
+        {:ok, ip} = :inet.parse_address(String.to_charlist(pod["status"]["podIP"]))
+        ip
+      end
+
+    name = "flame-peers.#{ns}.svc.cluster.local"
+
+    RealNode.wait_until!(
+      fn -> Enum.sort(RealNode.dns_lookup(name)) == Enum.sort(ips) end,
+      30_000,
+      "#{name} -> #{inspect(ips)}"
+    )
+
+    # Names outside the cluster domain are not forwarded anywhere.
+    assert RealNode.dns_lookup("example.com") == []
+  end
+end
+
+defmodule FLAMEK8sBackend.RealNodeParentTest do
+  # The parent in the cluster, as a user deploys it: the example manifests
+  # (examples/kubernetes: Deployment, ServiceAccount + Role + RoleBinding, headless Service,
+  # cookie Secret) adapted to the demo app as examples/kind/kind.sh does, with the image of
+  # tools/realnode/image.sh (a `mix release` of examples/kind/flame_demo with this library). The
+  # parent connects with its mounted ServiceAccount token; runner pods are real containers that
+  # join it over the pod network. This VM drives the parent over a hidden Erlang distribution
+  # connection (no kubectl here), as `kubectl exec ... bin/flame_demo rpc` does on kind.
+  use ExUnit.Case, async: false
+
+  @moduletag :e2e
+  @moduletag :real_node
+  @moduletag timeout: 300_000
+
+  alias FLAMEK8sBackend.{BootError, Kube}
+  alias FLAMEK8sBackend.Test.RealNode
+
+  # The demo app's modules exist in the parent pod, not in this VM.
+  @compile {:no_warn_undefined, [FlameDemo]}
+
+  @managed_by "app.kubernetes.io/managed-by=flame_k8s_backend"
+
+  case RealNode.test_mode() do
+    :running ->
+      if RealNode.info().app_image == nil do
+        @moduletag skip: "no app image (tools/realnode/image.sh) was imported into the real node"
+      end
+
+    :standalone ->
+      :ok
+
+    {:skip, reason} ->
+      @moduletag skip: reason
+  end
+
+  setup_all do
+    RealNode.ensure_started!()
+    if RealNode.info().app_image == nil, do: raise("no app image (tools/realnode/image.sh)")
+
+    kube = RealNode.kube!()
+    ns = "rn-demo-#{System.unique_integer([:positive])}"
+    RealNode.create_namespace!(kube, ns)
+    dir = Path.join(System.tmp_dir!(), ns)
+    %{files: files, cookie: cookie} = RealNode.render_demo_manifests!(dir)
+    created = RealNode.create_manifests!(files, ns)
+    File.rm_rf!(dir)
+
+    on_exit(fn -> RealNode.delete_namespace(RealNode.kube!(), ns) end)
+    %{kube: kube, namespace: ns, cookie: String.to_atom(cookie), created: created}
+  end
+
+  # --- helpers
+
+  # The Deployment's current pod, running, and its BEAM node connected to this VM (hidden: no
+  # global mesh with the runners, which could not reach this VM's 127.0.0.1 name anyway).
+  defp parent!(ctx) do
+    pod =
+      RealNode.wait_until!(
+        fn ->
+          {:ok, pods} = Kube.list_pods(ctx.kube, ctx.namespace, label_selector: "app=flame-demo")
+
+          Enum.find(pods, fn pod ->
+            pod["metadata"]["deletionTimestamp"] == nil and
+              pod["status"]["phase"] == "Running" and
+              Enum.all?(pod["status"]["containerStatuses"] || [], & &1["ready"])
+          end)
+        end,
+        90_000,
+        "a running flame-demo pod in #{ctx.namespace}"
+      )
+
+    node = :"flame_demo@#{pod["status"]["podIP"]}"
+    :erlang.set_cookie(node, ctx.cookie)
+
+    RealNode.wait_until!(
+      fn ->
+        :net_kernel.hidden_connect_node(node) and
+          match?({:ok, _}, :erpc.call(node, Application, :ensure_all_started, [:flame_demo]))
+      end,
+      60_000,
+      "#{node} up"
+    )
+
+    %{pod: pod, node: node, name: pod["metadata"]["name"], ip: pod["status"]["podIP"]}
+  end
+
+  defp rpc(parent, module, fun, args, timeout \\ 150_000),
+    do: :erpc.call(parent.node, module, fun, args, timeout)
+
+  # A FLAME pool of our own in the parent's supervisor (data only crosses the connection; the
+  # functions called are the release's). Returns its name; stop_pool/2 removes it.
+  defp start_pool!(parent, backend_opts, pool_opts \\ []) do
+    name = :"Elixir.RealNodeTest.Pool#{System.unique_integer([:positive])}"
+
+    opts =
+      [
+        name: name,
+        backend: {FLAMEK8sBackend, backend_opts},
+        min: 0,
+        max: 1,
+        boot_timeout: 60_000,
+        idle_shutdown_after: 60_000
+      ]
+      |> Keyword.merge(pool_opts)
+
+    spec = rpc(parent, Supervisor, :child_spec, [{FLAME.Pool, opts}, [id: name]])
+    {:ok, _} = rpc(parent, Supervisor, :start_child, [FlameDemo.Supervisor, spec])
+    name
+  end
+
+  defp stop_pool(parent, name) do
+    rpc(parent, Supervisor, :terminate_child, [FlameDemo.Supervisor, name])
+    rpc(parent, Supervisor, :delete_child, [FlameDemo.Supervisor, name])
+  end
+
+  defp runner_pods(ctx) do
+    {:ok, pods} = Kube.list_pods(ctx.kube, ctx.namespace, label_selector: @managed_by)
+    pods
+  end
+
+  defp secret_exists?(ctx, name) do
+    match?(
+      {:ok, _},
+      Kube.request(ctx.kube, "GET", "/api/v1/namespaces/#{ctx.namespace}/secrets/#{name}")
+    )
+  end
+
+  defp gone?(ctx, name) do
+    match?({:error, {:api, 404, _, _}}, Kube.get_pod(ctx.kube, ctx.namespace, name)) and
+      not secret_exists?(ctx, name)
+  end
+
+  defp await_gone!(ctx, name, timeout \\ 60_000),
+    do: RealNode.wait_until!(fn -> gone?(ctx, name) end, timeout, "pod and secret #{name} gone")
+
+  defp deletions(ctx, name, resource) do
+    RealNode.audit_events(%{
+      "verb" => "delete",
+      "namespace" => ctx.namespace,
+      "name" => name,
+      "resource" => resource
+    })
+  end
+
+  # --- scenarios
+
+  test "the example manifests are accepted as they are", ctx do
+    assert Enum.sort(ctx.created) == [
+             "ok Deployment/flame-demo",
+             "ok Role/flame-demo-flame",
+             "ok RoleBinding/flame-demo-flame",
+             "ok Secret/flame-demo-cookie",
+             "ok Service/flame-demo-headless",
+             "ok ServiceAccount/flame-demo"
+           ]
+  end
+
+  test "a FLAME call in the parent pod runs on a runner pod: <pod name>@<pod IP>, no cookie in its env",
+       ctx do
+    parent = parent!(ctx)
+    started = System.monotonic_time(:millisecond)
+    %{parent: p, runner: runner} = rpc(parent, FlameDemo, :where, [])
+
+    IO.puts(
+      "real node: first FLAME.call from the parent pod #{System.monotonic_time(:millisecond) - started} ms"
+    )
+
+    assert p.pod == parent.name
+    assert p.node == parent.node
+    assert runner.pod != parent.name
+    assert "10.244.0." <> _ = runner.pod_ip
+    assert Atom.to_string(runner.node) == "#{runner.pod}@#{runner.pod_ip}"
+    assert rpc(parent, FlameDemo, :square, [12]) == 144
+
+    {:ok, pod} = Kube.get_pod(ctx.kube, ctx.namespace, runner.pod)
+    assert pod["spec"]["serviceAccountName"] == "flame-demo"
+    assert pod["metadata"]["labels"]["excluster"] == "flame"
+    refute Map.has_key?(pod["metadata"]["labels"], "app")
+
+    assert [%{"kind" => "Pod", "name" => owner, "controller" => true}] =
+             pod["metadata"]["ownerReferences"]
+
+    assert owner == parent.name
+    [container] = pod["spec"]["containers"]
+    refute "RELEASE_COOKIE" in Enum.map(container["env"], & &1["name"])
+    assert %{"secretRef" => %{"name" => runner.pod}} in container["envFrom"]
+    refute inspect(pod) =~ Atom.to_string(ctx.cookie)
+
+    # In-cluster mode: the parent created the runner with its own mounted token.
+    assert [%{"user" => user, "pod_name" => creator}] =
+             RealNode.audit_events(%{
+               "verb" => "create",
+               "resource" => "pods",
+               "namespace" => ctx.namespace,
+               "name" => runner.pod
+             })
+
+    assert user == "system:serviceaccount:#{ctx.namespace}:flame-demo"
+    assert creator == parent.name
+  end
+
+  test "idle shutdown: the runner deletes its own pod and secret with its own token", ctx do
+    parent = parent!(ctx)
+    %{runner: runner} = rpc(parent, FlameDemo, :where, [])
+    # The demo pool's idle_shutdown_after is 10 s.
+    await_gone!(ctx, runner.pod, 60_000)
+
+    for resource <- ["pods", "secrets"] do
+      assert [%{"pod_name" => deleter, "source_ips" => ips} | _] =
+               deletions(ctx, runner.pod, resource)
+
+      assert deleter == runner.pod, "#{resource} deleted by #{deleter}, not by the runner"
+      assert ips == [runner.pod_ip]
+    end
+
+    assert runner_pods(ctx) == []
+  end
+
+  test "the runner's container is killed: the parent's reaper deletes pod and secret", ctx do
+    parent = parent!(ctx)
+    %{runner: runner} = rpc(parent, FlameDemo, :where, [])
+    {:ok, pod} = Kube.get_pod(ctx.kube, ctx.namespace, runner.pod)
+    id = RealNode.container_id(pod, "flame-demo")
+    assert {_, 0} = RealNode.ctr(["tasks", "kill", "--signal", "SIGKILL", id])
+
+    await_gone!(ctx, runner.pod, 60_000)
+
+    for resource <- ["pods", "secrets"] do
+      assert [%{"pod_name" => deleter} | _] = deletions(ctx, runner.pod, resource)
+      assert deleter == parent.name, "#{resource} deleted by #{deleter}, not by the parent"
+    end
+  end
+
+  test "a runner over its memory limit: OOMKilled, exit code 137", ctx do
+    parent = parent!(ctx)
+    resources = %{"requests" => %{"memory" => "24Mi"}, "limits" => %{"memory" => "24Mi"}}
+    manifest = %{"spec" => %{"containers" => [%{"resources" => resources}]}}
+
+    assert {:error, %BootError{reason: {:container_exited, info}} = error} =
+             rpc(parent, FlameDemo, :call_with, [[manifest: manifest], [timeout: 60_000]])
+
+    assert %{reason: "OOMKilled", exit_code: 137} = info
+    assert Exception.message(error) =~ "OOMKilled"
+    RealNode.wait_until!(fn -> runner_pods(ctx) == [] end, 30_000, "no runner pods")
+  end
+
+  test "DNS as DNSCluster uses it: the headless Service lists the parent and its runners", ctx do
+    parent = parent!(ctx)
+    pool = start_pool!(parent, labels: %{"excluster" => "flame"})
+    on_exit(fn -> stop_pool(parent, pool) end)
+    runner = rpc(parent, FLAME, :call, [pool, &FlameDemo.runner_info/0])
+    want = Enum.sort([parent.ip, runner.pod_ip])
+
+    # From the parent pod, by the short name (the pod's resolv.conf search list), as
+    # :inet_res does it for DNSCluster.
+    RealNode.wait_until!(
+      fn ->
+        case rpc(parent, :inet_res, :getbyname, [~c"flame-demo-headless", :a]) do
+          {:ok, {:hostent, _, _, :inet, 4, ips}} ->
+            Enum.sort(Enum.map(ips, &to_string(:inet.ntoa(&1)))) == want
+
+          _ ->
+            false
+        end
+      end,
+      30_000,
+      "flame-demo-headless -> #{inspect(want)} in the parent pod"
+    )
+
+    # And from this host, against the node's CoreDNS.
+    name = "flame-demo-headless.#{ctx.namespace}.svc.cluster.local"
+    ips = Enum.map(RealNode.dns_lookup(name), &to_string(:inet.ntoa(&1)))
+    assert Enum.sort(ips) == want
+  end
+
+  test "the Deployment's selector labels on a runner: the owner reference keeps the ReplicaSet off",
+       ctx do
+    parent = parent!(ctx)
+    labels = parent.pod["metadata"]["labels"]
+    # The pitfall in full: the runner carries every label of the ReplicaSet's selector.
+    selector_labels = Map.take(labels, ["app", "pod-template-hash"])
+    assert map_size(selector_labels) == 2
+
+    pool = start_pool!(parent, labels: Map.put(selector_labels, "excluster", "flame"))
+    on_exit(fn -> stop_pool(parent, pool) end)
+    runner = rpc(parent, FLAME, :call, [pool, &FlameDemo.runner_info/0])
+
+    {:ok, pod} = Kube.get_pod(ctx.kube, ctx.namespace, runner.pod)
+    assert Map.take(pod["metadata"]["labels"], ["app", "pod-template-hash"]) == selector_labels
+
+    # The ReplicaSet controller sees a pod its selector matches, but one with a controller
+    # already (the parent pod): no adoption, no surplus replica deleted.
+    Process.sleep(3_000)
+    [rs_ref] = parent.pod["metadata"]["ownerReferences"]
+
+    {:ok, rs} =
+      Kube.request(
+        ctx.kube,
+        "GET",
+        "/apis/apps/v1/namespaces/#{ctx.namespace}/replicasets/#{rs_ref["name"]}"
+      )
+
+    assert rs["status"]["replicas"] == 1
+    {:ok, pod} = Kube.get_pod(ctx.kube, ctx.namespace, runner.pod)
+    assert [%{"kind" => "Pod", "name" => owner}] = pod["metadata"]["ownerReferences"]
+    assert owner == parent.name
+    assert deletions(ctx, runner.pod, "pods") == []
+  end
+
+  test "the parent pod is deleted: the garbage collector removes its runners' pods and secrets",
+       ctx do
+    parent = parent!(ctx)
+    %{runner: runner} = rpc(parent, FlameDemo, :where, [])
+
+    # Freeze the parent's container first, so neither it nor its terminator can clean up: what
+    # removes the runner is the collector, acting on the owner references.
+    parent_container = RealNode.container_id(parent.pod, "flame-demo")
+    assert {_, 0} = RealNode.ctr(["tasks", "pause", parent_container])
+
+    try do
+      :ok = Kube.delete_pod(ctx.kube, ctx.namespace, parent.name, grace_period: 0)
+      await_gone!(ctx, runner.pod, 60_000)
+    after
+      RealNode.ctr(["tasks", "resume", parent_container])
+    end
+
+    gc = "system:serviceaccount:kube-system:generic-garbage-collector"
+
+    for resource <- ["pods", "secrets"] do
+      assert [%{"user" => ^gc} | _] = deletions(ctx, runner.pod, resource)
+    end
+  end
+
+  test "runner boots on the real node: create -> running -> remote_up, 20 boots", ctx do
+    parent = parent!(ctx)
+
+    # The backend called as FLAME calls it, in the parent pod (code evaluated there, as
+    # `bin/flame_demo rpc` does): one boot at a time, each runner stopped (its owner exits)
+    # before the next. boot_timings: ms since remote_boot started.
+    code = """
+    for _ <- 1..20 do
+      test = self()
+
+      owner =
+        spawn(fn ->
+          {:ok, state} = FLAMEK8sBackend.init(labels: %{"excluster" => "flame"})
+          {:ok, _terminator, state} = FLAMEK8sBackend.remote_boot(state)
+          send(test, {:booted, state.runner_name, state.boot_timings})
+          receive do: (:stop -> :ok)
+        end)
+
+      receive do
+        {:booted, name, timings} ->
+          send(owner, :stop)
+          {name, timings}
+      after
+        60_000 -> raise "no boot in 60 s"
+      end
+    end
+    """
+
+    {boots, _} = rpc(parent, Code, :eval_string, [code], 600_000)
+    assert length(boots) == 20
+
+    for {name, _} <- boots, do: await_gone!(ctx, name, 60_000)
+
+    pct = fn key, p ->
+      values = boots |> Enum.map(fn {_, t} -> t[key] end) |> Enum.reject(&is_nil/1) |> Enum.sort()
+      Enum.at(values, round(p * (length(values) - 1)))
+    end
+
+    IO.puts(
+      "real node: 20 runner boots: create->running p50 #{pct.(:running, 0.5)} ms " <>
+        "p90 #{pct.(:running, 0.9)} ms; create->remote_up p50 #{pct.(:remote_up, 0.5)} ms " <>
+        "p90 #{pct.(:remote_up, 0.9)} ms"
+    )
+  end
+end
