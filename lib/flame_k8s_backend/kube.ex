@@ -65,6 +65,9 @@ defmodule FLAMEK8sBackend.Kube do
   @type manifest :: %{optional(String.t() | atom()) => term()}
   @type pod :: %{String.t() => term()}
 
+  @typedoc "A running await: its messages are tagged with `ref`; `handle` cancels it."
+  @type await :: %{ref: reference(), handle: reference()}
+
   @connect_keys [
     :mode,
     :kubeconfig,
@@ -309,8 +312,7 @@ defmodule FLAMEK8sBackend.Kube do
         {:flame_k8s, ref, {:ready, pod}} when ref == await.ref -> pod["status"]["podIP"]
       end
   """
-  @spec await_pod(t(), String.t(), String.t(), keyword()) ::
-          {:ok, %{ref: reference(), handle: reference()}} | {:error, error()}
+  @spec await_pod(t(), String.t(), String.t(), keyword()) :: {:ok, await()} | {:error, error()}
   def await_pod(%__MODULE__{} = kube, namespace, name, opts) do
     opts = validate_keyword!(opts, [:timeout, :unschedulable, :report_ready], "await_pod options")
 
@@ -342,7 +344,7 @@ defmodule FLAMEK8sBackend.Kube do
   Stops an await started by `await_pod/4`. Idempotent. A message the task was already
   sending may still arrive just after: flush `{:flame_k8s, await.ref, _}` if that matters.
   """
-  @spec cancel_await(%{handle: reference()}) :: :ok
+  @spec cancel_await(await()) :: :ok
   def cancel_await(%{handle: handle}) do
     _ = Native.cancel(handle)
     :ok
