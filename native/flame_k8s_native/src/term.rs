@@ -24,6 +24,9 @@ pub const MAX_DEPTH: usize = 64;
 const EXPECTED: &str = "expected a string, number, boolean, nil, list or map";
 
 /// A list or map being converted: what is done so far and what is left of it.
+// Frames live in a Vec on the heap, one per open level: boxing the big variant would only add
+// an allocation per container.
+#[allow(clippy::large_enum_variant)]
 enum Frame<'a> {
     List {
         out: Vec<Value>,
@@ -125,6 +128,7 @@ pub fn term_to_json(term: Term, root: &str) -> Result<Value, String> {
     }
 }
 
+#[allow(clippy::large_enum_variant)] // short-lived, moved once into the frame stack
 enum Entered<'a> {
     Scalar(Value),
     Container(Frame<'a>),
