@@ -464,7 +464,7 @@ defmodule FLAMEK8sBackend.RealNodeParentTest do
       not secret_exists?(ctx, name)
   end
 
-  defp await_gone!(ctx, name, timeout \\ 60_000),
+  defp await_gone!(ctx, name, timeout),
     do: RealNode.wait_until!(fn -> gone?(ctx, name) end, timeout, "pod and secret #{name} gone")
 
   defp deletions(ctx, name, resource) do
@@ -575,7 +575,8 @@ defmodule FLAMEK8sBackend.RealNodeParentTest do
 
     assert %{reason: "OOMKilled", exit_code: 137} = info
     assert Exception.message(error) =~ "OOMKilled"
-    RealNode.wait_until!(fn -> runner_pods(ctx) == [] end, 30_000, "no runner pods")
+    [_, name] = String.split(error.pod, "/")
+    await_gone!(ctx, name, 30_000)
   end
 
   test "DNS as DNSCluster uses it: the headless Service lists the parent and its runners", ctx do
@@ -591,7 +592,8 @@ defmodule FLAMEK8sBackend.RealNodeParentTest do
       fn ->
         case rpc(parent, :inet_res, :getbyname, [~c"flame-demo-headless", :a]) do
           {:ok, {:hostent, _, _, :inet, 4, ips}} ->
-            Enum.sort(Enum.map(ips, &to_string(:inet.ntoa(&1)))) == want
+            # Runners of other pools of this parent may be listed too.
+            want -- Enum.map(ips, &to_string(:inet.ntoa(&1))) == []
 
           _ ->
             false
@@ -604,7 +606,7 @@ defmodule FLAMEK8sBackend.RealNodeParentTest do
     # And from this host, against the node's CoreDNS.
     name = "flame-demo-headless.#{ctx.namespace}.svc.cluster.local"
     ips = Enum.map(RealNode.dns_lookup(name), &to_string(:inet.ntoa(&1)))
-    assert Enum.sort(ips) == want
+    assert want -- ips == []
   end
 
   test "the Deployment's selector labels on a runner: the owner reference keeps the ReplicaSet off",
@@ -678,25 +680,37 @@ defmodule FLAMEK8sBackend.RealNodeParentTest do
       owner =
         spawn(fn ->
           {:ok, state} = FLAMEK8sBackend.init(labels: %{"excluster" => "flame"})
-          {:ok, _terminator, state} = FLAMEK8sBackend.remote_boot(state)
-          send(test, {:booted, state.runner_name, state.boot_timings})
-          receive do: (:stop -> :ok)
+
+          case FLAMEK8sBackend.remote_boot(state) do
+            {:ok, _terminator, state} ->
+              send(test, {:booted, state.runner_name, state.boot_timings})
+              receive do: (:stop -> :ok)
+
+            {:error, error} ->
+              send(test, {:failed, state.runner_name, Exception.message(error)})
+          end
         end)
 
       receive do
         {:booted, name, timings} ->
           send(owner, :stop)
           {name, timings}
+
+        {:failed, name, message} ->
+          {name, message}
       after
-        60_000 -> raise "no boot in 60 s"
+        90_000 -> raise "no boot in 90 s"
       end
     end
     """
 
-    {boots, _} = rpc(parent, Code, :eval_string, [code], 600_000)
-    assert length(boots) == 20
+    {results, _} = rpc(parent, Code, :eval_string, [code], 900_000)
+    for {name, _} <- results, do: await_gone!(ctx, name, 60_000)
+    {boots, failures} = Enum.split_with(results, fn {_, result} -> is_map(result) end)
 
-    for {name, _} <- boots, do: await_gone!(ctx, name, 60_000)
+    for {name, message} <- failures do
+      IO.puts("real node: boot of #{name} failed: #{message}")
+    end
 
     pct = fn key, p ->
       values = boots |> Enum.map(fn {_, t} -> t[key] end) |> Enum.reject(&is_nil/1) |> Enum.sort()
@@ -704,9 +718,12 @@ defmodule FLAMEK8sBackend.RealNodeParentTest do
     end
 
     IO.puts(
-      "real node: 20 runner boots: create->running p50 #{pct.(:running, 0.5)} ms " <>
+      "real node: #{length(boots)} runner boots (#{length(failures)} failed): " <>
+        "create->running p50 #{pct.(:running, 0.5)} ms " <>
         "p90 #{pct.(:running, 0.9)} ms; create->remote_up p50 #{pct.(:remote_up, 0.5)} ms " <>
         "p90 #{pct.(:remote_up, 0.9)} ms"
     )
+
+    assert failures == []
   end
 end
