@@ -151,17 +151,19 @@ defmodule FLAMEK8sBackend.PrecompiledNifTest do
   @target "x86_64-unknown-linux-gnu"
 
   # The package under test: a copy of the working tree (what a release of it would hold),
-  # precompiled once. Its path is fixed and file times are kept, so cargo's cache of an earlier
-  # run stays fresh: the crate is rebuilt only when its sources changed.
+  # precompiled once. File times are kept, so the shared cargo cache stays fresh (cargo keys a
+  # workspace member by its path inside the workspace, not by where the workspace is): the crate
+  # is rebuilt only when its sources changed. A directory per run, so runs never share one.
   setup_all do
     if FLAMEK8sNative.target() != @target do
       raise "these tests build and serve #{@target} artifacts; this machine is #{FLAMEK8sNative.target()}"
     end
 
-    base = Path.join(@root, "tmp/#{inspect(__MODULE__)}-package")
+    base = Path.join(@root, "tmp/#{inspect(__MODULE__)}-package-#{System.pid()}")
     package = Path.join(base, "flame_k8s_backend")
     dist = Path.join(base, "dist")
     File.rm_rf!(base)
+    on_exit(fn -> File.rm_rf!(base) end)
     copy_working_tree(@root, package)
     refute File.exists?(Path.join(package, "priv/native"))
 
@@ -207,6 +209,11 @@ defmodule FLAMEK8sBackend.PrecompiledNifTest do
         FLAMEK8sNative.read_checksums(Path.join(ctx.package, "checksum-flame_k8s_native.sha256"))
 
       assert checksums[ctx.artifact] == sha
+      # Reproducible: the same library packs to the same bytes.
+      lib = Path.join(ctx.tmp_dir, "lib.so")
+      File.write!(lib, ctx.lib)
+      assert File.read!(FLAMEK8sNative.pack!(lib, lib <> ".tar.gz")) == ctx.artifact_bytes
+
       # The library inside is an ELF shared object that exports the NIF entry point.
       assert <<0x7F, "ELF", _::binary>> = ctx.lib
       assert ctx.lib =~ "nif_init"

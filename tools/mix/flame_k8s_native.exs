@@ -172,18 +172,52 @@ defmodule FLAMEK8sNative do
     end
   end
 
-  def sha256(bytes), do: :crypto.hash(:sha256, bytes) |> Base.encode16(case: :lower)
+  def sha256(bytes) do
+    ensure_otp_app(:crypto)
+    :crypto.hash(:sha256, bytes) |> Base.encode16(case: :lower)
+  end
+
+  @doc """
+  Puts an OTP application on the code path of the Mix VM: since Elixir 1.15 Mix prunes the paths
+  of applications a project does not list, and Mix tasks call `Mix.ensure_application!/1` to get
+  one back (Elixir 1.14 prunes nothing and has no such function).
+  """
+  def ensure_otp_app(app) do
+    if function_exported?(Mix, :ensure_application!, 1) do
+      # Through apply/3: Elixir 1.14 would warn about an undefined function.
+      apply(Mix, :ensure_application!, [app])
+    end
+
+    :ok
+  end
 
   ## Packing
 
-  @doc "Writes the gzipped tar of one `libflame_k8s_native.so` holding the library at `lib_path`."
+  @doc """
+  Writes the gzipped tar of one `libflame_k8s_native.so` holding the library at `lib_path`.
+  Reproducible: the same library always gives the same bytes (fixed time, owner and mode).
+  """
   def pack!(lib_path, out_path) do
     File.mkdir_p!(Path.dirname(out_path))
     bytes = File.read!(lib_path)
+    tmp = "#{out_path}.#{System.unique_integer([:positive])}.tmp"
 
-    case :erl_tar.create(String.to_charlist(out_path), [{@lib_charlist, bytes}], [:compressed]) do
-      :ok -> out_path
-      {:error, reason} -> Mix.raise("could not write #{out_path}: #{inspect(reason)}")
+    result =
+      with {:ok, tar} <- :erl_tar.open(String.to_charlist(tmp), [:write, :compressed]) do
+        added = :erl_tar.add(tar, bytes, @lib_charlist, [{:mtime, 0}, {:uid, 0}, {:gid, 0}])
+
+        :ok = :erl_tar.close(tar)
+        added
+      end
+
+    case result do
+      :ok ->
+        File.rename!(tmp, out_path)
+        out_path
+
+      {:error, reason} ->
+        File.rm(tmp)
+        Mix.raise("could not write #{out_path}: #{inspect(reason)}")
     end
   end
 
@@ -360,7 +394,9 @@ defmodule FLAMEK8sNative.HTTP do
   defp check_scheme(uri), do: {:error, "not an http(s) URL: #{redact(uri)}"}
 
   defp start_apps do
-    Enum.reduce_while([:inets, :ssl], :ok, fn app, :ok ->
+    Enum.reduce_while([:crypto, :public_key, :inets, :ssl], :ok, fn app, :ok ->
+      FLAMEK8sNative.ensure_otp_app(app)
+
       case Application.ensure_all_started(app) do
         {:ok, _} ->
           {:cont, :ok}
