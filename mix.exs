@@ -23,7 +23,14 @@ defmodule FLAMEK8sBackend.MixProject do
       deps: deps(),
       test_paths: ["test"],
       description: "A Kubernetes backend for FLAME with a Rust (kube-rs) core",
-      package: [licenses: ["Apache-2.0"]],
+      package: [
+        licenses: ["Apache-2.0"],
+        # Without these the package could not build its NIF; priv/native stays out so a locally
+        # built library never ships.
+        files:
+          ~w(lib native tools/mix Cargo.toml Cargo.lock checksum-flame_k8s_native.sha256 mix.exs
+             .formatter.exs README.md LICENSE CHANGELOG.md)
+      ],
       docs: [main: "FLAMEK8sBackend", extras: ["README.md", "CHANGELOG.md"]]
     ]
   end

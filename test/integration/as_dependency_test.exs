@@ -31,7 +31,12 @@ defmodule FLAMEK8sBackend.AsDependencyTest do
     IO.puts("NIF OK from " <> FLAMEK8sBackend.Native.library_path())
     """
 
-    env = [{"MIX_ENV", "prod"}, {"CARGO_TARGET_DIR", cargo_target_dir(root)}]
+    # The working tree's source, never a released precompiled NIF.
+    env = [
+      {"MIX_ENV", "prod"},
+      {"FLAME_K8S_BUILD", "1"},
+      {"CARGO_TARGET_DIR", cargo_target_dir(root)}
+    ]
 
     {output, status} =
       System.cmd("mix", ["run", "-e", script], cd: dir, env: env, stderr_to_stdout: true)
