@@ -643,6 +643,51 @@ defmodule FLAMEK8sBackend.RealNodeParentTest do
     assert deletions(ctx, runner.pod, "pods") == []
   end
 
+  test "the same runner without the owner reference: its ReplicaSet adopts it and deletes a surplus pod",
+       ctx do
+    parent = parent!(ctx)
+    selector_labels = Map.take(parent.pod["metadata"]["labels"], ["app", "pod-template-hash"])
+
+    pool =
+      start_pool!(parent,
+        labels: Map.put(selector_labels, "excluster", "flame"),
+        omit_owner_reference: true
+      )
+
+    on_exit(fn -> stop_pool(parent, pool) end)
+
+    # The boot may fail: the ReplicaSet may delete the runner pod while it boots.
+    _ =
+      try do
+        rpc(parent, FLAME, :call, [pool, &FlameDemo.runner_info/0], 60_000)
+      catch
+        kind, reason -> {kind, reason}
+      end
+
+    rs_controller = "system:serviceaccount:kube-system:replicaset-controller"
+
+    runner_events = fn ->
+      RealNode.audit_events(%{"user" => rs_controller, "namespace" => ctx.namespace})
+      |> Enum.filter(&String.starts_with?(&1["name"] || "", parent.name <> "-flame-"))
+    end
+
+    acted =
+      RealNode.wait_until!(
+        fn -> (events = runner_events.()) != [] and events end,
+        30_000,
+        "the ReplicaSet controller acting on a runner pod"
+      )
+
+    verbs = acted |> Enum.map(& &1["verb"]) |> Enum.uniq()
+
+    IO.puts(
+      "real node: ReplicaSet controller on a runner without owner reference: #{inspect(verbs)}"
+    )
+
+    # Adoption is a patch of the pod's ownerReferences; the surplus replica is then deleted.
+    assert "patch" in verbs
+  end
+
   test "the parent pod is deleted: the garbage collector removes its runners' pods and secrets",
        ctx do
     parent = parent!(ctx)
@@ -665,6 +710,38 @@ defmodule FLAMEK8sBackend.RealNodeParentTest do
     for resource <- ["pods", "secrets"] do
       assert [%{"user" => ^gc} | _] = deletions(ctx, runner.pod, resource)
     end
+  end
+
+  test "the parent outside the cluster: bin/demo --kubeconfig ... --parent-host 10.244.0.1",
+       ctx do
+    {image, _archive} = RealNode.info().app_image
+    ns = "rn-demo-host-#{System.unique_integer([:positive])}"
+    RealNode.create_namespace!(ctx.kube, ns)
+    on_exit(fn -> RealNode.delete_namespace(RealNode.kube!(), ns) end)
+
+    args = [
+      "--kubeconfig",
+      RealNode.info().kubeconfig,
+      "--image",
+      image,
+      "--parent-host",
+      "10.244.0.1",
+      "--namespace",
+      ns
+    ]
+
+    {output, status} =
+      System.cmd(Path.expand("../../bin/demo", __DIR__), args, stderr_to_stdout: true)
+
+    assert status == 0, output
+
+    assert output =~ ~r/runner node\s+\S+@10\.244\.0\.\d+/
+
+    assert output =~
+             ~r/:math\.pi\(\) computed on\s+\S+@10\.244\.0\.\d+ \(pod IP 10\.244\.0\.\d+\)/
+
+    assert output =~ ~r/runner pods left\s+0/
+    IO.puts("real node: bin/demo on the real node:\n" <> output)
   end
 
   test "runner boots on the real node: create -> running -> remote_up, 20 boots", ctx do
