@@ -106,6 +106,16 @@ defmodule FLAMEK8sBackend.Test.RealNode do
   end
 
   @doc """
+  Like `start!/1`, but `{:ok, info}` or `{:error, one_line_reason}` (e.g. another real node
+  already runs on this machine: one per machine).
+  """
+  def start(opts \\ []) do
+    {:ok, start!(opts)}
+  rescue
+    error -> {:error, error |> Exception.message() |> String.split("\n") |> hd()}
+  end
+
+  @doc """
   Stops the node (`tools/realnode/down`) and checks that the machine is as before
   (`tools/realnode/check-clean`). `:ok`, or `{:error, what_differs}` (also printed).
   """
