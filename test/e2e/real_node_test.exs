@@ -540,10 +540,13 @@ defmodule FLAMEK8sBackend.RealNodeParentTest do
     await_gone!(ctx, runner.pod, 60_000)
 
     for resource <- ["pods", "secrets"] do
-      assert [%{"pod_name" => deleter, "source_ips" => ips} | _] =
-               deletions(ctx, runner.pod, resource)
+      events = deletions(ctx, runner.pod, resource)
+      assert [%{"pod_name" => deleter, "source_ips" => ips} | _] = events
 
-      assert deleter == runner.pod, "#{resource} deleted by #{deleter}, not by the runner"
+      assert deleter == runner.pod,
+             "#{resource}/#{runner.pod} deleted first by #{deleter}, not by the runner: " <>
+               inspect(Enum.map(events, &Map.take(&1, ["time", "pod_name", "code"])))
+
       assert ips == [runner.pod_ip]
     end
 

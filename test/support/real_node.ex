@@ -388,7 +388,7 @@ defmodule FLAMEK8sBackend.Test.RealNode do
   The API server's audit events (`info().audit_log`, policy: Metadata for create, update,
   patch and delete of pods and secrets) matching `filter`, each a map with the keys `"verb"`,
   `"user"` (username), `"resource"`, `"subresource"`, `"namespace"`, `"name"`, `"code"` (the
-  response status, an integer), `"pod_name"` (the pod whose ServiceAccount token made the
+  response status, an integer), `"time"` (when the request came), `"pod_name"` (the pod whose ServiceAccount token made the
   request, else nil) and `"source_ips"`. `filter` is a map of some of those keys and their values.
   """
   def audit_events(filter \\ %{}) do
@@ -411,6 +411,7 @@ defmodule FLAMEK8sBackend.Test.RealNode do
 
     %{
       "verb" => capture(~r/"verb":"([^"]*)"/, line),
+      "time" => capture(~r/"requestReceivedTimestamp":"([^"]*)"/, line),
       "user" => capture(~r/"user":\{"username":"([^"]*)"/, line),
       "resource" => capture(~r/"resource":"([^"]*)"/, object),
       "subresource" => capture(~r/"subresource":"([^"]*)"/, object),
