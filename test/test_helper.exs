@@ -1,4 +1,4 @@
-alias FLAMEK8sBackend.Test.LocalCluster
+alias FLAMEK8sBackend.Test.{LocalCluster, RealNode}
 
 # The ExUnit VM is the FLAME parent: a distributed node that runner pods (local BEAM nodes on
 # 127.0.0.x) connect back to.
@@ -24,12 +24,42 @@ exclude =
   case System.get_env("FLAME_K8S_LOCAL_CLUSTER") do
     "0" ->
       IO.puts("FLAME_K8S_LOCAL_CLUSTER=0: tests against the local control plane are excluded")
-      [:cluster, :kind]
+      [:cluster, :kind, :real_node]
 
     _ ->
       LocalCluster.start!()
       ExUnit.after_suite(fn _ -> LocalCluster.stop() end)
       [:kind]
+  end
+
+# The real node (tools/realnode): real kubelet, containerd and pods. A machine that cannot run
+# it (no root, no cgroups, FLAME_K8S_REAL_NODE=0) says so in one line and runs the rest; a
+# machine that can but fails to start it fails the run, as does a teardown that leaves the
+# machine different from before.
+exclude =
+  with false <- :real_node in exclude,
+       :ok <- RealNode.availability() do
+    RealNode.start!()
+
+    ExUnit.after_suite(fn _ ->
+      case RealNode.stop() do
+        :ok ->
+          IO.puts("real node stopped; the machine is as before")
+
+        {:error, diff} ->
+          IO.puts("real node teardown left the machine changed:\n#{diff}")
+          System.halt(1)
+      end
+    end)
+
+    exclude
+  else
+    true ->
+      exclude
+
+    {:error, why} ->
+      IO.puts("real node tests excluded: #{why}")
+      [:real_node | exclude]
   end
 
 ExUnit.start(
