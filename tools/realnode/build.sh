@@ -118,8 +118,8 @@ else
   mkdir -p "$PAUSE_DIR.tmp/rootfs"
   gcc -Os -static -Wall -DVERSION="$KUBE_VERSION-flame" -o "$PAUSE_DIR.tmp/rootfs/pause" "$src"
   strip "$PAUSE_DIR.tmp/rootfs/pause"
-  "$PYTHON" "$REALNODE_HERE/oci-image.py" --rootfs "$PAUSE_DIR.tmp/rootfs" --ref "$PAUSE_IMAGE" \
-    --entrypoint /pause --out "$PAUSE_DIR.tmp/pause.oci.tar" >&2
+  "$PYTHON" "$REALNODE_HERE/oci_image.py" "$PAUSE_DIR.tmp/rootfs" "$PAUSE_IMAGE" \
+    "$PAUSE_DIR.tmp/pause.oci.tar" /pause >&2
   rm -rf "$PAUSE_DIR"
   mv "$PAUSE_DIR.tmp" "$PAUSE_DIR"
 fi
@@ -143,8 +143,8 @@ else
   done
   printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' > "$root/etc/passwd"
   printf 'root:x:0:\nnogroup:x:65534:\n' > "$root/etc/group"
-  "$PYTHON" "$REALNODE_HERE/oci-image.py" --rootfs "$root" --ref "$BUSYBOX_IMAGE" \
-    --cmd /bin/sh --out "$BUSYBOX_DIR.tmp/busybox.oci.tar" >&2
+  "$PYTHON" "$REALNODE_HERE/oci_image.py" --cmd /bin/sh "$root" "$BUSYBOX_IMAGE" \
+    "$BUSYBOX_DIR.tmp/busybox.oci.tar" >&2
   rm -rf "$BUSYBOX_DIR"
   mv "$BUSYBOX_DIR.tmp" "$BUSYBOX_DIR"
 fi

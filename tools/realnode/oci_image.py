@@ -71,8 +71,12 @@ def log(msg):
 
 def write_layer(rootfs, path):
     """GNU tar of rootfs into path; returns (sha256 hex, size)."""
+    # Reproducible: the same rootfs gives the same layer digest (posix headers without the
+    # access and change times that --xattrs would otherwise record).
     cmd = ["tar", "-C", rootfs, "--sort=name", "--numeric-owner", "--xattrs",
-           "--xattrs-include=*", "-cf", "-", "."]
+           "--xattrs-include=*", "--format=posix",
+           "--pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime",
+           "-cf", "-", "."]
     h = hashlib.sha256()
     size = 0
     with open(path, "wb") as f:
@@ -94,9 +98,9 @@ def env_list(envs):
 def main(argv):
     args = parse_args(argv)
     out = os.path.abspath(args.out)
-    created = time.strftime(
-        "%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(os.environ.get("SOURCE_DATE_EPOCH", time.time())))
-    )
+    # A fixed date (SOURCE_DATE_EPOCH, else the epoch) so equal inputs give equal archives.
+    epoch = int(os.environ.get("SOURCE_DATE_EPOCH", "0"))
+    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
     out_dir = os.path.dirname(out)
     os.makedirs(out_dir, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".oci_image-") as tmp:
@@ -150,7 +154,7 @@ def main(argv):
                                 "org.opencontainers.image.ref.name": args.ref},
             }],
         }
-        mtime = int(time.time())
+        mtime = epoch
         tmp_out = os.path.join(tmp, "image.tar")
         with tarfile.open(tmp_out, "w", format=tarfile.PAX_FORMAT) as t:
             def add_bytes(name, data):
@@ -165,7 +169,7 @@ def main(argv):
             info = t.gettarinfo(layer, "blobs/sha256/" + lsha)
             info.uid = info.gid = 0
             info.uname = info.gname = ""
-            info.mode = 0o644
+            info.mode, info.mtime = 0o644, mtime
             with open(layer, "rb") as f:
                 t.addfile(info, f)
         os.replace(tmp_out, out)
