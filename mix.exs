@@ -45,7 +45,13 @@ defmodule FLAMEK8sBackend.MixProject do
   defp elixirc_paths(:test), do: ["lib", "test/support"]
   defp elixirc_paths(_), do: ["lib"]
 
-  defp deps, do: Enum.reject([flame(Mix.env())], &is_nil/1)
+  defp deps, do: Enum.reject([flame(Mix.env()), telemetry(Mix.env())], &is_nil/1)
+
+  # The backend emits :telemetry events only when the :telemetry application is there: it is
+  # the app's dependency, never this library's (nothing is declared outside the tests). The
+  # tests use a stand-in of its handler API (test/telemetry_standin), as they do for FLAME.
+  defp telemetry(:test), do: {:telemetry, path: "test/telemetry_standin", only: :test}
+  defp telemetry(_env), do: nil
 
   # FLAMEK8sBackend implements FLAME.Backend, so FLAME must compile first: it is a dependency.
   #

@@ -53,6 +53,7 @@ defmodule FLAMEK8sBackend do
   require Logger
 
   alias FLAMEK8sBackend.{
+    BootDiagnostics,
     BootError,
     BootProgress,
     Kube,
@@ -63,7 +64,8 @@ defmodule FLAMEK8sBackend do
     RunnerPod,
     SelfDelete,
     SharedClient,
-    Sweep
+    Sweep,
+    Telemetry
   }
 
   # The secret manifest carries the cookie and :secret_env, and the pod manifest FLAME_PARENT:
@@ -77,6 +79,7 @@ defmodule FLAMEK8sBackend do
     :pod_manifest,
     :secret_manifest,
     :runner_name,
+    :app_container,
     :boot_timeout,
     :unschedulable,
     :log,
@@ -97,6 +100,7 @@ defmodule FLAMEK8sBackend do
           pod_manifest: map() | nil,
           secret_manifest: map() | nil,
           runner_name: String.t(),
+          app_container: String.t() | nil,
           boot_timeout: pos_integer(),
           unschedulable: :wait | :fail,
           log: false | Logger.level(),
@@ -132,6 +136,7 @@ defmodule FLAMEK8sBackend do
          pod_manifest: pod_manifest,
          secret_manifest: RunnerPod.secret(parent_pod, spec, Atom.to_string(Node.get_cookie())),
          runner_name: spec.runner_name,
+         app_container: RunnerPod.app_container_name(pod_manifest),
          boot_timeout: opts.boot_timeout,
          unschedulable: opts.unschedulable,
          log: opts.log
@@ -147,6 +152,19 @@ defmodule FLAMEK8sBackend do
   @impl true
   @spec remote_boot(t()) :: {:ok, pid(), t()} | {:error, BootError.t()}
   def remote_boot(%__MODULE__{} = state) do
+    Telemetry.boot_span(
+      %{
+        pod: pod_id(state),
+        namespace: state.namespace,
+        runner_name: state.runner_name,
+        parent_node: node()
+      },
+      fn -> boot_or_clean_up(state) end,
+      fn {:ok, _terminator, state} -> state.boot_timings end
+    )
+  end
+
+  defp boot_or_clean_up(state) do
     deadline = now() + state.boot_timeout
     {:ok, reaper} = Reaper.start(state.kube, state.namespace, self(), state.log)
 
@@ -156,10 +174,23 @@ defmodule FLAMEK8sBackend do
         {:ok, terminator, state}
 
       {:error, %BootError{} = error} ->
+        # Kubernetes' side of the story is read before the pod goes: its log goes with it.
+        error = BootDiagnostics.add(state.kube, error, diagnostics_opts(state))
         Reaper.reap_now(reaper)
         log(state, :warning, Exception.message(error))
         {:error, error}
     end
+  end
+
+  defp diagnostics_opts(state) do
+    secrets = Map.values(get_in(state.secret_manifest, ["stringData"]) || %{})
+
+    [
+      namespace: state.namespace,
+      pod: state.runner_name,
+      app_container: state.app_container,
+      redact: secrets
+    ]
   end
 
   @doc """
@@ -233,7 +264,10 @@ defmodule FLAMEK8sBackend do
       secret_env: opts.secret_env,
       labels: opts.labels,
       omit_owner_reference: opts.omit_owner_reference,
-      forwarded_env: forwarded_env()
+      forwarded_env: forwarded_env(),
+      tmp_dir: opts.tmp_dir,
+      dist_port: opts.dist_port,
+      active_deadline_seconds: opts.active_deadline_seconds
     }
   end
 

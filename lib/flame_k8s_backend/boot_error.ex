@@ -24,6 +24,16 @@ defmodule FLAMEK8sBackend.BootError do
       * `{:nif_not_loaded, message}` - the NIF library could not be loaded
       * a `t:FLAMEK8sBackend.Kube.error/0` such as `{:api, 403, "Forbidden", message}`
     * `:pod` - `"namespace/name"` of the runner pod, when one was created
+    * `:events` - when the pod may have existed, its latest Events, oldest first (maps with
+      `:type`, `:reason`, `:message`, `:count`, `:last_seen`, `:source`), or
+      `{:unreadable, why}` (e.g. without the optional RBAC verb `list` on `events`); `nil`
+      when there was no pod to ask about
+    * `:log` - for a container that exited (or a runner VM that never connected),
+      `%{container: name, lines: last_lines}`, or `{:unreadable, why}` (e.g. without `get` on
+      `pods/log`); otherwise `nil`
+
+  `:events` and `:log` are best effort (`FLAMEK8sBackend.BootDiagnostics`): whether they could
+  be read never changes `:phase` or `:reason`. Secret values never appear in them.
 
   ## Example
 
@@ -33,7 +43,7 @@ defmodule FLAMEK8sBackend.BootError do
       "runner pod default/web-flame-x7k2p failed while scheduling: unschedulable: 0/3 nodes are available: 3 Insufficient cpu."
   """
 
-  defexception [:phase, :reason, :pod]
+  defexception [:phase, :reason, :pod, :events, :log]
 
   @type phase ::
           :connect
@@ -45,13 +55,62 @@ defmodule FLAMEK8sBackend.BootError do
           | :container_start
           | :remote_up
 
-  @type t :: %__MODULE__{phase: phase(), reason: term(), pod: String.t() | nil}
+  @type unreadable :: {:unreadable, String.t()}
 
+  @type t :: %__MODULE__{
+          phase: phase(),
+          reason: term(),
+          pod: String.t() | nil,
+          events: [map()] | unreadable() | nil,
+          log: %{container: String.t(), lines: [String.t()]} | unreadable() | nil
+        }
+
+  @doc """
+  The error for a person: what failed and why, then what Kubernetes said (events, the last log
+  lines), one per line.
+
+      iex> error = %FLAMEK8sBackend.BootError{phase: :container_start, pod: "prod/web-flame-x7k2p",
+      ...>   reason: {:container_exited, %{container: "web", exit_code: 1, reason: "Error"}},
+      ...>   events: {:unreadable, "forbidden"},
+      ...>   log: %{container: "web", lines: ["** (RuntimeError) no DATABASE_URL"]}}
+      iex> String.split(Exception.message(error), "\\n")
+      [
+        ~s{runner pod prod/web-flame-x7k2p failed while starting its container: container "web" exited with code 1 (Error)},
+        "  events: not readable (forbidden)",
+        ~s(  last log lines of container "web":),
+        "    ** (RuntimeError) no DATABASE_URL"
+      ]
+  """
   @impl true
   @spec message(t()) :: String.t()
-  def message(%__MODULE__{phase: phase, reason: reason, pod: pod}) do
+  def message(%__MODULE__{phase: phase, reason: reason, pod: pod} = error) do
     subject = if pod, do: "runner pod #{pod}", else: "runner"
-    "#{subject} failed while #{phase_text(phase)}: #{describe(reason)}"
+
+    "#{subject} failed while #{phase_text(phase)}: #{describe(reason)}" <>
+      events_text(error.events) <> log_text(error.log)
+  end
+
+  defp events_text(nil), do: ""
+  defp events_text([]), do: "\n  events: none"
+  defp events_text({:unreadable, why}), do: "\n  events: not readable (#{why})"
+
+  defp events_text(events) when is_list(events) do
+    "\n  events (oldest first):" <>
+      Enum.map_join(events, fn event ->
+        count = if is_integer(event[:count]) and event[:count] > 1, do: " (x#{event[:count]})"
+        "\n    #{event[:type]} #{event[:reason]}#{count}: #{event[:message]}"
+      end)
+  end
+
+  defp log_text(nil), do: ""
+  defp log_text({:unreadable, why}), do: "\n  log: not readable (#{why})"
+
+  defp log_text(%{container: container, lines: []}),
+    do: "\n  log of container #{inspect(container)}: empty"
+
+  defp log_text(%{container: container, lines: lines}) do
+    "\n  last log lines of container #{inspect(container)}:" <>
+      Enum.map_join(lines, &"\n    #{&1}")
   end
 
   defp phase_text(:connect), do: "connecting to the Kubernetes API"

@@ -119,11 +119,77 @@ defmodule FLAMEK8sBackend.Options do
       default: 15_000,
       doc: "ms per Kubernetes API request."
     ],
+    tmp_dir: [
+      type: :tmp_dir,
+      default: "/tmp/flame",
+      doc: """
+      an absolute path where the runner's app container gets a writable `emptyDir` volume \
+      (named `flame-tmp`), with `TMPDIR` pointing at it unless the container sets `TMPDIR` \
+      itself; `false` for none. It is what FLAME's `code_sync` needs on runners with a \
+      read-only root filesystem or a non-root user (see "Code sync" below). A volume named \
+      `flame-tmp` in `:manifest` replaces the default one (e.g. `medium: Memory`, a \
+      `sizeLimit`); a mount of the app container at this path is kept as it is.\
+      """
+    ],
+    dist_port: [
+      type: :port,
+      default: nil,
+      default_doc: "any free port, as Erlang chooses",
+      doc: """
+      a fixed TCP port for the runner's Erlang distribution, so a NetworkPolicy can admit \
+      exactly it (with epmd's 4369): `-kernel inet_dist_listen_min P inet_dist_listen_max P` \
+      goes first in the runner's `ERL_AFLAGS`, where it wins over later settings of the same \
+      parameters. The parent's own port is the parent's setting (see the README).\
+      """
+    ],
+    active_deadline_seconds: [
+      type: :seconds,
+      default: nil,
+      default_doc: "none: a runner lives as long as FLAME keeps it",
+      doc: """
+      the runner pod's `activeDeadlineSeconds`: Kubernetes kills the runner this many seconds \
+      after its pod started, whatever happens to the parent, the reaper or the API server. A \
+      backstop for runners that must never outlive a known bound (`single_use` jobs, \
+      `:omit_owner_reference`); leave it unset for long-lived runners (`min` pools, \
+      `FLAME.place_child/3`, Livebook), which it would kill in the middle of their work.\
+      """
+    ],
     # FLAME passes its own terminator supervisor; this backend has no use for it.
     terminator_sup: [type: :any, default: nil, doc: false]
   ]
 
   @keys Keyword.keys(@schema)
+
+  # Options of earlier versions of the pure-Elixir flame_k8s_backend (mruoss/flame_k8s_backend)
+  # that this backend spells differently: a user switching over is told what to write instead.
+  # Every option of its 0.7 (app_container_name, manifest, env, secret_env, log, boot_timeout,
+  # omit_owner_reference, terminator_sup) is accepted as is.
+  @replaced %{
+    runner_pod_tpl: """
+    the pure-Elixir backend's :runner_pod_tpl (before its 0.6) is :manifest here: a map \
+    deep-merged into the runner pod, or a function (parent_pod, app_container) -> pod. A \
+    %FLAMEK8sBackend.RunnerPodTemplate{} with :env and :resources becomes \
+    manifest: %{"spec" => %{"containers" => [%{"env" => [...], "resources" => %{...}}]}}\
+    """,
+    container_name: "use :app_container_name (the parent container the runner is made from)",
+    token_path: """
+    this backend reads the pod's service account token itself (and re-reads it when it \
+    rotates); to use other credentials pass :kubeconfig (and :context)\
+    """,
+    insecure_skip_tls_verify: """
+    not an option here: pass :kubeconfig with a kubeconfig whose cluster sets \
+    `insecure-skip-tls-verify: true`, or better its `certificate-authority-data`\
+    """
+  }
+
+  # Variables the runner must get from the backend alone: with another cookie a runner could
+  # never connect to its parent (the pure-Elixir backend let :env override it).
+  @reserved_env %{
+    "RELEASE_COOKIE" => """
+    is always the parent's cookie, which the runner gets through its own secret: a runner \
+    with another cookie cannot connect to the parent. Set the parent's cookie instead\
+    """
+  }
 
   @derive {Inspect, except: [:secret_env]}
   defstruct Enum.map(@schema, fn {key, spec} -> {key, spec[:default]} end)
@@ -144,6 +210,9 @@ defmodule FLAMEK8sBackend.Options do
           kubeconfig: String.t() | nil,
           context: String.t() | nil,
           request_timeout: pos_integer(),
+          tmp_dir: String.t() | false,
+          dist_port: 1..65_535 | nil,
+          active_deadline_seconds: pos_integer() | nil,
           terminator_sup: term()
         }
 
@@ -179,8 +248,16 @@ defmodule FLAMEK8sBackend.Options do
         :ok
 
       unknown ->
-        raise ArgumentError,
-              "FLAMEK8sBackend: unknown option(s) #{inspect(Enum.uniq(unknown))}, expected one of #{inspect(@keys)}"
+        unknown = Enum.uniq(unknown)
+
+        case Enum.find(unknown, &Map.has_key?(@replaced, &1)) do
+          nil ->
+            raise ArgumentError,
+                  "FLAMEK8sBackend: unknown option(s) #{inspect(unknown)}, expected one of #{inspect(@keys)}"
+
+          old ->
+            raise ArgumentError, "FLAMEK8sBackend option #{inspect(old)}: #{@replaced[old]}"
+        end
     end
 
     Enum.reduce(opts, %__MODULE__{}, fn {key, value}, acc ->
@@ -277,9 +354,33 @@ defmodule FLAMEK8sBackend.Options do
   defp check(:manifest, _key, %{} = value) when not is_struct(value), do: value
   defp check(:manifest, key, value), do: bad!(key, "a map or a function of 2 arguments", value)
 
+  defp check(:port, key, value) do
+    if is_integer(value) and value in 1..65_535,
+      do: value,
+      else: bad!(key, "a TCP port (1..65535)", value)
+  end
+
+  defp check(:seconds, key, value) do
+    if is_integer(value) and value > 0,
+      do: value,
+      else: bad!(key, "a positive integer (seconds)", value)
+  end
+
+  defp check(:tmp_dir, _key, false), do: false
+
+  defp check(:tmp_dir, key, value) do
+    path = if is_binary(value), do: String.trim_trailing(value, "/")
+
+    if is_binary(path) and String.starts_with?(path, "/") and
+         not String.contains?(path, [":", "\\", "\n"]),
+       do: path,
+       else: bad!(key, "an absolute path other than / (or false)", value)
+  end
+
   defp check(:env, key, value) do
     value
     |> pairs!(key)
+    |> reserved!(key)
     |> Map.new(fn
       {name, v} when is_binary(v) -> {name, v}
       {name, %{} = source} when not is_struct(source) -> {name, source}
@@ -307,7 +408,13 @@ defmodule FLAMEK8sBackend.Options do
 
   # Secret values are never echoed back, not even in an error: only names and types.
   defp check(:secret_env, key, value) when is_map(value) or is_list(value) do
-    Map.new(value, fn
+    value
+    |> Enum.map(fn
+      {name, v} when is_atom(name) -> {Atom.to_string(name), v}
+      pair -> pair
+    end)
+    |> reserved!(key)
+    |> Map.new(fn
       {name, v} when is_binary(name) or is_atom(name) ->
         name = to_string(name)
 
@@ -333,6 +440,20 @@ defmodule FLAMEK8sBackend.Options do
   defp check(:secret_env, key, _value) do
     raise ArgumentError,
           "FLAMEK8sBackend option #{inspect(key)}: expected a map of variable names to strings"
+  end
+
+  # Only names are shown: the pairs may be :secret_env's.
+  defp reserved!(pairs, key) do
+    Enum.each(pairs, fn
+      {name, _} when is_map_key(@reserved_env, name) ->
+        raise ArgumentError,
+              "FLAMEK8sBackend option #{inspect(key)}: #{name} #{@reserved_env[name]}"
+
+      _ ->
+        :ok
+    end)
+
+    pairs
   end
 
   defp pairs!(value, key) when is_map(value) or is_list(value) do

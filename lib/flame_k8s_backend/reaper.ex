@@ -7,7 +7,9 @@ defmodule FLAMEK8sBackend.Reaper do
   (idle shutdown, the runner VM killed, its node lost, the Runner crashing mid-boot) it deletes
   what it tracks. A boot that fails has it delete everything at once with `reap_now/1`.
   Failed deletes are retried (not when RBAC forbids them); a booted runner's pod is deleted with
-  its own grace period, one that never booted at once.
+  its own grace period, one that never booted at once. Each delete is a
+  `[:flame_k8s_backend, :cleanup, :delete]` event (`deleter: :reaper`, `trigger: :boot_failed`
+  or `:runner_down`; see `FLAMEK8sBackend.Telemetry`).
 
   `FLAMEK8sBackend.remote_boot/1` uses it like this:
 
@@ -23,7 +25,7 @@ defmodule FLAMEK8sBackend.Reaper do
 
   require Logger
 
-  alias FLAMEK8sBackend.Kube
+  alias FLAMEK8sBackend.{Kube, Telemetry}
 
   defstruct [:kube, :namespace, :log, pod: nil, secret: nil, booted?: false]
 
@@ -77,28 +79,33 @@ defmodule FLAMEK8sBackend.Reaper do
   end
 
   def handle_call(:reap_now, _from, state) do
-    reap(state, :boot_failed)
+    reap(state, :boot_failed, "boot failed")
     {:stop, :normal, :ok, state}
   end
 
   @impl true
   def handle_info({:DOWN, _ref, :process, _pid, reason}, state) do
-    reap(state, reason)
+    reap(state, :runner_down, "runner down: #{inspect(reason)}")
     {:stop, :normal, state}
   end
 
-  defp reap(%__MODULE__{pod: pod, secret: secret} = state, reason) do
-    if pod, do: delete(state, :pod, pod, reason)
-    if secret, do: delete(state, :secret, secret, reason)
+  defp reap(%__MODULE__{pod: pod, secret: secret} = state, trigger, why) do
+    if pod, do: delete(state, :pod, pod, trigger, why)
+    if secret, do: delete(state, :secret, secret, trigger, why)
   end
 
-  defp delete(state, kind, name, reason) do
-    case delete_with_retries(state, kind, name, @attempts) do
+  defp delete(state, kind, name, trigger, why) do
+    meta = %{
+      deleter: :reaper,
+      trigger: trigger,
+      kind: kind,
+      namespace: state.namespace,
+      name: name
+    }
+
+    case Telemetry.cleanup(meta, fn -> delete_with_retries(state, kind, name, 1) end) do
       :ok ->
-        log(
-          state,
-          "deleted runner #{kind} #{state.namespace}/#{name} (runner down: #{inspect(reason)})"
-        )
+        log(state, "deleted runner #{kind} #{state.namespace}/#{name} (#{why})")
 
       {:error, error} ->
         Logger.warning(
@@ -109,8 +116,8 @@ defmodule FLAMEK8sBackend.Reaper do
   end
 
   # A booted runner gets its pod's grace period, so its VM can finish what it is doing; a pod
-  # that never booted has nothing to finish.
-  defp delete_with_retries(state, kind, name, attempts_left) do
+  # that never booted has nothing to finish. Returns the result and the number of attempts.
+  defp delete_with_retries(state, kind, name, attempt) do
     result =
       case kind do
         :pod when state.booted? -> Kube.delete_pod(state.kube, state.namespace, name)
@@ -120,14 +127,16 @@ defmodule FLAMEK8sBackend.Reaper do
 
     case result do
       {:error, {:api, status, _, _}} = error when status in [401, 403] ->
-        error
+        {error, attempt}
 
-      {:error, _} when attempts_left > 1 ->
-        Process.sleep(@backoff * (@attempts - attempts_left + 1))
-        delete_with_retries(state, kind, name, attempts_left - 1)
+      {:error, _} when attempt < @attempts ->
+        # A back-off before the next request, not a wait for an event: nothing announces
+        # that an API server is answering again.
+        Process.sleep(@backoff * attempt)
+        delete_with_retries(state, kind, name, attempt + 1)
 
       result ->
-        result
+        {result, attempt}
     end
   end
 

@@ -23,19 +23,32 @@ defmodule FLAMEK8sBackend.RunnerPod do
        labels, then `:labels`, then the identifying labels below), and a controller owner
        reference to the parent pod unless `:omit_owner_reference` (Kubernetes' garbage
        collector deletes runners with their parent, and no ReplicaSet ever adopts one);
-    3. `restartPolicy: Never`;
+    3. `restartPolicy: Never`, and `activeDeadlineSeconds` when `:active_deadline_seconds`
+       is set (it wins over the manifest's);
     4. the app container's environment, by precedence (later wins):
-       parent container env < defaults (`PHX_SERVER=false`, `RELEASE_DISTRIBUTION=name`,
-       `RELEASE_NODE=<basename>@$(POD_IP)`, and `ERL_AFLAGS`/`ERL_ZFLAGS` of the parent VM)
-       < `:manifest` env < `:env` < fixed (`POD_NAME`, `POD_NAMESPACE`, `POD_IP` from the
-       downward API, `FLAME_PARENT`).
+       `TMPDIR` (the `:tmp_dir`) < parent container env < defaults (`PHX_SERVER=false`,
+       `RELEASE_DISTRIBUTION=name`, `RELEASE_NODE=<basename>@$(POD_IP)`, and
+       `ERL_AFLAGS`/`ERL_ZFLAGS` of the parent VM) < `:manifest` env < `:env` < fixed
+       (`POD_NAME`, `POD_NAMESPACE`, `POD_IP` from the downward API, `FLAME_PARENT`).
        `RELEASE_COOKIE` and the `:secret_env` names are never plain env vars: they are removed
        from the env list (a plain var would win over the secret) and come from the runner
-       secret (named like the pod, same owner reference) through `envFrom`.
+       secret (named like the pod, same owner reference) through `envFrom`;
+    5. with `:dist_port`, `-kernel inet_dist_listen_min P inet_dist_listen_max P` in front of
+       the final `ERL_AFLAGS` (the first setting of a kernel parameter wins, so neither the
+       parent's forwarded flags nor the release's `vm.args` can move the port);
+    6. with `:tmp_dir`, an `emptyDir` volume `flame-tmp` (unless the pod already has a volume
+       of that name) mounted at that path in the app container (unless something is already
+       mounted there). An `emptyDir` is writable by any user, also under a read-only root
+       filesystem.
+
+  A `:manifest` map cannot move the runner to another namespace, and a container in it that
+  names no container of the pod and has no image is an error (the pure-Elixir backend took the
+  first container as the app container whatever its name; here a container without a name is).
 
   Identifying labels: `app.kubernetes.io/managed-by=flame_k8s_backend` and
-  `flame-k8s-backend.io/parent-uid=<parent pod uid>`; the annotation
-  `flame-k8s-backend.io/parent-pod` holds the parent's name.
+  `flame-k8s-backend.io/parent-uid=<parent pod uid>`; the annotations
+  `flame-k8s-backend.io/parent-pod` (the parent's name) and
+  `flame-k8s-backend.io/app-container` (the app container's name, which the sweep reads).
   """
 
   alias FLAMEK8sBackend.RunnerPod.Spec
@@ -44,6 +57,8 @@ defmodule FLAMEK8sBackend.RunnerPod do
   @managed_by "flame_k8s_backend"
   @parent_uid_label "flame-k8s-backend.io/parent-uid"
   @parent_annotation "flame-k8s-backend.io/parent-pod"
+  @app_container_annotation "flame-k8s-backend.io/app-container"
+  @tmp_volume "flame-tmp"
 
   @fixed_first ~w(POD_NAME POD_NAMESPACE POD_IP)
   @secret_only ~w(RELEASE_COOKIE)
@@ -58,6 +73,18 @@ defmodule FLAMEK8sBackend.RunnerPod do
   def selector(parent_pod) do
     "#{@managed_by_label}=#{@managed_by},#{@parent_uid_label}=#{uid(parent_pod)}"
   end
+
+  @doc """
+  The name of a runner pod's app container, as its annotation records it (`nil` for a pod
+  without it).
+
+      iex> FLAMEK8sBackend.RunnerPod.app_container_name(%{"metadata" =>
+      ...>   %{"annotations" => %{"flame-k8s-backend.io/app-container" => "web"}}})
+      "web"
+  """
+  @spec app_container_name(map()) :: String.t() | nil
+  def app_container_name(pod),
+    do: get_in(pod, ["metadata", "annotations", @app_container_annotation])
 
   @doc """
   The runner secret, named like the runner pod: the cookie plus `:secret_env`, labelled like
@@ -111,9 +138,10 @@ defmodule FLAMEK8sBackend.RunnerPod do
   def build(parent_pod, %Spec{} = spec) do
     with {:ok, app} <- find_container(parent_pod, spec.app_container_name),
          {:ok, pod} <- base_pod(parent_pod, app, spec),
+         :ok <- validate_namespace(pod, parent_pod),
          {:ok, pod, app_index} <- ensure_app_container(pod, app, spec),
          :ok <- validate_env(pod) do
-      {:ok, finish(pod, app_index, parent_pod, app, spec)}
+      finish(pod, app_index, parent_pod, app, spec)
     end
   end
 
@@ -168,7 +196,54 @@ defmodule FLAMEK8sBackend.RunnerPod do
             |> Map.put("containers", [container])
         }
 
-        {:ok, merge_manifest(pod, stringify(manifest || %{}), container["name"])}
+        manifest = stringify(manifest || %{})
+
+        with :ok <- validate_manifest_containers(manifest, container["name"]) do
+          {:ok, merge_manifest(pod, manifest, container["name"])}
+        end
+    end
+  end
+
+  # A container of a map manifest merges with the pod's container of the same name; the pod
+  # has only the app container yet. One that names another container and gives no image can
+  # be neither a new container (it has nothing to run) nor the app container: most likely
+  # the pure-Elixir backend's style, where the first container was the app container
+  # whatever its name.
+  defp validate_manifest_containers(%{"spec" => %{"containers" => containers}}, app_name)
+       when is_list(containers) do
+    containers
+    |> Enum.with_index()
+    |> Enum.find_value(:ok, fn
+      {%{"name" => name} = container, i} when is_binary(name) and name != app_name ->
+        unless Map.has_key?(container, "image") do
+          {:error,
+           {:invalid_manifest,
+            "spec.containers[#{i}] is named #{inspect(name)}, which is not the app container " <>
+              "(#{inspect(app_name)}), and has no image: leave the name out (or write " <>
+              "#{inspect(app_name)}) to configure the app container, or give an image to add " <>
+              "a container"}}
+        end
+
+      _ ->
+        nil
+    end)
+  end
+
+  defp validate_manifest_containers(_manifest, _app_name), do: :ok
+
+  # Runner pods are created, watched and deleted in the parent's namespace, and owned by it.
+  defp validate_namespace(pod, parent_pod) do
+    wanted = get_in(parent_pod, ["metadata", "namespace"])
+
+    case pod["metadata"] do
+      %{"namespace" => namespace} when is_binary(wanted) and namespace not in [nil, wanted] ->
+        {:error,
+         {:invalid_manifest,
+          "metadata.namespace is #{inspect(namespace)}, but runner pods run in the parent " <>
+            "pod's namespace (#{inspect(wanted)}): leave it out"}}
+
+      _ ->
+        :ok
     end
   end
 
@@ -249,6 +324,8 @@ defmodule FLAMEK8sBackend.RunnerPod do
 
   defp finish(pod, index, parent_pod, app, spec) do
     namespace = get_in(parent_pod, ["metadata", "namespace"])
+    app_name = get_in(pod, ["spec", "containers", Access.at(index), "name"])
+    annotations = annotations(parent_pod, app_name)
 
     metadata =
       (pod["metadata"] || %{})
@@ -257,29 +334,43 @@ defmodule FLAMEK8sBackend.RunnerPod do
       |> Map.put("name", spec.runner_name)
       |> put_if(namespace, "namespace", namespace)
       |> Map.update("labels", labels(parent_pod, spec), &Map.merge(&1, labels(parent_pod, spec)))
-      |> Map.update(
-        "annotations",
-        annotations(parent_pod),
-        &Map.merge(&1, annotations(parent_pod))
-      )
+      |> Map.update("annotations", annotations, &Map.merge(&1, annotations))
       |> owner_references(parent_pod, spec)
 
-    app_name = get_in(pod, ["spec", "containers", Access.at(index), "name"])
     manifest_env = manifest_env(spec.manifest, app_name, pod, app)
+    container = Enum.at(pod["spec"]["containers"], index)
 
-    pod_spec =
-      pod["spec"]
-      |> Map.put("restartPolicy", "Never")
-      |> Map.delete("nodeName")
-      |> Map.update!("containers", fn containers ->
-        List.update_at(containers, index, &runner_container(&1, manifest_env, spec))
-      end)
+    with {:ok, container} <- runner_container(container, manifest_env, spec) do
+      pod_spec =
+        pod["spec"]
+        |> Map.put("restartPolicy", "Never")
+        |> Map.delete("nodeName")
+        |> put_deadline(spec.active_deadline_seconds)
+        |> put_tmp_volume(container)
+        |> Map.update!("containers", &List.replace_at(&1, index, container))
 
-    pod
-    |> Map.put("metadata", metadata)
-    |> Map.put("spec", pod_spec)
-    |> Map.put_new("apiVersion", "v1")
-    |> Map.put_new("kind", "Pod")
+      {:ok,
+       pod
+       |> Map.put("metadata", metadata)
+       |> Map.put("spec", pod_spec)
+       |> Map.put_new("apiVersion", "v1")
+       |> Map.put_new("kind", "Pod")}
+    end
+  end
+
+  defp put_deadline(pod_spec, nil), do: pod_spec
+  defp put_deadline(pod_spec, seconds), do: Map.put(pod_spec, "activeDeadlineSeconds", seconds)
+
+  # The volume behind the app container's tmp mount, unless the pod brings its own of that name.
+  defp put_tmp_volume(pod_spec, container) do
+    mounted? = Enum.any?(container["volumeMounts"] || [], &(&1["name"] == @tmp_volume))
+    volumes = pod_spec["volumes"] || []
+
+    if mounted? and not Enum.any?(volumes, &(is_map(&1) and &1["name"] == @tmp_volume)) do
+      Map.put(pod_spec, "volumes", volumes ++ [%{"name" => @tmp_volume, "emptyDir" => %{}}])
+    else
+      pod_spec
+    end
   end
 
   # The env the user's manifest asked for, so that it outranks the defaults while the env
@@ -317,6 +408,8 @@ defmodule FLAMEK8sBackend.RunnerPod do
       ] ++ Enum.map(Enum.sort(spec.forwarded_env), fn {k, v} -> env(k, v) end)
 
     user_env = Enum.map(Enum.sort(spec.env), fn {name, value} -> env(name, value) end)
+    # Lowest of all: a TMPDIR the container already has points somewhere it may write too.
+    tmp_env = if spec.tmp_dir, do: [env("TMPDIR", spec.tmp_dir)], else: []
 
     fixed = [
       field_env("POD_NAME", "metadata.name"),
@@ -327,26 +420,73 @@ defmodule FLAMEK8sBackend.RunnerPod do
     last = [env("FLAME_PARENT", spec.flame_parent)]
 
     merged =
-      [parent_env, defaults, manifest_env, user_env, fixed, last]
+      [tmp_env, parent_env, defaults, manifest_env, user_env, fixed, last]
       |> Enum.reduce(%{order: [], by_name: %{}}, &merge_env/2)
 
-    fixed_names = Enum.map(fixed ++ last, & &1["name"])
-    # A plain env var would win over the secret's envFrom value of the same name.
-    secret_only = @secret_only ++ Map.keys(spec.secret_env)
+    with {:ok, merged} <- put_dist_port(merged, spec.dist_port) do
+      fixed_names = Enum.map(fixed ++ last, & &1["name"])
+      # A plain env var would win over the secret's envFrom value of the same name.
+      secret_only = @secret_only ++ Map.keys(spec.secret_env)
 
-    # $(VAR) expansion only sees variables defined earlier in the list: the downward-API vars
-    # come first so RELEASE_NODE=<basename>@$(POD_IP) resolves.
-    ordered =
-      Enum.map(fixed, & &1["name"]) ++
-        Enum.reject(merged.order, &(&1 in fixed_names or &1 in secret_only)) ++
-        Enum.map(last, & &1["name"])
+      # $(VAR) expansion only sees variables defined earlier in the list: the downward-API vars
+      # come first so RELEASE_NODE=<basename>@$(POD_IP) resolves.
+      ordered =
+        Enum.map(fixed, & &1["name"]) ++
+          Enum.reject(merged.order, &(&1 in fixed_names or &1 in secret_only)) ++
+          Enum.map(last, & &1["name"])
 
-    env_from = (container["envFrom"] || []) ++ [%{"secretRef" => %{"name" => spec.runner_name}}]
+      env_from = (container["envFrom"] || []) ++ [%{"secretRef" => %{"name" => spec.runner_name}}]
 
-    container
-    |> Map.put("env", Enum.map(ordered, &Map.fetch!(merged.by_name, &1)))
-    |> Map.put("envFrom", env_from)
-    |> Map.drop(~w(ports livenessProbe readinessProbe startupProbe lifecycle))
+      {:ok,
+       container
+       |> Map.put("env", Enum.map(ordered, &Map.fetch!(merged.by_name, &1)))
+       |> Map.put("envFrom", env_from)
+       |> put_tmp_mount(spec.tmp_dir)
+       |> Map.drop(~w(ports livenessProbe readinessProbe startupProbe lifecycle))}
+    end
+  end
+
+  # Erlang takes the first setting of a kernel parameter: in front of ERL_AFLAGS (which comes
+  # before the command line and ERL_ZFLAGS), the port wins over anything else that sets it.
+  defp put_dist_port(merged, nil), do: {:ok, merged}
+
+  defp put_dist_port(merged, port) do
+    flags = "-kernel inet_dist_listen_min #{port} inet_dist_listen_max #{port}"
+
+    case merged.by_name["ERL_AFLAGS"] do
+      %{"valueFrom" => _} ->
+        {:error,
+         {:invalid_manifest,
+          "ERL_AFLAGS comes from valueFrom, so :dist_port cannot go in front of it: give " <>
+            "ERL_AFLAGS as a value, or set inet_dist_listen_min/max in it and leave :dist_port out"}}
+
+      %{"value" => value} when is_binary(value) and value != "" ->
+        {:ok, merge_env([env("ERL_AFLAGS", flags <> " " <> value)], merged)}
+
+      _ ->
+        {:ok, merge_env([env("ERL_AFLAGS", flags)], merged)}
+    end
+  end
+
+  # Something the container already mounts at that path (the parent's own volume, a
+  # manifest's) is kept: it is the user's choice of a writable place.
+  defp put_tmp_mount(container, false), do: container
+
+  defp put_tmp_mount(container, path) do
+    mounts = container["volumeMounts"] || []
+
+    if Enum.any?(
+         mounts,
+         &(is_map(&1) and String.trim_trailing(&1["mountPath"] || "", "/") == path)
+       ) do
+      container
+    else
+      Map.put(
+        container,
+        "volumeMounts",
+        mounts ++ [%{"name" => @tmp_volume, "mountPath" => path}]
+      )
+    end
   end
 
   defp merge_env(vars, acc) do
@@ -367,7 +507,8 @@ defmodule FLAMEK8sBackend.RunnerPod do
   defp identifying_labels(parent_pod),
     do: %{@managed_by_label => @managed_by, @parent_uid_label => uid(parent_pod)}
 
-  defp annotations(parent_pod), do: %{@parent_annotation => name(parent_pod)}
+  defp annotations(parent_pod, app_name),
+    do: %{@parent_annotation => name(parent_pod), @app_container_annotation => app_name}
 
   defp owner_references(metadata, _parent_pod, %Spec{omit_owner_reference: true}), do: metadata
 

@@ -4,11 +4,13 @@ defmodule FLAMEK8sBackend.SelfDelete do
   secret (both named `POD_NAME`) with the pod's service account, when that account may.
 
   Best effort and bounded: the parent deletes them too when it sees the runner go down, so a
-  runner without credentials (or without RBAC for it) simply skips this.
+  runner without credentials (or without RBAC for it) simply skips this. Each delete it sends
+  is a `[:flame_k8s_backend, :cleanup, :delete]` event on the runner node (`deleter: :runner`,
+  `trigger: :system_shutdown`), for a handler attached there.
   """
   require Logger
 
-  alias FLAMEK8sBackend.Kube
+  alias FLAMEK8sBackend.{Kube, Telemetry}
 
   @request_timeout 1_000
   # FLAME's terminator runs system_shutdown inside a GenServer call with the default 5 s
@@ -28,8 +30,18 @@ defmodule FLAMEK8sBackend.SelfDelete do
          namespace when namespace not in [nil, ""] <- System.get_env("POD_NAMESPACE"),
          name when name not in [nil, ""] <- System.get_env("POD_NAME"),
          {:ok, kube} <- Kube.connect(mode: :in_cluster, request_timeout: @request_timeout) do
-      _ = Kube.delete_secret(kube, namespace, name)
-      _ = Kube.delete_pod(kube, namespace, name)
+      meta = %{deleter: :runner, trigger: :system_shutdown, namespace: namespace, name: name}
+
+      _ =
+        Telemetry.cleanup(Map.put(meta, :kind, :secret), fn ->
+          {Kube.delete_secret(kube, namespace, name), 1}
+        end)
+
+      _ =
+        Telemetry.cleanup(Map.put(meta, :kind, :pod), fn ->
+          {Kube.delete_pod(kube, namespace, name), 1}
+        end)
+
       :ok
     else
       _ -> :ok

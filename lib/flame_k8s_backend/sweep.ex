@@ -2,13 +2,15 @@ defmodule FLAMEK8sBackend.Sweep do
   @moduledoc false
   # Deletes this parent's finished runner pods (and their secrets) left behind when an earlier
   # reaper could not delete them: the parent VM was killed, the API server was unreachable.
+  # Finished means the pod's phase, or its app container having terminated: a sidecar (a
+  # service mesh's proxy) keeps a pod Running after the runner VM is gone.
   # Only pods older than a boot timeout, so a sibling boot that just failed keeps its pod for
   # its own report; and at most once a minute per parent, so a burst of boots does not list
-  # pods once each. Never fails a boot.
+  # pods once each. Never fails a boot. Each delete is a cleanup telemetry event.
 
   require Logger
 
-  alias FLAMEK8sBackend.{Kube, Options, RunnerPod}
+  alias FLAMEK8sBackend.{Kube, Options, RunnerPod, Telemetry}
 
   @interval_ms 60_000
 
@@ -36,8 +38,8 @@ defmodule FLAMEK8sBackend.Sweep do
   end
 
   @doc """
-  Whether `pod` is a runner to sweep at `now`: finished, and created more than `boot_timeout`
-  ms ago.
+  Whether `pod` is a runner to sweep at `now`: finished (its phase, or its app container
+  terminated while a sidecar runs on), and created more than `boot_timeout` ms ago.
 
       iex> pod = %{"metadata" => %{"creationTimestamp" => "2025-01-01T12:00:00Z"},
       ...>   "status" => %{"phase" => "Failed"}}
@@ -51,7 +53,21 @@ defmodule FLAMEK8sBackend.Sweep do
     finished?(pod) and older_than?(pod, boot_timeout, now)
   end
 
-  defp finished?(pod), do: get_in(pod, ["status", "phase"]) in ["Succeeded", "Failed"]
+  defp finished?(pod) do
+    get_in(pod, ["status", "phase"]) in ["Succeeded", "Failed"] or app_container_terminated?(pod)
+  end
+
+  defp app_container_terminated?(pod) do
+    name = RunnerPod.app_container_name(pod)
+    statuses = get_in(pod, ["status", "containerStatuses"])
+
+    is_binary(name) and is_list(statuses) and
+      Enum.any?(
+        statuses,
+        &(is_map(&1) and &1["name"] == name and is_map(&1["state"]) and
+            is_map(&1["state"]["terminated"]))
+      )
+  end
 
   defp older_than?(pod, ms, now) do
     with created when is_binary(created) <- get_in(pod, ["metadata", "creationTimestamp"]),
@@ -77,8 +93,18 @@ defmodule FLAMEK8sBackend.Sweep do
   end
 
   defp delete(kube, namespace, name, log) do
-    _ = Kube.delete_pod(kube, namespace, name, grace_period: 0)
-    _ = Kube.delete_secret(kube, namespace, name)
+    meta = %{deleter: :sweep, trigger: :finished, namespace: namespace, name: name}
+
+    _ =
+      Telemetry.cleanup(Map.put(meta, :kind, :pod), fn ->
+        {Kube.delete_pod(kube, namespace, name, grace_period: 0), 1}
+      end)
+
+    _ =
+      Telemetry.cleanup(Map.put(meta, :kind, :secret), fn ->
+        {Kube.delete_secret(kube, namespace, name), 1}
+      end)
+
     if log, do: Logger.log(log, "swept finished runner pod #{namespace}/#{name}")
   end
 end

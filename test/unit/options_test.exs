@@ -119,6 +119,88 @@ defmodule FLAMEK8sBackend.OptionsTest do
     assert inspect(opts) =~ "runner"
   end
 
+  describe "drop-in for the pure-Elixir backend (mruoss/flame_k8s_backend 0.7)" do
+    test "every option it accepts is accepted here" do
+      opts =
+        Options.validate!(
+          app_container_name: "app",
+          manifest: %{"spec" => %{"containers" => [%{"resources" => %{}}]}},
+          env: %{"FOO" => "bar"},
+          secret_env: %{"API_KEY" => "k3y"},
+          terminator_sup: :sup,
+          log: :info,
+          boot_timeout: 60_000,
+          omit_owner_reference: true
+        )
+
+      assert %{app_container_name: "app", log: :info, boot_timeout: 60_000} = opts
+      assert opts.omit_owner_reference
+      assert opts.env == %{"FOO" => "bar"}
+    end
+
+    for {old, hint} <- [
+          runner_pod_tpl: ":manifest",
+          container_name: ":app_container_name",
+          token_path: ":kubeconfig",
+          insecure_skip_tls_verify: ":kubeconfig"
+        ] do
+      test "its earlier option #{inspect(old)} fails naming #{hint}" do
+        error = assert_raise ArgumentError, fn -> Options.validate!([{unquote(old), "x"}]) end
+
+        assert error.message =~ "FLAMEK8sBackend option #{inspect(unquote(old))}: "
+        assert error.message =~ unquote(hint)
+      end
+    end
+
+    test "RELEASE_COOKIE in :env or :secret_env fails, naming the reason and never the value" do
+      for key <- [:env, :secret_env],
+          cookie <- [%{"RELEASE_COOKIE" => "hunter2"}, [RELEASE_COOKIE: "hunter2"]] do
+        error = assert_raise ArgumentError, fn -> Options.validate!([{key, cookie}]) end
+        assert error.message =~ "#{inspect(key)}: RELEASE_COOKIE is always the parent's cookie"
+        refute error.message =~ "hunter2"
+      end
+    end
+  end
+
+  describe "tmp_dir, dist_port, active_deadline_seconds" do
+    test "defaults: a writable /tmp/flame, no fixed port, no deadline" do
+      assert %{tmp_dir: "/tmp/flame", dist_port: nil, active_deadline_seconds: nil} =
+               Options.validate!([])
+    end
+
+    test "valid values; a trailing slash of tmp_dir is dropped" do
+      assert %{tmp_dir: "/scratch", dist_port: 9000, active_deadline_seconds: 3600} =
+               Options.validate!(
+                 tmp_dir: "/scratch/",
+                 dist_port: 9000,
+                 active_deadline_seconds: 3600
+               )
+
+      assert %{tmp_dir: false} = Options.validate!(tmp_dir: false)
+    end
+
+    for {key, value, expected} <- [
+          {:tmp_dir, "tmp", "an absolute path"},
+          {:tmp_dir, "/", "an absolute path other than /"},
+          {:tmp_dir, "//", "an absolute path other than /"},
+          {:tmp_dir, true, "an absolute path"},
+          {:dist_port, 0, "a TCP port"},
+          {:dist_port, 70_000, "a TCP port"},
+          {:dist_port, "9000", "a TCP port"},
+          {:active_deadline_seconds, 0, "a positive integer (seconds)"},
+          {:active_deadline_seconds, :infinity, "a positive integer (seconds)"}
+        ] do
+      test "#{key}: #{inspect(value)} is rejected" do
+        error =
+          assert_raise ArgumentError, fn ->
+            Options.validate!([{unquote(key), unquote(value)}])
+          end
+
+        assert error.message =~ "option #{inspect(unquote(key))}: expected #{unquote(expected)}"
+      end
+    end
+  end
+
   describe "docs/0, rendered from the schema that validates" do
     test "documents every option with its default, and only FLAME's own one is left out" do
       docs = Options.docs()

@@ -5,83 +5,17 @@ defmodule FLAMEK8sBackend.ReaperTest do
 
   @moduletag :unit
 
+  Code.require_file("support/fake_api_server.exs", __DIR__)
+
   import ExUnit.CaptureLog
 
   alias FLAMEK8sBackend.{Kube, Reaper}
+  alias FLAMEK8sBackend.Test.FakeApiServer
 
   @token "s3cr3t-reaper-token"
   @ns "prod"
   @pod_path "/api/v1/namespaces/prod/pods/web-1-flame-x7k2p"
   @secret_path "/api/v1/namespaces/prod/secrets/web-1-flame-x7k2p"
-
-  defmodule FakeApiServer do
-    # An HTTP/1.1 server that sends `{:api_request, method, path, body}` to `test` for every
-    # request, then answers with `answer.(method, path)`: `{status, json}`.
-
-    def start!(test, answer) do
-      {:ok, listen} =
-        :gen_tcp.listen(0, [:binary, active: false, reuseaddr: true, ip: {127, 0, 0, 1}])
-
-      {:ok, port} = :inet.port(listen)
-      pid = spawn_link(fn -> accept(listen, test, answer) end)
-      :ok = :gen_tcp.controlling_process(listen, pid)
-      "http://127.0.0.1:#{port}"
-    end
-
-    defp accept(listen, test, answer) do
-      {:ok, socket} = :gen_tcp.accept(listen)
-      handler = spawn(fn -> serve(socket, test, answer) end)
-      :ok = :gen_tcp.controlling_process(socket, handler)
-      send(handler, :go)
-      accept(listen, test, answer)
-    end
-
-    defp serve(socket, test, answer) do
-      receive do
-        :go -> loop(socket, test, answer)
-      end
-    end
-
-    defp loop(socket, test, answer) do
-      :ok = :inet.setopts(socket, packet: :http_bin)
-
-      case :gen_tcp.recv(socket, 0) do
-        {:ok, {:http_request, method, {:abs_path, path}, _version}} ->
-          length = content_length(socket, 0)
-          :ok = :inet.setopts(socket, packet: :raw)
-          body = if length > 0, do: elem(:gen_tcp.recv(socket, length), 1), else: ""
-          method = to_string(method)
-          [path | _query] = String.split(path, "?")
-          send(test, {:api_request, method, path, body})
-          {status, json} = answer.(method, path)
-
-          :ok =
-            :gen_tcp.send(socket, [
-              "HTTP/1.1 #{status} X\r\ncontent-type: application/json\r\n",
-              "content-length: #{byte_size(json)}\r\n\r\n",
-              json
-            ])
-
-          loop(socket, test, answer)
-
-        {:error, _closed} ->
-          :ok
-      end
-    end
-
-    defp content_length(socket, length) do
-      case :gen_tcp.recv(socket, 0) do
-        {:ok, {:http_header, _, :"Content-Length", _, value}} ->
-          content_length(socket, String.to_integer(value))
-
-        {:ok, {:http_header, _, _, _, _}} ->
-          content_length(socket, length)
-
-        {:ok, :http_eoh} ->
-          length
-      end
-    end
-  end
 
   @success ~s({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Success"})
 

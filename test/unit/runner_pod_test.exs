@@ -342,4 +342,218 @@ defmodule FLAMEK8sBackend.RunnerPodTest do
     assert {:error, {:invalid_manifest, "spec.containers[0].env: expected a list"}} =
              RunnerPod.build(@parent, spec(%{manifest: manifest}))
   end
+
+  describe "a writable tmp_dir (code_sync on read-only-root and non-root runners)" do
+    test "an emptyDir mounted at the path, TMPDIR pointing at it" do
+      pod = build!(%{tmp_dir: "/tmp/flame"})
+      container = app_container(pod)
+
+      assert %{"name" => "flame-tmp", "emptyDir" => %{}} in pod["spec"]["volumes"]
+      assert %{"name" => "flame-tmp", "mountPath" => "/tmp/flame"} in container["volumeMounts"]
+      assert env_map(container)["TMPDIR"] == "/tmp/flame"
+    end
+
+    test "the parent's volumes and mounts stay, and the read-only root is kept" do
+      parent =
+        @parent
+        |> put_in(["spec", "volumes"], [%{"name" => "certs", "secret" => %{"secretName" => "c"}}])
+        |> put_in(["spec", "securityContext"], %{"runAsNonRoot" => true, "runAsUser" => 1000})
+        |> update_in(["spec", "containers", Access.at(1)], fn app ->
+          app
+          |> Map.put("volumeMounts", [%{"name" => "certs", "mountPath" => "/certs"}])
+          |> Map.put("securityContext", %{"readOnlyRootFilesystem" => true})
+        end)
+
+      pod = build!(%{tmp_dir: "/tmp/flame"}, parent)
+      container = app_container(pod)
+
+      assert Enum.map(pod["spec"]["volumes"], & &1["name"]) == ["certs", "flame-tmp"]
+      assert Enum.map(container["volumeMounts"], & &1["mountPath"]) == ["/certs", "/tmp/flame"]
+      assert container["securityContext"] == %{"readOnlyRootFilesystem" => true}
+      assert pod["spec"]["securityContext"]["runAsUser"] == 1000
+    end
+
+    test "a TMPDIR the container sets itself wins; the volume is still there" do
+      parent =
+        update_in(
+          @parent,
+          ["spec", "containers", Access.at(1), "env"],
+          &[%{"name" => "TMPDIR", "value" => "/scratch"} | &1]
+        )
+
+      assert env_map(app_container(build!(%{tmp_dir: "/tmp/flame"}, parent)))["TMPDIR"] ==
+               "/scratch"
+
+      env =
+        build!(%{tmp_dir: "/tmp/flame", env: %{"TMPDIR" => "/mine"}})
+        |> app_container()
+        |> env_map()
+
+      assert env["TMPDIR"] == "/mine"
+    end
+
+    test "a flame-tmp volume of the manifest replaces the default one" do
+      manifest = %{
+        "spec" => %{
+          "volumes" => [%{"name" => "flame-tmp", "emptyDir" => %{"medium" => "Memory"}}]
+        }
+      }
+
+      pod = build!(%{tmp_dir: "/tmp/flame", manifest: manifest})
+
+      assert pod["spec"]["volumes"] == [
+               %{"name" => "flame-tmp", "emptyDir" => %{"medium" => "Memory"}}
+             ]
+    end
+
+    test "something already mounted at the path is kept, and no volume is added for nothing" do
+      manifest = %{
+        "spec" => %{
+          "volumes" => [%{"name" => "scratch", "emptyDir" => %{}}],
+          "containers" => [
+            %{"volumeMounts" => [%{"name" => "scratch", "mountPath" => "/tmp/flame/"}]}
+          ]
+        }
+      }
+
+      pod = build!(%{tmp_dir: "/tmp/flame", manifest: manifest})
+
+      assert app_container(pod)["volumeMounts"] == [
+               %{"name" => "scratch", "mountPath" => "/tmp/flame/"}
+             ]
+
+      assert pod["spec"]["volumes"] == [%{"name" => "scratch", "emptyDir" => %{}}]
+      assert env_map(app_container(pod))["TMPDIR"] == "/tmp/flame"
+    end
+
+    test "tmp_dir: false adds nothing" do
+      pod = build!(%{tmp_dir: false})
+      refute Map.has_key?(pod["spec"], "volumes")
+      refute Map.has_key?(app_container(pod), "volumeMounts")
+      refute Map.has_key?(env_map(app_container(pod)), "TMPDIR")
+    end
+  end
+
+  describe "dist_port" do
+    test "goes in front of ERL_AFLAGS, before the parent's forwarded flags" do
+      env =
+        build!(%{
+          dist_port: 9000,
+          forwarded_env: %{"ERL_AFLAGS" => "-kernel inet_dist_listen_min 4000"}
+        })
+        |> app_container()
+        |> env_map()
+
+      assert env["ERL_AFLAGS"] ==
+               "-kernel inet_dist_listen_min 9000 inet_dist_listen_max 9000 -kernel inet_dist_listen_min 4000"
+    end
+
+    test "is ERL_AFLAGS when nothing else sets it, and wins over :env's ERL_AFLAGS too" do
+      assert build!(%{dist_port: 9000}) |> app_container() |> env_map() |> Map.get("ERL_AFLAGS") ==
+               "-kernel inet_dist_listen_min 9000 inet_dist_listen_max 9000"
+
+      env =
+        build!(%{dist_port: 9000, env: %{"ERL_AFLAGS" => "+S 2"}}) |> app_container() |> env_map()
+
+      assert env["ERL_AFLAGS"] ==
+               "-kernel inet_dist_listen_min 9000 inet_dist_listen_max 9000 +S 2"
+    end
+
+    test "an ERL_AFLAGS from valueFrom is an invalid manifest saying what to do" do
+      source = %{"valueFrom" => %{"configMapKeyRef" => %{"name" => "vm", "key" => "flags"}}}
+
+      assert {:error, {:invalid_manifest, message}} =
+               RunnerPod.build(@parent, spec(%{dist_port: 9000, env: %{"ERL_AFLAGS" => source}}))
+
+      assert message =~ "ERL_AFLAGS comes from valueFrom"
+    end
+  end
+
+  test "active_deadline_seconds becomes the pod's activeDeadlineSeconds, over the manifest's" do
+    refute Map.has_key?(build!()["spec"], "activeDeadlineSeconds")
+
+    manifest = %{"spec" => %{"activeDeadlineSeconds" => 60}}
+    assert build!(%{manifest: manifest})["spec"]["activeDeadlineSeconds"] == 60
+
+    assert build!(%{manifest: manifest, active_deadline_seconds: 7200})["spec"][
+             "activeDeadlineSeconds"
+           ] == 7200
+  end
+
+  test "the app container's name is recorded in an annotation" do
+    pod = build!()
+    assert RunnerPod.app_container_name(pod) == "app"
+    assert pod["metadata"]["annotations"]["flame-k8s-backend.io/app-container"] == "app"
+  end
+
+  describe "drop-in for the pure-Elixir backend 0.7" do
+    test ":app_container_name of a container that is not the first, with :secret_env: the secret reaches that container" do
+      # 0.7 looked the container up by name in the runner pod, where it was renamed "runner":
+      # the secret's envFrom was lost.
+      pod = build!(%{app_container_name: "app", secret_env: %{"API_KEY" => "k3y"}})
+      assert [container] = pod["spec"]["containers"]
+      assert container["name"] == "app"
+
+      assert %{"secretRef" => %{"name" => "web-7d9f8b-x2k9p-flame-abcdefgh"}} in container[
+               "envFrom"
+             ]
+
+      refute "API_KEY" in env_names(container)
+
+      manifest = fn parent, _app ->
+        %{"spec" => %{"containers" => parent["spec"]["containers"]}}
+      end
+
+      pod =
+        build!(%{app_container_name: "app", secret_env: %{"API_KEY" => "k3y"}, manifest: manifest})
+
+      assert Enum.map(pod["spec"]["containers"], & &1["name"]) == ["sidecar", "app"]
+
+      assert %{"secretRef" => %{"name" => "web-7d9f8b-x2k9p-flame-abcdefgh"}} in app_container(
+               pod
+             )["envFrom"]
+
+      refute Map.has_key?(app_container(pod, "sidecar"), "envFrom")
+    end
+
+    test "a 0.7-style manifest map: its first container configures the app container when unnamed" do
+      manifest = %{
+        "spec" => %{
+          "containers" => [
+            %{
+              "env" => [%{"name" => "FOO", "value" => "bar"}],
+              "resources" => %{"requests" => %{"memory" => "256Mi", "cpu" => "100m"}}
+            }
+          ]
+        }
+      }
+
+      container = app_container(build!(%{manifest: manifest}))
+      assert env_map(container)["FOO"] == "bar"
+      assert container["resources"]["requests"] == %{"memory" => "256Mi", "cpu" => "100m"}
+    end
+
+    test "a first container named otherwise and without image fails saying what to write" do
+      manifest = %{"spec" => %{"containers" => [%{"name" => "runner", "resources" => %{}}]}}
+
+      assert {:error, {:invalid_manifest, message}} =
+               RunnerPod.build(@parent, spec(%{manifest: manifest}))
+
+      assert message =~ ~s(spec.containers[0] is named "runner")
+      assert message =~ ~s{leave the name out (or write "app")}
+    end
+
+    test "a manifest namespace other than the parent's fails" do
+      manifest = %{"metadata" => %{"namespace" => "elsewhere"}}
+
+      assert {:error, {:invalid_manifest, message}} =
+               RunnerPod.build(@parent, spec(%{manifest: manifest}))
+
+      assert message =~ ~s{runner pods run in the parent pod's namespace ("prod")}
+
+      assert build!(%{manifest: %{"metadata" => %{"namespace" => "prod"}}})["metadata"][
+               "namespace"
+             ] == "prod"
+    end
+  end
 end

@@ -25,7 +25,10 @@ defmodule FLAMEK8sBackend.RunnerPod.Spec do
     secret_env: %{},
     labels: %{},
     omit_owner_reference: false,
-    forwarded_env: %{}
+    forwarded_env: %{},
+    tmp_dir: false,
+    dist_port: nil,
+    active_deadline_seconds: nil
   ]
 
   @typedoc """
@@ -36,6 +39,9 @@ defmodule FLAMEK8sBackend.RunnerPod.Spec do
     * `:manifest`, `:env`, `:labels`, `:omit_owner_reference` - as the backend's options
     * `:secret_env` - variables the runner gets through its secret only
     * `:forwarded_env` - the parent VM's `ERL_AFLAGS`/`ERL_ZFLAGS`, passed on at the defaults level
+    * `:tmp_dir` - where the app container gets a writable `emptyDir` (and `TMPDIR`), or `false`
+    * `:dist_port` - the runner's fixed Erlang distribution port, or `nil`
+    * `:active_deadline_seconds` - the pod's `activeDeadlineSeconds`, or `nil` for none
   """
   @type t :: %__MODULE__{
           runner_name: String.t(),
@@ -47,6 +53,9 @@ defmodule FLAMEK8sBackend.RunnerPod.Spec do
           secret_env: %{String.t() => String.t()},
           labels: %{String.t() => String.t()},
           omit_owner_reference: boolean(),
-          forwarded_env: %{String.t() => String.t()}
+          forwarded_env: %{String.t() => String.t()},
+          tmp_dir: String.t() | false,
+          dist_port: 1..65_535 | nil,
+          active_deadline_seconds: pos_integer() | nil
         }
 end

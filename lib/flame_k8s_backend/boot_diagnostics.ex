@@ -1,0 +1,223 @@
+defmodule FLAMEK8sBackend.BootDiagnostics do
+  @moduledoc """
+  Kubernetes' own story of a failed boot, added to its `FLAMEK8sBackend.BootError`: the runner
+  pod's latest Events (`FailedScheduling`, `FailedMount`, `BackOff`, `Killing`, ...) and, for a
+  container that exited (or a runner VM that ran but never connected), the last lines of its
+  log.
+
+  Best effort, and it never changes the boot's result: what cannot be read (no RBAC for
+  `list` on `events` or `get` on `pods/log`, an API server that does not answer in time) is
+  said so in the error (`{:unreadable, why}`). Both requests run at once, within a budget of a
+  few seconds, before the pod is deleted (its log goes with it). Known secret values (the
+  cookie, `:secret_env`) are replaced by `[redacted]` in everything read.
+
+      error = FLAMEK8sBackend.BootDiagnostics.add(kube, error,
+        namespace: "prod", pod: "web-1-flame-x7k2p", app_container: "web", redact: [cookie])
+      error.events
+      #=> [%{type: "Warning", reason: "FailedScheduling", count: 3, message: "0/3 nodes ...", ...}]
+  """
+
+  alias FLAMEK8sBackend.{BootError, Kube}
+
+  @max_events 10
+  @tail_lines 20
+  @limit_bytes 16_384
+  @budget_ms 3_000
+  # Shorter values cannot be told apart from ordinary text; a cookie is far longer.
+  @min_redacted 4
+
+  @typedoc "One Event of the pod, summarised."
+  @type event :: %{
+          type: String.t() | nil,
+          reason: String.t() | nil,
+          message: String.t() | nil,
+          count: pos_integer(),
+          last_seen: String.t() | nil,
+          source: String.t() | nil
+        }
+
+  @doc """
+  Adds `:events` and (when a container log tells more) `:log` to `error`, if the pod may
+  exist. Options: `:namespace`, `:pod` (its name), `:app_container`, `:redact` (strings never
+  to show), `:budget` (ms, default #{@budget_ms}).
+  """
+  @spec add(Kube.t(), BootError.t(), keyword()) :: BootError.t()
+  def add(kube, %BootError{} = error, opts) do
+    if pod_may_exist?(error) do
+      container = log_container(error, opts[:app_container])
+      budget = Keyword.get(opts, :budget, @budget_ms)
+      redact = opts |> Keyword.get(:redact, []) |> Enum.filter(&(byte_size(&1) >= @min_redacted))
+
+      reads =
+        [events: fn -> events(kube, opts[:namespace], opts[:pod]) end] ++
+          if(container,
+            do: [log: fn -> log(kube, opts[:namespace], opts[:pod], container) end],
+            else: []
+          )
+
+      reads
+      |> run_within(budget)
+      |> Enum.reduce(error, fn {field, value}, acc ->
+        Map.put(acc, field, redact(value, redact))
+      end)
+    else
+      error
+    end
+  end
+
+  @doc """
+  Whether the pod of a failed boot may exist, so that Kubernetes may have something to say.
+
+      iex> FLAMEK8sBackend.BootDiagnostics.pod_may_exist?(%FLAMEK8sBackend.BootError{phase: :scheduling, reason: {:unschedulable, "0/1"}})
+      true
+      iex> FLAMEK8sBackend.BootDiagnostics.pod_may_exist?(%FLAMEK8sBackend.BootError{phase: :create_pod, reason: {:api, 403, "Forbidden", "no"}})
+      false
+  """
+  @spec pod_may_exist?(BootError.t()) :: boolean()
+  def pod_may_exist?(%BootError{phase: phase})
+      when phase in [:scheduling, :container_start, :remote_up],
+      do: true
+
+  # A create whose answer did not come in time may well have created the pod.
+  def pod_may_exist?(%BootError{phase: :create_pod, reason: {:timeout, _}}), do: true
+  def pod_may_exist?(%BootError{}), do: false
+
+  # Whose log tells more: a container that exited, or the runner VM that ran but never said
+  # remote_up (why it could not connect is in its log).
+  defp log_container(%BootError{reason: {:container_exited, %{container: name}}}, _app)
+       when is_binary(name),
+       do: name
+
+  defp log_container(%BootError{reason: {:pod_phase, "Failed", _}}, app), do: app
+  defp log_container(%BootError{phase: :remote_up, reason: {:timeout, _}}, app), do: app
+  defp log_container(%BootError{}, _app), do: nil
+
+  # Both reads at once, each in a task of its own: a task that outlives the budget is killed,
+  # and with it its request (the NIF cancels a request whose caller exits).
+  defp run_within(reads, budget) do
+    tasks = Enum.map(reads, fn {field, fun} -> {field, Task.async(fun)} end)
+    results = Task.yield_many(Enum.map(tasks, &elem(&1, 1)), budget)
+
+    Enum.zip_with(tasks, results, fn {field, task}, {task, result} ->
+      case result do
+        {:ok, value} ->
+          {field, value}
+
+        _ ->
+          _ = Task.shutdown(task, :brutal_kill)
+          {field, {:unreadable, "no answer within #{budget} ms"}}
+      end
+    end)
+  end
+
+  ## Events
+
+  @doc false
+  @spec events(Kube.t(), String.t(), String.t()) :: [event()] | {:unreadable, String.t()}
+  def events(kube, namespace, pod) do
+    path =
+      "/api/v1/namespaces/#{namespace}/events" <>
+        "?fieldSelector=involvedObject.kind=Pod,involvedObject.name=#{pod}"
+
+    case Kube.request(kube, "GET", path) do
+      {:ok, %{"items" => items}} when is_list(items) ->
+        items
+        |> Enum.filter(&is_map/1)
+        |> Enum.sort_by(&seen_at/1)
+        |> Enum.take(-@max_events)
+        |> Enum.map(&summarise/1)
+
+      {:ok, _other} ->
+        {:unreadable, "the API server's answer is not an event list"}
+
+      {:error, reason} ->
+        {:unreadable, unreadable(reason, ~s(the optional RBAC verb "list" on "events"))}
+    end
+  rescue
+    error -> {:unreadable, Exception.message(error)}
+  end
+
+  # Events written through events.k8s.io (the scheduler, newer kubelets) carry eventTime and
+  # series instead of lastTimestamp and count.
+  defp seen_at(event) do
+    event["lastTimestamp"] || get_in(event, ["series", "lastObservedTime"]) ||
+      event["eventTime"] || event["firstTimestamp"] ||
+      get_in(event, ["metadata", "creationTimestamp"]) || ""
+  end
+
+  defp summarise(event) do
+    count =
+      case event["count"] || get_in(event, ["series", "count"]) do
+        n when is_integer(n) and n > 0 -> n
+        _ -> 1
+      end
+
+    %{
+      type: event["type"],
+      reason: event["reason"],
+      message: event["message"],
+      count: count,
+      last_seen: if(seen_at(event) != "", do: seen_at(event)),
+      source: get_in(event, ["source", "component"]) || event["reportingComponent"]
+    }
+  end
+
+  ## Log
+
+  @doc false
+  @spec log(Kube.t(), String.t(), String.t(), String.t()) ::
+          %{container: String.t(), lines: [String.t()]} | {:unreadable, String.t()}
+  def log(kube, namespace, pod, container) do
+    path =
+      "/api/v1/namespaces/#{namespace}/pods/#{pod}/log" <>
+        "?container=#{container}&tailLines=#{@tail_lines}&limitBytes=#{@limit_bytes}"
+
+    case Kube.request(kube, "GET", path) do
+      {:ok, text} when is_binary(text) ->
+        %{container: container, lines: lines(text)}
+
+      {:ok, nil} ->
+        %{container: container, lines: []}
+
+      # The client decodes a body that happens to be valid JSON (a log of one JSON line):
+      # the text itself is gone, its value is shown instead.
+      {:ok, value} ->
+        %{container: container, lines: [inspect(value)]}
+
+      {:error, reason} ->
+        {:unreadable, unreadable(reason, ~s(the optional RBAC verb "get" on "pods/log"))}
+    end
+  rescue
+    error -> {:unreadable, Exception.message(error)}
+  end
+
+  defp lines(text) do
+    text
+    |> String.split(["\r\n", "\n"])
+    |> Enum.drop_while(&(&1 == ""))
+    |> Enum.reverse()
+    |> Enum.drop_while(&(&1 == ""))
+    |> Enum.reverse()
+    |> Enum.take(-@tail_lines)
+  end
+
+  defp unreadable({:api, 403, _, message}, rbac),
+    do: "forbidden, #{rbac} is missing: #{message}"
+
+  defp unreadable(reason, _rbac), do: BootError.describe(reason)
+
+  ## Redaction
+
+  defp redact(value, []), do: value
+  defp redact({:unreadable, why}, secrets), do: {:unreadable, scrub(why, secrets)}
+
+  defp redact(%{lines: lines} = log, secrets),
+    do: %{log | lines: Enum.map(lines, &scrub(&1, secrets))}
+
+  defp redact(events, secrets) when is_list(events) do
+    Enum.map(events, fn event -> Map.update!(event, :message, &scrub(&1, secrets)) end)
+  end
+
+  defp scrub(text, secrets) when is_binary(text), do: String.replace(text, secrets, "[redacted]")
+  defp scrub(other, _secrets), do: other
+end

@@ -1,0 +1,161 @@
+defmodule FLAMEK8sBackend.Telemetry do
+  @moduledoc """
+  The `:telemetry` events of the backend. They are emitted only when the `:telemetry`
+  application is there (it is your dependency, as FLAME is; this library does not depend on
+  it) and its module is loaded: no handler can be attached before that, so nothing is lost.
+
+  ## Events
+
+  | event | measurements | metadata |
+  |---|---|---|
+  | `[:flame_k8s_backend, :boot, :start]` | `:system_time`, `:monotonic_time` | `:pod` (`"namespace/name"`), `:namespace`, `:runner_name`, `:parent_node`, `:telemetry_span_context` |
+  | `[:flame_k8s_backend, :boot, :stop]` | `:duration`, `:monotonic_time`, `:create_duration`, `:pod_start_duration` (when the watch saw the pod running before the runner connected), `:remote_up_duration` | as `:start`, plus `:runner_node` |
+  | `[:flame_k8s_backend, :boot, :exception]` | `:duration`, `:monotonic_time` | as `:start`, plus `:kind`, `:reason`, `:stacktrace`, `:phase` and `:error` |
+  | `[:flame_k8s_backend, :cleanup, :delete]` | `:duration`, `:attempts` | `:deleter`, `:trigger`, `:kind`, `:namespace`, `:name`, `:result` |
+
+  Durations are in `:native` time units (convert with `System.convert_time_unit/3`, or
+  `unit: {:native, :millisecond}` in `Telemetry.Metrics`). The phase durations of a boot add up
+  to its `:duration`: `:create_duration` (secret and pod created), `:pod_start_duration`
+  (created until the pod's watch saw it running: scheduling, image pull, container start) and
+  `:remote_up_duration` (until the runner's `remote_up`; from the creation when the runner
+  connected before the watch saw the pod running).
+
+  A failed boot is an `:exception` with `kind: :error`, `reason` and `phase` from its
+  `FLAMEK8sBackend.BootError` (also in `:error`, with the pod's events and log when they could be
+  read) and `stacktrace: []`; a boot that raised has the raised exception's kind, reason and
+  stacktrace and `phase: nil`.
+
+  Cleanup: one `[:flame_k8s_backend, :cleanup, :delete]` per pod or secret a cleanup path
+  deleted or tried to delete: `:deleter` is `:reaper` (the parent), `:sweep` (the parent, at
+  `init/1`) or `:runner` (the runner itself, on its own node); `:trigger` is `:boot_failed`,
+  `:runner_down`, `:finished` (a sweep) or `:system_shutdown`; `:kind` is `:pod` or `:secret`;
+  `:result` is `:ok` or `{:error, reason}`; `:attempts` counts the requests sent.
+
+  Metadata never holds the cookie, `:secret_env` values or API credentials.
+  """
+
+  @type event :: [atom(), ...]
+
+  @boot [:flame_k8s_backend, :boot]
+
+  @doc """
+  Emits `event` when `:telemetry` is loaded; otherwise does nothing.
+
+      iex> FLAMEK8sBackend.Telemetry.execute([:my_app, :noop], %{count: 1}, %{})
+      :ok
+  """
+  @spec execute(event(), map(), map()) :: :ok
+  def execute(event, measurements, metadata), do: emit(telemetry(), event, measurements, metadata)
+
+  @doc false
+  # The module is a parameter so the tests can name one that is not loaded.
+  @spec emit(module(), event(), map(), map()) :: :ok
+  def emit(module, event, measurements, metadata) do
+    if function_exported?(module, :execute, 3) do
+      _ = module.execute(event, measurements, metadata)
+    end
+
+    :ok
+  end
+
+  @doc """
+  Runs a boot, `fun` (which returns `{:ok, terminator, state}` or `{:error, %BootError{}}`),
+  as a span: `:start`, then `:stop` or `:exception` with the metadata of `meta`. `timings`
+  reads the milestones (ms since the start) out of a successful result.
+  """
+  @spec boot_span(map(), (() -> result), (result -> map())) :: result when result: term()
+  def boot_span(meta, fun, timings) do
+    start = System.monotonic_time()
+    meta = Map.put(meta, :telemetry_span_context, make_ref())
+    execute(@boot ++ [:start], %{system_time: System.system_time(), monotonic_time: start}, meta)
+
+    try do
+      fun.()
+    catch
+      kind, reason ->
+        stacktrace = __STACKTRACE__
+        exception(meta, start, %{kind: kind, reason: reason, stacktrace: stacktrace, phase: nil})
+        :erlang.raise(kind, reason, stacktrace)
+    else
+      {:ok, terminator, _state} = result ->
+        now = System.monotonic_time()
+
+        measurements =
+          result
+          |> timings.()
+          |> phase_durations()
+          |> Map.merge(%{duration: now - start, monotonic_time: now})
+
+        execute(@boot ++ [:stop], measurements, Map.put(meta, :runner_node, node(terminator)))
+        result
+
+      {:error, %{phase: phase, reason: reason} = error} = result ->
+        exception(meta, start, %{
+          kind: :error,
+          reason: reason,
+          stacktrace: [],
+          phase: phase,
+          error: error
+        })
+
+        result
+    end
+  end
+
+  defp exception(meta, start, extra) do
+    now = System.monotonic_time()
+
+    execute(
+      @boot ++ [:exception],
+      %{duration: now - start, monotonic_time: now},
+      Map.merge(meta, extra)
+    )
+  end
+
+  @doc """
+  The phase durations (`:native` units) of a boot's milestones (ms since its start).
+
+      iex> ms = &System.convert_time_unit(&1, :millisecond, :native)
+      iex> d = FLAMEK8sBackend.Telemetry.phase_durations(%{created: 10, running: 40, remote_up: 400})
+      iex> {d.create_duration, d.pod_start_duration, d.remote_up_duration} == {ms.(10), ms.(30), ms.(360)}
+      true
+      iex> FLAMEK8sBackend.Telemetry.phase_durations(%{created: 10, remote_up: 400}) |> Map.keys()
+      [:create_duration, :remote_up_duration]
+  """
+  @spec phase_durations(%{optional(atom()) => non_neg_integer()}) :: %{atom() => integer()}
+  def phase_durations(timings) do
+    created = Map.get(timings, :created, 0)
+    up_from = Map.get(timings, :running, created)
+
+    [
+      create_duration: timings[:created],
+      pod_start_duration: timings[:running] && timings[:running] - created,
+      remote_up_duration: timings[:remote_up] && timings[:remote_up] - up_from
+    ]
+    |> Enum.reject(fn {_key, ms} -> is_nil(ms) end)
+    |> Map.new(fn {key, ms} -> {key, System.convert_time_unit(ms, :millisecond, :native)} end)
+  end
+
+  @doc """
+  Runs one delete of a cleanup path and emits `[:flame_k8s_backend, :cleanup, :delete]`.
+  `fun` returns `{result, attempts}`, where `result` is `:ok` or `{:error, reason}`; `meta`
+  has `:deleter`, `:trigger`, `:kind`, `:namespace` and `:name`. Returns `result`.
+  """
+  @spec cleanup(map(), (() -> {:ok | {:error, term()}, pos_integer()})) :: :ok | {:error, term()}
+  def cleanup(meta, fun) do
+    start = System.monotonic_time()
+    {result, attempts} = fun.()
+
+    execute(
+      [:flame_k8s_backend, :cleanup, :delete],
+      %{duration: System.monotonic_time() - start, attempts: attempts},
+      Map.put(meta, :result, result)
+    )
+
+    result
+  end
+
+  # A call through a variable: :telemetry is not a dependency, so neither the compiler nor
+  # dialyzer may expect it to exist.
+  defp telemetry, do: :telemetry
+end

@@ -1,0 +1,147 @@
+defmodule FLAMEK8sBackend.BootDiagnosticsTest do
+  # Kubernetes' story of a failed boot, read from a fake API server that answers as the real
+  # one does: an event list (JSON), a container log (text/plain), 403s without the RBAC verbs.
+  use ExUnit.Case, async: true
+
+  @moduletag :unit
+  doctest FLAMEK8sBackend.BootDiagnostics
+
+  Code.require_file("support/fake_api_server.exs", __DIR__)
+
+  alias FLAMEK8sBackend.{BootDiagnostics, BootError, Kube}
+  alias FLAMEK8sBackend.Test.FakeApiServer
+
+  @pod "web-1-flame-x7k2p"
+  @events_path "/api/v1/namespaces/prod/events"
+  @log_path "/api/v1/namespaces/prod/pods/web-1-flame-x7k2p/log"
+  @opts [namespace: "prod", pod: @pod, app_container: "web", redact: ["c00kie-s3cret", "k3y-s3cr3t"]]
+
+  @exited %BootError{
+    phase: :container_start,
+    pod: "prod/#{@pod}",
+    reason: {:container_exited, %{container: "web", exit_code: 1, reason: "Error"}}
+  }
+
+  @backoff ~s({"type":"Warning","reason":"BackOff","message":"Back-off pulling image","count":4,) <>
+             ~s("lastTimestamp":"2025-01-01T12:00:09Z","source":{"component":"kubelet"}})
+
+  # As events.k8s.io writes them: eventTime and series, no lastTimestamp, count or source.
+  @failed_mount ~s({"type":"Warning","reason":"FailedMount","message":"secret \\"c00kie-s3cret\\" not found",) <>
+                  ~s("eventTime":"2025-01-01T12:00:01.000000Z","reportingComponent":"kubelet",) <>
+                  ~s("series":{"count":2,"lastObservedTime":"2025-01-01T12:00:05.000000Z"}})
+
+  defp forbidden(what),
+    do:
+      {403,
+       ~s({"kind":"Status","apiVersion":"v1","status":"Failure","reason":"Forbidden","code":403,) <>
+         ~s("message":"#{what} is forbidden: User \\"system:serviceaccount:prod:web\\" cannot get it"})}
+
+  defp kube!(answer) do
+    url = FakeApiServer.start!(self(), answer)
+    {:ok, kube} = Kube.connect(url: url, token: "t0ken", request_timeout: 5_000)
+    kube
+  end
+
+  test "events oldest first (both API shapes), the log's last lines, secret values redacted" do
+    test = self()
+
+    kube =
+      kube!(fn
+        "GET", @events_path, query ->
+          send(test, {:events_query, query})
+          {200, ~s({"kind":"EventList","items":[#{@backoff},#{@failed_mount}]})}
+
+        "GET", @log_path, query ->
+          send(test, {:log_query, query})
+          {200, "text/plain", "\nstarting\nAPI key k3y-s3cr3t rejected\n** (RuntimeError) boom\n"}
+      end)
+
+    error = BootDiagnostics.add(kube, @exited, @opts)
+
+    assert {error.phase, error.reason} == {@exited.phase, @exited.reason}
+
+    assert [
+             %{reason: "FailedMount", count: 2, source: "kubelet", message: mount},
+             %{reason: "BackOff", count: 4, type: "Warning", last_seen: "2025-01-01T12:00:09Z"}
+           ] = error.events
+
+    assert mount == ~s(secret "[redacted]" not found)
+
+    assert error.log == %{
+             container: "web",
+             lines: ["starting", "API key [redacted] rejected", "** (RuntimeError) boom"]
+           }
+
+    assert_received {:events_query,
+                     %{"fieldSelector" => "involvedObject.kind=Pod,involvedObject.name=" <> @pod}}
+
+    assert_received {:log_query, %{"container" => "web", "tailLines" => "20"}}
+    refute Exception.message(error) =~ "k3y-s3cr3t"
+    refute Exception.message(error) =~ "c00kie-s3cret"
+  end
+
+  test "without the RBAC verbs: both not readable, saying which verb is missing; same result" do
+    kube =
+      kube!(fn
+        "GET", @events_path -> forbidden("events")
+        "GET", @log_path -> forbidden("pods \\\"#{@pod}\\\"")
+      end)
+
+    error = BootDiagnostics.add(kube, @exited, @opts)
+
+    assert {error.phase, error.reason} == {@exited.phase, @exited.reason}
+    assert {:unreadable, events_why} = error.events
+    assert events_why =~ ~s(forbidden, the optional RBAC verb "list" on "events" is missing)
+    assert {:unreadable, log_why} = error.log
+    assert log_why =~ ~s(the optional RBAC verb "get" on "pods/log" is missing)
+    assert Exception.message(error) =~ "\n  events: not readable (forbidden"
+  end
+
+  test "an API server that does not answer within the budget does not hold the boot's error" do
+    test = self()
+
+    kube =
+      kube!(fn _method, _path ->
+        send(test, {:holding, self()})
+
+        receive do
+          :never -> {200, "{}"}
+        end
+      end)
+
+    started = System.monotonic_time(:millisecond)
+    error = BootDiagnostics.add(kube, @exited, Keyword.put(@opts, :budget, 300))
+
+    assert System.monotonic_time(:millisecond) - started < 3_000
+    assert error.events == {:unreadable, "no answer within 300 ms"}
+    assert error.log == {:unreadable, "no answer within 300 ms"}
+  end
+
+  test "a log only for a container that exited, a failed pod or a runner that never connected" do
+    test = self()
+
+    kube =
+      kube!(fn
+        "GET", @events_path -> {200, ~s({"items":[]})}
+        "GET", @log_path -> send(test, :log_read) && {200, "text/plain", ""}
+      end)
+
+    unschedulable = %BootError{phase: :scheduling, reason: {:unschedulable, "0/1"}}
+    assert %{events: [], log: nil} = BootDiagnostics.add(kube, unschedulable, @opts)
+    refute_received :log_read
+
+    never_connected = %BootError{phase: :remote_up, reason: {:timeout, %{waited_ms: 1}}}
+
+    assert %{log: %{container: "web", lines: []}} =
+             BootDiagnostics.add(kube, never_connected, @opts)
+
+    assert_received :log_read
+  end
+
+  test "no pod, no questions: nothing is asked when the pod was never created" do
+    kube = kube!(fn _method, _path -> flunk("no request expected") end)
+    forbidden = %BootError{phase: :create_pod, reason: {:api, 403, "Forbidden", "no"}}
+    assert BootDiagnostics.add(kube, forbidden, @opts) == forbidden
+    refute_received {:api_request, _, _, _}
+  end
+end

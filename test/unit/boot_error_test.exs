@@ -1,0 +1,49 @@
+defmodule FLAMEK8sBackend.BootErrorTest do
+  use ExUnit.Case, async: true
+
+  @moduletag :unit
+  doctest FLAMEK8sBackend.BootError
+
+  alias FLAMEK8sBackend.BootError
+
+  @base %BootError{
+    phase: :scheduling,
+    pod: "prod/web-1-flame-x7k2p",
+    reason: {:timeout, %{waited_ms: 30_000, detail: "0/3 nodes are available"}}
+  }
+
+  test "without Kubernetes' story the message is one line, as before" do
+    refute Exception.message(@base) =~ "\n"
+  end
+
+  test "events are listed oldest first, with type, reason, repeat count and message" do
+    events = [
+      %{
+        type: "Warning",
+        reason: "FailedScheduling",
+        count: 3,
+        message: "0/3 nodes are available"
+      },
+      %{type: "Normal", reason: "TriggeredScaleUp", count: 1, message: "pod triggered scale-up"}
+    ]
+
+    assert [_, "  events (oldest first):", first, second] =
+             String.split(Exception.message(%{@base | events: events}), "\n")
+
+    assert first == "    Warning FailedScheduling (x3): 0/3 nodes are available"
+    assert second == "    Normal TriggeredScaleUp: pod triggered scale-up"
+  end
+
+  test "no events, unreadable events and an empty log each say so" do
+    assert Exception.message(%{@base | events: []}) =~ "\n  events: none"
+
+    assert Exception.message(%{@base | events: {:unreadable, "forbidden, no RBAC"}}) =~
+             "\n  events: not readable (forbidden, no RBAC)"
+
+    assert Exception.message(%{@base | log: %{container: "web", lines: []}}) =~
+             ~s(\n  log of container "web": empty)
+
+    assert Exception.message(%{@base | log: {:unreadable, "timeout"}}) =~
+             "\n  log: not readable (timeout)"
+  end
+end
