@@ -1,0 +1,1152 @@
+Code.require_file("../support/proper_helper.exs", __DIR__)
+
+defmodule FLAMEK8sBackend.HostileInputTest do
+  # Property-based tests with PropEr: generated hostile terms into every NIF of
+  # FLAMEK8sBackend.Native and every public function of FLAMEK8sBackend.Kube, against a port
+  # that refuses connections (nothing waits). Every answer must be {:ok, _}, :ok, {:error, r}
+  # with a documented r, or an ArgumentError naming an argument that was given a hostile value;
+  # the VM lives on; the atom table does not grow with the input; no answer shows the token.
+  #
+  # Not async: the atom table and the NIF's live-task count are global.
+  use ExUnit.Case, async: false
+
+  @moduletag :unit
+  @moduletag timeout: 120_000
+
+  alias FLAMEK8sBackend.{Kube, Native}
+  alias FLAMEK8sBackend.Test.Proper, as: P
+  alias :proper_types, as: T
+
+  @numtests String.to_integer(System.get_env("HOSTILE_NUMTESTS", "10000"))
+  # Many generated values must not leave this many atoms behind (module loading after the
+  # warm-up is the only expected source: none is expected).
+  @atom_slack 20
+
+  @token "hostile-token-" <> Base.encode32(:crypto.strong_rand_bytes(20), padding: false)
+
+  setup_all do
+    P.ensure_loaded!()
+
+    {:ok, kube} = Kube.connect(url: "https://127.0.0.1:1", token: @token, request_timeout: 2_000)
+
+    %{kube: kube}
+  end
+
+  ## The targets: each argument position has a name (what an ArgumentError for a hostile
+  ## value there may start with) and a valid value; a test case replaces some positions with
+  ## generated terms.
+
+  @pod %{
+    "metadata" => %{"name" => "p"},
+    "spec" => %{"containers" => [%{"name" => "c", "image" => "i"}]}
+  }
+
+  defp connect_opts_map do
+    %{
+      mode: :explicit,
+      kubeconfig: nil,
+      context: nil,
+      url: "https://127.0.0.1:1",
+      ca_cert_pem: nil,
+      token: @token,
+      insecure_skip_tls_verify: false,
+      request_timeout_ms: 2_000,
+      # Newer NIFs read it, older ones ignore the key.
+      max_concurrent_creates: 32
+    }
+  end
+
+  # label_selector: read by newer NIFs (shared watches), ignored by older ones.
+  @await_opts %{timeout_ms: 60_000, unschedulable: :fail, report_ready: true, label_selector: nil}
+
+  # {label, kind, [{position, valid value, ArgumentError prefixes}], call}
+  # kind: :kube (a Kube function: waits itself), :native (returns {:ok, handle}, a reply
+  # follows), :native_await (an await: cancelled at once), :sync (answers directly).
+  defp targets(kube) do
+    c = kube.resource
+    ref = :fresh_ref
+
+    [
+      {"Native.connect/2", :native,
+       [{:opts, connect_opts_map(), ["opts:"]}, {:ref, ref, ["ref:"]}], &Native.connect/2},
+      {"Native.client_info/1", :sync, [{:client, c, ["client:"]}], &Native.client_info/1},
+      {"Native.get_pod/4", :native,
+       [
+         {:client, c, ["client:"]},
+         {:ns, "d", ["namespace:"]},
+         {:name, "p", ["name:"]},
+         {:ref, ref, ["ref:"]}
+       ], &Native.get_pod/4},
+      {"Native.list_pods/4", :native,
+       [
+         {:client, c, ["client:"]},
+         {:ns, "d", ["namespace:"]},
+         {:selector, "a=b", ["label_selector:"]},
+         {:ref, ref, ["ref:"]}
+       ], &Native.list_pods/4},
+      {"Native.create/5", :native,
+       [
+         {:client, c, ["client:"]},
+         {:kind, :pod, ["kind:"]},
+         {:ns, "d", ["namespace:"]},
+         {:manifest, @pod, ["manifest:"]},
+         {:ref, ref, ["ref:"]}
+       ], &Native.create/5},
+      {"Native.delete/6", :native,
+       [
+         {:client, c, ["client:"]},
+         {:kind, :secret, ["kind:"]},
+         {:ns, "d", ["namespace:"]},
+         {:name, "p", ["name:"]},
+         {:grace, 0, ["grace_period_seconds:"]},
+         {:ref, ref, ["ref:"]}
+       ], &Native.delete/6},
+      {"Native.request/6", :native,
+       [
+         {:client, c, ["client:"]},
+         {:method, :get, ["method:"]},
+         {:path, "/version", ["path:"]},
+         {:body, nil, []},
+         {:content_type, nil, ["content_type:"]},
+         {:ref, ref, ["ref:"]}
+       ], &Native.request/6},
+      {"Native.await_pod/5", :native_await,
+       [
+         {:client, c, ["client:"]},
+         {:ns, "d", ["namespace:"]},
+         {:name, "p", ["name:"]},
+         {:opts, @await_opts, ["opts:"]},
+         {:ref, ref, ["ref:"]}
+       ], &Native.await_pod/5},
+      {"Native.cancel/1", :sync, [{:handle, :fresh_handle, ["handle:"]}], &Native.cancel/1},
+      {"Kube.connect/1", :kube,
+       [{:opts, [url: "https://127.0.0.1:1", token: @token], connect_prefixes()}],
+       &Kube.connect/1},
+      {"Kube.get_pod/3", :kube,
+       [{:kube, kube, []}, {:ns, "d", ["namespace:"]}, {:name, "p", ["name:"]}], &Kube.get_pod/3},
+      {"Kube.create_pod/3", :kube,
+       [{:kube, kube, []}, {:ns, "d", ["namespace:"]}, {:manifest, @pod, ["manifest:"]}],
+       &Kube.create_pod/3},
+      {"Kube.delete_pod/4", :kube,
+       [
+         {:kube, kube, []},
+         {:ns, "d", ["namespace:"]},
+         {:name, "p", ["name:"]},
+         {:opts, [grace_period: 0], ["delete_pod options:", ":grace_period:"]}
+       ], &Kube.delete_pod/4},
+      {"Kube.list_pods/3", :kube,
+       [
+         {:kube, kube, []},
+         {:ns, "d", ["namespace:"]},
+         {:opts, [label_selector: "a=b"], ["list_pods options:", ":label_selector:"]}
+       ], &Kube.list_pods/3},
+      {"Kube.create_secret/3", :kube,
+       [
+         {:kube, kube, []},
+         {:ns, "d", ["namespace:"]},
+         {:manifest, %{"stringData" => %{"K" => "v"}}, ["manifest:"]}
+       ], &Kube.create_secret/3},
+      {"Kube.delete_secret/3", :kube,
+       [{:kube, kube, []}, {:ns, "d", ["namespace:"]}, {:name, "s", ["name:"]}],
+       &Kube.delete_secret/3},
+      {"Kube.request/4", :kube,
+       [
+         {:kube, kube, []},
+         {:method, "GET", ["method:"]},
+         {:path, "/version", ["path:"]},
+         {:opts, [body: %{"a" => 1}],
+          ["request options:", ":body:", ":content_type:", "content_type:"]}
+       ], &Kube.request/4},
+      {"Kube.await_pod/4", :kube_await,
+       [
+         {:kube, kube, []},
+         {:ns, "d", ["namespace:"]},
+         {:name, "p", ["name:"]},
+         {:opts, [timeout: 60_000],
+          [
+            "await_pod options:",
+            ":timeout:",
+            ":unschedulable:",
+            ":report_ready:",
+            ":label_selector:"
+          ]}
+       ], &Kube.await_pod/4},
+      {"Kube.cancel_await/1", :kube, [{:await, :fresh_await, ["handle:"]}], &Kube.cancel_await/1}
+    ] ++ optional_targets(kube)
+  end
+
+  # Functions that newer versions of the library have: tried when they exist.
+  defp optional_targets(kube) do
+    [
+      {Native, :open_watches, 1,
+       {"Native.open_watches/1", :sync, [{:client, kube.resource, ["client:"]}],
+        &apply(Native, :open_watches, [&1])}},
+      {Kube, :open_watches, 1,
+       {"Kube.open_watches/1", :kube, [{:kube, kube, []}], &apply(Kube, :open_watches, [&1])}}
+    ]
+    |> Enum.filter(fn {mod, fun, arity, _} ->
+      Code.ensure_loaded?(mod) and function_exported?(mod, fun, arity)
+    end)
+    |> Enum.map(&elem(&1, 3))
+  end
+
+  defp connect_prefixes do
+    [
+      "connect options:",
+      ":mode:",
+      ":kubeconfig:",
+      ":context:",
+      ":url:",
+      ":ca_cert_pem:",
+      ":token:",
+      ":insecure_skip_tls_verify:",
+      ":request_timeout:",
+      ":max_concurrent_creates:"
+    ]
+  end
+
+  ## The hostile values
+  #
+  # PropEr generates, per test case, a pool of @pool hostile terms (P.hostile/1: scalars,
+  # lists, improper lists, maps, tuples, keyword lists, shared and nested terms, now and then
+  # a huge one) and, per target, a few integers that choose which positions get a hostile
+  # value and how it is shaped for the position (an option list around it, a connect map with
+  # one field replaced...). Generating terms is what costs; shaping them is cheap.
+
+  @pool 4
+  @choices 8
+
+  @connect_keys [
+    :mode,
+    :kubeconfig,
+    :context,
+    :url,
+    :ca_cert_pem,
+    :token,
+    :insecure_skip_tls_verify,
+    :request_timeout,
+    :max_concurrent_creates
+  ]
+
+  defp case_gen(targets, {marker, huge}) do
+    choice = T.integer(0, 1_000_000)
+
+    T.tuple([
+      T.vector(@pool, P.hostile(marker, tuple_size(huge))),
+      T.fixed_list(Enum.map(targets, fn _ -> T.vector(@choices, choice) end))
+    ])
+  end
+
+  # The arguments of one target: {mask of hostile positions, the value for each position}.
+  defp shape({label, _kind, positions, _call}, pool, [pick, subset | choices]) do
+    n = length(positions)
+
+    # One hostile position most of the time; the connection (client or %Kube{}) only now and
+    # then, since nothing past it runs when it is bad.
+    conn = if elem(hd(positions), 0) in [:client, :kube] and n > 1, do: 1, else: 0
+
+    mask =
+      cond do
+        rem(pick, 8) < 6 -> Bitwise.bsl(1, conn + rem(div(pick, 8), n - conn))
+        rem(pick, 8) == 6 -> rem(subset, Bitwise.bsl(1, n) - 1) + 1
+        true -> Bitwise.bsl(1, rem(div(pick, 8), n))
+      end
+
+    choices = List.to_tuple(choices)
+    k = tuple_size(choices)
+
+    values =
+      positions
+      |> Enum.with_index()
+      |> Enum.map(fn {position, i} ->
+        c = for j <- 0..3, do: elem(choices, rem(i + j, k))
+        position_value(position, label, pool, c)
+      end)
+
+    {mask, values}
+  end
+
+  defp pick(list, c), do: Enum.at(list, rem(c, length(list)))
+
+  defp position_value({:opts, _, _}, "Kube.connect/1", pool, c),
+    do: opts_value(@connect_keys, connect_values(pool), c)
+
+  defp position_value({:opts, _, _}, "Kube.delete_pod/4", pool, c),
+    do: opts_value([:grace_period], pool, c)
+
+  defp position_value({:opts, _, _}, "Kube.list_pods/3", pool, c),
+    do: opts_value([:label_selector], pool, c)
+
+  defp position_value({:opts, _, _}, "Kube.request/4", pool, c),
+    do: opts_value([:body, :content_type], pool, c)
+
+  defp position_value({:opts, _, _}, "Kube.await_pod/4", pool, c),
+    do: opts_value([:timeout, :unschedulable, :report_ready, :label_selector], pool, c)
+
+  defp position_value({:opts, valid, _}, "Native." <> _, pool, [c1, c2, c3, c4]) do
+    fields = Map.keys(valid) ++ [:extra, "url"]
+    pool = connect_values(pool) ++ [:fail, :wait, true, 0, 1, 4_294_967_296]
+
+    case rem(c1, 5) do
+      0 ->
+        pick(pool, c2)
+
+      1 ->
+        Map.delete(valid, pick(Map.keys(valid), c2))
+
+      _ ->
+        valid
+        |> Map.put(pick(fields, c2), pick(pool, c3))
+        |> Map.put(pick(fields, c4), pick(pool, c2))
+    end
+  end
+
+  defp position_value({:method, _, _}, "Kube.request/4", pool, [c1, c2 | _]),
+    do: special(pool, c1, c2, ["GET", "get", "POST", "BREW", "DELETE\0", :get])
+
+  defp position_value({:method, _, _}, _, pool, [c1, c2 | _]),
+    do: special(pool, c1, c2, [:get, :post, :brew, "get", :delete])
+
+  defp position_value({:kind, _, _}, _, pool, [c1, c2 | _]),
+    do: special(pool, c1, c2, [:pod, :secret, :configmap, "pod"])
+
+  defp position_value({:path, _, _}, _, pool, [c1, c2 | _]) do
+    case {rem(c1, 3), pick(pool, c2)} do
+      {0, x} when is_binary(x) -> "/" <> x
+      {1, x} when is_binary(x) -> "/api/v1/namespaces/d/pods?labelSelector=" <> x
+      {_, x} -> x
+    end
+  end
+
+  defp position_value({:await, _, _}, _label, pool, [c1, c2 | _]) do
+    case rem(c1, 3) do
+      0 -> %{handle: pick(pool, c2)}
+      1 -> %{ref: make_ref(), handle: pick(pool, c2)}
+      2 -> pick(pool, c2)
+    end
+  end
+
+  # Strings go where strings are expected half of the time (when the pool has one): their
+  # content is what is hostile there.
+  defp position_value({pos, _, _}, _label, pool, [c1, c2 | _])
+       when pos in [:ns, :name, :selector, :content_type] do
+    strings = Enum.filter(pool, &is_binary/1)
+
+    if rem(c1, 2) == 0 and strings != [],
+      do: pick(strings, c2),
+      else: pick(pool, c2)
+  end
+
+  defp position_value(_position, _label, pool, [c | _]), do: pick(pool, c)
+
+  # A known value now and then, a hostile one else.
+  defp special(pool, c1, c2, known),
+    do: if(rem(c1, 4) == 0, do: pick(known, c2), else: pick(pool, c2))
+
+  # Values for connect options: the hostile ones, and the real modes and a few paths, so
+  # that kubeconfig and in-cluster resolution run with hostile paths, contexts and URLs.
+  defp connect_values(pool) do
+    pool ++
+      [:in_cluster, :kubeconfig, :explicit, :auto, "https://127.0.0.1:1"] ++
+      ["/", "/nonexistent", "/dev/null", "/proc/self/status", "~", "http://[::1"]
+  end
+
+  # Option lists: the function's own keys with hostile values, unknown keys, non-tuples,
+  # improper tails, maps instead of lists, or a hostile term as a whole.
+  defp opts_value(keys, values, [c1, c2, c3, c4]) do
+    keys = keys ++ [pick(P.atom_pool(), c4)]
+
+    pairs =
+      for i <- 0..rem(c2, 4)//1,
+          rem(c2, 4) > 0,
+          do: {pick(keys, c3 + i), pick(values, c4 + 7 * i)}
+
+    case rem(c1, 10) do
+      7 -> pairs ++ [pick(values, c3)]
+      8 -> List.foldr(pairs, pick(values, c4), &[&1 | &2])
+      9 -> if rem(c3, 2) == 0, do: Map.new(pairs), else: pick(values, c2)
+      _ -> pairs
+    end
+  end
+
+  ## Running one call and judging its answer
+
+  defp run_case(targets, {marker, huge}, {pool, choices}, stats) do
+    pool = Enum.map(pool, &P.resolve(&1, marker, huge))
+
+    targets
+    |> Enum.zip(choices)
+    |> Enum.all?(fn {target, c} ->
+      {mask, values} = shape(target, pool, c)
+      run_target(target, mask, values, stats)
+    end)
+  end
+
+  defp run_target({label, kind, positions, call}, mask, values, stats) do
+    {args, hostile_positions} =
+      positions
+      |> Enum.zip(values)
+      |> Enum.with_index()
+      |> Enum.map(fn {{{pos, valid, prefixes}, value}, i} ->
+        if Bitwise.band(mask, Bitwise.bsl(1, i)) != 0,
+          do: {value, [{pos, prefixes, value}]},
+          else: {fresh(valid), []}
+      end)
+      |> Enum.unzip()
+
+    hostile_positions = List.flatten(hostile_positions)
+    started = System.monotonic_time(:microsecond)
+    result = outcome(fn -> apply(call, args) end)
+    result = follow(kind, args, result)
+    elapsed = System.monotonic_time(:microsecond) - started
+    :counters.add(stats.calls, index(stats, label), 1)
+    :counters.add(stats.micros, index(stats, label), elapsed)
+    record_slowest(stats, label, elapsed)
+
+    case {judge(kind, label, hostile_positions, result),
+          known_bug(kind, hostile_positions, result)} do
+      {:ok, _} ->
+        classify(stats, label, result)
+        true
+
+      {{:bad, _}, bug} when bug != nil ->
+        :ets.update_counter(
+          stats.outcomes,
+          {label, {:known_bug, bug}},
+          1,
+          {{label, {:known_bug, bug}}, 0}
+        )
+
+        true
+
+      {{:bad, why}, nil} ->
+        send(self(), {:hostile_failure, label, why, hostile_positions, result})
+        false
+    end
+  end
+
+  defp fresh(:fresh_ref), do: make_ref()
+
+  defp fresh(:fresh_handle) do
+    kube = Process.get(:hostile_kube)
+    ref = make_ref()
+    {:ok, handle} = Native.get_pod(kube.resource, "d", "p", ref)
+    Process.put({:pending_ref, handle}, ref)
+    handle
+  end
+
+  defp fresh(:fresh_await) do
+    kube = Process.get(:hostile_kube)
+    {:ok, await} = Kube.await_pod(kube, "d", "p", timeout: 60_000)
+    await
+  end
+
+  defp fresh(valid), do: valid
+
+  defp outcome(fun) do
+    {:returned, fun.()}
+  rescue
+    e -> {:raised, e}
+  catch
+    kind, reason -> {:caught, kind, reason}
+  end
+
+  # What follows a call: the NIF's reply (awaited), an await (cancelled).
+  defp follow(:native, args, {:returned, {:ok, handle}} = result) when is_reference(handle) do
+    ref = List.last(args)
+
+    receive do
+      {:flame_k8s, ^ref, reply} -> {:replied, result, reply}
+    after
+      10_000 -> {:no_reply, result}
+    end
+  end
+
+  defp follow(:native_await, args, {:returned, {:ok, handle}} = result)
+       when is_reference(handle) do
+    ref = List.last(args)
+    _ = Native.cancel(handle)
+    flush(ref)
+    result
+  end
+
+  defp follow(:kube_await, _args, {:returned, {:ok, %{ref: ref} = await}} = result) do
+    :ok = Kube.cancel_await(await)
+    flush(ref)
+    result
+  end
+
+  # A cancel of a live request (Native.cancel/1 with a fresh handle): `:ok`, its reply is not
+  # coming; `:sent`, it is in the mailbox or on its way.
+  defp follow(:sync, [handle], result) when is_reference(handle) do
+    case {Process.delete({:pending_ref, handle}), result} do
+      {nil, _} ->
+        result
+
+      {ref, {:returned, :sent}} ->
+        receive do
+          {:flame_k8s, ^ref, _} -> result
+        after
+          10_000 -> {:no_reply, result}
+        end
+
+      {_ref, _} ->
+        result
+    end
+  end
+
+  defp follow(_, _args, result), do: result
+
+  defp flush(ref) do
+    receive do
+      {:flame_k8s, ^ref, _} -> flush(ref)
+    after
+      0 -> :ok
+    end
+  end
+
+  @reasons [:api, :connect, :timeout, :invalid_manifest, :config, :decode]
+
+  # Known bugs, found by these tests and reported (issue 11): an answer matched here is counted
+  # under the bug's name and printed with the figures instead of failing the property. Remove
+  # a clause once its bug is fixed; its own test below (tagged :skip until then) must pass.
+  #
+  # :improper_options - an improper option list ([{:mode, 0} | 1]) raises FunctionClauseError
+  #   from Enum.all?/2 in Kube's validate_keyword!/3 instead of ArgumentError naming the options.
+  defp known_bug(kind, hostile, {:raised, %FunctionClauseError{module: Enum}})
+       when kind in [:kube, :kube_await] do
+    if Enum.any?(hostile, fn {pos, _, value} -> pos == :opts and improper?(value) end),
+      do: :improper_options
+  end
+
+  # :invalid_header_token - a token with a character no HTTP header may hold ("a\nb") makes
+  #   tower-http panic while the client is built: {:error, {:internal, "panic: token is not
+  #   valid header..."}} (and a panic backtrace on stderr) instead of a :config error or an
+  #   ArgumentError naming :token.
+  defp known_bug(kind, _hostile, result) do
+    reply =
+      case result do
+        {:replied, _, reply} -> reply
+        {:returned, reply} -> reply
+        _ -> nil
+      end
+
+    case reply do
+      {:error, {:internal, "panic: token is not valid header" <> _}} ->
+        :invalid_header_token
+
+      # :uri_too_long - Native.get_pod/list_pods/delete... with a name or namespace of ~64 KB
+      #   (only the NIF takes one: Kube allows 253 characters) is an {:internal, _} error.
+      {:error, {:internal, "building request: " <> _}} when kind in [:native, :native_await] ->
+        :uri_too_long
+
+      _ ->
+        nil
+    end
+  end
+
+  defp improper?(value), do: is_list(value) and List.improper?(value)
+
+  defp judge(_kind, _label, _hostile, {:no_reply, _}), do: {:bad, "no reply from the task"}
+
+  defp judge(_kind, label, hostile, {:replied, {:returned, {:ok, _}}, reply}),
+    do: judge(:reply, label, hostile, {:returned, reply})
+
+  defp judge(_kind, _label, _hostile, {:returned, result}) do
+    case result do
+      :ok -> :ok
+      {:ok, _} -> :ok
+      {:error, reason} -> judge_reason(reason)
+      %{server: _, request_timeout_ms: _} -> :ok
+      :sent -> :ok
+      n when is_integer(n) -> :ok
+      other -> {:bad, "unexpected answer #{inspect(other, limit: 5)}"}
+    end
+  end
+
+  defp judge(_kind, _label, hostile, {:raised, %ArgumentError{message: message}}) do
+    prefixes = Enum.flat_map(hostile, fn {_pos, prefixes, _} -> prefixes end)
+
+    cond do
+      String.contains?(message, @token) ->
+        {:bad, "the token is in the message"}
+
+      Enum.any?(prefixes, &String.starts_with?(message, &1)) ->
+        :ok
+
+      true ->
+        {:bad, "ArgumentError naming no hostile argument: #{String.slice(message, 0, 200)}"}
+    end
+  end
+
+  # A Kube function called with something that is not a %Kube{} (or an await map) at all:
+  # Elixir's own FunctionClauseError, as for any struct argument.
+  defp judge(kind, _label, hostile, {:raised, %FunctionClauseError{}})
+       when kind in [:kube, :kube_await] do
+    if Enum.any?(hostile, fn {pos, _, value} -> clause_position?(pos, value) end),
+      do: :ok,
+      else: {:bad, "FunctionClauseError though the first argument was valid"}
+  end
+
+  defp judge(_kind, _label, _hostile, other), do: {:bad, "raised #{inspect(other, limit: 5)}"}
+
+  defp clause_position?(:kube, value), do: not is_struct(value, Kube)
+  defp clause_position?(:await, value), do: not (is_map(value) and Map.has_key?(value, :handle))
+  defp clause_position?(_, _), do: false
+
+  defp judge_reason({:timeout, ms}) when is_integer(ms), do: :ok
+
+  defp judge_reason({:api, status, reason, message})
+       when is_integer(status) and is_binary(reason) and is_binary(message),
+       do: no_token(message)
+
+  defp judge_reason({tag, message}) when tag in @reasons and is_binary(message),
+    do: no_token(message)
+
+  defp judge_reason(other), do: {:bad, "undocumented error #{inspect(other, limit: 10)}"}
+
+  defp no_token(message) do
+    if String.contains?(message, @token), do: {:bad, "the token is in an error"}, else: :ok
+  end
+
+  ## Figures
+
+  defp new_stats(targets) do
+    labels = Enum.map(targets, &elem(&1, 0))
+
+    %{
+      labels: labels,
+      index: labels |> Enum.with_index(1) |> Map.new(),
+      calls: :counters.new(length(labels), []),
+      micros: :counters.new(length(labels), []),
+      slowest: :ets.new(:slowest, [:public]),
+      outcomes: :ets.new(:outcomes, [:public])
+    }
+  end
+
+  defp index(stats, label), do: Map.fetch!(stats.index, label)
+
+  defp record_slowest(stats, label, us) do
+    case :ets.lookup(stats.slowest, label) do
+      [{_, prev}] when prev >= us -> :ok
+      _ -> :ets.insert(stats.slowest, {label, us})
+    end
+  end
+
+  defp classify(stats, label, result) do
+    class =
+      case result do
+        {:replied, _, {:error, {tag, _}}} -> {:error, tag}
+        {:replied, _, {:error, {tag, _, _, _}}} -> {:error, tag}
+        {:replied, _, _} -> :ok
+        {:returned, {:error, {tag, _}}} -> {:error, tag}
+        {:returned, {:error, {tag, _, _, _}}} -> {:error, tag}
+        {:returned, _} -> :ok
+        {:raised, %ArgumentError{}} -> :argument_error
+        {:raised, %FunctionClauseError{}} -> :function_clause
+      end
+
+    :ets.update_counter(stats.outcomes, {label, class}, 1, {{label, class}, 0})
+  end
+
+  defp report(stats, seconds) do
+    rows =
+      for label <- stats.labels do
+        calls = :counters.get(stats.calls, index(stats, label))
+        [{_, slowest}] = :ets.lookup(stats.slowest, label)
+
+        classes =
+          :ets.match_object(stats.outcomes, {{label, :_}, :_})
+          |> Enum.map(fn {{_, class}, n} -> "#{format_class(class)}=#{n}" end)
+          |> Enum.sort()
+          |> Enum.join(" ")
+
+        total = :counters.get(stats.micros, index(stats, label))
+
+        String.pad_trailing(label, 22) <>
+          String.pad_leading("#{calls}", 7) <>
+          String.pad_leading("#{div(total, 1000)} ms", 10) <>
+          String.pad_leading("#{div(slowest, 1000)} ms", 9) <> "  " <> classes
+      end
+
+    IO.puts(
+      "\nhostile input: #{@numtests} cases in #{Float.round(seconds, 1)} s\n" <>
+        "target                   calls     total  slowest  outcomes\n" <> Enum.join(rows, "\n")
+    )
+  end
+
+  defp format_class({:error, tag}), do: "error:#{tag}"
+  defp format_class({:known_bug, bug}), do: "KNOWN_BUG:#{bug}"
+  defp format_class(class), do: to_string(class)
+
+  defp failure_message(counterexample) do
+    failures =
+      Stream.repeatedly(fn ->
+        receive do
+          {:hostile_failure, label, why, hostile, _result} ->
+            "#{label}: #{why}; hostile: #{inspect(hostile, limit: 8, printable_limit: 200)}"
+        after
+          0 -> nil
+        end
+      end)
+      |> Enum.take_while(& &1)
+      |> Enum.uniq()
+      |> Enum.take(-5)
+
+    "counterexample (shrunk): #{inspect(counterexample, limit: 8, printable_limit: 200)}\n" <>
+      Enum.join(failures, "\n")
+  end
+
+  defp check!(gen, fun, numtests) do
+    case check(gen, fun, numtests) do
+      :ok -> :ok
+      {:failed, message} -> flunk(message)
+    end
+  end
+
+  # In the calling process: the failures it reports are messages to itself.
+  defp check(gen, fun, numtests) do
+    case P.check(gen, fun, numtests, max_size: 14) do
+      :ok ->
+        :ok
+
+      {:failed, counterexample} ->
+        {:failed, failure_message(counterexample)}
+
+      {:failed, counterexample, exception} ->
+        {:failed, failure_message(counterexample) <> "\n" <> exception}
+    end
+  end
+
+  # The cases run in @workers processes at once (each is the caller of its own requests).
+  @workers 2
+
+  ## The tests
+
+  test "#{@numtests} generated cases into every NIF and every Kube function", %{kube: kube} do
+    Process.put(:hostile_kube, kube)
+    targets = targets(kube)
+    huge = {make_ref(), List.to_tuple(P.huge_values())}
+    gen = case_gen(targets, huge)
+
+    # Warm-up: loads every module the calls touch, so the atom count below measures the input.
+    stats = new_stats(targets)
+    check!(gen, &run_case(targets, huge, &1, stats), 200)
+    assert Native.noop() == :ok
+    base_tasks = settled_live_tasks()
+
+    atoms_before = :erlang.system_info(:atom_count)
+    stats = new_stats(targets)
+    started = System.monotonic_time(:millisecond)
+
+    results =
+      1..@workers
+      |> Enum.map(fn _ ->
+        Task.async(fn ->
+          Process.put(:hostile_kube, kube)
+          result = check(gen, &run_case(targets, huge, &1, stats), div(@numtests, @workers))
+          # Nothing may be left for this process: every reply was awaited or cancelled.
+          receive do
+            {:flame_k8s, _, _} = stray -> {:stray, stray}
+          after
+            0 -> result
+          end
+        end)
+      end)
+      |> Task.await_many(:infinity)
+
+    for result <- results do
+      case result do
+        :ok -> :ok
+        {:failed, message} -> flunk(message)
+        {:stray, message} -> flunk("a reply nobody waited for: #{inspect(message, limit: 5)}")
+      end
+    end
+
+    seconds = (System.monotonic_time(:millisecond) - started) / 1000
+    atoms_after = :erlang.system_info(:atom_count)
+    report(stats, seconds)
+    IO.puts("atoms: #{atoms_before} before, #{atoms_after} after")
+
+    for label <- stats.labels do
+      assert :counters.get(stats.calls, index(stats, label)) >= @numtests, label
+    end
+
+    assert Native.noop() == :ok
+    assert atoms_after - atoms_before <= @atom_slack
+    # Every request answered or cancelled: no task is left behind.
+    assert eventually(fn -> Kube.live_tasks() <= base_tasks end)
+  end
+
+  test "unique strings in every atom-like position never become atoms", %{kube: kube} do
+    c = kube.resource
+    # Warm-up of every path below with one value.
+    atom_attempts(kube, c, 0)
+    atoms_before = :erlang.system_info(:atom_count)
+
+    deltas =
+      for batch <- 0..9 do
+        before = :erlang.system_info(:atom_count)
+        for i <- 1..200, do: atom_attempts(kube, c, batch * 200 + i)
+        :erlang.system_info(:atom_count) - before
+      end
+
+    IO.inspect(deltas, label: "atom deltas per batch")
+    atoms_after = :erlang.system_info(:atom_count)
+
+    IO.puts(
+      "atom exhaustion attempts: 2000 x 12 unique names; atoms #{atoms_before} -> #{atoms_after}"
+    )
+
+    assert atoms_after - atoms_before <= @atom_slack
+    assert Native.noop() == :ok
+  end
+
+  # Each call gets names that were never seen: a String.to_atom anywhere would add them.
+  defp atom_attempts(kube, c, i) do
+    u = "zz_atom_attempt_#{i}_#{System.unique_integer([:positive])}"
+    ref = make_ref()
+
+    attempts = [
+      fn -> Kube.connect(mode: u) end,
+      fn -> Kube.connect([{u, 1}]) end,
+      fn -> Kube.connect(%{u => 1}) end,
+      fn -> Kube.request(kube, u, "/") end,
+      fn -> Kube.await_pod(kube, "d", "p", timeout: 1, unschedulable: u) end,
+      fn -> Kube.create_pod(kube, "d", %{u => u, "metadata" => %{u => [u]}}) end,
+      fn -> Kube.create_secret(kube, "d", %{"stringData" => %{u => u}, u => %{u => u}}) end,
+      fn -> Native.create(c, u, "d", %{}, ref) end,
+      fn -> Native.request(c, u, "/", nil, nil, ref) end,
+      fn -> Native.connect(%{connect_opts_map() | mode: u}, ref) end,
+      fn -> Native.await_pod(c, "d", "p", %{@await_opts | unschedulable: u}, ref) end,
+      fn -> Native.connect(Map.put(connect_opts_map(), u, 1), ref) end
+    ]
+
+    for attempt <- attempts do
+      case outcome(attempt) do
+        {:returned, {:ok, handle}} when is_reference(handle) ->
+          _ = Native.cancel(handle)
+
+        {:returned, _} ->
+          :ok
+
+        {:raised, %ArgumentError{}} ->
+          :ok
+      end
+    end
+
+    flush(ref)
+  end
+
+  # Replies of a server carry keys, reasons and values never seen before: decoded JSON has
+  # binary keys, error reasons are binaries.
+  test "unique keys and reasons in the server's answers never become atoms" do
+    {port, server} = json_server()
+    {:ok, kube} = Kube.connect(url: "http://127.0.0.1:#{port}", token: @token)
+    assert {:ok, %{}} = Kube.request(kube, "GET", "/warm-up")
+    assert {:error, {:api, 418, _, _}} = Kube.request(kube, "GET", "/status")
+    atoms_before = :erlang.system_info(:atom_count)
+
+    for _ <- 1..200 do
+      assert {:ok, map} = Kube.request(kube, "GET", "/json")
+      assert map_size(map) == 100
+      assert {:error, {:api, 418, "Reason" <> _, _}} = Kube.request(kube, "GET", "/status")
+    end
+
+    atoms_after = :erlang.system_info(:atom_count)
+
+    IO.puts(
+      "server answers: 200 x 100 unique keys + 200 unique reasons; atoms #{atoms_before} -> #{atoms_after}"
+    )
+
+    assert atoms_after - atoms_before <= @atom_slack
+    send(server, :stop)
+  end
+
+  # A minimal HTTP/1.1 server on loopback: /json answers an object of 100 fresh keys,
+  # anything with "status" a Kubernetes Status of code 418 with a fresh reason.
+  defp json_server do
+    {:ok, listen} =
+      :gen_tcp.listen(0, [
+        :binary,
+        active: false,
+        ip: {127, 0, 0, 1},
+        packet: :http_bin,
+        reuseaddr: true
+      ])
+
+    {:ok, port} = :inet.port(listen)
+    server = spawn_link(fn -> accept_loop(listen) end)
+    :ok = :gen_tcp.controlling_process(listen, server)
+    {port, server}
+  end
+
+  defp accept_loop(listen) do
+    receive do
+      :stop -> :gen_tcp.close(listen)
+    after
+      0 ->
+        case :gen_tcp.accept(listen, 100) do
+          {:ok, socket} ->
+            serve(socket)
+            accept_loop(listen)
+
+          {:error, :timeout} ->
+            accept_loop(listen)
+        end
+    end
+  end
+
+  defp serve(socket) do
+    case read_request(socket, nil) do
+      {:ok, path} ->
+        u = System.unique_integer([:positive])
+
+        {status, body} =
+          if String.contains?(path, "status") do
+            {418,
+             ~s({"kind":"Status","apiVersion":"v1","status":"Failure","message":"m#{u}","reason":"Reason#{u}","code":418})}
+          else
+            keys = Enum.map_join(1..100, ",", &~s("k#{u}_#{&1}":#{&1}))
+            {200, "{#{keys}}"}
+          end
+
+        :gen_tcp.send(socket, [
+          "HTTP/1.1 #{status} X\r\ncontent-type: application/json\r\ncontent-length: #{byte_size(body)}\r\n\r\n",
+          body
+        ])
+
+        serve(socket)
+
+      :closed ->
+        :gen_tcp.close(socket)
+    end
+  end
+
+  defp read_request(socket, path) do
+    case :gen_tcp.recv(socket, 0, 5_000) do
+      {:ok, {:http_request, _method, {:abs_path, p}, _}} -> read_request(socket, p)
+      {:ok, {:http_header, _, _, _, _}} -> read_request(socket, path)
+      {:ok, :http_eoh} -> {:ok, path}
+      _ -> :closed
+    end
+  end
+
+  test "connect never echoes the token, whatever else is wrong with the options" do
+    secret = "tok-" <> Base.encode32(:crypto.strong_rand_bytes(15), padding: false)
+    h = P.term()
+    key = T.elements([:url, :mode, :token, :request_timeout, :bogus])
+
+    gen =
+      T.tuple([
+        T.list(T.tuple([key, h])),
+        T.list(T.frequency([{3, T.tuple([key, h])}, {1, h}])),
+        T.elements([:string, :charlist, :nul, :latin1])
+      ])
+
+    leaks = :ets.new(:leaks, [:public])
+
+    result =
+      P.check(
+        gen,
+        fn {before, rest, form} ->
+          token =
+            case form do
+              :string -> secret
+              :charlist -> String.to_charlist(secret)
+              :nul -> secret <> <<0>>
+              :latin1 -> secret <> <<255>>
+            end
+
+          opts = before ++ [{:token, token} | rest]
+
+          text =
+            case outcome(fn -> Kube.connect(opts) end) do
+              {:raised, e} -> Exception.message(e)
+              {:returned, {:error, reason}} -> inspect(reason, limit: :infinity)
+              {:returned, {:ok, kube}} -> inspect(kube)
+            end
+
+          cond do
+            not String.contains?(text, secret) ->
+              true
+
+            # KNOWN BUG (reported, issue 11): validate_keyword!/3 in kube.ex shows the whole
+            # option list, token included, when it is not a keyword list.
+            String.starts_with?(text, "connect options: expected a keyword list, got:") ->
+              :ets.update_counter(leaks, :not_a_keyword_list, 1, {:not_a_keyword_list, 0})
+              true
+
+            true ->
+              false
+          end
+        end,
+        2_000,
+        max_size: 8
+      )
+
+    IO.puts("token never echoed: 2000 cases; known leaks: #{inspect(:ets.tab2list(leaks))}")
+    assert result == :ok, "the token appeared: #{inspect(result, limit: 8)}"
+  end
+
+  @tag skip:
+         "known bug: kube.ex validate_keyword!/3 echoes a non-keyword option list, token included"
+  test "a non-keyword option list is not echoed when it holds the token" do
+    error = assert_raise ArgumentError, fn -> Kube.connect([{:token, @token}, :oops]) end
+    refute error.message =~ @token
+  end
+
+  @tag skip: "known bug: Kube's validate_keyword!/3 runs Enum.all?/2 on improper lists"
+  test "an improper option list raises ArgumentError naming the options" do
+    for fun <- [
+          fn -> Kube.connect([{:mode, :auto} | :tail]) end,
+          fn ->
+            Kube.delete_pod(%Kube{resource: nil, server: ""}, "d", "p", [{:grace_period, 0} | 1])
+          end
+        ] do
+      assert_raise ArgumentError, ~r/options: expected a keyword list/, fun
+    end
+  end
+
+  @tag skip: "known bug: a token no HTTP header can hold panics in tower-http (client.rs)"
+  test "a token that no HTTP header can hold is refused, not a panic" do
+    for token <- ["a\nb", "a\rb", "a\0b", "a\x7fb"] do
+      result =
+        try do
+          Kube.connect(url: "https://127.0.0.1:1", token: token)
+        rescue
+          e in ArgumentError -> {:raised, e.message}
+        end
+
+      assert match?({:raised, ":token:" <> _}, result) or match?({:error, {:config, _}}, result),
+             inspect(result)
+    end
+  end
+
+  # A %Kube{} whose fields are not what connect/1 made. Out of the documented contract (the
+  # struct is built by connect/1 only), but it must not crash the VM or hang.
+  test "forged %Kube{} structs never crash the VM", %{kube: kube} do
+    h = P.term()
+
+    gen =
+      T.tuple([
+        T.frequency([{1, T.exactly(kube.resource)}, {1, h}]),
+        T.frequency([{1, T.exactly(kube.request_timeout)}, {1, T.integer(1, 3_000)}, {1, h}]),
+        h
+      ])
+
+    seen = :ets.new(:forged, [:public])
+
+    result =
+      P.check(
+        gen,
+        fn {resource, timeout, server} ->
+          forged = %{kube | resource: resource, request_timeout: timeout, server: server}
+
+          class =
+            case outcome(fn -> Kube.get_pod(forged, "d", "p") end) do
+              {:returned, {:error, {tag, _}}} -> {:error, tag}
+              {:raised, %ArgumentError{message: "client:" <> _}} -> :argument_error_client
+              {:raised, %ArithmeticError{}} -> :arithmetic_error
+              {:raised, %ErlangError{original: :timeout_value}} -> :timeout_value
+              {:raised, e} -> {:raised, e.__struct__}
+              other -> {:other, other}
+            end
+
+          :ets.update_counter(seen, class, 1, {class, 0})
+          # A request_timeout that is not an integer of 0..4_294_965_295 fails in the
+          # `receive ... after` of Kube.call/2 (ArithmeticError, or :timeout_value), after the
+          # task started: its reply arrives later. Out of contract; counted, not failed.
+          match?({:error, _}, class) or class == :argument_error_client or
+            (class in [:arithmetic_error, :timeout_value] and
+               not (is_integer(timeout) and timeout in -2000..4_294_965_295))
+        end,
+        2_000,
+        max_size: 8
+      )
+
+    IO.puts("forged %Kube{}: #{inspect(:ets.tab2list(seen))}")
+    assert result == :ok, inspect(result, limit: 8)
+    assert Native.noop() == :ok
+    # Replies to calls that raised after their task started arrive later: flush them.
+    Process.sleep(2_500)
+    flush_all()
+  end
+
+  defp flush_all do
+    receive do
+      {:flame_k8s, _, _} -> flush_all()
+    after
+      0 -> :ok
+    end
+  end
+
+  ## Big ones, once each
+
+  test "huge and deep values are refused or sent, within bounds", %{kube: kube} do
+    big = :binary.copy(<<0, 1, 2, 3>>, 4_000_000)
+
+    cases = [
+      {"16 MB binary with NULs as a label value",
+       fn -> Kube.create_pod(kube, "d", put_in(@pod, ["metadata", "labels"], %{"a" => big})) end},
+      {"16 MB binary as a name", fn -> Kube.get_pod(kube, "d", big) end},
+      {"16 MB binary as a path", fn -> Kube.request(kube, "GET", "/" <> big) end},
+      {"1M-element list as a body",
+       fn -> Kube.request(kube, "POST", "/x", body: %{"a" => Enum.to_list(1..1_000_000)}) end},
+      {"100k-key map as a manifest",
+       fn -> Kube.create_secret(kube, "d", Map.new(1..100_000, &{"k#{&1}", &1})) end},
+      {"100k-deep map as a manifest",
+       fn -> Kube.create_pod(kube, "d", P.nest("x", 100_000, :map)) end},
+      {"100k-deep list as a body",
+       fn -> Kube.request(kube, "POST", "/x", body: %{"a" => P.nest("x", 100_000, :list)}) end},
+      {"improper list of 100k as a body",
+       fn -> Kube.request(kube, "POST", "/x", body: %{"a" => Enum.to_list(1..100_000) ++ :t}) end},
+      {"shared-subterm list, 2^16 leaves flattened, as a body",
+       fn -> Kube.request(kube, "POST", "/x", body: %{"a" => P.dag("x", 16, :list)}) end},
+      {"2^20000 as a grace period",
+       fn -> Kube.delete_pod(kube, "d", "p", grace_period: Bitwise.bsl(1, 20_000)) end}
+    ]
+
+    for {what, fun} <- cases do
+      {us, result} = :timer.tc(fn -> outcome(fun) end)
+      IO.puts("#{String.pad_trailing(what, 56)} #{div(us, 1000)} ms  #{describe(result)}")
+
+      assert match?(
+               {:returned, {:error, {tag, _}}} when tag in [:invalid_manifest, :connect],
+               result
+             ) or
+               match?({:raised, %ArgumentError{}}, result),
+             "#{what}: #{describe(result)}"
+
+      assert us < 10_000_000, "#{what} took #{div(us, 1000)} ms"
+    end
+
+    assert Native.noop() == :ok
+  end
+
+  defp describe({:returned, {:error, {tag, m}}}),
+    do: "{:error, {#{inspect(tag)}, #{inspect(String.slice(m, 0, 80))}}}"
+
+  defp describe({:raised, e}),
+    do: "#{inspect(e.__struct__)}: #{String.slice(Exception.message(e), 0, 80)}"
+
+  defp describe(other), do: inspect(other, limit: 5, printable_limit: 80)
+
+  ## Helpers
+
+  defp settled_live_tasks(last \\ nil, same \\ 0) do
+    case Kube.live_tasks() do
+      ^last when same >= 5 -> last
+      ^last -> Process.sleep(20) && settled_live_tasks(last, same + 1)
+      other -> Process.sleep(20) && settled_live_tasks(other, 0)
+    end
+  end
+
+  defp eventually(fun, tries \\ 250) do
+    cond do
+      fun.() -> true
+      tries == 0 -> false
+      true -> Process.sleep(20) && eventually(fun, tries - 1)
+    end
+  end
+end
