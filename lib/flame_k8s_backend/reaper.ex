@@ -7,7 +7,13 @@ defmodule FLAMEK8sBackend.Reaper do
   (idle shutdown, the runner VM killed, its node lost, the Runner crashing mid-boot) it deletes
   what it tracks. A boot that fails has it delete everything at once with `reap_now/1`.
   Failed deletes are retried (not when RBAC forbids them); a booted runner's pod is deleted with
-  its own grace period, one that never booted at once. Each delete is a
+  its own grace period, one that never booted at once.
+
+  A booted runner whose node is still connected when the FLAME Runner or the terminator goes
+  down (an idle shutdown: the terminator tells the parent first, then shuts its VM down) deletes
+  its own pod and secret in `system_shutdown/0`: the reaper waits for that node to go down (at
+  most 30 s), then deletes whatever is left. Deleting at once would race
+  the runner's own cleanup and always win it. Each delete is a
   `[:flame_k8s_backend, :cleanup, :delete]` event (`deleter: :reaper`, `trigger: :boot_failed`
   or `:runner_down`; see `FLAMEK8sBackend.Telemetry`).
 
@@ -27,10 +33,22 @@ defmodule FLAMEK8sBackend.Reaper do
 
   alias FLAMEK8sBackend.{Kube, Telemetry}
 
-  defstruct [:kube, :namespace, :log, pod: nil, secret: nil, booted?: false]
+  defstruct [
+    :kube,
+    :namespace,
+    :log,
+    pod: nil,
+    secret: nil,
+    booted?: false,
+    runner_node: nil,
+    waiting_for_node?: false
+  ]
 
   @attempts 3
   @backoff 250
+  # How long a booted runner's VM gets to delete itself and stop once it has been told to; a
+  # VM that hangs longer is reaped.
+  @runner_exit_grace 30_000
 
   @doc "Starts a reaper that watches `owner` (the FLAME Runner process)."
   @spec start(Kube.t(), String.t(), pid(), false | Logger.level()) ::
@@ -75,7 +93,7 @@ defmodule FLAMEK8sBackend.Reaper do
 
   def handle_call({:monitor, pid}, _from, state) do
     Process.monitor(pid)
-    {:reply, :ok, %{state | booted?: true}}
+    {:reply, :ok, %{state | booted?: true, runner_node: node(pid)}}
   end
 
   def handle_call(:reap_now, _from, state) do
@@ -84,10 +102,34 @@ defmodule FLAMEK8sBackend.Reaper do
   end
 
   @impl true
+  def handle_info({:DOWN, _ref, :process, _pid, _reason}, %{waiting_for_node?: true} = state),
+    do: {:noreply, state}
+
   def handle_info({:DOWN, _ref, :process, _pid, reason}, state) do
-    reap(state, :runner_down, "runner down: #{inspect(reason)}")
+    if runner_node_up?(state) do
+      :erlang.monitor_node(state.runner_node, true)
+      Process.send_after(self(), :runner_exit_grace_over, @runner_exit_grace)
+      {:noreply, %{state | waiting_for_node?: true}}
+    else
+      reap(state, :runner_down, "runner down: #{inspect(reason)}")
+      {:stop, :normal, state}
+    end
+  end
+
+  def handle_info({:nodedown, node}, state) do
+    reap(state, :runner_down, "runner node #{node} down")
     {:stop, :normal, state}
   end
+
+  def handle_info(:runner_exit_grace_over, state) do
+    reap(state, :runner_down, "runner node still up #{@runner_exit_grace} ms after shutdown")
+    {:stop, :normal, state}
+  end
+
+  defp runner_node_up?(%{booted?: true, runner_node: node}) when node != node(),
+    do: node in Node.list(:connected)
+
+  defp runner_node_up?(_state), do: false
 
   defp reap(%__MODULE__{pod: pod, secret: secret} = state, trigger, why) do
     if pod, do: delete(state, :pod, pod, trigger, why)

@@ -73,6 +73,42 @@ defmodule FLAMEK8sBackend.ReaperTest do
     assert_receive {:DOWN, ^monitor, :process, ^reaper, :normal}, 5_000
   end
 
+  test "a booted runner whose node is still up (idle shutdown): its own cleanup first, then the reaper's" do
+    {:ok, peer, runner_node} =
+      :peer.start_link(%{
+        name: :"reaper_runner_#{System.unique_integer([:positive])}",
+        host: ~c"127.0.0.1",
+        longnames: true,
+        args: [~c"-setcookie", Atom.to_charlist(Node.get_cookie())]
+      })
+
+    owner = runner()
+    terminator = Node.spawn(runner_node, fn -> Process.sleep(:infinity) end)
+    {reaper, monitor} = start_reaper!(kube!(), owner)
+    :ok = Reaper.monitor(reaper, terminator)
+
+    # FLAME's terminator tells the parent first (its Runner stops), then stops its own VM.
+    send(owner, :stop)
+    wait_until(fn -> :sys.get_state(reaper).waiting_for_node? end)
+    refute_received {:api_request, _, _, _}
+
+    :ok = :peer.stop(peer)
+
+    assert_receive {:api_request, "DELETE", @pod_path, body}, 5_000
+    refute body =~ "gracePeriodSeconds"
+    assert_receive {:api_request, "DELETE", @secret_path, _}, 5_000
+    assert_receive {:DOWN, ^monitor, :process, ^reaper, :normal}, 5_000
+  end
+
+  # Polls a condition the reaper's state exposes; each check is a call into the reaper.
+  defp wait_until(check, attempts \\ 100) do
+    cond do
+      check.() -> :ok
+      attempts == 0 -> flunk("condition never held")
+      true -> wait_until(check, attempts - 1)
+    end
+  end
+
   test "reap_now/1 returns once pod and secret are deleted, and the reaper is done" do
     {reaper, monitor} = start_reaper!(kube!(), runner())
 
