@@ -1,37 +1,64 @@
 defmodule FLAME.Runner do
   @moduledoc """
-  Parent side of one runner: initialises the backend, boots the runner through it, and runs
-  calls there. Like FLAME's, it stops when the remote terminator goes down or reports
-  `{:remote_shutdown, reason}`.
+  Parent side of one runner: initialises the backend, boots the runner through it (then, on
+  the runner, extracts the pool's `:code_sync` package and schedules the idle shutdown), and
+  runs calls and placed children there. Like FLAME's, it stops when the remote terminator goes
+  down or reports `{:remote_shutdown, reason}`, and after its one call when `:single_use`.
   """
-  use GenServer
+  use GenServer, restart: :temporary
 
-  def start(opts), do: GenServer.start(__MODULE__, opts)
+  alias FLAME.{CodeSync, Terminator}
+
+  def start_link(opts), do: GenServer.start_link(__MODULE__, opts)
 
   def remote_boot(runner), do: GenServer.call(runner, :remote_boot, :infinity)
 
-  def call(runner, func, timeout) do
+  @doc "Runs `func` on the runner; the remote process is linked to the caller when `link?`."
+  def call(runner, func, timeout, link?) do
     {backend, backend_state, terminator} = GenServer.call(runner, :checkout)
-    ref = make_ref()
-    parent = self()
+    caller = self()
 
-    {:ok, {pid, monitor}} =
-      backend.remote_spawn_monitor(backend_state, fn ->
-        :ok = FLAME.Terminator.deadline_me(terminator, timeout)
-        send(parent, {ref, func.()})
+    result =
+      remote_call(backend, backend_state, timeout, fn ->
+        if link?, do: Process.link(caller)
+        :ok = Terminator.deadline_me(terminator, timeout)
+        func.()
       end)
 
-    receive do
-      {^ref, result} ->
-        Process.demonitor(monitor, [:flush])
-        result
+    GenServer.cast(runner, :checkin)
 
-      {:DOWN, ^monitor, :process, ^pid, reason} ->
+    case result do
+      {:ok, value} -> value
+      {:exit, reason} -> exit(reason)
+    end
+  end
+
+  @doc """
+  Starts `child_spec` (made temporary) under the runner's child placement supervisor; the
+  terminator keeps the runner up while the child lives. Linked to the caller when `link?`.
+  """
+  def place_child(runner, child_spec, timeout, link?) do
+    {backend, backend_state, terminator} = GenServer.call(runner, :checkout)
+    caller = self()
+    spec = Supervisor.child_spec(child_spec, restart: :temporary)
+
+    result =
+      remote_call(backend, backend_state, timeout, fn ->
+        Terminator.place_child(terminator, caller, link?, spec)
+      end)
+
+    GenServer.cast(runner, :checkin)
+
+    case result do
+      {:ok, {:ok, pid}} ->
+        if link?, do: Process.link(pid)
+        {:ok, pid}
+
+      {:ok, other} ->
+        other
+
+      {:exit, reason} ->
         exit(reason)
-    after
-      timeout ->
-        Process.exit(pid, :kill)
-        exit(:timeout)
     end
   end
 
@@ -52,8 +79,10 @@ defmodule FLAME.Runner do
            backend: backend,
            backend_state: backend_state,
            terminator: nil,
+           boot_timeout: Keyword.get(opts, :boot_timeout, 30_000),
            idle_shutdown_after: Keyword.get(opts, :idle_shutdown_after, 30_000),
-           single_use: Keyword.get(opts, :single_use, false)
+           single_use: Keyword.get(opts, :single_use, false),
+           code_sync: Keyword.get(opts, :code_sync)
          }}
 
       {:error, reason} ->
@@ -67,7 +96,7 @@ defmodule FLAME.Runner do
       {:ok, terminator, backend_state} when is_pid(terminator) ->
         Process.monitor(terminator)
         state = %{state | terminator: terminator, backend_state: backend_state}
-        :ok = schedule_idle_shutdown(state)
+        :ok = after_boot(state)
         {:reply, :ok, state}
 
       {:error, reason} ->
@@ -78,6 +107,10 @@ defmodule FLAME.Runner do
   def handle_call(:checkout, _from, state) do
     {:reply, {state.backend, state.backend_state, state.terminator}, state}
   end
+
+  @impl true
+  def handle_cast(:checkin, %{single_use: true} = state), do: {:stop, :normal, state}
+  def handle_cast(:checkin, state), do: {:noreply, state}
 
   @impl true
   def handle_info({:DOWN, _ref, :process, pid, reason}, %{terminator: pid} = state) do
@@ -103,27 +136,45 @@ defmodule FLAME.Runner do
     end
   end
 
-  defp schedule_idle_shutdown(state) do
+  # On the runner, as FLAME does once booted: the code first (packed here, extracted there;
+  # a failure crashes the boot), then the idle shutdown.
+  defp after_boot(state) do
     %{terminator: terminator, idle_shutdown_after: idle, single_use: single_use} = state
+    package = if state.code_sync, do: CodeSync.package(state.code_sync)
+
+    result =
+      remote_call(state.backend, state.backend_state, state.boot_timeout, fn ->
+        if package do
+          if dir = CodeSync.extract(package), do: :ok = Terminator.watch_path(terminator, dir)
+        end
+
+        Terminator.schedule_idle_shutdown(terminator, idle, fn -> true end, single_use)
+      end)
+
+    case result do
+      {:ok, :ok} -> :ok
+      {:exit, reason} -> exit(reason)
+    end
+  end
+
+  defp remote_call(backend, backend_state, timeout, fun) do
     parent = self()
     ref = make_ref()
 
-    {:ok, {_pid, monitor}} =
-      state.backend.remote_spawn_monitor(state.backend_state, fn ->
-        send(
-          parent,
-          {ref,
-           FLAME.Terminator.schedule_idle_shutdown(terminator, idle, fn -> true end, single_use)}
-        )
-      end)
+    {:ok, {pid, monitor}} =
+      backend.remote_spawn_monitor(backend_state, fn -> send(parent, {ref, fun.()}) end)
 
     receive do
       {^ref, result} ->
         Process.demonitor(monitor, [:flush])
-        result
+        {:ok, result}
 
-      {:DOWN, ^monitor, :process, _, reason} ->
-        exit(reason)
+      {:DOWN, ^monitor, :process, ^pid, reason} ->
+        {:exit, reason}
+    after
+      timeout ->
+        Process.exit(pid, :kill)
+        {:exit, :timeout}
     end
   end
 end

@@ -1,8 +1,10 @@
 defmodule FLAME.Terminator do
   @moduledoc """
   Runner side: connects to the parent node, announces itself with `{ref, {:remote_up, pid}}`,
-  and calls the backend's `system_shutdown/0` when idle, when the parent goes away, or when no
-  parent connection is made within the failsafe timeout.
+  and calls the backend's `system_shutdown/0` when idle (no call running and no placed child
+  alive), after its first call on a single-use runner, when the parent goes away, or when no
+  parent connection is made within the failsafe timeout. Paths given to `watch_path/2` (code
+  sync's extraction) are removed when it terminates.
   """
   use GenServer
 
@@ -23,6 +25,20 @@ defmodule FLAME.Terminator do
     GenServer.call(terminator, {:schedule_idle_shutdown, idle_after, idle_check, single_use})
   end
 
+  @doc "Removes `path` when the terminator terminates (the runner stops)."
+  def watch_path(terminator, path), do: GenServer.call(terminator, {:watch_path, path})
+
+  @doc """
+  Starts `child_spec` under the runner's child placement supervisor and keeps the runner busy
+  while the child lives; with `link?`, the child is stopped when `caller` goes down.
+  """
+  def place_child(terminator, caller, link?, child_spec) do
+    with {:ok, pid} <- DynamicSupervisor.start_child(FLAME.ChildPlacementSup, child_spec) do
+      :ok = GenServer.call(terminator, {:placed_child, caller, pid, link?})
+      {:ok, pid}
+    end
+  end
+
   @impl true
   def init(opts) do
     case Keyword.get(opts, :parent) || FLAME.Parent.get() do
@@ -30,6 +46,8 @@ defmodule FLAME.Terminator do
         :ignore
 
       parent ->
+        # terminate/2 removes the watched paths when the VM stops.
+        Process.flag(:trap_exit, true)
         :ok = :net_kernel.monitor_nodes(true)
 
         failsafe =
@@ -44,6 +62,9 @@ defmodule FLAME.Terminator do
            parent: parent,
            failsafe: failsafe,
            calls: %{},
+           placed: %{},
+           paths: [],
+           single_use: false,
            idle_after: :infinity,
            idle_timer: nil,
            stopping: false
@@ -71,9 +92,20 @@ defmodule FLAME.Terminator do
     {:noreply, stop_system(state, "parent process down")}
   end
 
+  # A placed child's caller went down: the child goes with it.
+  def handle_info({:DOWN, ref, :process, _pid, _reason}, %{placed: placed} = state)
+      when is_map_key(placed, ref) do
+    {child, placed} = Map.pop(placed, ref)
+    _ = DynamicSupervisor.terminate_child(FLAME.ChildPlacementSup, child)
+    {:noreply, %{state | placed: placed}}
+  end
+
   def handle_info({:DOWN, ref, :process, _pid, _reason}, state) do
     state = %{state | calls: Map.delete(state.calls, ref)}
-    {:noreply, maybe_schedule_idle(state)}
+
+    if state.single_use,
+      do: {:noreply, stop_system(state, "single use completed")},
+      else: {:noreply, maybe_schedule_idle(state)}
   end
 
   def handle_info({:idle, timer}, %{idle_timer: timer, calls: calls, parent: parent} = state)
@@ -84,14 +116,38 @@ defmodule FLAME.Terminator do
 
   def handle_info({:idle, _stale}, state), do: {:noreply, state}
 
+  def handle_info({:EXIT, _pid, _reason}, state), do: {:noreply, state}
+
   @impl true
   def handle_call({:deadline, pid, _timeout}, _from, state) do
     ref = Process.monitor(pid)
     {:reply, :ok, %{state | calls: Map.put(state.calls, ref, pid), idle_timer: nil}}
   end
 
-  def handle_call({:schedule_idle_shutdown, idle_after, _check, _single_use}, _from, state) do
-    {:reply, :ok, maybe_schedule_idle(%{state | idle_after: idle_after})}
+  # The child counts as a running call for as long as it lives.
+  def handle_call({:placed_child, caller, child, link?}, _from, state) do
+    state = %{state | calls: Map.put(state.calls, Process.monitor(child), child), idle_timer: nil}
+
+    state =
+      if link?,
+        do: %{state | placed: Map.put(state.placed, Process.monitor(caller), child)},
+        else: state
+
+    {:reply, :ok, state}
+  end
+
+  def handle_call({:schedule_idle_shutdown, idle_after, _check, single_use}, _from, state) do
+    state = %{state | idle_after: idle_after, single_use: single_use}
+    {:reply, :ok, maybe_schedule_idle(state)}
+  end
+
+  def handle_call({:watch_path, path}, _from, state) do
+    {:reply, :ok, %{state | paths: [path | state.paths]}}
+  end
+
+  @impl true
+  def terminate(_reason, state) do
+    Enum.each(state.paths, &File.rm_rf/1)
   end
 
   defp connect(%{parent: parent} = state) do
