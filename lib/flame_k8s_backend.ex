@@ -23,30 +23,91 @@ defmodule FLAMEK8sBackend do
   The parent pod needs `POD_NAME` and `POD_NAMESPACE` from the downward API, must run as a
   distributed node reachable at its pod IP (`RELEASE_DISTRIBUTION=name`,
   `RELEASE_NODE=my_app@$(POD_IP)`), and its service account needs `get`, `list`, `watch`,
-  `create`, `delete` on `pods` and `create`, `delete` on `secrets` in its namespace. See the
-  README and `examples/kubernetes/`.
+  `create`, `delete` on `pods` and `create`, `delete` on `secrets` in its namespace; `list` on
+  `events` and `get` on `pods/log` are optional (they let a failed boot's error tell
+  Kubernetes' side of the story). See the README and `examples/kubernetes/`.
 
   ## Options
 
   Given as `{FLAMEK8sBackend, opts}` to the pool, or with `config :flame, FLAMEK8sBackend, opts`
-  (the pool's options win). Bad options raise `ArgumentError` naming the option.
+  (the pool's options win). Bad options raise `ArgumentError` naming the option; an option of
+  the pure-Elixir `flame_k8s_backend` this backend spells differently says what to write.
 
   #{FLAMEK8sBackend.Options.docs()}
+  ## Code sync
+
+  FLAME's `:code_sync` pool option (Livebook's FLAME runtime always sets it) sends code from the
+  parent to each runner as it boots: the runner writes an archive under `:tmp_dir` (default
+  `{System, :tmp_dir!, []}`) and extracts it under `:extract_dir` (default `"/"`), both
+  evaluated on the runner. A runner with a read-only root filesystem or a non-root user (a
+  runner copies the parent's `securityContext`) cannot write to `/`, and its boot fails. So
+  every runner pod gets a writable `emptyDir` at this backend's `:tmp_dir` (default
+  `/tmp/flame`), with `TMPDIR` pointing at it: FLAME's archive lands there by default, and the
+  pool only has to extract there too:
+
+      {FLAME.Pool,
+       name: MyApp.Runner,
+       backend: FLAMEK8sBackend,
+       code_sync: [
+         start_apps: true,
+         sync_beams: [Path.join(System.tmp_dir!(), "livebook_runtime")],
+         extract_dir: {System, :tmp_dir!, []}
+       ],
+       min: 0, max: 5, max_concurrency: 10, idle_shutdown_after: 60_000}
+
+  The parent packs the archive in its own `System.tmp_dir!()`: with a read-only root it needs
+  a writable `TMPDIR` as well (an `emptyDir`). Runners copy the parent's volumes, and keep a
+  `TMPDIR` the parent sets.
+
+  ## Pools: `min`, `single_use`, `place_child`
+
+    * `min: 1` (or more): FLAME boots these runners before the pool has started (a boot
+      failure fails the pool's start, with the `FLAMEK8sBackend.BootError` as the reason) and
+      keeps them, whatever `:idle_shutdown_after` says (`:min_idle_shutdown_after` defaults
+      to `:infinity`), until the pool stops: their pods are deleted then.
+    * `single_use: true`: every call boots a runner pod of its own, which is deleted once the
+      call returns; each call pays a boot.
+    * `FLAME.place_child/3`: the child runs on a runner, which (with its pod) stays up as long
+      as the child lives, past `:idle_shutdown_after`, and idles down after it exits.
+
+  Leave `:active_deadline_seconds` unset for the long-lived runners of the first and last.
+
+  ## Networking
+
+  Runner and parent talk Erlang distribution: epmd (4369) and each node's distribution port.
+  `:dist_port` fixes the runner's port, so that a NetworkPolicy can admit exactly that
+  (`examples/kubernetes/network-policy.yaml`); fix the parent's with
+  `ERL_AFLAGS="-kernel inet_dist_listen_min 9000 inet_dist_listen_max 9000"` (or `vm.args`).
+  A service mesh's sidecar keeps a runner pod running after its VM has exited: the parent
+  deletes the pod when the runner's node goes down, and the sweep counts a runner whose app
+  container terminated as finished. Opt runners out of injection with the mesh's annotation
+  in `:manifest` (e.g. `"sidecar.istio.io/inject" => "false"`, `"linkerd.io/inject" =>
+  "disabled"`).
+
   ## Failures
 
   `remote_boot/1` returns `{:error, %FLAMEK8sBackend.BootError{}}` naming the phase and the
   reason: image pull (with the image), unschedulable (with the scheduler's message), a
   container that exited (code, `OOMKilled`), RBAC (the server's message names verb and
-  resource), an unreachable API server, or a timeout naming the phase it stopped in.
-  The pod and its secret are deleted before the error is returned.
+  resource), an unreachable API server, or a timeout naming the phase it stopped in. When the
+  pod may have existed, the error also carries its latest Events and, for a container that
+  exited or a runner that never connected, the last lines of its log (or why they could not
+  be read). The pod and its secret are deleted before the error is returned.
 
   ## Cleanup
 
   A runner's pod and secret are deleted: by the parent when the runner's terminator or its
   FLAME Runner process goes down (`FLAMEK8sBackend.Reaper`), on every boot failure, by the
-  runner itself in `system_shutdown/0` when its service account may delete pods, and by a
+  runner itself in `system_shutdown/0` when its service account may delete pods, by a
   sweep of this parent's finished runner pods when runners are initialised (at most once a
-  minute per parent).
+  minute per parent), and by Kubernetes' garbage collector with the parent pod. With
+  `:active_deadline_seconds`, Kubernetes also stops a runner that outlived that bound.
+
+  ## Telemetry
+
+  Emitted when the `:telemetry` application is present (see `FLAMEK8sBackend.Telemetry`):
+
+  #{FLAMEK8sBackend.Telemetry.events_doc()}
   """
   @behaviour FLAME.Backend
 

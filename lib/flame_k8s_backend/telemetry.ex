@@ -1,4 +1,14 @@
 defmodule FLAMEK8sBackend.Telemetry do
+  # The event table, in this moduledoc and in FLAMEK8sBackend's.
+  @events_doc """
+  | event | measurements | metadata |
+  |---|---|---|
+  | `[:flame_k8s_backend, :boot, :start]` | `:system_time`, `:monotonic_time` | `:pod` (`"namespace/name"`), `:namespace`, `:runner_name`, `:parent_node`, `:telemetry_span_context` |
+  | `[:flame_k8s_backend, :boot, :stop]` | `:duration`, `:monotonic_time`, `:create_duration`, `:pod_start_duration` (when the watch saw the pod running before the runner connected), `:remote_up_duration` | as `:start`, plus `:runner_node` |
+  | `[:flame_k8s_backend, :boot, :exception]` | `:duration`, `:monotonic_time` | as `:start`, plus `:kind`, `:reason`, `:stacktrace`, `:phase` and `:error` |
+  | `[:flame_k8s_backend, :cleanup, :delete]` | `:duration`, `:attempts` | `:deleter`, `:trigger`, `:kind`, `:namespace`, `:name`, `:result` |
+  """
+
   @moduledoc """
   The `:telemetry` events of the backend. They are emitted only when the `:telemetry`
   application is there (it is your dependency, as FLAME is; this library does not depend on
@@ -6,13 +16,7 @@ defmodule FLAMEK8sBackend.Telemetry do
 
   ## Events
 
-  | event | measurements | metadata |
-  |---|---|---|
-  | `[:flame_k8s_backend, :boot, :start]` | `:system_time`, `:monotonic_time` | `:pod` (`"namespace/name"`), `:namespace`, `:runner_name`, `:parent_node`, `:telemetry_span_context` |
-  | `[:flame_k8s_backend, :boot, :stop]` | `:duration`, `:monotonic_time`, `:create_duration`, `:pod_start_duration` (when the watch saw the pod running before the runner connected), `:remote_up_duration` | as `:start`, plus `:runner_node` |
-  | `[:flame_k8s_backend, :boot, :exception]` | `:duration`, `:monotonic_time` | as `:start`, plus `:kind`, `:reason`, `:stacktrace`, `:phase` and `:error` |
-  | `[:flame_k8s_backend, :cleanup, :delete]` | `:duration`, `:attempts` | `:deleter`, `:trigger`, `:kind`, `:namespace`, `:name`, `:result` |
-
+  #{@events_doc}
   Durations are in `:native` time units (convert with `System.convert_time_unit/3`, or
   `unit: {:native, :millisecond}` in `Telemetry.Metrics`). The phase durations of a boot add up
   to its `:duration`: `:create_duration` (secret and pod created), `:pod_start_duration`
@@ -35,6 +39,10 @@ defmodule FLAMEK8sBackend.Telemetry do
   """
 
   @type event :: [atom(), ...]
+
+  @doc "The table of events, as Markdown."
+  @spec events_doc() :: String.t()
+  def events_doc, do: @events_doc
 
   @boot [:flame_k8s_backend, :boot]
 

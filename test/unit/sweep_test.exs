@@ -23,6 +23,27 @@ defmodule FLAMEK8sBackend.SweepTest do
       refute Sweep.leftover?(pod("Pending", "2020-01-01T00:00:00Z"), 30_000, @now)
     end
 
+    test "a pod whose app container terminated while a sidecar runs on (a service mesh)" do
+      pod =
+        "Running"
+        |> pod("2025-01-01T12:00:00Z")
+        |> put_in(["metadata", "annotations"], %{"flame-k8s-backend.io/app-container" => "web"})
+        |> put_in(["status", "containerStatuses"], [
+          %{"name" => "istio-proxy", "state" => %{"running" => %{}}},
+          %{"name" => "web", "state" => %{"terminated" => %{"exitCode" => 0}}}
+        ])
+
+      assert Sweep.leftover?(pod, 30_000, @now)
+
+      running =
+        put_in(pod, ["status", "containerStatuses", Access.at(1), "state"], %{"running" => %{}})
+
+      refute Sweep.leftover?(running, 30_000, @now)
+
+      # Without the annotation (not one of ours, or older) only the phase counts.
+      refute Sweep.leftover?(put_in(pod, ["metadata", "annotations"], %{}), 30_000, @now)
+    end
+
     test "never a pod of unknown age" do
       refute Sweep.leftover?(pod("Failed", nil), 30_000, @now)
       refute Sweep.leftover?(pod("Failed", "yesterday"), 30_000, @now)
