@@ -14,7 +14,12 @@ defmodule FLAMEK8sBackend.BootDiagnosticsTest do
   @pod "web-1-flame-x7k2p"
   @events_path "/api/v1/namespaces/prod/events"
   @log_path "/api/v1/namespaces/prod/pods/web-1-flame-x7k2p/log"
-  @opts [namespace: "prod", pod: @pod, app_container: "web", redact: ["c00kie-s3cret", "k3y-s3cr3t"]]
+  @opts [
+    namespace: "prod",
+    pod: @pod,
+    app_container: "web",
+    redact: ["c00kie-s3cret", "k3y-s3cr3t"]
+  ]
 
   @exited %BootError{
     phase: :container_start,
