@@ -76,9 +76,12 @@ defmodule FLAMEK8sBackend.Kube do
     :ca_cert_pem,
     :token,
     :insecure_skip_tls_verify,
-    :request_timeout
+    :request_timeout,
+    :max_concurrent_creates
   ]
   @default_request_timeout 15_000
+  # Why 32: see DEFAULT_MAX_CONCURRENT_CREATES in native/flame_k8s_native/src/client.rs.
+  @default_max_concurrent_creates 32
   # How long past the request timeout a caller waits for the task's reply (see call/2).
   @reply_margin 2_000
   @max_timeout 4_000_000_000
@@ -104,6 +107,13 @@ defmodule FLAMEK8sBackend.Kube do
     * `:url`, `:ca_cert_pem`, `:token` - explicit server URL, CA certificate (PEM) and bearer token
     * `:insecure_skip_tls_verify` - default `false`
     * `:request_timeout` - milliseconds per request, default #{@default_request_timeout}
+    * `:max_concurrent_creates` - creates (`create_pod/3`, `create_secret/3`) in flight at
+      once on this connection, default #{@default_max_concurrent_creates}. More wait for a slot
+      (within their request timeout), so a burst of boots reaches the API server as a steady
+      stream, over a few reused connections, instead of all at once. A create the server
+      pushes back (429, or 503/504) is retried after its `Retry-After` while the request
+      timeout allows, holding its slot; when the wait would end past the timeout, the server's
+      answer is returned at once (`{:api, 429, "TooManyRequests", message}`).
 
   ## Examples
 
@@ -123,7 +133,8 @@ defmodule FLAMEK8sBackend.Kube do
       ca_cert_pem: optional_string!(opts, :ca_cert_pem),
       token: optional_string!(opts, :token),
       insecure_skip_tls_verify: boolean!(opts, :insecure_skip_tls_verify, false),
-      request_timeout_ms: timeout!(opts, :request_timeout, @default_request_timeout)
+      request_timeout_ms: timeout!(opts, :request_timeout, @default_request_timeout),
+      max_concurrent_creates: max_concurrent_creates!(opts)
     }
 
     if native_opts.mode == :explicit and is_nil(native_opts.url) do
@@ -281,7 +292,7 @@ defmodule FLAMEK8sBackend.Kube do
   end
 
   @doc """
-  Starts watching a pod until it is ready, fails, is deleted, or `:timeout` elapses.
+  Starts waiting for a pod until it is ready, fails, is deleted, or `:timeout` elapses.
 
   Returns at once. The caller later receives one final `{:flame_k8s, ref, result}` message,
   where `ref` is `await.ref` and `result` is one of
@@ -295,7 +306,19 @@ defmodule FLAMEK8sBackend.Kube do
   With `report_ready: false`, an interim `{:flame_k8s, ref, {:running, pod}}` comes first,
   once, when the pod is ready; the watch then goes on.
 
-  The watch ends by itself when the caller exits; `cancel_await/1` ends it earlier.
+  The await ends by itself when the caller exits; `cancel_await/1` ends it earlier.
+
+  ## One watch for many pods
+
+  With `:label_selector` (a selector the pod matches, such as
+  `FLAMEK8sBackend.RunnerPod.selector/1` of the parent), all awaits of this connection with the
+  same namespace and selector share one watch of the API server: it is started by the first
+  of them (list, then watch from the list's resourceVersion) and stopped when the last one
+  ends, and each await gets the results of its own pod. A pod the watch has not shown within
+  5 s of an await that came after the watch's list is read once: gone is `{:deleted, name}`,
+  and a pod that exists but does not match the selector is
+  `{:error, {:config, message}}` naming both (the watch would never show it). Without
+  `:label_selector`, each await watches its pod alone.
 
   Options:
 
@@ -306,6 +329,8 @@ defmodule FLAMEK8sBackend.Kube do
     * `:report_ready` - `true` (default). With `false` a ready pod is not reported: the watch
       goes on reporting failures (a container that exits after it started, deletion) until it
       is cancelled or times out, then with `phase: :running` if the pod was ready.
+    * `:label_selector` - share the watch of the pods this selector matches (see above);
+      default: none
 
       {:ok, await} = FLAMEK8sBackend.Kube.await_pod(kube, "default", "runner-x7k2p", timeout: 30_000)
       receive do
@@ -314,7 +339,12 @@ defmodule FLAMEK8sBackend.Kube do
   """
   @spec await_pod(t(), String.t(), String.t(), keyword()) :: {:ok, await()} | {:error, error()}
   def await_pod(%__MODULE__{} = kube, namespace, name, opts) do
-    opts = validate_keyword!(opts, [:timeout, :unschedulable, :report_ready], "await_pod options")
+    opts =
+      validate_keyword!(
+        opts,
+        [:timeout, :unschedulable, :report_ready, :label_selector],
+        "await_pod options"
+      )
 
     unless Keyword.has_key?(opts, :timeout) do
       raise ArgumentError, "await_pod options: :timeout is required"
@@ -329,9 +359,16 @@ defmodule FLAMEK8sBackend.Kube do
       end
 
     report_ready = boolean!(opts, :report_ready, true)
+    label_selector = optional_string!(opts, :label_selector)
     ref = make_ref()
 
-    opts = %{timeout_ms: timeout, unschedulable: unschedulable, report_ready: report_ready}
+    opts = %{
+      timeout_ms: timeout,
+      unschedulable: unschedulable,
+      report_ready: report_ready,
+      label_selector: label_selector
+    }
+
     namespace = name!(namespace, "namespace")
     name = name!(name, "name")
 
@@ -351,11 +388,19 @@ defmodule FLAMEK8sBackend.Kube do
   end
 
   @doc """
-  Number of tasks (requests and awaits) alive in the NIF's runtime, for tests and
-  diagnostics: a request that returned, or whose caller exited, leaves none behind.
+  Number of tasks (requests, awaits and shared watches) alive in the NIF's runtime, for tests
+  and diagnostics: a request that returned, or whose caller exited, leaves none behind.
   """
   @spec live_tasks() :: non_neg_integer()
   def live_tasks, do: Native.live_tasks()
+
+  @doc """
+  Number of pod watches this connection has open for its awaits: one per namespace and
+  `:label_selector` in use, plus one per pod awaited without a selector. For diagnostics and
+  tests: it is 0 once no await is left.
+  """
+  @spec open_watches(t()) :: non_neg_integer()
+  def open_watches(%__MODULE__{} = kube), do: Native.open_watches(kube.resource)
 
   ## Calls
 
@@ -404,7 +449,8 @@ defmodule FLAMEK8sBackend.Kube do
       raise ArgumentError, bad(what, "a keyword list", opts)
     end
 
-    case Keyword.keys(opts) -- allowed do
+    # uniq: a key given twice is not unknown (the first one counts, as in Keyword.get/2).
+    case Enum.uniq(Keyword.keys(opts)) -- allowed do
       [] ->
         opts
 
@@ -457,6 +503,16 @@ defmodule FLAMEK8sBackend.Kube do
   end
 
   defp bad_string(key), do: "#{inspect(key)}: expected a non-empty UTF-8 string"
+
+  defp max_concurrent_creates!(opts) do
+    case Keyword.get(opts, :max_concurrent_creates, @default_max_concurrent_creates) do
+      n when is_integer(n) and n in 1..1_000_000 ->
+        n
+
+      other ->
+        raise ArgumentError, bad(":max_concurrent_creates", "an integer in 1..1000000", other)
+    end
+  end
 
   defp boolean!(opts, key, default) do
     case Keyword.get(opts, key, default) do

@@ -39,6 +39,7 @@ defmodule FLAMEK8sBackend.Native do
   # once; the task sends {:flame_k8s, ref, reply} to the caller (see FLAMEK8sBackend.Kube).
   def connect(_opts, _ref), do: not_loaded()
   def client_info(_client), do: not_loaded()
+  def open_watches(_client), do: not_loaded()
   def get_pod(_client, _namespace, _name, _ref), do: not_loaded()
   def list_pods(_client, _namespace, _label_selector, _ref), do: not_loaded()
   def create(_client, _kind, _namespace, _manifest, _ref), do: not_loaded()

@@ -333,6 +333,130 @@ defmodule FLAMEK8sBackend.KubeClusterTest do
     end
   end
 
+  # Awaits with a label selector share one watch of the namespace's pods that match it (one
+  # per connection, namespace and selector); each still gets its own pod's results.
+  describe "await_pod with a label selector" do
+    @selector "flame-test/role=runner"
+    @runner %{"flame-test/role" => "runner"}
+
+    defp runner(name, image, opts \\ []) do
+      LocalCluster.pod_manifest(
+        name,
+        image,
+        Keyword.update(opts, :labels, @runner, &Map.merge(&1, @runner))
+      )
+    end
+
+    defp shared_await(kube, ns, name, opts \\ []) do
+      {:ok, await} =
+        Kube.await_pod(
+          kube,
+          ns,
+          name,
+          Keyword.merge([timeout: 30_000, label_selector: @selector], opts)
+        )
+
+      await
+    end
+
+    test "one watch, each await its own result", %{kube: kube, namespace: ns} do
+      {:ok, _} = Kube.create_pod(kube, ns, runner("ok", "sleeper:test", args: ["300"]))
+      {:ok, _} = Kube.create_pod(kube, ns, runner("bad", "no-such-image:1"))
+
+      crash = %{"sim-kubelet/fail" => "crash", "sim-kubelet/exit-code" => "42"}
+      {:ok, _} = Kube.create_pod(kube, ns, runner("crash", "sleeper:test", labels: crash))
+
+      ok = shared_await(kube, ns, "ok", report_ready: false, timeout: 5_000)
+      bad = shared_await(kube, ns, "bad")
+      crashed = shared_await(kube, ns, "crash", report_ready: false)
+
+      assert_receive {:flame_k8s, ref, {:running, %{"metadata" => %{"name" => "ok"}}}}
+                     when ref == ok.ref,
+                     30_000
+
+      # That await is subscribed (it has just heard from its watch): one watch for all three.
+      assert Kube.open_watches(kube) == 1
+
+      assert {:failed, {:image_pull, %{image: "no-such-image:1"}}} = final_result(bad.ref, true)
+
+      assert {:failed, {:container_exited, %{exit_code: 42}}} = final_result(crashed.ref, false)
+
+      assert {:timeout, %{phase: :running}} = final_result(ok.ref, false)
+      eventually(fn -> Kube.open_watches(kube) == 0 end)
+    end
+
+    test "a pod created while the watch runs is seen; its deletion is reported", %{
+      kube: kube,
+      namespace: ns
+    } do
+      unschedulable = %{"sim-kubelet/fail" => "unschedulable"}
+
+      {:ok, _} =
+        Kube.create_pod(kube, ns, runner("keeper", "sleeper:test", labels: unschedulable))
+
+      keeper = shared_await(kube, ns, "keeper", unschedulable: :wait, timeout: 60_000)
+
+      {:ok, _} = Kube.create_pod(kube, ns, runner("late", "sleeper:test", args: ["300"]))
+      late = shared_await(kube, ns, "late", report_ready: false, timeout: 60_000)
+
+      assert_receive {:flame_k8s, ref, {:running, %{"metadata" => %{"name" => "late"}}}}
+                     when ref == late.ref,
+                     30_000
+
+      :ok = Kube.delete_pod(kube, ns, "late", grace_period: 0)
+      assert {:deleted, "late"} = final_result(late.ref, false)
+      assert Kube.open_watches(kube) == 1
+      Kube.cancel_await(keeper)
+      eventually(fn -> Kube.open_watches(kube) == 0 end)
+    end
+
+    test "a pod that does not exist is gone: from the watch's list, or by one read", %{
+      kube: kube,
+      namespace: ns
+    } do
+      # The first await starts the watch: its list settles it.
+      ghost = shared_await(kube, ns, "ghost")
+      assert {:deleted, "ghost"} = final_result(ghost.ref, true)
+
+      {:ok, _} = Kube.create_pod(kube, ns, runner("keeper", "sleeper:test", args: ["300"]))
+      keeper = shared_await(kube, ns, "keeper", report_ready: false, timeout: 60_000)
+      # The watch has listed (and runs on) once it has shown the keeper running.
+      assert_receive {:flame_k8s, ref, {:running, _}} when ref == keeper.ref, 30_000
+
+      # A later await of a pod the watch never shows: no list to settle it, one read does.
+      started = System.monotonic_time(:millisecond)
+      ghost = shared_await(kube, ns, "ghost2")
+      assert {:deleted, "ghost2"} = final_result(ghost.ref, true)
+      assert (System.monotonic_time(:millisecond) - started) in 5_000..10_000
+
+      {:ok, _} = Kube.create_pod(kube, ns, LocalCluster.pod_manifest("stray", "sleeper:test"))
+      stray = shared_await(kube, ns, "stray")
+      assert {:error, {:config, message}} = final_result(stray.ref, true)
+      assert message =~ "#{ns}/stray"
+      assert message =~ @selector
+      Kube.cancel_await(keeper)
+    end
+
+    test "without watch rights: the 403 for every await, and the next one tries again", %{
+      kube: kube,
+      namespace: ns
+    } do
+      rules = [%{"apiGroups" => [""], "resources" => ["pods"], "verbs" => ["get"]}]
+      limited = LocalCluster.service_account_kube!(kube, ns, "nowatch", rules)
+      a = shared_await(limited, ns, "a")
+      b = shared_await(limited, ns, "b")
+
+      for await <- [a, b] do
+        assert {:error, {:api, 403, "Forbidden", message}} = final_result(await.ref, true)
+        assert message =~ ~s(cannot list resource "pods")
+      end
+
+      assert Kube.open_watches(limited) == 0
+      c = shared_await(limited, ns, "c")
+      assert {:error, {:api, 403, "Forbidden", _}} = final_result(c.ref, true)
+    end
+  end
+
   describe "RBAC" do
     test "a token without pods/create gets a 403 naming verb and resource", %{
       kube: kube,
@@ -421,5 +545,94 @@ defmodule FLAMEK8sBackend.KubeClusterTest do
       assert_receive {:flame_k8s, ^ref, {:timeout, %{phase: :scheduling, detail: detail}}}, 10_000
       assert is_binary(detail)
     end
+  end
+end
+
+defmodule FLAMEK8sBackend.KubeClusterWatchCountTest do
+  # What the API server itself counts: its watches of pods open while 50 awaits run, with a
+  # watch per await (no selector: how every await worked before) and with one shared watch.
+  # Not async: ExUnit runs it after the async modules, so no other test opens watches meanwhile.
+  use FLAMEK8sBackend.Test.ClusterCase, async: false
+
+  @moduletag :integration
+  @moduletag timeout: 180_000
+
+  @awaits 50
+  @selector "flame-test/role=runner"
+
+  # Pod watches open on the API server, from its /metrics (every scope: the simulated kubelet
+  # has one of its own).
+  defp server_pod_watches(kube) do
+    {:ok, text} = Kube.request(kube, "GET", "/metrics")
+
+    for line <- String.split(text, "\n"),
+        String.starts_with?(line, "apiserver_longrunning_requests{"),
+        line =~ ~s(resource="pods"),
+        line =~ ~s(verb="WATCH"),
+        reduce: 0 do
+      sum -> sum + (line |> String.split(" ") |> List.last() |> String.to_integer())
+    end
+  end
+
+  # Starts the awaits; returns them once every one has reported its pod running (so each has
+  # subscribed and its watch has listed), then how many watches the server counts.
+  defp run_awaits(kube, ns, opts) do
+    awaits =
+      for i <- 1..@awaits do
+        {:ok, await} =
+          Kube.await_pod(kube, ns, "p#{i}", [timeout: 120_000, report_ready: false] ++ opts)
+
+        await
+      end
+
+    for await <- awaits do
+      ref = await.ref
+      assert_receive {:flame_k8s, ^ref, {:running, _}}, 60_000
+    end
+
+    awaits
+  end
+
+  defp stop(kube, awaits, base) do
+    Enum.each(awaits, &Kube.cancel_await/1)
+    eventually(fn -> Kube.open_watches(kube) == 0 end)
+    eventually(fn -> server_pod_watches(kube) == base end, 10_000)
+  end
+
+  test "50 awaits: 50 watches on the API server one per pod, 1 with a label selector", %{
+    kube: admin,
+    namespace: ns
+  } do
+    for i <- 1..@awaits do
+      manifest =
+        LocalCluster.pod_manifest("p#{i}", "sleeper:test",
+          args: ["300"],
+          labels: %{"flame-test/role" => "runner"}
+        )
+
+      {:ok, _} = Kube.create_pod(admin, ns, manifest)
+    end
+
+    kube = LocalCluster.kube!()
+    base = server_pod_watches(admin)
+
+    alone = run_awaits(kube, ns, [])
+    # Each await's watch starts after its list: wait for the last ones to open.
+    eventually(fn -> server_pod_watches(admin) == base + @awaits end, 10_000)
+    assert Kube.open_watches(kube) == @awaits
+    stop(kube, alone, base)
+
+    shared = run_awaits(kube, ns, label_selector: @selector)
+    eventually(fn -> server_pod_watches(admin) == base + 1 end, 10_000)
+    assert Kube.open_watches(kube) == 1
+    # Not a passing moment: every await has long subscribed.
+    assert server_pod_watches(admin) == base + 1
+    stop(kube, shared, base)
+
+    IO.puts(
+      "\npod watches open on the API server during #{@awaits} concurrent awaits " <>
+        "(beyond the #{base} of the simulated kubelet): one per await #{@awaits}, " <>
+        "with a label selector 1"
+    )
   end
 end

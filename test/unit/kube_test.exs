@@ -114,15 +114,19 @@ defmodule FLAMEK8sBackend.KubeTest do
 
     test "an await reports the transport trouble when its timeout elapses" do
       kube = refused_kube()
-      assert {:ok, await} = Kube.await_pod(kube, "default", "p", timeout: 300)
-      ref = await.ref
 
-      assert_receive {:flame_k8s, ^ref,
-                      {:timeout, %{phase: :scheduling, waited_ms: waited, detail: detail}}},
-                     5_000
+      for opts <- [[], [label_selector: "app=runner"]] do
+        assert {:ok, await} = Kube.await_pod(kube, "default", "p", [timeout: 300] ++ opts)
+        ref = await.ref
 
-      assert waited >= 300
-      assert is_binary(detail)
+        assert_receive {:flame_k8s, ^ref,
+                        {:timeout, %{phase: :scheduling, waited_ms: waited, detail: detail}}},
+                       5_000
+
+        assert waited >= 300
+        assert detail =~ "Connection refused"
+        refute detail =~ @token
+      end
     end
   end
 
@@ -223,6 +227,18 @@ defmodule FLAMEK8sBackend.KubeTest do
         Kube.await_pod(kube, "d", "p", timeout: 1, unschedulable: :x)
       end
 
+      for bad <- [:x, "", <<255>>] do
+        assert_raise ArgumentError, ~r/:label_selector/, fn ->
+          Kube.await_pod(kube, "d", "p", timeout: 1, label_selector: bad)
+        end
+      end
+
+      for bad <- [0, -1, 1.5, :many, 1_000_001] do
+        assert_raise ArgumentError, ~r/:max_concurrent_creates: expected an integer/, fn ->
+          Kube.connect(url: "https://127.0.0.1:1", max_concurrent_creates: bad)
+        end
+      end
+
       assert_raise FunctionClauseError, fn -> Kube.get_pod(:not_a_client, "d", "p") end
     end
 
@@ -253,6 +269,37 @@ defmodule FLAMEK8sBackend.KubeTest do
       assert_raise ArgumentError, ~r/:label_selector/, fn ->
         Kube.list_pods(kube, "d", label_selector: <<255>>)
       end
+    end
+
+    test ":max_concurrent_creates reaches the client (default 32)" do
+      assert %{max_concurrent_creates: 32} = Native.client_info(refused_kube().resource)
+      kube = refused_kube(max_concurrent_creates: 7)
+      assert %{max_concurrent_creates: 7} = Native.client_info(kube.resource)
+    end
+
+    # Options maps gained keys (:max_concurrent_creates, :label_selector): a map without them
+    # still decodes, with their defaults.
+    test "the NIFs take options maps without their newer keys" do
+      ref = make_ref()
+
+      opts = %{
+        mode: :explicit,
+        kubeconfig: nil,
+        context: nil,
+        url: "https://127.0.0.1:1",
+        ca_cert_pem: nil,
+        token: nil,
+        insecure_skip_tls_verify: false,
+        request_timeout_ms: 1_000
+      }
+
+      {:ok, _} = Native.connect(opts, ref)
+      assert_receive {:flame_k8s, ^ref, {:ok, client}}, 5_000
+      assert %{max_concurrent_creates: 32} = Native.client_info(client)
+
+      opts = %{timeout_ms: 100, unschedulable: :fail, report_ready: true}
+      {:ok, _} = Native.await_pod(client, "d", "p", opts, ref)
+      assert_receive {:flame_k8s, ^ref, {:timeout, %{phase: :scheduling}}}, 5_000
     end
 
     test "garbage into every NIF raises or returns an error, and the VM lives on" do
@@ -296,6 +343,16 @@ defmodule FLAMEK8sBackend.KubeTest do
         fn g -> Native.request(kube.resource, :get, "/", g, g, ref) end,
         fn g -> Native.await_pod(kube.resource, "d", "p", g, g) end,
         fn g -> Native.await_pod(g, g, g, g, g) end,
+        fn g ->
+          Native.await_pod(
+            kube.resource,
+            "d",
+            "p",
+            %{timeout_ms: 1, unschedulable: :fail, report_ready: true, label_selector: g},
+            ref
+          )
+        end,
+        fn g -> if is_integer(Native.open_watches(g)), do: :ok end,
         fn g -> Native.cancel(g) end
       ]
 
@@ -326,7 +383,10 @@ defmodule FLAMEK8sBackend.KubeTaskTest do
 
   @moduletag :unit
 
+  Code.require_file("support/fake_api_server.exs", __DIR__)
+
   alias FLAMEK8sBackend.{Kube, Native}
+  alias FLAMEK8sBackend.Test.FakeApiServer
 
   # A server that accepts connections (the kernel does, from the backlog) and never answers:
   # every request to it stays in flight until its timeout.
@@ -433,5 +493,118 @@ defmodule FLAMEK8sBackend.KubeTaskTest do
     ref = await.ref
     assert_receive {:flame_k8s, ^ref, {:timeout, _}}, 5_000
     eventually(fn -> Kube.live_tasks() <= base end)
+  end
+
+  describe "shared watches" do
+    # Nothing listens on port 1: each watch keeps failing and retrying (with backoff) for as
+    # long as an await needs it.
+    test "one watch per namespace and selector; each stops with its last await" do
+      {:ok, kube} = Kube.connect(url: "https://127.0.0.1:1", token: "t")
+      base = settled_live_tasks()
+      await = &Kube.await_pod(kube, &1, &2, [timeout: 60_000] ++ &3)
+      shared = for i <- 1..5, do: elem(await.("d", "p#{i}", label_selector: "app=runner"), 1)
+      {:ok, other_ns} = await.("e", "p1", label_selector: "app=runner")
+      {:ok, other_selector} = await.("d", "q", label_selector: "app=other")
+      {:ok, alone} = await.("d", "r", [])
+
+      eventually(fn -> Kube.open_watches(kube) == 4 end)
+      # Not a passing moment: a request later (the awaits' tasks have long run), still 4.
+      assert {:error, {:connect, _}} = Kube.get_pod(kube, "d", "x")
+      assert Kube.open_watches(kube) == 4
+      # 8 awaits, 4 watches (the get_pod's task may outlive its reply by a moment).
+      eventually(fn -> Kube.live_tasks() == base + 8 + 4 end)
+
+      Enum.each(Enum.drop(shared, 1), &Kube.cancel_await/1)
+      assert {:error, {:connect, _}} = Kube.get_pod(kube, "d", "x")
+      assert Kube.open_watches(kube) == 4
+      Kube.cancel_await(hd(shared))
+      eventually(fn -> Kube.open_watches(kube) == 3 end)
+
+      Enum.each([other_ns, other_selector, alone], &Kube.cancel_await/1)
+      eventually(fn -> Kube.open_watches(kube) == 0 end)
+      eventually(fn -> Kube.live_tasks() <= base end)
+
+      # Lazily started again by the next await.
+      {:ok, again} = await.("d", "p1", label_selector: "app=runner")
+      eventually(fn -> Kube.open_watches(kube) == 1 end)
+      Kube.cancel_await(again)
+      eventually(fn -> Kube.open_watches(kube) == 0 end)
+    end
+  end
+
+  describe "bursts" do
+    @created ~s({"kind":"Pod","metadata":{"name":"p"}})
+
+    defp pod(i),
+      do: %{
+        "metadata" => %{"name" => "p#{i}"},
+        "spec" => %{"containers" => [%{"name" => "c", "image" => "i"}]}
+      }
+
+    # The fake server holds each create until the test releases it: what reaches the server at
+    # once is what the client lets through.
+    test "creates beyond :max_concurrent_creates wait for a slot" do
+      test = self()
+
+      answer = fn "POST", _path ->
+        send(test, {:held, self()})
+
+        receive do
+          :release -> {201, @created}
+        end
+      end
+
+      url = FakeApiServer.start!(test, answer)
+      {:ok, kube} = Kube.connect(url: url, token: "t", max_concurrent_creates: 2)
+      creates = for i <- 1..5, do: Task.async(fn -> Kube.create_pod(kube, "d", pod(i)) end)
+
+      held = for _ <- 1..2, do: assert_receive({:held, pid}, 5_000) && pid
+      refute_receive {:held, _}, 300
+
+      # Each release lets exactly one more through.
+      Enum.reduce(1..3, held, fn _, [first | rest] ->
+        send(first, :release)
+        assert_receive {:held, next}, 5_000
+        refute_receive {:held, _}, 100
+        rest ++ [next]
+      end)
+      |> Enum.each(&send(&1, :release))
+
+      for create <- creates, do: assert({:ok, %{"kind" => "Pod"}} = Task.await(create))
+    end
+
+    test "a create the server pushes back (429) is retried within its request timeout" do
+      answers = :counters.new(1, [])
+
+      answer = fn "POST", _path ->
+        :counters.add(answers, 1, 1)
+
+        case :counters.get(answers, 1) do
+          n when n <= 2 ->
+            {429,
+             ~s({"kind":"Status","message":"slow down","reason":"TooManyRequests","code":429})}
+
+          _ ->
+            {201, @created}
+        end
+      end
+
+      url = FakeApiServer.start!(self(), answer)
+      {:ok, kube} = Kube.connect(url: url, token: "tok-429")
+      assert {:ok, %{"kind" => "Pod"}} = Kube.create_pod(kube, "d", pod(1))
+
+      for _ <- 1..3, do: assert_received({:api_request, "POST", "/api/v1/namespaces/d/pods", _})
+
+      # Pushed back for longer than the request timeout: the server's answer, not a timeout.
+      always = fn "POST", _path ->
+        {429, ~s({"kind":"Status","message":"slow down","reason":"TooManyRequests","code":429})}
+      end
+
+      url = FakeApiServer.start!(self(), always)
+      {:ok, kube} = Kube.connect(url: url, token: "tok-429", request_timeout: 1_000)
+
+      assert {:error, {:api, 429, "TooManyRequests", "slow down"}} =
+               Kube.create_pod(kube, "d", pod(1))
+    end
   end
 end

@@ -1,19 +1,19 @@
-//! Watch one pod until it is ready, fails, disappears, or the time is up.
+//! Wait for one pod until it is ready, fails, disappears, or the time is up, from the updates
+//! of a shared watch (`watch`); the classification of each state is `readiness`'s.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
-use kube::runtime::watcher::{self, Event};
-use kube::Api;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use crate::client::{ClientHandle, WATCH_TIMEOUT_SECS};
+use crate::client::ClientHandle;
 use crate::error::{is_retriable, Error};
 use crate::readiness::{
     classify, Classification, FailureReason, PendingPhase, UnschedulablePolicy,
 };
+use crate::watch::{Selection, Subscription, Update, WatchKey};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AwaitOptions {
@@ -63,7 +63,7 @@ pub enum AwaitOutcome {
 struct Progress {
     phase: Phase,
     detail: Option<String>,
-    /// Set while the watch is failing; cleared by the next successful event.
+    /// The watch's trouble when the time ran out (it clears with its next successful event).
     transport_error: Option<String>,
 }
 
@@ -85,49 +85,44 @@ impl Progress {
     }
 }
 
-/// Retry delays after watch errors: 250 ms doubling up to 5 s.
-struct Backoff {
-    next: Duration,
-}
+/// How long an await whose pod the shared watch has not shown waits for it before reading it
+/// once. Only an await that subscribed after the watch's last list began needs this (a list
+/// settles the others): its pod is normally shown within milliseconds by its creation event.
+/// The read settles the rest: a pod deleted before the watch showed it (gone, as a list would
+/// have said) and a pod whose labels the watch's selector does not match (an error: the watch
+/// would never show it). Long enough that a watch lagging under a burst does not turn into a
+/// read per boot.
+pub const CONFIRM_UNSEEN_AFTER: Duration = Duration::from_secs(5);
 
-impl Backoff {
-    const MIN: Duration = Duration::from_millis(250);
-    const MAX: Duration = Duration::from_secs(5);
-
-    fn new() -> Self {
-        Backoff { next: Self::MIN }
-    }
-
-    fn reset(&mut self) {
-        self.next = Self::MIN;
-    }
-
-    fn next_delay(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (self.next * 2).min(Self::MAX);
-        d
-    }
-}
-
-/// Watch `namespace/name` with the handle's watch client; never returns before a decisive
-/// event or `opts.timeout`. With `opts.report_ready == false`, `on_running` is called with the
-/// pod (as sent for `Ready`) the first time it is ready, at most once; otherwise never.
+/// Watch `namespace/name` until a decisive event or `opts.timeout`. With a label selector (that
+/// the pod matches) the watch is the one this client shares for that namespace and selector;
+/// without, it watches this pod alone. With `opts.report_ready == false`, `on_running` is
+/// called with the pod (as sent for `Ready`) the first time it is ready, at most once;
+/// otherwise never.
 pub async fn await_pod<F>(
     handle: &ClientHandle,
     namespace: &str,
     name: &str,
+    label_selector: Option<&str>,
     opts: AwaitOptions,
     on_running: F,
 ) -> AwaitOutcome
 where
     F: FnMut(&Value) + Send,
 {
-    let api: Api<Pod> = Api::namespaced(handle.watch_client().clone(), namespace);
-    let config = watcher::Config::default()
-        .fields(&format!("metadata.name={name}"))
-        .timeout(WATCH_TIMEOUT_SECS);
-    let stream = watcher::watcher(api, config);
-    match await_on_stream(stream, name, opts, on_running).await {
+    let selection = match label_selector {
+        Some(selector) => Selection::Labels(selector.to_string()),
+        None => Selection::Name(name.to_string()),
+    };
+    let key = WatchKey {
+        namespace: namespace.to_string(),
+        selection,
+    };
+    let outcome = match handle.watches().subscribe(key, name) {
+        Ok(subscription) => await_subscription(subscription, name, opts, on_running).await,
+        Err(e) => AwaitOutcome::Error(e),
+    };
+    match outcome {
         AwaitOutcome::Error(e) => AwaitOutcome::Error(handle.scrub(e)),
         AwaitOutcome::Timeout {
             phase,
@@ -136,117 +131,149 @@ where
         } => AwaitOutcome::Timeout {
             phase,
             waited_ms,
-            detail: detail.map(|d| crate::error::redact(&d, None)),
+            detail: detail.map(|d| handle.redact(&d)),
         },
         other => other,
     }
 }
 
-/// The watch logic over any stream of watcher events (unit-testable without a server).
-pub async fn await_on_stream<S, F>(
-    stream: S,
+/// The await over a subscription (unit-testable with synthetic watches).
+pub async fn await_subscription<F>(
+    mut subscription: Subscription,
     name: &str,
     opts: AwaitOptions,
     on_running: F,
 ) -> AwaitOutcome
 where
-    S: Stream<Item = Result<Event<Pod>, watcher::Error>>,
     F: FnMut(&Value),
 {
     let started = Instant::now();
     let mut progress = Progress::new();
-    let watch = drive(stream, name, opts, &mut progress, on_running);
-    let outcome = tokio::time::timeout(opts.timeout, watch).await;
-    match outcome {
+    let watch = follow(&mut subscription, name, opts, &mut progress, on_running);
+    match tokio::time::timeout(opts.timeout, watch).await {
         Ok(o) => o,
-        Err(_elapsed) => progress.timeout(started.elapsed()),
+        Err(_elapsed) => {
+            progress.transport_error = subscription.transport_error();
+            progress.timeout(started.elapsed())
+        }
     }
 }
 
-async fn drive<S, F>(
-    stream: S,
+enum Next {
+    Update(Option<Update>),
+    Confirm,
+}
+
+async fn follow<F>(
+    sub: &mut Subscription,
     name: &str,
     opts: AwaitOptions,
     progress: &mut Progress,
     mut on_running: F,
 ) -> AwaitOutcome
 where
-    S: Stream<Item = Result<Event<Pod>, watcher::Error>>,
     F: FnMut(&Value),
 {
-    let mut stream = std::pin::pin!(stream);
-    let mut backoff = Backoff::new();
-    // Was the pod in the current (re)list? If a list completes without it, it is gone.
-    let mut seen_in_list = false;
     // `on_running` was called (at most once per await, even if the pod stops being ready and
     // becomes ready again).
     let mut running_reported = false;
+    let mut confirm_delay = CONFIRM_UNSEEN_AFTER;
+    let mut confirm_at = sub
+        .registered_after_a_list()
+        .then(|| Instant::now() + confirm_delay);
     loop {
-        let Some(item) = stream.next().await else {
-            return AwaitOutcome::Error(Error::Internal("the watch stream ended".into()));
+        let next = match confirm_at {
+            Some(at) => tokio::select! {
+                biased;
+                u = sub.next() => Next::Update(u),
+                () = tokio::time::sleep_until(at) => Next::Confirm,
+            },
+            None => Next::Update(sub.next().await),
         };
-        let event = match item {
-            Ok(ev) => {
-                backoff.reset();
-                progress.transport_error = None;
-                ev
+        let pod = match next {
+            Next::Update(None) => {
+                return AwaitOutcome::Error(Error::Internal("the shared watch ended".into()))
             }
-            Err(e) => {
-                let err = Error::from(e);
-                if !is_retriable(&err) {
-                    return AwaitOutcome::Error(err);
+            Next::Update(Some(Update::Failed(e))) => return AwaitOutcome::Error(e),
+            Next::Update(Some(Update::Gone)) => return AwaitOutcome::Deleted(name.to_string()),
+            Next::Update(Some(Update::Pod(pod))) => pod,
+            Next::Confirm => match sub.get().await {
+                Ok(None) => return AwaitOutcome::Deleted(name.to_string()),
+                Ok(Some(pod)) => {
+                    if let Selection::Labels(selector) = &sub.key().selection {
+                        let empty = Default::default();
+                        let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
+                        if crate::selector::matches(selector, labels) == Some(false) {
+                            let ns = &sub.key().namespace;
+                            return AwaitOutcome::Error(Error::Config(format!(
+                                "pod {ns}/{name} does not match the await's label selector \
+                                 {selector:?}: its watch cannot see it"
+                            )));
+                        }
+                    }
+                    Arc::new(pod)
                 }
-                progress.transport_error = Some(err.message());
-                tokio::time::sleep(backoff.next_delay()).await;
-                continue;
-            }
-        };
-        let pod = match event {
-            Event::Init => {
-                seen_in_list = false;
-                continue;
-            }
-            Event::InitDone => {
-                if seen_in_list {
+                // No right to read it (the watch needs none): events alone will have to tell.
+                Err(e) if !is_retriable(&e) => {
+                    confirm_at = None;
                     continue;
                 }
-                return AwaitOutcome::Deleted(name.to_string());
-            }
-            Event::Delete(_) => return AwaitOutcome::Deleted(name.to_string()),
-            Event::InitApply(pod) => {
-                seen_in_list = true;
-                pod
-            }
-            Event::Apply(pod) => pod,
+                Err(_) => {
+                    confirm_delay = confirm_delay.saturating_mul(2);
+                    confirm_at = Some(Instant::now() + confirm_delay);
+                    continue;
+                }
+            },
         };
-        // The field selector should guarantee this; be defensive anyway.
-        if pod.metadata.name.as_deref() != Some(name) {
-            continue;
+        confirm_at = None;
+        if let Some(outcome) = step(
+            &pod,
+            name,
+            opts,
+            progress,
+            &mut running_reported,
+            &mut on_running,
+        ) {
+            return outcome;
         }
-        match classify(&pod, opts.unschedulable) {
-            Classification::Ready if !opts.report_ready => {
-                if !running_reported {
-                    match serde_json::to_value(&pod) {
-                        Ok(v) => on_running(&v),
-                        Err(e) => return AwaitOutcome::Error(Error::Decode(format!("pod: {e}"))),
-                    }
-                    running_reported = true;
+    }
+}
+
+/// One state of the pod: the outcome if it is decisive, else the progress it shows.
+fn step<F>(
+    pod: &Pod,
+    name: &str,
+    opts: AwaitOptions,
+    progress: &mut Progress,
+    running_reported: &mut bool,
+    on_running: &mut F,
+) -> Option<AwaitOutcome>
+where
+    F: FnMut(&Value),
+{
+    match classify(pod, opts.unschedulable) {
+        Classification::Ready if !opts.report_ready => {
+            if !*running_reported {
+                match serde_json::to_value(pod) {
+                    Ok(v) => on_running(&v),
+                    Err(e) => return Some(AwaitOutcome::Error(Error::Decode(format!("pod: {e}")))),
                 }
-                progress.phase = Phase::Running;
-                progress.detail = None;
+                *running_reported = true;
             }
-            Classification::Ready => {
-                return match serde_json::to_value(&pod) {
-                    Ok(v) => AwaitOutcome::Ready(v),
-                    Err(e) => AwaitOutcome::Error(Error::Decode(format!("pod: {e}"))),
-                }
-            }
-            Classification::Failed(reason) => return AwaitOutcome::Failed(reason),
-            Classification::Deleted => return AwaitOutcome::Deleted(name.to_string()),
-            Classification::Pending { phase, detail } => {
-                progress.phase = phase.into();
-                progress.detail = detail;
-            }
+            progress.phase = Phase::Running;
+            progress.detail = None;
+            None
+        }
+        Classification::Ready => Some(match serde_json::to_value(pod) {
+            Ok(v) => AwaitOutcome::Ready(v),
+            Err(e) => AwaitOutcome::Error(Error::Decode(format!("pod: {e}"))),
+        }),
+        Classification::Failed(reason) => Some(AwaitOutcome::Failed(reason)),
+        Classification::Deleted => Some(AwaitOutcome::Deleted(name.to_string())),
+        Classification::Pending { phase, detail } => {
+            progress.phase = phase.into();
+            progress.detail = detail;
+            None
         }
     }
 }
@@ -254,9 +281,36 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures::stream;
+    use crate::watch::tests::{channel, Script};
+    use crate::watch::{EventStream, Hub};
+    use futures::{stream, Stream, StreamExt};
     use kube::core::Status;
+    use kube::runtime::watcher::{self, Event};
     use serde_json::json;
+    use std::sync::atomic::Ordering;
+
+    fn key() -> WatchKey {
+        WatchKey {
+            namespace: "ns".into(),
+            selection: Selection::Labels("app=runner".into()),
+        }
+    }
+
+    /// One await alone on a watch that yields `stream` (as each await had its own watch before).
+    async fn await_on_stream<S, F>(
+        stream: S,
+        name: &str,
+        opts: AwaitOptions,
+        on_running: F,
+    ) -> AwaitOutcome
+    where
+        S: Stream<Item = Result<Event<Pod>, watcher::Error>> + Send + 'static,
+        F: FnMut(&Value),
+    {
+        let hub = Hub::new(Script::new(vec![stream.boxed()]));
+        let sub = hub.subscribe(key(), name).unwrap();
+        await_subscription(sub, name, opts, on_running).await
+    }
 
     fn pod(v: Value) -> Pod {
         serde_json::from_value(v).unwrap()
@@ -634,12 +688,187 @@ mod tests {
         );
     }
 
-    #[test]
-    fn backoff_doubles_and_caps() {
-        let mut b = Backoff::new();
-        let ds: Vec<_> = (0..7).map(|_| b.next_delay().as_millis()).collect();
-        assert_eq!(ds, vec![250, 500, 1000, 2000, 4000, 5000, 5000]);
-        b.reset();
-        assert_eq!(b.next_delay().as_millis(), 250);
+    fn named(mut p: Pod, name: &str, labels: &[(&str, &str)]) -> Pod {
+        p.metadata.name = Some(name.into());
+        p.metadata.labels = Some(
+            labels
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                .collect(),
+        );
+        p
+    }
+
+    /// A hub whose watch has listed (`other` keeps it running), and the await of pod `p`
+    /// subscribed after that list: only `p`'s own events, or the read, can settle it.
+    async fn after_a_list(
+        answers: Vec<Result<Option<Pod>, Error>>,
+    ) -> (
+        Arc<Script>,
+        Hub,
+        crate::watch::tests::Tx,
+        Subscription,
+        Subscription,
+    ) {
+        let (tx, s) = channel();
+        let script = Script::with_answers(vec![s], answers);
+        let hub = Hub::new(script.clone());
+        let other = hub.subscribe(key(), "other").unwrap();
+        tx.unbounded_send(Ok(Event::Init)).unwrap();
+        tx.unbounded_send(Ok(Event::InitDone)).unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let sub = hub.subscribe(key(), "p").unwrap();
+        assert!(sub.registered_after_a_list());
+        (script, hub, tx, other, sub)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn two_awaits_share_one_watch_and_get_their_own_results() {
+        let (tx, s) = channel();
+        let script = Script::new(vec![s]);
+        let hub = Hub::new(script.clone());
+        let a = hub.subscribe(key(), "a").unwrap();
+        let b = hub.subscribe(key(), "b").unwrap();
+        let feed = async move {
+            for ev in [
+                Event::Init,
+                Event::InitApply(named(creating(), "a", &[])),
+                Event::InitApply(named(pending_unbound(), "b", &[])),
+                Event::InitDone,
+                Event::Apply(named(ready(), "a", &[])),
+                Event::Apply(named(unschedulable(), "b", &[])),
+            ] {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                tx.unbounded_send(Ok(ev)).unwrap();
+            }
+            tx
+        };
+        let o = opts(1000, UnschedulablePolicy::Fail);
+        let (ra, rb, _tx) = tokio::join!(
+            await_subscription(a, "a", o, never),
+            await_subscription(b, "b", o, never),
+            feed
+        );
+        assert!(
+            matches!(ra, AwaitOutcome::Ready(ref v) if v["metadata"]["name"] == "a"),
+            "{ra:?}"
+        );
+        assert_eq!(
+            rb,
+            AwaitOutcome::Failed(FailureReason::Unschedulable("no nodes".into()))
+        );
+        assert_eq!(script.opened.load(Ordering::SeqCst), 1);
+        // Both awaits are over: the watch stopped.
+        assert_eq!(hub.open(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pod_shown_in_time_needs_no_read() {
+        let (script, _hub, tx, _other, sub) = after_a_list(vec![]).await;
+        let feed = async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            tx.unbounded_send(Ok(Event::Apply(named(ready(), "p", &[]))))
+                .unwrap();
+            tx
+        };
+        let (r, _tx) = tokio::join!(
+            await_subscription(sub, "p", opts(60_000, UnschedulablePolicy::Fail), never),
+            feed
+        );
+        assert!(matches!(r, AwaitOutcome::Ready(_)), "{r:?}");
+        assert_eq!(script.gets.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pod_never_shown_is_read_once_and_reported_gone() {
+        let (script, _hub, _tx, _other, sub) = after_a_list(vec![Ok(None)]).await;
+        let t0 = Instant::now();
+        assert_eq!(
+            await_subscription(sub, "p", opts(60_000, UnschedulablePolicy::Fail), never).await,
+            AwaitOutcome::Deleted("p".into())
+        );
+        assert_eq!(t0.elapsed(), CONFIRM_UNSEEN_AFTER);
+        assert_eq!(script.gets.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pod_read_but_not_selected_is_an_error_naming_the_selector() {
+        let stray = named(creating(), "p", &[("app", "other")]);
+        let (_script, _hub, _tx, _other, sub) = after_a_list(vec![Ok(Some(stray))]).await;
+        match await_subscription(sub, "p", opts(60_000, UnschedulablePolicy::Fail), never).await {
+            AwaitOutcome::Error(Error::Config(m)) => {
+                assert!(m.contains("ns/p") && m.contains("app=runner"), "{m}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pod_read_and_selected_is_classified_and_watched_on() {
+        let found = named(creating(), "p", &[("app", "runner")]);
+        let refused = Error::Connect("refused".into());
+        let (script, _hub, tx, _other, sub) =
+            after_a_list(vec![Err(refused), Ok(Some(found))]).await;
+        let feed = async move {
+            // After the failed read (5 s) and the second one (10 s later).
+            tokio::time::sleep(Duration::from_secs(20)).await;
+            tx.unbounded_send(Ok(Event::Apply(named(exited(), "p", &[("app", "runner")]))))
+                .unwrap();
+            tx
+        };
+        let t0 = Instant::now();
+        let (r, _tx) = tokio::join!(await_subscription(sub, "p", quiet(60_000), never), feed);
+        assert!(
+            matches!(
+                r,
+                AwaitOutcome::Failed(FailureReason::ContainerExited { exit_code: 1, .. })
+            ),
+            "{r:?}"
+        );
+        assert_eq!(t0.elapsed(), Duration::from_secs(20));
+        assert_eq!(script.gets.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pod_read_in_time_out_reports_its_phase() {
+        let found = named(creating(), "p", &[("app", "runner")]);
+        let (_script, _hub, _tx, _other, sub) = after_a_list(vec![Ok(Some(found))]).await;
+        assert_eq!(
+            await_subscription(sub, "p", opts(8_000, UnschedulablePolicy::Fail), never).await,
+            AwaitOutcome::Timeout {
+                phase: Phase::ContainerStart,
+                waited_ms: 8_000,
+                detail: Some("ContainerCreating".into())
+            }
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_await_that_ends_leaves_the_watch_to_the_others() {
+        let (tx, s): (_, EventStream) = channel();
+        let script = Script::new(vec![s]);
+        let hub = Hub::new(script.clone());
+        let a = hub.subscribe(key(), "a").unwrap();
+        let b = hub.subscribe(key(), "b").unwrap();
+        tx.unbounded_send(Ok(Event::Init)).unwrap();
+        tx.unbounded_send(Ok(Event::InitApply(named(ready(), "a", &[]))))
+            .unwrap();
+        tx.unbounded_send(Ok(Event::InitApply(named(creating(), "b", &[]))))
+            .unwrap();
+        tx.unbounded_send(Ok(Event::InitDone)).unwrap();
+        let o = opts(1000, UnschedulablePolicy::Fail);
+        assert!(matches!(
+            await_subscription(a, "a", o, never).await,
+            AwaitOutcome::Ready(_)
+        ));
+        assert_eq!(hub.open(), 1);
+        assert!(script.held.load(Ordering::SeqCst));
+        tx.unbounded_send(Ok(Event::Delete(named(creating(), "b", &[]))))
+            .unwrap();
+        assert_eq!(
+            await_subscription(b, "b", o, never).await,
+            AwaitOutcome::Deleted("b".into())
+        );
+        assert_eq!(hub.open(), 0);
     }
 }

@@ -1,19 +1,25 @@
 //! Connection options → `kube::Config` → `kube::Client`, without contacting the server.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
 use hyper_timeout::TimeoutConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use kube::client::retry::RetryPolicy;
+use k8s_openapi::api::core::v1::Pod;
 use kube::client::ConfigExt;
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use tower::retry::RetryLayer;
+use kube::runtime::watcher;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tower::{BoxError, ServiceBuilder};
 
 use crate::error::{error_chain, Error, Result};
-use crate::runtime::runtime;
+use crate::runtime::{runtime, with_timeout};
+use crate::watch::{EventStream, Hub, Selection, Source, WatchKey};
 
 /// Server-side timeout of one watch call; the watcher notices a silently dead connection
 /// within this plus a few seconds, then resumes from the last resourceVersion.
@@ -21,6 +27,15 @@ pub const WATCH_TIMEOUT_SECS: u32 = 30;
 
 /// How far the connect timeout of the request client trails the request timeout.
 const CONNECTION_TIMEOUT_MARGIN: Duration = Duration::from_secs(1);
+
+/// Creates (pods and secrets) in flight at once per client unless `connect` says otherwise.
+/// A burst of boots then reaches the API server as a steady stream instead of hundreds of
+/// POSTs at once: each in-flight request is an HTTP/1.1 connection of its own (TCP + TLS
+/// handshake, a socket, a seat in the server's priority-and-fairness queue), and a create takes
+/// ~10-50 ms, so 32 keep up with several hundred creates per second — far more than runners
+/// can boot — while staying well inside what one client should take of a server that is
+/// shared with the whole cluster (the default mutating-request limit is 200 for all clients).
+pub const DEFAULT_MAX_CONCURRENT_CREATES: u32 = 32;
 
 /// `:in_cluster`, `:kubeconfig` or `:explicit` (`Kube.connect/1` resolves `:auto`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,6 +59,8 @@ pub struct ConnectOptions {
     pub token: Option<String>,
     pub insecure_skip_tls_verify: bool,
     pub request_timeout_ms: u64,
+    /// Creates in flight at once (`DEFAULT_MAX_CONCURRENT_CREATES` in `Kube.connect/1`).
+    pub max_concurrent_creates: u32,
 }
 
 impl fmt::Debug for ConnectOptions {
@@ -57,6 +74,7 @@ impl fmt::Debug for ConnectOptions {
             .field("token", &self.token.as_ref().map(|_| "[REDACTED]"))
             .field("insecure_skip_tls_verify", &self.insecure_skip_tls_verify)
             .field("request_timeout_ms", &self.request_timeout_ms)
+            .field("max_concurrent_creates", &self.max_concurrent_creates)
             .finish()
     }
 }
@@ -70,6 +88,7 @@ pub struct Resolved {
     pub default_namespace: Option<String>,
     /// A secret to scrub from error messages (the explicit bearer token).
     pub secret: Option<String>,
+    pub max_concurrent_creates: u32,
 }
 
 impl fmt::Debug for Resolved {
@@ -83,14 +102,17 @@ impl fmt::Debug for Resolved {
 
 /// The connection: one client for bounded requests (each bounded as a whole by the request
 /// timeout) and one for watches (bounded by their own server timeout). Both have a connect
-/// timeout only, and separate connection pools.
+/// timeout only, and separate connection pools. Creates are limited to
+/// `max_concurrent_creates` in flight; the watches of pods are shared (`watches`).
 pub struct ClientHandle {
     client: kube::Client,
-    watch_client: kube::Client,
     request_timeout: Duration,
     default_namespace: Option<String>,
     server: String,
     secret: Option<String>,
+    creates: Arc<Semaphore>,
+    max_concurrent_creates: u32,
+    watches: Hub,
 }
 
 impl fmt::Debug for ClientHandle {
@@ -110,19 +132,55 @@ pub struct ClientInfo {
     pub server: String,
     pub default_namespace: Option<String>,
     pub request_timeout_ms: u64,
+    pub max_concurrent_creates: u32,
 }
 
 impl ClientHandle {
+    /// A handle over given clients (the connection's, or a test's over a fake server).
+    pub fn new(
+        client: kube::Client,
+        watch_client: kube::Client,
+        request_timeout: Duration,
+        max_concurrent_creates: u32,
+    ) -> Self {
+        let source = KubeSource {
+            client: client.clone(),
+            watch_client,
+            request_timeout,
+        };
+        ClientHandle {
+            client,
+            request_timeout,
+            default_namespace: None,
+            server: String::new(),
+            secret: None,
+            creates: Arc::new(Semaphore::new(max_concurrent_creates as usize)),
+            max_concurrent_creates,
+            watches: Hub::new(Arc::new(source)),
+        }
+    }
+
     pub fn client(&self) -> &kube::Client {
         &self.client
     }
 
-    pub fn watch_client(&self) -> &kube::Client {
-        &self.watch_client
-    }
-
     pub fn request_timeout(&self) -> Duration {
         self.request_timeout
+    }
+
+    /// The pod watches of this connection, shared by its awaits.
+    pub fn watches(&self) -> &Hub {
+        &self.watches
+    }
+
+    /// A slot for one create; waits while `max_concurrent_creates` are in flight (the caller's
+    /// request timeout bounds the wait like the rest of the request).
+    pub async fn create_permit(&self) -> Result<OwnedSemaphorePermit> {
+        self.creates
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| Error::Internal(format!("create slots: {e}")))
     }
 
     pub fn info(&self) -> ClientInfo {
@@ -130,12 +188,62 @@ impl ClientHandle {
             server: self.server.clone(),
             default_namespace: self.default_namespace.clone(),
             request_timeout_ms: u64::try_from(self.request_timeout.as_millis()).unwrap_or(u64::MAX),
+            max_concurrent_creates: self.max_concurrent_creates,
         }
     }
 
     /// Scrub secrets from an error before it leaves the crate.
     pub fn scrub(&self, err: Error) -> Error {
         err.redacted(self.secret.as_deref())
+    }
+
+    /// Scrub secrets from a message before it leaves the crate.
+    pub fn redact(&self, message: &str) -> String {
+        crate::error::redact(message, self.secret.as_deref())
+    }
+}
+
+/// The API server as the source of the shared watches.
+struct KubeSource {
+    client: kube::Client,
+    watch_client: kube::Client,
+    request_timeout: Duration,
+}
+
+impl Source for KubeSource {
+    /// kube-runtime's watcher: list + watch from the list's resourceVersion, bookmarks, a
+    /// relist after 410 Gone; the list is a consistent read (`MostRecent`, the default), which
+    /// the shared watch relies on to call a missing pod gone. Each watch call ends after
+    /// `WATCH_TIMEOUT_SECS` on the server's side and resumes from the last resourceVersion.
+    fn watch(&self, key: &WatchKey) -> EventStream {
+        let api: kube::Api<Pod> = kube::Api::namespaced(self.watch_client.clone(), &key.namespace);
+        let config = watcher::Config::default().timeout(WATCH_TIMEOUT_SECS);
+        let config = match &key.selection {
+            Selection::Labels(selector) => config.labels(selector),
+            Selection::Name(name) => config.fields(&format!("metadata.name={name}")),
+        };
+        watcher::watcher(api, config).boxed()
+    }
+
+    /// A GET bounded by the request timeout, with the requests' retries (429).
+    fn get(&self, namespace: &str, name: &str) -> BoxFuture<'static, Result<Option<Pod>>> {
+        let client = self.client.clone();
+        let timeout = self.request_timeout;
+        let (namespace, name) = (namespace.to_string(), name.to_string());
+        async move {
+            let deadline = Instant::now() + timeout;
+            let read = async {
+                match crate::pods::get_pod_with(&client, &namespace, &name, deadline).await {
+                    Ok(v) => serde_json::from_value(v)
+                        .map(Some)
+                        .map_err(|e| Error::Decode(format!("pod: {e}"))),
+                    Err(Error::Api { code: 404, .. }) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            };
+            with_timeout(timeout, read).await
+        }
+        .boxed()
     }
 }
 
@@ -171,6 +279,12 @@ pub fn resolve(opts: &ConnectOptions) -> Result<Resolved> {
     // out and the request failed at once with "connection error: timed out" (kube-rs dropped
     // its default read timeout for the same reason). The overall timeout bounds a server
     // that accepts but never answers.
+    if opts.max_concurrent_creates == 0 {
+        return Err(Error::Config(
+            "max_concurrent_creates must be a positive integer".into(),
+        ));
+    }
+    resolved.max_concurrent_creates = opts.max_concurrent_creates;
     resolved.request_timeout = timeout;
     resolved.config.connect_timeout = Some(timeout + CONNECTION_TIMEOUT_MARGIN);
     resolved.config.read_timeout = None;
@@ -206,6 +320,7 @@ fn build(resolved: Resolved) -> Result<ClientHandle> {
         request_timeout,
         default_namespace,
         secret,
+        max_concurrent_creates,
     } = resolved;
     let server = server_string(&config.cluster_url);
     // Watches idle for long stretches (the watcher's own server-side timeout and
@@ -224,23 +339,28 @@ fn build(resolved: Resolved) -> Result<ClientHandle> {
     };
     let client = make_client(&config).map_err(to_config_error)?;
     let watch_client = make_client(&watch_config).map_err(to_config_error)?;
-    Ok(ClientHandle {
+    let mut handle = ClientHandle::new(
         client,
         watch_client,
         request_timeout,
-        default_namespace,
-        server,
-        secret,
-    })
+        max_concurrent_creates,
+    );
+    handle.default_namespace = default_namespace;
+    handle.server = server;
+    handle.secret = secret;
+    Ok(handle)
 }
 
 /// What `kube::Client::try_from(config)` builds (rustls connector, connect timeout, base URI,
-/// server retries of 429/503/504, auth with token refresh, extra/impersonation headers),
-/// except: TCP_NODELAY on every connection (without it a small request written in two
-/// segments on a reused connection waits tens of ms for the server's delayed ACK: Nagle
-/// holds the second segment back), and only the connect timeout of `config` is applied, never
-/// `read_timeout`/`write_timeout`. Left out: the tracing layer (nothing subscribes) and gzip
-/// (the feature is off). A proxy URL goes to kube's own builder, which refuses it (the
+/// auth with token refresh, extra/impersonation headers), except: TCP_NODELAY on every
+/// connection (without it a small request written in two segments on a reused connection
+/// waits tens of ms for the server's delayed ACK: Nagle holds the second segment back), and
+/// only the connect timeout of `config` is applied, never `read_timeout`/`write_timeout`.
+/// Left out: the tracing layer (nothing subscribes), gzip (the feature is off), and kube's
+/// retry layer: its retries of 429/503/504 (15 of them, up to minutes apart) know nothing of
+/// the request timeout, which then cut them off as `{:timeout, ms}`, hiding the server's
+/// answer. Requests retry in `raw::send` instead, within their deadline; watches back off in
+/// the watcher. A proxy URL goes to kube's own builder, which refuses it (the
 /// proxy features are off) with its usual error.
 fn make_client(config: &kube::Config) -> std::result::Result<kube::Client, kube::Error> {
     if config.proxy_url.is_some() {
@@ -257,11 +377,6 @@ fn make_client(config: &kube::Config) -> std::result::Result<kube::Client, kube:
         hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(connector);
     let service = ServiceBuilder::new()
         .layer(config.base_uri_layer())
-        .option_layer(
-            config
-                .default_retry
-                .then(|| RetryLayer::new(RetryPolicy::server_retry())),
-        )
         .option_layer(config.auth_layer()?)
         .layer(config.extra_headers_layer()?)
         .map_err(BoxError::from)
@@ -295,6 +410,7 @@ fn resolve_incluster() -> Result<Resolved> {
     Ok(Resolved {
         config,
         request_timeout: Duration::ZERO,
+        max_concurrent_creates: DEFAULT_MAX_CONCURRENT_CREATES,
         default_namespace: ns,
         secret: None,
     })
@@ -392,6 +508,7 @@ fn resolve_kubeconfig(path: Option<&str>, context: Option<&str>) -> Result<Resol
     Ok(Resolved {
         config,
         request_timeout: Duration::ZERO,
+        max_concurrent_creates: DEFAULT_MAX_CONCURRENT_CREATES,
         default_namespace: namespace,
         secret: None,
     })
@@ -422,6 +539,7 @@ fn resolve_explicit(opts: &ConnectOptions) -> Result<Resolved> {
     Ok(Resolved {
         config,
         request_timeout: Duration::ZERO,
+        max_concurrent_creates: DEFAULT_MAX_CONCURRENT_CREATES,
         default_namespace: None,
         secret: token,
     })
@@ -488,6 +606,7 @@ users:
         ConnectOptions {
             mode: Some(mode),
             request_timeout_ms: 5000,
+            max_concurrent_creates: 32,
             ..Default::default()
         }
     }
@@ -503,7 +622,8 @@ users:
             ClientInfo {
                 server: "https://127.0.0.1:6443".into(),
                 default_namespace: Some("flame".into()),
-                request_timeout_ms: 5000
+                request_timeout_ms: 5000,
+                max_concurrent_creates: 32
             }
         );
         let dbg = format!("{h:?}");

@@ -25,7 +25,9 @@ pub mod pods;
 pub mod raw;
 pub mod readiness;
 pub mod runtime;
+pub mod selector;
 pub mod task;
+pub mod watch;
 
 // The NIF layer references `enif_*` symbols that only the BEAM provides, so the unit-test
 // executable (which has no BEAM to resolve them) is built without it. `cargo clippy

@@ -1,8 +1,12 @@
 //! Pod and Secret operations, JSON in and out (no lossy round trip through typed structs).
+//!
+//! Every operation takes the `deadline` of its request (its request timeout, which bounds it as
+//! a whole): retries of a pushed-back request (`raw::send`) never start past it.
 
 use kube::api::{DeleteParams, GetParams, ListParams, PostParams, PropagationPolicy};
 use kube::core::Request;
 use serde_json::Value;
+use tokio::time::Instant;
 
 use crate::client::ClientHandle;
 use crate::error::{Error, Result};
@@ -89,20 +93,37 @@ fn delete_params(grace_period_seconds: Option<u32>) -> DeleteParams {
     }
 }
 
-pub async fn get_pod(h: &ClientHandle, namespace: &str, name: &str) -> Result<Value> {
+pub async fn get_pod(
+    h: &ClientHandle,
+    namespace: &str,
+    name: &str,
+    deadline: Instant,
+) -> Result<Value> {
+    get_pod_with(h.client(), namespace, name, deadline).await
+}
+
+pub async fn get_pod_with(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    deadline: Instant,
+) -> Result<Value> {
     let req = collection(namespace, "pods")
         .get(name, &GetParams::default())
         .map_err(build_error)?;
-    expect_object(send_json(h.client(), req).await?, "Pod")
+    expect_object(send_json(client, req, deadline).await?, "Pod")
 }
 
 /// Create a pod or a secret from a manifest (checked first, see `manifest`). A pod comes back
-/// whole; of a secret only its metadata comes back (never `data`/`stringData`).
+/// whole; of a secret only its metadata comes back (never `data`/`stringData`). Waits for one
+/// of the client's create slots first (`ClientHandle::create_permit`), and holds it through
+/// the server's push-back (429 and its `Retry-After`): a server that asks for less gets less.
 pub async fn create(
     h: &ClientHandle,
     kind: Kind,
     namespace: &str,
     manifest: Value,
+    deadline: Instant,
 ) -> Result<Value> {
     let body = match kind {
         Kind::Pod => prepare_pod(namespace, manifest)?,
@@ -110,7 +131,8 @@ pub async fn create(
     };
     let bytes = serde_json::to_vec(&body).map_err(|e| Error::InvalidManifest(e.to_string()))?;
     let req = create_strict(&collection(namespace, kind.plural()), bytes)?;
-    let created = send_json(h.client(), req).await?;
+    let _slot = h.create_permit().await?;
+    let created = send_json(h.client(), req, deadline).await?;
     match kind {
         Kind::Pod => expect_object(created, "Pod"),
         Kind::Secret => metadata_only(created),
@@ -125,17 +147,19 @@ pub async fn delete(
     namespace: &str,
     name: &str,
     grace_period_seconds: Option<u32>,
+    deadline: Instant,
 ) -> Result<()> {
     let req = collection(namespace, kind.plural())
         .delete(name, &delete_params(grace_period_seconds))
         .map_err(build_error)?;
-    ignore_not_found(send_json(h.client(), req).await)
+    ignore_not_found(send_json(h.client(), req, deadline).await)
 }
 
 pub async fn list_pods(
     h: &ClientHandle,
     namespace: &str,
     label_selector: &str,
+    deadline: Instant,
 ) -> Result<Vec<Value>> {
     let mut lp = ListParams::default();
     if !label_selector.is_empty() {
@@ -144,7 +168,7 @@ pub async fn list_pods(
     let req = collection(namespace, "pods")
         .list(&lp)
         .map_err(build_error)?;
-    let list = send_json(h.client(), req).await?;
+    let list = send_json(h.client(), req, deadline).await?;
     list_items(list, "Pod")
 }
 
@@ -193,7 +217,78 @@ pub fn metadata_only(obj: Value) -> Result<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::ClientHandle;
+    use crate::raw::fake::{self, Answer, TOO_MANY};
     use serde_json::json;
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn pod(name: &str) -> Value {
+        json!({"metadata": {"name": name}, "spec": {"containers": [{"name": "c", "image": "i"}]}})
+    }
+
+    /// A burst of creates reaches the server `max_concurrent_creates` at a time, each waiting
+    /// for a slot within its own deadline.
+    #[tokio::test(start_paused = true)]
+    async fn creates_are_limited_per_client() {
+        let created = pod("p").to_string();
+        let (client, seen) =
+            fake::client(move |_| Answer::new(201, &created).after(Duration::from_secs(1)));
+        let h = Arc::new(ClientHandle::new(
+            client.clone(),
+            client,
+            Duration::from_secs(15),
+            3,
+        ));
+        let t0 = Instant::now();
+        let creates = (0..10).map(|i| {
+            let h = h.clone();
+            tokio::spawn(async move {
+                let deadline = Instant::now() + Duration::from_secs(15);
+                create(&h, Kind::Pod, "d", pod(&format!("p{i}")), deadline).await
+            })
+        });
+        for r in futures::future::join_all(creates).await {
+            assert!(r.unwrap().is_ok());
+        }
+        assert_eq!(seen.max_in_flight.load(Ordering::SeqCst), 3);
+        assert_eq!(seen.requests.load(Ordering::SeqCst), 10);
+        // 10 creates of 1 s, 3 at a time.
+        assert_eq!(t0.elapsed(), Duration::from_secs(4));
+    }
+
+    /// A create the server pushes back keeps its slot while it waits: the server gets less.
+    #[tokio::test(start_paused = true)]
+    async fn a_pushed_back_create_holds_its_slot() {
+        let created = pod("p").to_string();
+        let (client, seen) = fake::client(move |n| match n {
+            0 => Answer::new(429, TOO_MANY).retry_after("2"),
+            _ => Answer::new(201, &created),
+        });
+        let h = Arc::new(ClientHandle::new(
+            client.clone(),
+            client,
+            Duration::from_secs(15),
+            1,
+        ));
+        let t0 = Instant::now();
+        let deadline = t0 + Duration::from_secs(15);
+        let (a, b) = tokio::join!(
+            create(&h, Kind::Pod, "d", pod("a"), deadline),
+            create(
+                &h,
+                Kind::Secret,
+                "d",
+                json!({"metadata": {"name": "b"}}),
+                deadline
+            )
+        );
+        assert!(a.is_ok() && b.is_ok(), "{a:?} {b:?}");
+        assert_eq!(seen.requests.load(Ordering::SeqCst), 3);
+        assert_eq!(seen.max_in_flight.load(Ordering::SeqCst), 1);
+        assert!(t0.elapsed() >= Duration::from_secs(2));
+    }
 
     #[test]
     fn list_items_fill_kind() {

@@ -1,7 +1,11 @@
 //! HTTP against the API server with JSON in and out: the generic `request/7` NIF and the
 //! transport under the pod and secret operations.
 
+use std::hash::{BuildHasher, Hasher};
+use std::time::Duration;
+
 use serde_json::Value;
+use tokio::time::Instant;
 
 use crate::client::ClientHandle;
 use crate::error::{default_reason, Error, Result};
@@ -12,20 +16,107 @@ pub struct Response {
     pub body: Vec<u8>,
 }
 
+/// Retries of one request at most (client-go's default too): with the server asking for a
+/// second each time, the request timeout ends them first anyway.
+const MAX_RETRIES: u32 = 10;
+/// Delays between retries when the server gives no `Retry-After`: doubling from this...
+const RETRY_MIN: Duration = Duration::from_millis(200);
+/// ...up to this.
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
 /// Send a request; a non-2xx status becomes `Error::Api` with the server's message verbatim.
-pub async fn send(client: &kube::Client, req: http::Request<Vec<u8>>) -> Result<Response> {
-    let res = client.send(req.map(kube::client::Body::from)).await?;
-    let status = res.status();
-    let content_type = res
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let body = res.into_body().collect_bytes().await?.to_vec();
-    if status.is_client_error() || status.is_server_error() {
-        return Err(api_error(status.as_u16(), &body));
+///
+/// 429 Too Many Requests (the server refused the request before doing anything: always safe to
+/// repeat), 503 and 504 are retried after the server's `Retry-After` (seconds; with up to a
+/// fifth more at random, so that a burst the server pushed back does not return as one
+/// burst), else after a doubling delay, and only while the retry would still start before
+/// `deadline` (the caller's request timeout). Past it, the server's answer is the error
+/// (`{:api, 429, "TooManyRequests", message}`), at once: a caller learns why rather than
+/// waiting out its timeout for a `{:timeout, ms}`.
+pub async fn send(
+    client: &kube::Client,
+    req: http::Request<Vec<u8>>,
+    deadline: Instant,
+) -> Result<Response> {
+    let mut attempt = 0;
+    loop {
+        let res = client
+            .send(copy(&req).map(kube::client::Body::from))
+            .await?;
+        let status = res.status();
+        let retry_after = retry_after(res.headers());
+        let content_type = res
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = res.into_body().collect_bytes().await?.to_vec();
+        if status.is_success() || status.is_informational() || status.is_redirection() {
+            return Ok(Response { content_type, body });
+        }
+        let err = api_error(status.as_u16(), &body);
+        if !retriable_status(status) || attempt >= MAX_RETRIES {
+            return Err(err);
+        }
+        let delay = match retry_after {
+            Some(server) => server + jitter(server / 5),
+            None => backoff(attempt),
+        };
+        if Instant::now() + delay >= deadline {
+            return Err(err);
+        }
+        tokio::time::sleep(delay).await;
+        attempt += 1;
     }
-    Ok(Response { content_type, body })
+}
+
+fn retriable_status(status: http::StatusCode) -> bool {
+    matches!(
+        status,
+        http::StatusCode::TOO_MANY_REQUESTS
+            | http::StatusCode::SERVICE_UNAVAILABLE
+            | http::StatusCode::GATEWAY_TIMEOUT
+    )
+}
+
+/// `Retry-After` in seconds, as the API server sends it (an HTTP date is not understood and
+/// falls back to the doubling delay).
+fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
+    let secs: u64 = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    // A year is "never" for a request; also keeps `Instant + delay` from overflowing.
+    Some(Duration::from_secs(secs.min(365 * 24 * 3600)))
+}
+
+fn backoff(attempt: u32) -> Duration {
+    let d = RETRY_MIN
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(RETRY_MAX);
+    d / 2 + jitter(d / 2)
+}
+
+/// A random duration in `0..=max` (std's per-map random keys: no dependency for this).
+fn jitter(max: Duration) -> Duration {
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let nanos = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
+    Duration::from_nanos(random % nanos.saturating_add(1))
+}
+
+/// The request again, for a retry (`http::Request` is not `Clone`; ours carry no extensions).
+fn copy(req: &http::Request<Vec<u8>>) -> http::Request<Vec<u8>> {
+    let mut out = http::Request::new(req.body().clone());
+    *out.method_mut() = req.method().clone();
+    *out.uri_mut() = req.uri().clone();
+    *out.version_mut() = req.version();
+    *out.headers_mut() = req.headers().clone();
+    out
 }
 
 /// `Error::Api` from an error response: a `Status` object if the body is one, else its text.
@@ -73,8 +164,12 @@ fn preview(text: &str) -> String {
 }
 
 /// Send and decode a JSON response.
-pub async fn send_json(client: &kube::Client, req: http::Request<Vec<u8>>) -> Result<Value> {
-    let res = send(client, req).await?;
+pub async fn send_json(
+    client: &kube::Client,
+    req: http::Request<Vec<u8>>,
+    deadline: Instant,
+) -> Result<Value> {
+    let res = send(client, req, deadline).await?;
     json_body(&res.body)
 }
 
@@ -157,9 +252,10 @@ pub async fn request(
     path: &str,
     body: Option<&Value>,
     content_type: Option<&str>,
+    deadline: Instant,
 ) -> Result<Value> {
     let req = build_request(method, path, body, content_type)?;
-    let res = send(handle.client(), req).await?;
+    let res = send(handle.client(), req, deadline).await?;
     decode_response(res)
 }
 
@@ -178,10 +274,182 @@ fn decode_response(res: Response) -> Result<Value> {
     }
 }
 
+/// A fake API server for unit tests: a `kube::Client` whose every request is answered by a
+/// function of the request's sequence number (from 0), after the delay that function gives.
+#[cfg(test)]
+pub(crate) mod fake {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    pub struct Answer {
+        pub status: u16,
+        pub retry_after: Option<&'static str>,
+        pub body: String,
+        pub after: Duration,
+    }
+
+    impl Answer {
+        pub fn new(status: u16, body: &str) -> Self {
+            Answer {
+                status,
+                retry_after: None,
+                body: body.to_string(),
+                after: Duration::ZERO,
+            }
+        }
+
+        pub fn retry_after(mut self, secs: &'static str) -> Self {
+            self.retry_after = Some(secs);
+            self
+        }
+
+        pub fn after(mut self, d: Duration) -> Self {
+            self.after = d;
+            self
+        }
+    }
+
+    /// Requests seen, and the most that were in flight at once.
+    #[derive(Default)]
+    pub struct Seen {
+        pub requests: AtomicUsize,
+        pub in_flight: AtomicUsize,
+        pub max_in_flight: AtomicUsize,
+    }
+
+    pub fn client<F>(answer: F) -> (kube::Client, Arc<Seen>)
+    where
+        F: Fn(usize) -> Answer + Send + Sync + 'static,
+    {
+        let seen = Arc::new(Seen::default());
+        let answer = Arc::new(answer);
+        let counters = seen.clone();
+        let service = tower::service_fn(move |_req: http::Request<kube::client::Body>| {
+            let (answer, seen) = (answer.clone(), counters.clone());
+            async move {
+                let n = seen.requests.fetch_add(1, Ordering::SeqCst);
+                let now = seen.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                seen.max_in_flight.fetch_max(now, Ordering::SeqCst);
+                let a = answer(n);
+                tokio::time::sleep(a.after).await;
+                seen.in_flight.fetch_sub(1, Ordering::SeqCst);
+                let mut res = http::Response::builder()
+                    .status(a.status)
+                    .header(http::header::CONTENT_TYPE, "application/json");
+                if let Some(secs) = a.retry_after {
+                    res = res.header(http::header::RETRY_AFTER, secs);
+                }
+                res.body(kube::client::Body::from(a.body.into_bytes()))
+            }
+        });
+        (kube::Client::new(service, "default"), seen)
+    }
+
+    pub const TOO_MANY: &str = r#"{"kind":"Status","status":"Failure","message":"Too many requests, please try again later.","reason":"TooManyRequests","code":429}"#;
+}
+
 #[cfg(test)]
 mod tests {
+    use super::fake::{self, Answer, TOO_MANY};
     use super::*;
     use serde_json::json;
+    use std::sync::atomic::Ordering;
+
+    fn get() -> http::Request<Vec<u8>> {
+        build_request(Method::Get, "/api/v1/namespaces/d/pods/p", None, None).unwrap()
+    }
+
+    fn too_many() -> Error {
+        Error::Api {
+            code: 429,
+            reason: "TooManyRequests".into(),
+            message: "Too many requests, please try again later.".into(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_429_is_retried_after_its_retry_after() {
+        let (client, seen) = fake::client(|n| match n {
+            0 => Answer::new(429, TOO_MANY).retry_after("2"),
+            _ => Answer::new(200, r#"{"kind":"Pod"}"#),
+        });
+        let t0 = Instant::now();
+        let v = send_json(&client, get(), t0 + Duration::from_secs(15)).await;
+        assert_eq!(v, Ok(json!({"kind": "Pod"})));
+        let waited = t0.elapsed();
+        // Retry-After plus at most a fifth of it.
+        assert!(
+            waited >= Duration::from_secs(2) && waited <= Duration::from_millis(2400),
+            "{waited:?}"
+        );
+        assert_eq!(seen.requests.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_that_would_end_past_the_deadline_is_the_servers_answer_at_once() {
+        let (client, seen) = fake::client(|_| Answer::new(429, TOO_MANY).retry_after("30"));
+        let t0 = Instant::now();
+        let r = send(&client, get(), t0 + Duration::from_secs(15)).await;
+        assert_eq!(r.err(), Some(too_many()));
+        assert_eq!(t0.elapsed(), Duration::ZERO);
+        assert_eq!(seen.requests.load(Ordering::SeqCst), 1);
+
+        // Retries while they fit: Retry-After 1 (up to 1.2 s) four times in a 5 s budget, then
+        // the fifth would end past it.
+        let (client, seen) = fake::client(|_| Answer::new(429, TOO_MANY).retry_after("1"));
+        let t0 = Instant::now();
+        let r = send(&client, get(), t0 + Duration::from_secs(5)).await;
+        assert_eq!(r.err(), Some(too_many()));
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        let n = seen.requests.load(Ordering::SeqCst);
+        assert!((4..=5).contains(&n), "{n} attempts");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_retry_after_the_delays_double() {
+        let (client, seen) = fake::client(|_| Answer::new(503, "{}"));
+        let t0 = Instant::now();
+        let r = send(&client, get(), t0 + Duration::from_secs(600)).await;
+        assert!(matches!(r, Err(Error::Api { code: 503, .. })));
+        // 1 + MAX_RETRIES attempts; delays of 0.1-0.2, 0.2-0.4, ... capped at 2.5-5 s.
+        assert_eq!(seen.requests.load(Ordering::SeqCst), 11);
+        let waited = t0.elapsed();
+        assert!(
+            waited >= Duration::from_millis(1500 + 6 * 2500) && waited <= Duration::from_secs(34),
+            "{waited:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn other_errors_are_not_retried() {
+        let forbidden =
+            r#"{"kind":"Status","message":"pods is forbidden","reason":"Forbidden","code":403}"#;
+        for (status, body) in [(403, forbidden), (409, "{}"), (500, "{}"), (404, "{}")] {
+            let (client, seen) = fake::client(move |_| Answer::new(status, body).retry_after("1"));
+            let r = send(&client, get(), Instant::now() + Duration::from_secs(15)).await;
+            assert!(matches!(r, Err(Error::Api { code, .. }) if code == status));
+            assert_eq!(seen.requests.load(Ordering::SeqCst), 1);
+        }
+    }
+
+    #[test]
+    fn retry_after_header() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(retry_after(&h), None);
+        h.insert(http::header::RETRY_AFTER, " 3 ".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
+        h.insert(
+            http::header::RETRY_AFTER,
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&h), None);
+        h.insert(
+            http::header::RETRY_AFTER,
+            u64::MAX.to_string().parse().unwrap(),
+        );
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(365 * 24 * 3600)));
+    }
 
     #[test]
     fn api_error_from_status_body() {

@@ -242,6 +242,7 @@ mod tests {
     #[test]
     fn a_cancel_after_the_report_says_so() {
         let _l = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let base = live_tasks();
         let (c, token) = cancel_pair();
         let (tx, rx) = mpsc::channel();
         spawn_reporting(async { 5 }, token, LiveGuard::new(), move |r| {
@@ -251,6 +252,8 @@ mod tests {
         assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), Ok(5));
         assert_eq!(c.cancel(), Cancelled::AfterReport);
         assert_eq!(c.cancel(), Cancelled::AfterReport);
+        // The task may outlive its report by a moment: the next test's base must not see it.
+        wait_for_count(base);
     }
 
     #[test]
@@ -267,6 +270,7 @@ mod tests {
     #[test]
     fn dropped_canceller_does_not_cancel() {
         let _l = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let base = live_tasks();
         let (c, token) = cancel_pair();
         drop(c);
         let (tx, rx) = mpsc::channel();
@@ -283,5 +287,6 @@ mod tests {
         )
         .unwrap();
         assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), Ok(1));
+        wait_for_count(base);
     }
 }

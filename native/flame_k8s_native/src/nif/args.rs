@@ -8,7 +8,7 @@
 //! nothing is started.
 
 use rustler::env::{OwnedEnv, SavedTerm};
-use rustler::{Decoder, NifException, NifMap, NifResult, ResourceArc, Term};
+use rustler::{Decoder, Encoder, NifException, NifMap, NifResult, ResourceArc, Term};
 use serde_json::Value;
 
 use super::tasks::{ClientResource, TaskResource};
@@ -60,25 +60,78 @@ arguments! {
     ContentType(Option<String>) = "content_type: expected a UTF-8 binary or nil";
     KindArg(Kind) = "kind: expected :pod or :secret";
     MethodArg(Method) = "method: expected :get, :post, :put, :patch or :delete";
-    Connect(ConnectOptions) = "opts: expected the connect options map built by FLAMEK8sBackend.Kube.connect/1";
-    Await(AwaitArgs) = "opts: expected %{timeout_ms: pos_integer, unschedulable: :fail | :wait, report_ready: boolean}";
 }
 
-/// The options map of `await_pod/6`.
+rustler::atoms! {
+    max_concurrent_creates,
+    label_selector,
+}
+
+/// Options maps gained keys over time; a key that is absent takes its default, so a map built
+/// for an earlier version still decodes (the derived decoders require every key).
+fn with_defaults<'a>(term: Term<'a>, defaults: &[(rustler::Atom, Term<'a>)]) -> Term<'a> {
+    let mut term = term;
+    for (key, value) in defaults {
+        if term.is_map() && term.map_get(*key).is_err() {
+            if let Ok(with) = term.map_put(*key, *value) {
+                term = with;
+            }
+        }
+    }
+    term
+}
+
+/// The connect options map built by `Kube.connect/1`.
+pub struct Connect(pub ConnectOptions);
+
+impl<'a> Decoder<'a> for Connect {
+    fn decode(term: Term<'a>) -> NifResult<Self> {
+        let default = crate::client::DEFAULT_MAX_CONCURRENT_CREATES.encode(term.get_env());
+        with_defaults(term, &[(max_concurrent_creates(), default)])
+            .decode()
+            .map(Connect)
+            .map_err(|_| {
+                raise("opts: expected the connect options map built by FLAMEK8sBackend.Kube.connect/1")
+            })
+    }
+}
+
+/// The options map of `await_pod/5`.
+pub struct Await(pub AwaitArgs);
+
+impl<'a> Decoder<'a> for Await {
+    fn decode(term: Term<'a>) -> NifResult<Self> {
+        let nil = rustler::types::atom::nil().to_term(term.get_env());
+        with_defaults(term, &[(label_selector(), nil)])
+            .decode()
+            .map(Await)
+            .map_err(|_| {
+                raise("opts: expected %{timeout_ms: pos_integer, unschedulable: :fail | :wait, report_ready: boolean, label_selector: binary | nil}")
+            })
+    }
+}
+
+/// The fields of `Await`.
 #[derive(NifMap)]
 #[rustler(decode)]
 pub struct AwaitArgs {
     timeout_ms: u64,
     unschedulable: UnschedulablePolicy,
     report_ready: bool,
+    /// `nil` (or empty: it would select every pod of the namespace): a watch of this pod alone.
+    label_selector: Option<String>,
 }
 
-impl From<AwaitArgs> for AwaitOptions {
-    fn from(a: AwaitArgs) -> Self {
+impl AwaitArgs {
+    pub fn label_selector(&self) -> Option<String> {
+        self.label_selector.clone().filter(|s| !s.is_empty())
+    }
+
+    pub fn options(&self) -> AwaitOptions {
         AwaitOptions {
-            timeout: std::time::Duration::from_millis(a.timeout_ms),
-            unschedulable: a.unschedulable,
-            report_ready: a.report_ready,
+            timeout: std::time::Duration::from_millis(self.timeout_ms),
+            unschedulable: self.unschedulable,
+            report_ready: self.report_ready,
         }
     }
 }

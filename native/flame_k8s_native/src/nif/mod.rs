@@ -37,10 +37,10 @@ fn noop() -> Atom {
     rustler::types::atom::ok()
 }
 
-/// Tasks not finished yet (tests check that none is left behind).
+/// Tasks not finished yet, shared watches included (tests check that none is left behind).
 #[rustler::nif]
 fn live_tasks() -> usize {
-    crate::task::live_tasks()
+    crate::task::live_tasks() + crate::watch::live_watches()
 }
 
 /// Reads the kubeconfig or in-cluster files (on Tokio's blocking pool) and builds the clients;
@@ -68,6 +68,13 @@ fn client_info(client: Client) -> ClientInfo {
     client.0.handle.info()
 }
 
+/// Shared pod watches this client has open (one per namespace and label selector with awaits,
+/// and one per pod awaited without a selector).
+#[rustler::nif]
+fn open_watches(client: Client) -> usize {
+    client.0.handle.watches().open()
+}
+
 #[rustler::nif]
 fn get_pod<'a>(
     env: Env<'a>,
@@ -76,8 +83,8 @@ fn get_pod<'a>(
     name: Name,
     reference: Ref<'a>,
 ) -> Term<'a> {
-    spawn_request(env, reference, client, |c| async move {
-        let pod = crate::pods::get_pod(&c.handle, &namespace.0, &name.0).await?;
+    spawn_request(env, reference, client, |c, deadline| async move {
+        let pod = crate::pods::get_pod(&c.handle, &namespace.0, &name.0, deadline).await?;
         Ok(Answer::Json(pod))
     })
 }
@@ -90,8 +97,9 @@ fn list_pods<'a>(
     label_selector: Selector,
     reference: Ref<'a>,
 ) -> Term<'a> {
-    spawn_request(env, reference, client, |c| async move {
-        let pods = crate::pods::list_pods(&c.handle, &namespace.0, &label_selector.0).await?;
+    spawn_request(env, reference, client, |c, deadline| async move {
+        let (ns, selector) = (&namespace.0, &label_selector.0);
+        let pods = crate::pods::list_pods(&c.handle, ns, selector, deadline).await?;
         Ok(Answer::Json(Value::Array(pods)))
     })
 }
@@ -106,9 +114,10 @@ fn create<'a>(
     manifest: Manifest,
     reference: Ref<'a>,
 ) -> Term<'a> {
-    spawn_request(env, reference, client, |c| async move {
+    spawn_request(env, reference, client, |c, deadline| async move {
         let manifest = manifest.0.into_json("manifest")?;
-        let created = crate::pods::create(&c.handle, kind.0, &namespace.0, manifest).await?;
+        let created =
+            crate::pods::create(&c.handle, kind.0, &namespace.0, manifest, deadline).await?;
         Ok(Answer::Json(created))
     })
 }
@@ -124,9 +133,9 @@ fn delete<'a>(
     grace_period_seconds: Grace,
     reference: Ref<'a>,
 ) -> Term<'a> {
-    spawn_request(env, reference, client, |c| async move {
+    spawn_request(env, reference, client, |c, deadline| async move {
         let (kind, grace) = (kind.0, grace_period_seconds.0);
-        crate::pods::delete(&c.handle, kind, &namespace.0, &name.0, grace).await?;
+        crate::pods::delete(&c.handle, kind, &namespace.0, &name.0, grace, deadline).await?;
         Ok(Answer::Done)
     })
 }
@@ -141,16 +150,25 @@ fn request<'a>(
     content_type: ContentType,
     reference: Ref<'a>,
 ) -> Term<'a> {
-    spawn_request(env, reference, client, |c| async move {
+    spawn_request(env, reference, client, |c, deadline| async move {
         let body = body.0.map(|b| b.into_json("body")).transpose()?;
         let ct = content_type.0;
-        let v = crate::raw::request(&c.handle, method.0, &path.0, body.as_ref(), ct.as_deref());
+        let (method, path) = (method.0, &path.0);
+        let v = crate::raw::request(
+            &c.handle,
+            method,
+            path,
+            body.as_ref(),
+            ct.as_deref(),
+            deadline,
+        );
         Ok(Answer::Json(v.await?))
     })
 }
 
-/// Watches a pod; see `Kube.await_pod/4` for the messages. With `report_ready: false` an
-/// interim `{:running, pod}` comes first, at most once, never after a cancel.
+/// Watches a pod (through the client's shared watch of its namespace and `label_selector`,
+/// or alone); see `Kube.await_pod/4` for the messages. With `report_ready: false` an interim
+/// `{:running, pod}` comes first, at most once, never after a cancel.
 #[rustler::nif]
 fn await_pod<'a>(
     env: Env<'a>,
@@ -160,7 +178,8 @@ fn await_pod<'a>(
     opts: Await,
     reference: Ref<'a>,
 ) -> Term<'a> {
-    let opts: crate::await_pod::AwaitOptions = opts.0.into();
+    let selector = opts.0.label_selector();
+    let opts = opts.0.options();
     let mut interim = (!opts.report_ready).then(|| Replier::new(env.pid(), reference.0));
     let work = move |cancel: crate::task::CancelToken| {
         let on_running = move |pod: &Value| {
@@ -173,7 +192,8 @@ fn await_pod<'a>(
         };
         let c = client.0;
         async move {
-            crate::await_pod::await_pod(&c.handle, &namespace.0, &name.0, opts, on_running).await
+            let (ns, name, selector) = (&namespace.0, &name.0, selector.as_deref());
+            crate::await_pod::await_pod(&c.handle, ns, name, selector, opts, on_running).await
         }
     };
     start(env, reference, work, reply::outcome)
@@ -191,15 +211,19 @@ fn cancel(handle: Handle) -> Atom {
 }
 
 /// A request task: `work` bounded by the client's request timeout, its errors scrubbed of the
-/// client's secret, its reply one of `:ok`, `{:ok, value}` or `{:error, reason}`.
+/// client's secret, its reply one of `:ok`, `{:ok, value}` or `{:error, reason}`. `work` gets
+/// the deadline that timeout sets, so that its retries never start past it.
 fn spawn_request<'a, W, F>(env: Env<'a>, reference: Ref<'a>, client: Client, work: W) -> Term<'a>
 where
-    W: FnOnce(rustler::ResourceArc<ClientResource>) -> F,
+    W: FnOnce(rustler::ResourceArc<ClientResource>, tokio::time::Instant) -> F,
     F: Future<Output = Result<Answer, Error>> + Send + 'static,
 {
     let client = client.0;
     let timeout = client.handle.request_timeout();
-    let future = work(client.clone());
+    // Taken here, on the scheduler, a moment before the task's own timeout starts: a retry
+    // that fits before it also fits before the timeout.
+    let deadline = tokio::time::Instant::now() + timeout;
+    let future = work(client.clone(), deadline);
     let bounded = async move {
         with_timeout(timeout, future)
             .await
