@@ -288,24 +288,29 @@ defmodule FLAMEK8sBackend.KubeClusterTest do
       assert {:deleted, "ghost"} = await!(kube, ns, "ghost")
     end
 
-    test "cancel: no message, and the task is gone", %{kube: kube, namespace: ns} do
-      labels = %{"sim-kubelet/fail" => "unschedulable"}
+    # Both shapes: a watch per await, and the awaits sharing one (the cancelled await leaves
+    # the watch to the other).
+    for {shape, opts} <- [{"", []}, {", shared watch", [label_selector: "flame-test/role=r"]}] do
+      @shape_opts opts
+      test "cancel: no message, and the task is gone#{shape}", %{kube: kube, namespace: ns} do
+        labels = %{"sim-kubelet/fail" => "unschedulable", "flame-test/role" => "r"}
+        manifest = LocalCluster.pod_manifest("p", "sleeper:test", labels: labels)
+        {:ok, _} = Kube.create_pod(kube, ns, manifest)
+        opts = [timeout: 60_000, unschedulable: :wait] ++ @shape_opts
 
-      {:ok, _} =
-        Kube.create_pod(kube, ns, LocalCluster.pod_manifest("p", "sleeper:test", labels: labels))
+        {:ok, await} = Kube.await_pod(kube, ns, "p", opts)
+        # A second await on the same pod that is not cancelled: the deletion below reaches it,
+        # so it proves the cancelled one would have had something to report.
+        {:ok, witness} = Kube.await_pod(kube, ns, "p", opts)
+        assert :ok = Kube.cancel_await(await)
+        assert :ok = Kube.cancel_await(await)
+        :ok = Kube.delete_pod(kube, ns, "p", grace_period: 0)
 
-      {:ok, await} = Kube.await_pod(kube, ns, "p", timeout: 60_000, unschedulable: :wait)
-      # A second await on the same pod that is not cancelled: the deletion below reaches it,
-      # so it proves the cancelled one would have had something to report.
-      {:ok, witness} = Kube.await_pod(kube, ns, "p", timeout: 60_000, unschedulable: :wait)
-      assert :ok = Kube.cancel_await(await)
-      assert :ok = Kube.cancel_await(await)
-      :ok = Kube.delete_pod(kube, ns, "p", grace_period: 0)
-
-      witness_ref = witness.ref
-      assert_receive {:flame_k8s, ^witness_ref, {:deleted, "p"}}, 10_000
-      ref = await.ref
-      refute_received {:flame_k8s, ^ref, _}
+        witness_ref = witness.ref
+        assert_receive {:flame_k8s, ^witness_ref, {:deleted, "p"}}, 10_000
+        ref = await.ref
+        refute_received {:flame_k8s, ^ref, _}
+      end
     end
 
     test "the task ends when the caller dies", %{kube: kube, namespace: ns} do
@@ -494,31 +499,34 @@ defmodule FLAMEK8sBackend.KubeClusterTest do
   # ones, which is what a client sees of a stopped server, without stopping the one server the
   # whole suite shares.
   describe "API server lost mid-watch" do
-    test "the await resumes when the server comes back", %{kube: kube, namespace: ns} do
-      rules = [
-        %{"apiGroups" => [""], "resources" => ["pods"], "verbs" => ["get", "list", "watch"]}
-      ]
+    for {shape, opts} <- [{"", []}, {", shared watch", [label_selector: "flame-test/role=r"]}] do
+      @shape_opts opts
+      test "the await resumes when the server comes back#{shape}", %{kube: kube, namespace: ns} do
+        rules = [
+          %{"apiGroups" => [""], "resources" => ["pods"], "verbs" => ["get", "list", "watch"]}
+        ]
 
-      proxy = TcpProxy.start!(URI.parse(LocalCluster.info().server).port)
-      via_proxy = LocalCluster.service_account_kube!(kube, ns, "watcher", rules, proxy.url)
+        proxy = TcpProxy.start!(URI.parse(LocalCluster.info().server).port)
+        via_proxy = LocalCluster.service_account_kube!(kube, ns, "watcher", rules, proxy.url)
 
-      {:ok, _} =
-        Kube.create_pod(
-          kube,
-          ns,
-          LocalCluster.pod_manifest("p", "sleeper:test",
-            args: ["300"],
-            labels: %{"sim-kubelet/start-delay-ms" => "2000"}
+        {:ok, _} =
+          Kube.create_pod(
+            kube,
+            ns,
+            LocalCluster.pod_manifest("p", "sleeper:test",
+              args: ["300"],
+              labels: %{"sim-kubelet/start-delay-ms" => "2000", "flame-test/role" => "r"}
+            )
           )
-        )
 
-      {:ok, await} = Kube.await_pod(via_proxy, ns, "p", timeout: 30_000)
-      TcpProxy.await_connections(proxy, 1)
-      TcpProxy.cut(proxy)
-      TcpProxy.restore(proxy)
+        {:ok, await} = Kube.await_pod(via_proxy, ns, "p", [timeout: 30_000] ++ @shape_opts)
+        TcpProxy.await_connections(proxy, 1)
+        TcpProxy.cut(proxy)
+        TcpProxy.restore(proxy)
 
-      ref = await.ref
-      assert_receive {:flame_k8s, ^ref, {:ready, _pod}}, 30_000
+        ref = await.ref
+        assert_receive {:flame_k8s, ^ref, {:ready, _pod}}, 30_000
+      end
     end
 
     test "the await reports the lost connection and never hangs past its timeout", %{
