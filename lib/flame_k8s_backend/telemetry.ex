@@ -18,8 +18,9 @@ defmodule FLAMEK8sBackend.Telemetry do
 
   #{@events_doc}
   Durations are in `:native` time units (convert with `System.convert_time_unit/3`, or
-  `unit: {:native, :millisecond}` in `Telemetry.Metrics`). The phase durations of a boot add up
-  to its `:duration`: `:create_duration` (secret and pod created), `:pod_start_duration`
+  `unit: {:native, :millisecond}` in `Telemetry.Metrics`). The phase durations of a boot,
+  measured in milliseconds, add up to its `:duration` within one:
+  `:create_duration` (secret and pod created), `:pod_start_duration`
   (created until the pod's watch saw it running: scheduling, image pull, container start) and
   `:remote_up_duration` (until the runner's `remote_up`; from the creation when the runner
   connected before the watch saw the pod running).

@@ -216,23 +216,20 @@ defmodule FLAMEK8sBackend.FlameFeaturesE2ETest do
     end
   end
 
-  test "single_use: every call gets a runner of its own, whose pod goes after the call", %{
-    kube: kube,
-    namespace: ns,
-    opts: opts
-  } do
-    pool = start_pool!(opts, single_use: true, max: 2)
+  test "single_use: the runner stops after its call and its pod goes; the next call boots anew",
+       %{kube: kube, namespace: ns, opts: opts} do
+    pool = start_pool!(opts, single_use: true)
 
     first = FLAME.call(pool, &RemoteFuns.whereami/0)
+    runner = first.node
+    Node.monitor(runner, true)
+    assert_receive {:nodedown, ^runner}, 30_000
+    eventually(fn -> gone?(kube, ns, first.pod_name) end, 20_000)
+
     second = FLAME.call(pool, &RemoteFuns.whereami/0)
-
-    assert first.node != second.node
-    assert first.pod_name != second.pod_name
-
-    eventually(
-      fn -> gone?(kube, ns, first.pod_name) and gone?(kube, ns, second.pod_name) end,
-      20_000
-    )
+    assert second.node != runner
+    assert second.pod_name != first.pod_name
+    eventually(fn -> gone?(kube, ns, second.pod_name) end, 20_000)
   end
 
   test "min: 1: the runner pod is up before the first call, serves it, and goes with the pool",

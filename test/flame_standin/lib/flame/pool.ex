@@ -4,11 +4,13 @@ defmodule FLAME.Pool do
   `:max_concurrency` callers at once), keeps `:min` runners from the start (booted before
   `start_link/1` returns; never idled down unless `:min_idle_shutdown_after` says so), queues
   callers when all are busy, and forgets runners that stop. On-demand boots run outside the
-  pool process. Stopping the pool stops its runners.
+  pool process. Stopping the pool stops its runners. As in FLAME, the pool itself knows
+  nothing of `:single_use`: the runner's terminator stops the runner after its first call,
+  and until it is gone the pool may still hand it out.
 
   Options, as FLAME 0.5's (others raise): `:name` (required), `:backend`, `:min` (default 0,
-  and always 0 on a runner), `:max` (1), `:max_concurrency` (100), `:single_use` (a runner
-  serves one caller, then stops), `:timeout` (30 s, the default of `FLAME.call/3`),
+  and always 0 on a runner), `:max` (1), `:max_concurrency` (100), `:single_use` (its
+  runners stop after their first call), `:timeout` (30 s, the default of `FLAME.call/3`),
   `:boot_timeout` (30 s), `:shutdown_timeout`, `:idle_shutdown_after` (30 s),
   `:min_idle_shutdown_after` (`:infinity`), `:log`, `:code_sync` (see `FLAME.CodeSync`), and
   `:track_resources`, `:on_grow_start`, `:on_grow_end`, `:on_shrink`, accepted and ignored.
@@ -123,9 +125,7 @@ defmodule FLAME.Pool do
       max: Keyword.get(opts, :max, 1),
       max_concurrency: Keyword.get(opts, :max_concurrency, 100),
       timeout: Keyword.get(opts, :timeout, 30_000),
-      single_use: Keyword.get(opts, :single_use, false),
       runners: %{},
-      retired: MapSet.new(),
       held: %{},
       booting: 0,
       waiting: :queue.new()
@@ -207,13 +207,7 @@ defmodule FLAME.Pool do
   end
 
   def handle_info({:DOWN, _ref, :process, runner, _reason}, state) do
-    state = %{
-      state
-      | runners: Map.delete(state.runners, runner),
-        retired: MapSet.delete(state.retired, runner)
-    }
-
-    {:noreply, serve(state)}
+    {:noreply, serve(%{state | runners: Map.delete(state.runners, runner)})}
   end
 
   defp add_runner(state, runner) do
@@ -234,12 +228,7 @@ defmodule FLAME.Pool do
         case available(state) do
           {runner, load} ->
             GenServer.reply(from, {:ok, runner, state.timeout})
-
-            retired =
-              if state.single_use, do: MapSet.put(state.retired, runner), else: state.retired
-
-            runners = Map.put(state.runners, runner, load + 1)
-            serve(%{state | waiting: rest, runners: runners, retired: retired})
+            serve(%{state | waiting: rest, runners: Map.put(state.runners, runner, load + 1)})
 
           nil when map_size(state.runners) + state.booting < state.max ->
             boot_async(from, state)
@@ -251,11 +240,8 @@ defmodule FLAME.Pool do
     end
   end
 
-  # A single-use runner serves its first caller only.
   defp available(state) do
-    Enum.find(state.runners, fn {runner, load} ->
-      load < state.max_concurrency and not MapSet.member?(state.retired, runner)
-    end)
+    Enum.find(state.runners, fn {_runner, load} -> load < state.max_concurrency end)
   end
 
   defp boot_async(from, state) do

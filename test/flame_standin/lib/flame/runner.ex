@@ -3,7 +3,8 @@ defmodule FLAME.Runner do
   Parent side of one runner: initialises the backend, boots the runner through it (then, on
   the runner, extracts the pool's `:code_sync` package and schedules the idle shutdown), and
   runs calls and placed children there. Like FLAME's, it stops when the remote terminator goes
-  down or reports `{:remote_shutdown, reason}`, and after its one call when `:single_use`.
+  down or reports `{:remote_shutdown, reason}` (on a `:single_use` runner, the terminator
+  stops the runner after its first call).
   """
   use GenServer, restart: :temporary
 
@@ -109,7 +110,6 @@ defmodule FLAME.Runner do
   end
 
   @impl true
-  def handle_cast(:checkin, %{single_use: true} = state), do: {:stop, :normal, state}
   def handle_cast(:checkin, state), do: {:noreply, state}
 
   @impl true
