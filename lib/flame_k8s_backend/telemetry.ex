@@ -18,12 +18,12 @@ defmodule FLAMEK8sBackend.Telemetry do
 
   #{@events_doc}
   Durations are in `:native` time units (convert with `System.convert_time_unit/3`, or
-  `unit: {:native, :millisecond}` in `Telemetry.Metrics`). The phase durations of a boot,
-  measured in milliseconds, add up to its `:duration` within one:
-  `:create_duration` (secret and pod created), `:pod_start_duration`
+  `unit: {:native, :millisecond}` in `Telemetry.Metrics`). The phase durations of a boot add up
+  to its `:duration`: `:create_duration` (secret and pod created), `:pod_start_duration`
   (created until the pod's watch saw it running: scheduling, image pull, container start) and
-  `:remote_up_duration` (until the runner's `remote_up`; from the creation when the runner
-  connected before the watch saw the pod running).
+  `:remote_up_duration` (the rest: until the runner's `remote_up`, from the creation when the
+  runner connected before the watch saw the pod running). The first two have millisecond
+  precision.
 
   A failed boot is an `:exception` with `kind: :error`, `reason` and `phase` from its
   `FLAMEK8sBackend.BootError` (also in `:error`, with the pod's events and log when they could be
@@ -92,7 +92,7 @@ defmodule FLAMEK8sBackend.Telemetry do
         measurements =
           result
           |> timings.()
-          |> phase_durations()
+          |> phase_durations(now - start)
           |> Map.merge(%{duration: now - start, monotonic_time: now})
 
         execute(@boot ++ [:stop], measurements, Map.put(meta, :runner_node, node(terminator)))
@@ -122,27 +122,35 @@ defmodule FLAMEK8sBackend.Telemetry do
   end
 
   @doc """
-  The phase durations (`:native` units) of a boot's milestones (ms since its start).
+  The phase durations (`:native` units) of a boot that took `duration`, from its milestones
+  (ms since its start): `:create_duration` and `:pod_start_duration` (when the pod was seen
+  running) from the milestones, and `:remote_up_duration` the rest, so that the three add up
+  to `duration` exactly.
 
       iex> ms = &System.convert_time_unit(&1, :millisecond, :native)
-      iex> d = FLAMEK8sBackend.Telemetry.phase_durations(%{created: 10, running: 40, remote_up: 400})
-      iex> {d.create_duration, d.pod_start_duration, d.remote_up_duration} == {ms.(10), ms.(30), ms.(360)}
+      iex> d = FLAMEK8sBackend.Telemetry.phase_durations(%{created: 10, running: 40, remote_up: 400}, ms.(401))
+      iex> {d.create_duration, d.pod_start_duration, d.remote_up_duration} == {ms.(10), ms.(30), ms.(361)}
       true
-      iex> FLAMEK8sBackend.Telemetry.phase_durations(%{created: 10, remote_up: 400}) |> Map.keys()
+      iex> FLAMEK8sBackend.Telemetry.phase_durations(%{created: 10, remote_up: 400}, ms.(400)) |> Map.keys()
       [:create_duration, :remote_up_duration]
   """
-  @spec phase_durations(%{optional(atom()) => non_neg_integer()}) :: %{atom() => integer()}
-  def phase_durations(timings) do
-    created = Map.get(timings, :created, 0)
-    up_from = Map.get(timings, :running, created)
+  @spec phase_durations(%{optional(atom()) => non_neg_integer()}, integer()) :: %{
+          atom() => integer()
+        }
+  def phase_durations(timings, duration) do
+    native = &System.convert_time_unit(&1, :millisecond, :native)
+    create = native.(Map.get(timings, :created, 0))
 
-    [
-      create_duration: timings[:created],
-      pod_start_duration: timings[:running] && timings[:running] - created,
-      remote_up_duration: timings[:remote_up] && timings[:remote_up] - up_from
-    ]
-    |> Enum.reject(fn {_key, ms} -> is_nil(ms) end)
-    |> Map.new(fn {key, ms} -> {key, System.convert_time_unit(ms, :millisecond, :native)} end)
+    start =
+      case timings do
+        %{running: running} -> %{pod_start_duration: native.(running) - create}
+        _ -> %{}
+      end
+
+    Map.merge(start, %{
+      create_duration: create,
+      remote_up_duration: duration - create - Map.get(start, :pod_start_duration, 0)
+    })
   end
 
   @doc """
