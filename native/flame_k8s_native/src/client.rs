@@ -30,11 +30,14 @@ const CONNECTION_TIMEOUT_MARGIN: Duration = Duration::from_secs(1);
 
 /// Creates (pods and secrets) in flight at once per client unless `connect` says otherwise.
 /// A burst of boots then reaches the API server as a steady stream instead of hundreds of
-/// POSTs at once: each in-flight request is an HTTP/1.1 connection of its own (TCP + TLS
-/// handshake, a socket, a seat in the server's priority-and-fairness queue), and a create takes
-/// ~10-50 ms, so 32 keep up with several hundred creates per second — far more than runners
-/// can boot — while staying well inside what one client should take of a server that is
-/// shared with the whole cluster (the default mutating-request limit is 200 for all clients).
+/// POSTs at once. Each in-flight request is an HTTP/1.1 connection of its own (TCP + TLS
+/// handshake, a socket) and a seat in the server's priority and fairness: by default 600
+/// seats in all (--max-requests-inflight 400 + --max-mutating-requests-inflight 200) for the
+/// whole cluster, of which a service account's requests share the workload-low level's
+/// part. A create takes ~10-50 ms, so 32 keep up with several hundred creates per second, far
+/// more than runners can boot. On the local control plane, 500 creates from one service
+/// account: limit 32, 32 connections, no 429, 1.3 s; unlimited, 533 connections, 61 requests
+/// refused with 429 (then retried), 1.6 s.
 pub const DEFAULT_MAX_CONCURRENT_CREATES: u32 = 32;
 
 /// `:in_cluster`, `:kubeconfig` or `:explicit` (`Kube.connect/1` resolves `:auto`).
