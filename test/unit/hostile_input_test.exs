@@ -41,13 +41,20 @@ defmodule FLAMEK8sBackend.HostileInputTest do
     "spec" => %{"containers" => [%{"name" => "c", "image" => "i"}]}
   }
 
+  # Any CA certificate: a connection given one does not load the system's roots (~10 ms per
+  # connection), which keeps the many successful connects of the property cheap.
+  @ca_pem (case Path.wildcard("/etc/ssl/certs/*.pem") do
+             [file | _] -> File.read!(file)
+             [] -> nil
+           end)
+
   defp connect_opts_map do
     %{
       mode: :explicit,
       kubeconfig: nil,
       context: nil,
       url: "https://127.0.0.1:1",
-      ca_cert_pem: nil,
+      ca_cert_pem: @ca_pem,
       token: @token,
       insecure_skip_tls_verify: false,
       request_timeout_ms: 2_000,
@@ -120,8 +127,10 @@ defmodule FLAMEK8sBackend.HostileInputTest do
        ], &Native.await_pod/5},
       {"Native.cancel/1", :sync, [{:handle, :fresh_handle, ["handle:"]}], &Native.cancel/1},
       {"Kube.connect/1", :kube,
-       [{:opts, [url: "https://127.0.0.1:1", token: @token], connect_prefixes()}],
-       &Kube.connect/1},
+       [
+         {:opts, [url: "https://127.0.0.1:1", token: @token, ca_cert_pem: @ca_pem],
+          connect_prefixes()}
+       ], &Kube.connect/1},
       {"Kube.get_pod/3", :kube,
        [{:kube, kube, []}, {:ns, "d", ["namespace:"]}, {:name, "p", ["name:"]}], &Kube.get_pod/3},
       {"Kube.create_pod/3", :kube,
@@ -1079,6 +1088,57 @@ defmodule FLAMEK8sBackend.HostileInputTest do
     after
       0 -> :ok
     end
+  end
+
+  # A short token is replaced wherever its characters occur: "clien[REDACTED] error ..." for
+  # the token "t". Tokens are long in practice, but the messages must stay readable whatever
+  # the token.
+  @tag skip:
+         "known bug: error.rs redact/2 replaces any non-empty token, so a short one garbles " <>
+           "every message (a minimum length or whole-word matching bounds it)"
+  test "a short token does not garble error messages" do
+    {:ok, long} = Kube.connect(url: "https://127.0.0.1:1", token: @token, request_timeout: 2_000)
+    {:ok, _} = Kube.get_pod(long, "d", "p") |> then(&{:ok, &1})
+    {:error, {:connect, expected}} = Kube.get_pod(long, "d", "p")
+
+    for token <- ["t", "e", "on", "err", "tcp "] do
+      {:ok, short} =
+        Kube.connect(url: "https://127.0.0.1:1", token: token, request_timeout: 2_000)
+
+      assert {:error, {:connect, ^expected}} = Kube.get_pod(short, "d", "p")
+    end
+  end
+
+  # ArgumentError messages `inspect` the bad value with the default limits: a term whose
+  # subterms are shared grows exponentially in print (limit 50 per level), and a huge integer
+  # is printed whole (a 4-million-bit one takes about a minute).
+  @tag skip:
+         "known bug: Kube's bad/3 inspects hostile values without bounds (shared subterms, " <>
+           "huge integers)"
+  test "an ArgumentError about a hostile value costs bounded time", %{kube: kube} do
+    for value <- [P.dag("x", 22, :list), P.dag("x", 14, :map), Bitwise.bsl(1, 1_000_000)] do
+      {us, _} =
+        :timer.tc(fn ->
+          assert_raise ArgumentError, fn -> Kube.get_pod(kube, "d", value) end
+        end)
+
+      assert us < 500_000, "#{div(us, 1000)} ms"
+    end
+  end
+
+  # A manifest or body term is copied (enif_make_copy) and converted by the NIF node by node:
+  # shared subterms are copied and converted every time they occur. 24 levels of [x, x] are a
+  # few hundred bytes on the caller's heap and 2^24 leaves for the NIF (seconds, ~1 GB);
+  # 40 levels would exhaust the machine's memory. A bound on the number of nodes (checked on
+  # the term before it is copied) turns it into an error.
+  @tag skip:
+         "known bug: the NIF copies and converts shared subterms without a bound on the " <>
+           "flattened size (nif/args.rs Owned::new, term.rs term_to_json)"
+  test "a term with shared subterms is refused before it is copied", %{kube: kube} do
+    body = %{"a" => P.dag("x", 24, :list)}
+    {us, result} = :timer.tc(fn -> Kube.request(kube, "POST", "/x", body: body) end)
+    assert {:error, {:invalid_manifest, _}} = result
+    assert us < 1_000_000, "#{div(us, 1000)} ms"
   end
 
   ## Big ones, once each
