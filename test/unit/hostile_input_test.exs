@@ -113,7 +113,7 @@ defmodule FLAMEK8sBackend.HostileInputTest do
          {:client, c, ["client:"]},
          {:method, :get, ["method:"]},
          {:path, "/version", ["path:"]},
-         {:body, nil, []},
+         {:body, nil, ["body:"]},
          {:content_type, nil, ["content_type:"]},
          {:ref, ref, ["ref:"]}
        ], &Native.request/6},
@@ -789,8 +789,9 @@ defmodule FLAMEK8sBackend.HostileInputTest do
 
   test "unique strings in every atom-like position never become atoms", %{kube: kube} do
     c = kube.resource
-    # Warm-up of every path below with one value.
-    atom_attempts(kube, c, 0)
+    # Warm-up: a batch like the measured ones loads every module their paths touch (the
+    # first batch of a fresh VM added 90 atoms that way, the next ones none).
+    for i <- 1..200, do: atom_attempts(kube, c, -i)
     atoms_before = :erlang.system_info(:atom_count)
 
     deltas =
@@ -1136,8 +1137,21 @@ defmodule FLAMEK8sBackend.HostileInputTest do
            "flattened size (nif/args.rs Owned::new, term.rs term_to_json)"
   test "a term with shared subterms is refused before it is copied", %{kube: kube} do
     body = %{"a" => P.dag("x", 24, :list)}
-    {us, result} = :timer.tc(fn -> Kube.request(kube, "POST", "/x", body: body) end)
-    assert {:error, {:invalid_manifest, _}} = result
+
+    # Rescued here: a failure must not print the arguments (2^24 leaves in print).
+    {us, result} =
+      :timer.tc(fn ->
+        try do
+          Kube.request(kube, "POST", "/x", body: body)
+        rescue
+          e in ArgumentError -> {:raised, e.message}
+        end
+      end)
+
+    assert match?({:raised, "body:" <> _}, result) or
+             match?({:error, {:invalid_manifest, _}}, result),
+           inspect(result, limit: 5, printable_limit: 200)
+
     assert us < 1_000_000, "#{div(us, 1000)} ms"
   end
 
@@ -1171,8 +1185,11 @@ defmodule FLAMEK8sBackend.HostileInputTest do
       {us, result} = :timer.tc(fn -> outcome(fun) end)
       IO.puts("#{String.pad_trailing(what, 56)} #{div(us, 1000)} ms  #{describe(result)}")
 
+      # :timeout - a debug build of the NIF may take longer than the request timeout (2 s)
+      # to convert a million-element body: the task is bounded by it.
       assert match?(
-               {:returned, {:error, {tag, _}}} when tag in [:invalid_manifest, :connect],
+               {:returned, {:error, {tag, _}}}
+               when tag in [:invalid_manifest, :connect, :timeout],
                result
              ) or
                match?({:raised, %ArgumentError{}}, result),
@@ -1184,7 +1201,7 @@ defmodule FLAMEK8sBackend.HostileInputTest do
     assert Native.noop() == :ok
   end
 
-  defp describe({:returned, {:error, {tag, m}}}),
+  defp describe({:returned, {:error, {tag, m}}}) when is_binary(m),
     do: "{:error, {#{inspect(tag)}, #{inspect(String.slice(m, 0, 80))}}}"
 
   defp describe({:raised, e}),
