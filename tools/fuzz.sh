@@ -11,7 +11,7 @@
 # with libFuzzer's report (reproduce: cargo +nightly fuzz run <target> <that file>).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# shellcheck source=ensure-toolchains.sh
+# shellcheck source=tools/ensure-toolchains.sh
 . tools/ensure-toolchains.sh
 
 seconds="${FUZZ_SECONDS:-30}"
