@@ -140,6 +140,7 @@ defmodule FLAMEK8sBackend do
     :pod_manifest,
     :secret_manifest,
     :runner_name,
+    :runner_selector,
     :app_container,
     :boot_timeout,
     :unschedulable,
@@ -161,6 +162,7 @@ defmodule FLAMEK8sBackend do
           pod_manifest: map() | nil,
           secret_manifest: map() | nil,
           runner_name: String.t(),
+          runner_selector: String.t(),
           app_container: String.t() | nil,
           boot_timeout: pos_integer(),
           unschedulable: :wait | :fail,
@@ -197,6 +199,8 @@ defmodule FLAMEK8sBackend do
          pod_manifest: pod_manifest,
          secret_manifest: RunnerPod.secret(parent_pod, spec, Atom.to_string(Node.get_cookie())),
          runner_name: spec.runner_name,
+         # Every boot of this parent shares one watch of the parent's runner pods.
+         runner_selector: RunnerPod.selector(parent_pod),
          app_container: RunnerPod.app_container_name(pod_manifest),
          boot_timeout: opts.boot_timeout,
          unschedulable: opts.unschedulable,
@@ -414,7 +418,8 @@ defmodule FLAMEK8sBackend do
     case Kube.await_pod(state.kube, state.namespace, state.runner_name,
            timeout: remaining(deadline),
            unschedulable: state.unschedulable,
-           report_ready: false
+           report_ready: false,
+           label_selector: state.runner_selector
          ) do
       {:ok, await} ->
         receive_boot(state, await, deadline, started, progress)

@@ -15,6 +15,8 @@ ensure_toolchains() {
   # The tests lint the example scripts with it.
   command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
   command -v dialyzer >/dev/null 2>&1 || missing+=(erlang-dialyzer)
+  # The hostile-input property tests use PropEr.
+  ls -d /usr/lib/erlang/lib/proper-* >/dev/null 2>&1 || missing+=(erlang-proper)
   if [ "${#missing[@]}" -gt 0 ]; then
     if [ "$(id -u)" != 0 ]; then
       echo "missing: ${missing[*]} (install them: sudo apt-get install elixir erlang-dev)" >&2

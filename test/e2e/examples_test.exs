@@ -18,6 +18,8 @@ defmodule FLAMEK8sBackend.ExamplesTest do
   @manifests Path.wildcard(Path.join(@root, "examples/kubernetes/*.yaml"))
   @example_objects [
     "Deployment/my-app",
+    "NetworkPolicy/my-app-flame-parent",
+    "NetworkPolicy/my-app-flame-runners",
     "Role/my-app-flame",
     "RoleBinding/my-app-flame",
     "Secret/my-app-cookie",

@@ -481,6 +481,8 @@ defmodule FLAMEK8sBackend.RealNodeParentTest do
   test "the example manifests are accepted as they are", ctx do
     assert Enum.sort(ctx.created) == [
              "ok Deployment/flame-demo",
+             "ok NetworkPolicy/flame-demo-flame-parent",
+             "ok NetworkPolicy/flame-demo-flame-runners",
              "ok Role/flame-demo-flame",
              "ok RoleBinding/flame-demo-flame",
              "ok Secret/flame-demo-cookie",

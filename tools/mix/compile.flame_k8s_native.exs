@@ -313,12 +313,16 @@ defmodule Mix.Tasks.Compile.FlameK8sNative do
   defp stale?(root, installed) do
     crate = FLAMEK8sNative.crate()
 
+    # fuzz/ is its own crate (cargo fuzz), not part of the NIF.
     sources =
-      Path.wildcard(Path.join(root, "native/#{crate}/**/*.{rs,toml}")) ++
+      Path.wildcard(Path.join(root, "native/#{crate}/**/*.{rs,toml}"))
+      |> Enum.reject(&String.contains?(&1, "/native/#{crate}/fuzz/"))
+      |> Kernel.++(
         Enum.filter(
           [Path.join(root, "Cargo.toml"), Path.join(root, "Cargo.lock")],
           &File.exists?/1
         )
+      )
 
     case File.stat(installed, time: :posix) do
       {:ok, %{mtime: built}} ->
