@@ -473,15 +473,17 @@ defmodule FLAMEK8sBackend.HostileInputTest do
 
   defp follow(:native_await, args, {:returned, {:ok, handle}} = result)
        when is_reference(handle) do
-    ref = List.last(args)
-    _ = Native.cancel(handle)
-    flush(ref)
+    cancel_and_drain(handle, List.last(args))
     result
   end
 
-  defp follow(:kube_await, _args, {:returned, {:ok, %{ref: ref} = await}} = result) do
+  defp follow(
+         :kube_await,
+         _args,
+         {:returned, {:ok, %{ref: ref, handle: handle} = await}} = result
+       ) do
+    cancel_and_drain(handle, ref)
     :ok = Kube.cancel_await(await)
-    flush(ref)
     result
   end
 
@@ -505,6 +507,20 @@ defmodule FLAMEK8sBackend.HostileInputTest do
   end
 
   defp follow(_, _args, result), do: result
+
+  # A cancel that lost the race to the reply (`:sent`) means the reply is in the mailbox or on
+  # its way: wait for it, so it is not taken for a reply nobody waited for.
+  defp cancel_and_drain(handle, ref) do
+    with :sent <- Native.cancel(handle) do
+      receive do
+        {:flame_k8s, ^ref, _} -> :ok
+      after
+        10_000 -> :ok
+      end
+    end
+
+    flush(ref)
+  end
 
   defp flush(ref) do
     receive do
