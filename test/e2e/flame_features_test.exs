@@ -21,45 +21,7 @@ defmodule FLAMEK8sBackend.FlameFeaturesE2ETest do
   # writable, as a read-only root filesystem would be to anyone.
   @nobody 65_534
 
-  setup %{kube: kube, namespace: ns} do
-    LocalCluster.create_parent_pod!(kube, ns)
-
-    opts = [
-      parent_pod: {ns, "parent"},
-      kubeconfig: LocalCluster.info().kubeconfig,
-      boot_timeout: 30_000
-    ]
-
-    %{opts: opts}
-  end
-
-  defp start_pool!(opts, pool_opts \\ []) do
-    name = :"pool_#{System.unique_integer([:positive])}"
-
-    start_supervised!(
-      {FLAME.Pool,
-       [
-         name: name,
-         backend: {FLAMEK8sBackend, opts},
-         min: 0,
-         max: 1,
-         max_concurrency: 10,
-         boot_timeout: Keyword.fetch!(opts, :boot_timeout),
-         idle_shutdown_after: 60_000
-       ]
-       |> Keyword.merge(pool_opts)},
-      id: name
-    )
-
-    name
-  end
-
-  defp runner_pods(kube, ns) do
-    {:ok, pods} =
-      Kube.list_pods(kube, ns, label_selector: "app.kubernetes.io/managed-by=flame_k8s_backend")
-
-    pods
-  end
+  setup :parent_setup
 
   defp gone?(kube, ns, name) do
     match?({:error, {:api, 404, _, _}}, Kube.get_pod(kube, ns, name)) and

@@ -29,6 +29,54 @@ defmodule FLAMEK8sBackend.Test.ClusterCase do
   end
 
   @doc """
+  A parent pod named `parent` in `namespace` and the backend options that boot runners from it
+  through the local control plane's kubeconfig.
+  """
+  def parent_setup(%{kube: kube, namespace: ns}) do
+    LocalCluster.create_parent_pod!(kube, ns)
+
+    opts = [
+      parent_pod: {ns, "parent"},
+      kubeconfig: LocalCluster.info().kubeconfig,
+      boot_timeout: 30_000
+    ]
+
+    %{opts: opts}
+  end
+
+  @doc "Starts a supervised FLAME pool on `FLAMEK8sBackend` with `opts`; returns its name."
+  def start_pool!(opts, pool_opts \\ []) do
+    name = :"pool_#{System.unique_integer([:positive])}"
+
+    ExUnit.Callbacks.start_supervised!(
+      {FLAME.Pool,
+       [
+         name: name,
+         backend: {FLAMEK8sBackend, opts},
+         min: 0,
+         max: 1,
+         max_concurrency: 10,
+         boot_timeout: Keyword.fetch!(opts, :boot_timeout),
+         idle_shutdown_after: 60_000
+       ]
+       |> Keyword.merge(pool_opts)},
+      id: name
+    )
+
+    name
+  end
+
+  @doc "The runner pods in `namespace`."
+  def runner_pods(kube, ns) do
+    {:ok, pods} =
+      FLAMEK8sBackend.Kube.list_pods(kube, ns,
+        label_selector: "app.kubernetes.io/managed-by=flame_k8s_backend"
+      )
+
+    pods
+  end
+
+  @doc """
   Waits for a condition that no event announces (e.g. a Tokio task finishing after its
   cancellation). Checks every 20 ms, gives up after `timeout` ms.
   """
