@@ -154,7 +154,7 @@ defmodule FLAMEK8sBackend.SecretsScanE2ETest do
     end
 
     # 1. A successful boot through a pool; every process state while the runner is up.
-    pool = start_pool!(opts)
+    pool = start_debug_pool!(opts)
     assert {_runner, 49} = FLAME.call(pool, RemoteFuns.square(7))
     show_all_states(show, "with a runner up")
 
@@ -393,7 +393,7 @@ defmodule FLAMEK8sBackend.SecretsScanE2ETest do
     [kubelet | contents]
   end
 
-  defp start_pool!(opts) do
+  defp start_debug_pool!(opts) do
     name = :"scan_pool_#{System.unique_integer([:positive])}"
 
     start_supervised!(
@@ -409,13 +409,6 @@ defmodule FLAMEK8sBackend.SecretsScanE2ETest do
     )
 
     name
-  end
-
-  defp runner_pods(kube, ns) do
-    {:ok, pods} =
-      Kube.list_pods(kube, ns, label_selector: "app.kubernetes.io/managed-by=flame_k8s_backend")
-
-    pods
   end
 
   defp rand, do: Base.encode32(:crypto.strong_rand_bytes(15), padding: false)
