@@ -88,7 +88,9 @@ defmodule FLAMEK8sBackend.ReaperTest do
     :ok = Reaper.monitor(reaper, terminator)
 
     # FLAME's terminator tells the parent first (its Runner stops), then stops its own VM.
+    owner_monitor = Process.monitor(owner)
     send(owner, :stop)
+    assert_receive {:DOWN, ^owner_monitor, :process, ^owner, :normal}, 5_000
     wait_until(fn -> :sys.get_state(reaper).waiting_for_node? end)
     refute_received {:api_request, _, _, _}
 
@@ -100,12 +102,14 @@ defmodule FLAMEK8sBackend.ReaperTest do
     assert_receive {:DOWN, ^monitor, :process, ^reaper, :normal}, 5_000
   end
 
-  # Polls a condition the reaper's state exposes; each check is a call into the reaper.
-  defp wait_until(check, attempts \\ 100) do
+  # Polls a condition the reaper's state exposes; each check is a call into the reaper, so
+  # the reaper handles the owner's :DOWN (sent when the owner exited) between two checks. A
+  # deadline, not a count: on a loaded machine 100 calls can come before that signal does.
+  defp wait_until(check, deadline \\ System.monotonic_time(:millisecond) + 5_000) do
     cond do
       check.() -> :ok
-      attempts == 0 -> flunk("condition never held")
-      true -> wait_until(check, attempts - 1)
+      System.monotonic_time(:millisecond) > deadline -> flunk("condition never held in 5 s")
+      true -> wait_until(check, deadline)
     end
   end
 
