@@ -623,6 +623,72 @@ defmodule FLAMEK8sBackend.RealNodeParentTest do
     assert want -- ips == []
   end
 
+  test "code_sync to a runner with a read-only root, as a non-root user: the code lands in :tmp_dir",
+       ctx do
+    parent = parent!(ctx)
+    module = Module.concat(RealNodeTest, "CodeSyncProbe#{System.unique_integer([:positive])}")
+
+    # Only the parent pod has this module, in a beam file of its own: the runner can run it
+    # only if code sync brought it there.
+    [{^module, beam}] =
+      Code.compile_string("""
+      defmodule #{inspect(module)} do
+        def run do
+          [_, uid | _] = Regex.run(~r/^Uid:\\s+(\\d+)/m, File.read!("/proc/self/status"))
+
+          %{
+            node: node(),
+            uid: String.to_integer(uid),
+            loaded_from: List.to_string(:code.which(__MODULE__)),
+            tmp_dir: System.tmp_dir(),
+            write_to_root: File.write("/flame-k8s-code-sync-probe", "")
+          }
+        end
+      end
+      """)
+
+    :code.purge(module)
+    :code.delete(module)
+    ebin = "/tmp/#{module}/ebin"
+    :ok = rpc(parent, File, :mkdir_p, [ebin])
+    :ok = rpc(parent, File, :write, [Path.join(ebin, "#{module}.beam"), beam])
+
+    manifest = %{
+      "spec" => %{
+        "securityContext" => %{"runAsNonRoot" => true, "runAsUser" => 65_534},
+        "containers" => [%{"securityContext" => %{"readOnlyRootFilesystem" => true}}]
+      }
+    }
+
+    pool =
+      start_pool!(parent, [manifest: manifest],
+        code_sync: [
+          start_apps: false,
+          copy_apps: false,
+          sync_beams: [ebin],
+          extract_dir: {System, :tmp_dir!, []}
+        ]
+      )
+
+    on_exit(fn -> stop_pool(parent, pool) end)
+    result = rpc(parent, FLAME, :call, [pool, Function.capture(module, :run, 0)])
+
+    assert result.node != parent.node
+    assert result.uid == 65_534
+    # A real read-only root: the kernel refuses the write for the mount (EROFS) before any
+    # permission check (which would say EACCES for this user).
+    assert result.write_to_root == {:error, :erofs}
+    assert String.starts_with?(result.loaded_from, result.tmp_dir <> "/")
+
+    [_, runner_pod] = Regex.run(~r/^(.+)@/, Atom.to_string(result.node))
+    {:ok, pod} = Kube.get_pod(ctx.kube, ctx.namespace, runner_pod)
+    [container] = pod["spec"]["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] == true
+    tmp_volume = Enum.find(pod["spec"]["volumes"], &(&1["name"] == "flame-tmp"))
+    assert tmp_volume["emptyDir"] == %{}
+    assert %{"name" => "flame-tmp", "mountPath" => result.tmp_dir} in container["volumeMounts"]
+  end
+
   test "the Deployment's selector labels on a runner: the owner reference keeps the ReplicaSet off",
        ctx do
     parent = parent!(ctx)
