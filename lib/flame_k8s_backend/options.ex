@@ -154,6 +154,18 @@ defmodule FLAMEK8sBackend.Options do
       `FLAME.place_child/3`, Livebook), which it would kill in the middle of their work.\
       """
     ],
+    service_account_name: [
+      type: :dns_subdomain,
+      default: nil,
+      default_doc: "the parent pod's service account",
+      doc: """
+      the ServiceAccount the runner pods run as (their `spec.serviceAccountName`; it wins \
+      over `:manifest`'s). Runners rarely need what the parent needs: give them an account \
+      whose Role allows only `delete` on `pods`, so a runner can delete its own pod when it \
+      shuts down and nothing else (see the README's "Runner service account" and \
+      `examples/kubernetes/runner-rbac.yaml`).\
+      """
+    ],
     # FLAME passes its own terminator supervisor; this backend has no use for it.
     terminator_sup: [type: :any, default: nil, doc: false]
   ]
@@ -186,7 +198,8 @@ defmodule FLAMEK8sBackend.Options do
   # never connect to its parent (the pure-Elixir backend let :env override it).
   @reserved_env %{
     "RELEASE_COOKIE" => """
-    is always the parent's cookie, which the runner gets through its own secret: a runner \
+    is always the parent's cookie, which the runner gets through its own secret (or the \
+    parent's Secret its RELEASE_COOKIE comes from): a runner \
     with another cookie cannot connect to the parent. Set the parent's cookie instead\
     """
   }
@@ -213,6 +226,7 @@ defmodule FLAMEK8sBackend.Options do
           tmp_dir: String.t() | false,
           dist_port: 1..65_535 | nil,
           active_deadline_seconds: pos_integer() | nil,
+          service_account_name: String.t() | nil,
           terminator_sup: term()
         }
 
@@ -395,6 +409,12 @@ defmodule FLAMEK8sBackend.Options do
       {name, v} when is_binary(v) -> {name, v}
       {name, v} -> bad!(key, "string values, #{name} is", v)
     end)
+  end
+
+  defp check(:dns_subdomain, key, value) do
+    if is_binary(value) and Regex.match?(@dns_subdomain, value),
+      do: value,
+      else: bad!(key, "a Kubernetes name (lowercase letters, digits, - and .)", value)
   end
 
   defp check(:parent_pod, key, {namespace, name} = value)

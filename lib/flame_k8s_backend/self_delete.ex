@@ -1,7 +1,10 @@
 defmodule FLAMEK8sBackend.SelfDelete do
   @moduledoc """
-  Runs on a runner node in `FLAMEK8sBackend.system_shutdown/0`: deletes the runner's own pod and
-  secret (both named `POD_NAME`) with the pod's service account, when that account may.
+  Runs on a runner node in `FLAMEK8sBackend.system_shutdown/0`: deletes the runner's own pod,
+  named `POD_NAME`, and its secret when it has one (named by `FLAME_K8S_RUNNER_SECRET`; a runner
+  whose cookie comes from the parent's Secret has none), with the pod's service account, when
+  that account may. The least it needs is `delete` on `pods` (see the README's runner service
+  account).
 
   Best effort and bounded: the parent deletes them too when it sees the runner go down, so a
   runner without credentials (or without RBAC for it) simply skips this. Each delete it sends
@@ -17,7 +20,7 @@ defmodule FLAMEK8sBackend.SelfDelete do
   # timeout: stay well inside it, whatever the API server does.
   @budget 1_500
 
-  @doc "Deletes the runner's pod and secret if running in a cluster; always returns `:ok`."
+  @doc "Deletes the runner's pod (and secret) if running in a cluster; always returns `:ok`."
   @spec run() :: :ok
   def run do
     task = Task.async(&delete_own/0)
@@ -32,10 +35,16 @@ defmodule FLAMEK8sBackend.SelfDelete do
          {:ok, kube} <- Kube.connect(mode: :in_cluster, request_timeout: @request_timeout) do
       meta = %{deleter: :runner, trigger: :system_shutdown, namespace: namespace, name: name}
 
-      _ =
-        Telemetry.cleanup(Map.put(meta, :kind, :secret), fn ->
-          {Kube.delete_secret(kube, namespace, name), 1}
-        end)
+      case System.get_env("FLAME_K8S_RUNNER_SECRET") do
+        secret when secret not in [nil, ""] ->
+          _ =
+            Telemetry.cleanup(Map.merge(meta, %{kind: :secret, name: secret}), fn ->
+              {Kube.delete_secret(kube, namespace, secret), 1}
+            end)
+
+        _ ->
+          :ok
+      end
 
       _ =
         Telemetry.cleanup(Map.put(meta, :kind, :pod), fn ->
