@@ -201,6 +201,29 @@ defmodule FLAMEK8sBackend.OptionsTest do
     end
   end
 
+  describe "service_account_name" do
+    test "unset by default: runners run as the parent's service account" do
+      assert %{service_account_name: nil} = Options.validate!([])
+
+      assert %{service_account_name: "web-runner"} =
+               Options.validate!(service_account_name: "web-runner")
+
+      assert Options.docs() =~
+               ~r/`:service_account_name` - .* Default: the parent pod's service account\./
+    end
+
+    for value <- ["", "Web_Runner", "-web", :web] do
+      test "#{inspect(value)} is rejected naming the option" do
+        error =
+          assert_raise ArgumentError, fn ->
+            Options.validate!(service_account_name: unquote(value))
+          end
+
+        assert error.message =~ "option :service_account_name: expected a Kubernetes name"
+      end
+    end
+  end
+
   describe "docs/0, rendered from the schema that validates" do
     test "documents every option with its default, and only FLAME's own one is left out" do
       docs = Options.docs()
