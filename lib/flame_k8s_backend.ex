@@ -23,9 +23,13 @@ defmodule FLAMEK8sBackend do
   The parent pod needs `POD_NAME` and `POD_NAMESPACE` from the downward API, must run as a
   distributed node reachable at its pod IP (`RELEASE_DISTRIBUTION=name`,
   `RELEASE_NODE=my_app@$(POD_IP)`), and its service account needs `get`, `list`, `watch`,
-  `create`, `delete` on `pods` and `create`, `delete` on `secrets` in its namespace; `list` on
+  `create`, `delete` on `pods` and `create`, `delete` on `secrets` in its namespace (`secrets`
+  only for runners with a Secret of their own: with `:secret_env`, or when the parent's
+  `RELEASE_COOKIE` does not come from a Secret, which runners then reference); `list` on
   `events` and `get` on `pods/log` are optional (they let a failed boot's error tell
-  Kubernetes' side of the story). See the README and `examples/kubernetes/`.
+  Kubernetes' side of the story). Runners run as the parent's service account unless
+  `:service_account_name` names another; the least a runner's needs is `delete` on `pods`.
+  See the README and `examples/kubernetes/`.
 
   ## Options
 
@@ -222,7 +226,8 @@ defmodule FLAMEK8sBackend do
   end
 
   @doc """
-  `FLAME.Backend` callback: creates the runner's secret and pod, waits for the pod (a watch)
+  `FLAME.Backend` callback: creates the runner's secret (if it has one) and pod, waits for the
+  pod (a watch)
   and for the runner's `remote_up`, all within `:boot_timeout`. On failure the pod and secret
   are deleted and `{:error, %FLAMEK8sBackend.BootError{}}` is returned.
   """
@@ -298,7 +303,7 @@ defmodule FLAMEK8sBackend do
   end
 
   @doc """
-  `FLAME.Backend` callback, run on the runner node: deletes its own pod and secret when its
+  `FLAME.Backend` callback, run on the runner node: deletes its own pod (and secret) when its
   service account may (see `FLAMEK8sBackend.SelfDelete`), then stops the VM.
   """
   @impl true
