@@ -227,9 +227,8 @@ defmodule FLAMEK8sBackend do
 
   @doc """
   `FLAME.Backend` callback: creates the runner's secret (if it has one) and pod, waits for the
-  pod (a watch)
-  and for the runner's `remote_up`, all within `:boot_timeout`. On failure the pod and secret
-  are deleted and `{:error, %FLAMEK8sBackend.BootError{}}` is returned.
+  pod (a watch) and for the runner's `remote_up`, all within `:boot_timeout`. On failure the
+  pod and secret are deleted and `{:error, %FLAMEK8sBackend.BootError{}}` is returned.
   """
   @impl true
   @spec remote_boot(t()) :: {:ok, pid(), t()} | {:error, BootError.t()}
