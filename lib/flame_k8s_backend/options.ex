@@ -43,7 +43,9 @@ defmodule FLAMEK8sBackend.Options do
       default: %{},
       doc: """
       `%{"NAME" => "value"}` given to the runner through its secret, never as plain pod env. \
-      Values never appear in errors or `inspect/1`.\
+      Values never appear in errors or `inspect/1`. A function of no arguments returning that \
+      map is called at each `init/1` instead: the pool's own state (FLAME keeps the backend's \
+      options, and a crash report prints them) then holds the function, not the values.\
       """
     ],
     labels: [
@@ -427,6 +429,14 @@ defmodule FLAMEK8sBackend.Options do
   defp check(:parent_pod, key, value), do: bad!(key, "{namespace, name}", value)
 
   # Secret values are never echoed back, not even in an error: only names and types.
+  defp check(:secret_env, key, fun) when is_function(fun, 0) do
+    case fun.() do
+      # One call only: a function returning a function is no map.
+      value when is_function(value) -> check(:secret_env, key, :not_a_map)
+      value -> check(:secret_env, key, value)
+    end
+  end
+
   defp check(:secret_env, key, value) when is_map(value) or is_list(value) do
     value
     |> Enum.map(fn
