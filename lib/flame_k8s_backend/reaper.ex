@@ -20,6 +20,7 @@ defmodule FLAMEK8sBackend.Reaper do
   `FLAMEK8sBackend.remote_boot/1` uses it like this:
 
       {:ok, reaper} = Reaper.start(kube, namespace, self(), log)
+      # Only for a runner with a secret of its own (never the parent's Secret it may reference).
       :ok = Reaper.track(reaper, :secret, runner_name)
       :ok = Reaper.track(reaper, :pod, runner_name)
       # ... create the secret and the pod, await the runner's remote_up, then either

@@ -35,16 +35,16 @@ defmodule FLAMEK8sBackend.SelfDelete do
          {:ok, kube} <- Kube.connect(mode: :in_cluster, request_timeout: @request_timeout) do
       meta = %{deleter: :runner, trigger: :system_shutdown, namespace: namespace, name: name}
 
-      case System.get_env("FLAME_K8S_RUNNER_SECRET") do
-        secret when secret not in [nil, ""] ->
-          _ =
+      _ =
+        case System.get_env("FLAME_K8S_RUNNER_SECRET") do
+          secret when secret not in [nil, ""] ->
             Telemetry.cleanup(Map.merge(meta, %{kind: :secret, name: secret}), fn ->
               {Kube.delete_secret(kube, namespace, secret), 1}
             end)
 
-        _ ->
-          :ok
-      end
+          _ ->
+            :ok
+        end
 
       _ =
         Telemetry.cleanup(Map.put(meta, :kind, :pod), fn ->

@@ -123,12 +123,12 @@ defmodule FLAMEK8sBackend.Sweep do
         {Kube.delete_pod(kube, namespace, name, grace_period: 0), 1}
       end)
 
-    if own_secret?(pod, name) do
-      _ =
+    _ =
+      if own_secret?(pod, name) do
         Telemetry.cleanup(Map.put(meta, :kind, :secret), fn ->
           {Kube.delete_secret(kube, namespace, name), 1}
         end)
-    end
+      end
 
     if log, do: Logger.log(log, "swept finished runner pod #{namespace}/#{name}")
   end
