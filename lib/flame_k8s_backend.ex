@@ -398,6 +398,15 @@ defmodule FLAMEK8sBackend do
     started = now()
     progress = BootProgress.new(pod_id(state), node())
     %{pod: pod_manifest, secret: secret_manifest} = state.sealed.()
+    # The runner tells its reaper what it deleted itself on shutdown (SelfDelete).
+    pod_manifest =
+      RunnerPod.put_env(
+        pod_manifest,
+        state.app_container,
+        "FLAME_K8S_REAPER",
+        SelfDelete.encode_reaper(reaper)
+      )
+
     if secret_manifest, do: :ok = Reaper.track(reaper, :secret, state.runner_name)
     :ok = Reaper.track(reaper, :pod, state.runner_name)
 

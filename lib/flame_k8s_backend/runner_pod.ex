@@ -163,6 +163,28 @@ defmodule FLAMEK8sBackend.RunnerPod do
   end
 
   @doc """
+  Sets the plain env var `name` of `pod`'s container `container_name` (the app container) to
+  `value`, replacing a variable of that name; the other containers are left as they are.
+
+      iex> pod = %{"spec" => %{"containers" => [%{"name" => "app", "env" => [%{"name" => "A", "value" => "1"}]}]}}
+      iex> FLAMEK8sBackend.RunnerPod.put_env(pod, "app", "B", "2")["spec"]["containers"]
+      [%{"name" => "app", "env" => [%{"name" => "A", "value" => "1"}, %{"name" => "B", "value" => "2"}]}]
+  """
+  @spec put_env(map(), String.t(), String.t(), String.t()) :: map()
+  def put_env(pod, container_name, name, value) do
+    update_in(pod, ["spec", "containers"], fn containers ->
+      Enum.map(containers, fn
+        %{"name" => ^container_name} = container ->
+          env = Enum.reject(container["env"] || [], &(&1["name"] == name))
+          Map.put(container, "env", env ++ [env(name, value)])
+
+        other ->
+          other
+      end)
+    end)
+  end
+
+  @doc """
   Builds the runner pod manifest from the parent pod.
 
   Returns `{:error, {:app_container_not_found, name, available_names}}` when the parent has no
@@ -343,7 +365,8 @@ defmodule FLAMEK8sBackend.RunnerPod do
   defp drop_parent_env(env) do
     Enum.reject(
       env,
-      &(&1["name"] in (@fixed_first ++ ~w(FLAME_PARENT RELEASE_NODE FLAME_K8S_RUNNER_SECRET)))
+      &(&1["name"] in (@fixed_first ++
+                         ~w(FLAME_PARENT RELEASE_NODE FLAME_K8S_RUNNER_SECRET FLAME_K8S_REAPER)))
     )
   end
 

@@ -83,13 +83,13 @@ defmodule FLAMEK8sBackend.ReaperTest do
       })
 
     owner = runner()
-    terminator = Node.spawn(runner_node, fn -> Process.sleep(:infinity) end)
+    terminator = Node.spawn(runner_node, :timer, :sleep, [:infinity])
     {reaper, monitor} = start_reaper!(kube!(), owner)
     :ok = Reaper.monitor(reaper, terminator)
 
     # FLAME's terminator tells the parent first (its Runner stops), then stops its own VM.
-    send(owner, :stop)
-    wait_until(fn -> :sys.get_state(reaper).waiting_for_node? end)
+    stop_owner(owner)
+    assert :sys.get_state(reaper).waiting_for_node?
     refute_received {:api_request, _, _, _}
 
     :ok = :peer.stop(peer)
@@ -100,13 +100,45 @@ defmodule FLAMEK8sBackend.ReaperTest do
     assert_receive {:DOWN, ^monitor, :process, ^reaper, :normal}, 5_000
   end
 
-  # Polls a condition the reaper's state exposes; each check is a call into the reaper.
-  defp wait_until(check, attempts \\ 100) do
-    cond do
-      check.() -> :ok
-      attempts == 0 -> flunk("condition never held")
-      true -> wait_until(check, attempts - 1)
+  for {deleted, left} <- [{[:pod, :secret], []}, {[:pod], [:secret]}] do
+    test "a runner that deleted #{inspect(deleted)} itself and says so: the reaper deletes only #{inspect(left)}" do
+      {:ok, peer, runner_node} =
+        :peer.start_link(%{
+          name: :"reaper_runner_#{System.unique_integer([:positive])}",
+          host: ~c"127.0.0.1",
+          longnames: true,
+          args: [~c"-setcookie", Atom.to_charlist(Node.get_cookie())]
+        })
+
+      owner = runner()
+      terminator = Node.spawn(runner_node, :timer, :sleep, [:infinity])
+      {reaper, monitor} = start_reaper!(kube!(), owner)
+      :ok = Reaper.monitor(reaper, terminator)
+      stop_owner(owner)
+      assert :sys.get_state(reaper).waiting_for_node?
+
+      # What SelfDelete.notify_reaper/2 sends from the runner node; erpc returns after the send,
+      # so the message travels ahead of the node's going down.
+      msg = {Reaper, :self_deleted, unquote(deleted)}
+      :erpc.call(runner_node, :erlang, :send, [reaper, msg])
+      :ok = :peer.stop(peer)
+
+      assert_receive {:DOWN, ^monitor, :process, ^reaper, :normal}, 5_000
+
+      sent =
+        for {:api_request, "DELETE", path, _} <- Process.info(self(), :messages) |> elem(1),
+            do: path
+
+      assert sent == for(kind <- unquote(left), do: %{pod: @pod_path, secret: @secret_path}[kind])
     end
+  end
+
+  # Stops the FLAME Runner stand-in and returns once it is down: its DOWN reached the reaper's
+  # queue when it reached ours (one node), so a call into the reaper is answered after it.
+  defp stop_owner(owner) do
+    ref = Process.monitor(owner)
+    send(owner, :stop)
+    assert_receive {:DOWN, ^ref, :process, ^owner, :normal}, 5_000
   end
 
   test "reap_now/1 returns once pod and secret are deleted, and the reaper is done" do
