@@ -37,7 +37,9 @@ defmodule FLAMEK8sBackend.RunnerPod do
        `FLAME_K8S_RUNNER_SECRET` names that secret (for the runner's own cleanup). When the
        parent's `RELEASE_COOKIE` comes from a Secret (`valueFrom.secretKeyRef`, given as
        `:cookie_secret_ref`) and there is no `:secret_env`, the runner references that same
-       key instead and gets no secret of its own;
+       key instead and gets no secret of its own. At boot, `FLAMEK8sBackend` adds
+       `FLAME_K8S_REAPER` (the parent's reaper for this runner, see
+       `FLAMEK8sBackend.SelfDelete`) with `put_env/4`;
     5. with `:dist_port`, `-kernel inet_dist_listen_min P inet_dist_listen_max P` in front of
        the final `ERL_AFLAGS` (the first setting of a kernel parameter wins, so neither the
        parent's forwarded flags nor the release's `vm.args` can move the port);
