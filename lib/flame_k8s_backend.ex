@@ -23,9 +23,13 @@ defmodule FLAMEK8sBackend do
   The parent pod needs `POD_NAME` and `POD_NAMESPACE` from the downward API, must run as a
   distributed node reachable at its pod IP (`RELEASE_DISTRIBUTION=name`,
   `RELEASE_NODE=my_app@$(POD_IP)`), and its service account needs `get`, `list`, `watch`,
-  `create`, `delete` on `pods` and `create`, `delete` on `secrets` in its namespace; `list` on
+  `create`, `delete` on `pods` and `create`, `delete` on `secrets` in its namespace (`secrets`
+  only for runners with a Secret of their own: with `:secret_env`, or when the parent's
+  `RELEASE_COOKIE` does not come from a Secret, which runners then reference); `list` on
   `events` and `get` on `pods/log` are optional (they let a failed boot's error tell
-  Kubernetes' side of the story). See the README and `examples/kubernetes/`.
+  Kubernetes' side of the story). Runners run as the parent's service account unless
+  `:service_account_name` names another; the least a runner's needs is `delete` on `pods`.
+  See the README and `examples/kubernetes/`.
 
   ## Options
 
@@ -130,15 +134,16 @@ defmodule FLAMEK8sBackend do
   }
 
   # The secret manifest carries the cookie and :secret_env, and the pod manifest FLAME_PARENT:
-  # none of them may show up in logs or crash reports.
+  # none of them may show up in logs or crash reports. Inspect covers Elixir's reports; an
+  # Erlang-formatted crash report (:logger_formatter prints the FLAME Runner's state with ~p)
+  # sees only the closure in :sealed, never what it captured.
   @derive {Inspect,
            only: [:namespace, :runner_name, :runner_node_name, :boot_timeout, :boot_timings]}
   defstruct [
     :kube,
     :namespace,
     :parent_ref,
-    :pod_manifest,
-    :secret_manifest,
+    :sealed,
     :runner_name,
     :runner_selector,
     :app_container,
@@ -151,6 +156,13 @@ defmodule FLAMEK8sBackend do
   ]
 
   @typedoc """
+  What a boot creates and must never show: the runner pod's manifest, its secret's (`nil` when
+  the runner takes the cookie from the parent's Secret), and the values to redact from
+  Kubernetes' messages and logs (the cookie and the `:secret_env` values).
+  """
+  @type sealed :: %{pod: map(), secret: map() | nil, redact: [String.t()]}
+
+  @typedoc """
   The backend state. Once booted, `boot_timings` holds milliseconds since `remote_boot/1`
   started: `:created` (secret and pod created), `:running` (the watch saw the pod running;
   absent when remote_up came first) and `:remote_up`.
@@ -159,8 +171,7 @@ defmodule FLAMEK8sBackend do
           kube: Kube.t(),
           namespace: String.t(),
           parent_ref: reference(),
-          pod_manifest: map() | nil,
-          secret_manifest: map() | nil,
+          sealed: (() -> sealed()) | nil,
           runner_name: String.t(),
           runner_selector: String.t(),
           app_container: String.t() | nil,
@@ -173,8 +184,9 @@ defmodule FLAMEK8sBackend do
         }
 
   @doc """
-  `FLAME.Backend` callback: validates the options, connects, reads the parent pod, sweeps
-  this parent's finished runner pods and prepares the runner manifest. No pod is created yet.
+  `FLAME.Backend` callback: validates the options, connects, reads the parent pod (once per
+  VM), sweeps this parent's finished runner pods and prepares the runner manifest. No pod is
+  created yet.
 
       {:ok, state} = FLAMEK8sBackend.init(boot_timeout: 30_000, env: %{"ROLE" => "runner"})
   """
@@ -186,18 +198,22 @@ defmodule FLAMEK8sBackend do
     with :ok <- ensure_distributed(),
          {:ok, kube} <- SharedClient.get(opts),
          {:ok, {namespace, _} = parent_id} <- ParentPod.id(opts.parent_pod, System.get_env()),
-         {:ok, parent_pod} <- ParentPod.fetch(kube, parent_id),
+         {:ok, parent_pod} <-
+           ParentPod.fetch_once(kube, parent_id, SharedClient.connect_opts(opts)),
          :ok <- Sweep.run(kube, namespace, parent_pod, opts),
          parent_ref = make_ref(),
-         spec = runner_spec(parent_pod, parent_ref, opts),
+         cookie = Atom.to_string(Node.get_cookie()),
+         spec = runner_spec(parent_pod, parent_ref, cookie, opts),
          {:ok, pod_manifest} <- build_pod(parent_pod, spec) do
+      secret_manifest = RunnerPod.secret(parent_pod, spec, cookie)
+      redact = [cookie | Map.values(spec.secret_env)]
+
       {:ok,
        %__MODULE__{
          kube: kube,
          namespace: namespace,
          parent_ref: parent_ref,
-         pod_manifest: pod_manifest,
-         secret_manifest: RunnerPod.secret(parent_pod, spec, Atom.to_string(Node.get_cookie())),
+         sealed: fn -> %{pod: pod_manifest, secret: secret_manifest, redact: redact} end,
          runner_name: spec.runner_name,
          # Every boot of this parent shares one watch of the parent's runner pods.
          runner_selector: RunnerPod.selector(parent_pod),
@@ -210,9 +226,9 @@ defmodule FLAMEK8sBackend do
   end
 
   @doc """
-  `FLAME.Backend` callback: creates the runner's secret and pod, waits for the pod (a watch)
-  and for the runner's `remote_up`, all within `:boot_timeout`. On failure the pod and secret
-  are deleted and `{:error, %FLAMEK8sBackend.BootError{}}` is returned.
+  `FLAME.Backend` callback: creates the runner's secret (if it has one) and pod, waits for the
+  pod (a watch) and for the runner's `remote_up`, all within `:boot_timeout`. On failure the
+  pod and secret are deleted and `{:error, %FLAMEK8sBackend.BootError{}}` is returned.
   """
   @impl true
   @spec remote_boot(t()) :: {:ok, pid(), t()} | {:error, BootError.t()}
@@ -248,15 +264,21 @@ defmodule FLAMEK8sBackend do
   end
 
   defp diagnostics_opts(state) do
-    secrets = Map.values(get_in(state.secret_manifest, ["stringData"]) || %{})
-
     [
       namespace: state.namespace,
       pod: state.runner_name,
       app_container: state.app_container,
-      redact: secrets
+      redact: state.sealed.().redact
     ]
   end
+
+  @doc false
+  # For the bench and tests that create a runner's objects themselves: what remote_boot/1
+  # would create (`nil` for a runner that takes its cookie from the parent's Secret). Never
+  # log it.
+  @spec runner_manifests(t()) :: %{pod: map(), secret: map() | nil}
+  def runner_manifests(%__MODULE__{sealed: sealed}) when is_function(sealed, 0),
+    do: Map.take(sealed.(), [:pod, :secret])
 
   @doc """
   `FLAME.Backend` callback: spawns a 0-arity function or `{module, function, args}` on the
@@ -280,7 +302,7 @@ defmodule FLAMEK8sBackend do
   end
 
   @doc """
-  `FLAME.Backend` callback, run on the runner node: deletes its own pod and secret when its
+  `FLAME.Backend` callback, run on the runner node: deletes its own pod (and secret) when its
   service account may (see `FLAMEK8sBackend.SelfDelete`), then stops the VM.
   """
   @impl true
@@ -315,7 +337,7 @@ defmodule FLAMEK8sBackend do
     end
   end
 
-  defp runner_spec(parent_pod, parent_ref, %Options{} = opts) do
+  defp runner_spec(parent_pod, parent_ref, cookie, %Options{} = opts) do
     runner_name = RunnerName.new(parent_pod)
     basename = opts.runner_node_basename || runner_name
 
@@ -332,8 +354,18 @@ defmodule FLAMEK8sBackend do
       forwarded_env: forwarded_env(),
       tmp_dir: opts.tmp_dir,
       dist_port: opts.dist_port,
-      active_deadline_seconds: opts.active_deadline_seconds
+      active_deadline_seconds: opts.active_deadline_seconds,
+      cookie_secret_ref: cookie_secret_ref(parent_pod, cookie, opts),
+      service_account_name: opts.service_account_name
     }
+  end
+
+  # The runner may take the cookie from the parent's Secret only when that Secret's value is
+  # this VM's cookie: a release that sets its cookie otherwise (vm.args, env.sh, a COOKIE file)
+  # has RELEASE_COOKIE from the Secret in its environment but runs with another cookie.
+  defp cookie_secret_ref(parent_pod, cookie, opts) do
+    if System.get_env("RELEASE_COOKIE") == cookie,
+      do: RunnerPod.cookie_secret_ref(parent_pod, opts.app_container_name)
   end
 
   defp build_pod(parent_pod, spec) do
@@ -365,11 +397,21 @@ defmodule FLAMEK8sBackend do
   defp boot(state, reaper, deadline) do
     started = now()
     progress = BootProgress.new(pod_id(state), node())
-    :ok = Reaper.track(reaper, :secret, state.runner_name)
+    %{pod: pod_manifest, secret: secret_manifest} = state.sealed.()
+    # The runner tells its reaper what it deleted itself on shutdown (SelfDelete).
+    pod_manifest =
+      RunnerPod.put_env(
+        pod_manifest,
+        state.app_container,
+        "FLAME_K8S_REAPER",
+        SelfDelete.encode_reaper(reaper)
+      )
+
+    if secret_manifest, do: :ok = Reaper.track(reaper, :secret, state.runner_name)
     :ok = Reaper.track(reaper, :pod, state.runner_name)
 
-    with :ok <- create(state, :create_secret, &Kube.create_secret/3, state.secret_manifest),
-         :ok <- create(state, :create_pod, &Kube.create_pod/3, state.pod_manifest),
+    with :ok <- create_secret(state, secret_manifest),
+         :ok <- create(state, :create_pod, &Kube.create_pod/3, pod_manifest),
          progress = BootProgress.reached(progress, :created, now() - started),
          :ok <- time_left(state, deadline, progress),
          log(
@@ -386,11 +428,16 @@ defmodule FLAMEK8sBackend do
          | remote_terminator_pid: terminator,
            runner_node_name: node(terminator),
            boot_timings: progress.timings,
-           pod_manifest: nil,
-           secret_manifest: nil
+           sealed: nil
        }}
     end
   end
+
+  # A runner that takes its cookie from the parent's Secret has none of its own.
+  defp create_secret(_state, nil), do: :ok
+
+  defp create_secret(state, manifest),
+    do: create(state, :create_secret, &Kube.create_secret/3, manifest)
 
   defp create(state, phase, create_fun, manifest) do
     case create_fun.(state.kube, state.namespace, manifest) do

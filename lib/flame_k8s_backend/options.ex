@@ -43,7 +43,9 @@ defmodule FLAMEK8sBackend.Options do
       default: %{},
       doc: """
       `%{"NAME" => "value"}` given to the runner through its secret, never as plain pod env. \
-      Values never appear in errors or `inspect/1`.\
+      Values never appear in errors or `inspect/1`. A function of no arguments returning that \
+      map is called at each `init/1` instead: the pool's own state (FLAME keeps the backend's \
+      options, and a crash report prints them) then holds the function, not the values.\
       """
     ],
     labels: [
@@ -154,6 +156,18 @@ defmodule FLAMEK8sBackend.Options do
       `FLAME.place_child/3`, Livebook), which it would kill in the middle of their work.\
       """
     ],
+    service_account_name: [
+      type: :dns_subdomain,
+      default: nil,
+      default_doc: "the parent pod's service account",
+      doc: """
+      the ServiceAccount the runner pods run as (their `spec.serviceAccountName`; it wins \
+      over `:manifest`'s). Runners rarely need what the parent needs: give them an account \
+      whose Role allows only `delete` on `pods`, so a runner can delete its own pod when it \
+      shuts down and nothing else (see the README's "Runner service account" and \
+      `examples/kubernetes/runner-rbac.yaml`).\
+      """
+    ],
     # FLAME passes its own terminator supervisor; this backend has no use for it.
     terminator_sup: [type: :any, default: nil, doc: false]
   ]
@@ -186,7 +200,8 @@ defmodule FLAMEK8sBackend.Options do
   # never connect to its parent (the pure-Elixir backend let :env override it).
   @reserved_env %{
     "RELEASE_COOKIE" => """
-    is always the parent's cookie, which the runner gets through its own secret: a runner \
+    is always the parent's cookie, which the runner gets through its own secret (or the \
+    parent's Secret its RELEASE_COOKIE comes from): a runner \
     with another cookie cannot connect to the parent. Set the parent's cookie instead\
     """
   }
@@ -213,6 +228,7 @@ defmodule FLAMEK8sBackend.Options do
           tmp_dir: String.t() | false,
           dist_port: 1..65_535 | nil,
           active_deadline_seconds: pos_integer() | nil,
+          service_account_name: String.t() | nil,
           terminator_sup: term()
         }
 
@@ -397,6 +413,12 @@ defmodule FLAMEK8sBackend.Options do
     end)
   end
 
+  defp check(:dns_subdomain, key, value) do
+    if is_binary(value) and Regex.match?(@dns_subdomain, value),
+      do: value,
+      else: bad!(key, "a Kubernetes name (lowercase letters, digits, - and .)", value)
+  end
+
   defp check(:parent_pod, key, {namespace, name} = value)
        when is_binary(namespace) and is_binary(name) do
     if Regex.match?(@dns_label, namespace) and Regex.match?(@dns_subdomain, name),
@@ -407,6 +429,14 @@ defmodule FLAMEK8sBackend.Options do
   defp check(:parent_pod, key, value), do: bad!(key, "{namespace, name}", value)
 
   # Secret values are never echoed back, not even in an error: only names and types.
+  defp check(:secret_env, key, fun) when is_function(fun, 0) do
+    case fun.() do
+      # One call only: a function returning a function is no map.
+      value when is_function(value) -> check(:secret_env, key, :not_a_map)
+      value -> check(:secret_env, key, value)
+    end
+  end
+
   defp check(:secret_env, key, value) when is_map(value) or is_list(value) do
     value
     |> Enum.map(fn

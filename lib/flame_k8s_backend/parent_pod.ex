@@ -2,6 +2,9 @@ defmodule FLAMEK8sBackend.ParentPod do
   @moduledoc false
   # The pod this VM runs in, which the runners are built from and owned by: named by the
   # :parent_pod option, else by POD_NAMESPACE and POD_NAME (from the downward API).
+  # Read once per VM (per pod and client settings) and kept in :persistent_term: what the
+  # runners take from it (image, env, volumes, service account, uid) cannot change while this
+  # VM runs in it, and a GET per init/1 was one API request per boot.
 
   alias FLAMEK8sBackend.{BootError, Kube}
 
@@ -33,6 +36,38 @@ defmodule FLAMEK8sBackend.ParentPod do
              {:config,
               "POD_NAMESPACE and POD_NAME are not set: give the parent pod these env vars from the downward API (fieldRef metadata.namespace and metadata.name), or pass :parent_pod"}
          }}
+    end
+  end
+
+  @doc """
+  The parent pod as first read by this VM through a client with `client_key` (its connection
+  settings): read with `fetch/2` on the first call, from memory on later ones. Errors are not
+  kept, so the next call reads again. Concurrent first calls read once.
+  """
+  @spec fetch_once(Kube.t(), id(), term()) :: {:ok, Kube.pod()} | {:error, BootError.t()}
+  def fetch_once(kube, id, client_key) do
+    key = {__MODULE__, id, client_key}
+
+    case :persistent_term.get(key, nil) do
+      %{} = pod ->
+        {:ok, pod}
+
+      nil ->
+        # Whoever holds the lock reads; the others find the pod it kept.
+        :global.trans({key, self()}, fn -> read_and_keep(kube, id, key) end, [node()])
+    end
+  end
+
+  defp read_and_keep(kube, id, key) do
+    case :persistent_term.get(key, nil) do
+      %{} = pod ->
+        {:ok, pod}
+
+      nil ->
+        with {:ok, pod} <- fetch(kube, id) do
+          :persistent_term.put(key, pod)
+          {:ok, pod}
+        end
     end
   end
 

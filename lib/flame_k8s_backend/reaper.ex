@@ -12,14 +12,16 @@ defmodule FLAMEK8sBackend.Reaper do
   A booted runner whose node is still connected when the FLAME Runner or the terminator goes
   down (an idle shutdown: the terminator tells the parent first, then shuts its VM down) deletes
   its own pod and secret in `system_shutdown/0`: the reaper waits for that node to go down (at
-  most 30 s), then deletes whatever is left. Deleting at once would race
-  the runner's own cleanup and always win it. Each delete is a
+  most 30 s), then deletes whatever is left: the runner tells the reaper what it deleted
+  (`FLAME_K8S_REAPER` in its env names the reaper), so that is usually nothing. Deleting at
+  once would race the runner's own cleanup and always win it. Each delete is a
   `[:flame_k8s_backend, :cleanup, :delete]` event (`deleter: :reaper`, `trigger: :boot_failed`
   or `:runner_down`; see `FLAMEK8sBackend.Telemetry`).
 
   `FLAMEK8sBackend.remote_boot/1` uses it like this:
 
       {:ok, reaper} = Reaper.start(kube, namespace, self(), log)
+      # Only for a runner with a secret of its own (never the parent's Secret it may reference).
       :ok = Reaper.track(reaper, :secret, runner_name)
       :ok = Reaper.track(reaper, :pod, runner_name)
       # ... create the secret and the pod, await the runner's remote_up, then either
@@ -114,6 +116,18 @@ defmodule FLAMEK8sBackend.Reaper do
       reap(state, :runner_down, "runner down: #{inspect(reason)}")
       {:stop, :normal, state}
     end
+  end
+
+  # The runner deleted these itself (FLAMEK8sBackend.SelfDelete): nothing left to send for them.
+  def handle_info({__MODULE__, :self_deleted, kinds}, state) when is_list(kinds) do
+    state =
+      Enum.reduce(kinds, state, fn
+        :pod, state -> %{state | pod: nil}
+        :secret, state -> %{state | secret: nil}
+        _other, state -> state
+      end)
+
+    {:noreply, state}
   end
 
   def handle_info({:nodedown, node}, state) do

@@ -23,8 +23,9 @@ defmodule FLAMEK8sBackend.RunnerPod do
        labels, then `:labels`, then the identifying labels below), and a controller owner
        reference to the parent pod unless `:omit_owner_reference` (Kubernetes' garbage
        collector deletes runners with their parent, and no ReplicaSet ever adopts one);
-    3. `restartPolicy: Never`, and `activeDeadlineSeconds` when `:active_deadline_seconds`
-       is set (it wins over the manifest's);
+    3. `restartPolicy: Never`, `activeDeadlineSeconds` when `:active_deadline_seconds` is set
+       and `serviceAccountName` when `:service_account_name` is (both win over the
+       manifest's);
     4. the app container's environment, by precedence (later wins):
        `TMPDIR` (the `:tmp_dir`) < parent container env < defaults (`PHX_SERVER=false`,
        `RELEASE_DISTRIBUTION=name`, `RELEASE_NODE=<basename>@$(POD_IP)`, and
@@ -32,7 +33,13 @@ defmodule FLAMEK8sBackend.RunnerPod do
        (`POD_NAME`, `POD_NAMESPACE`, `POD_IP` from the downward API, `FLAME_PARENT`).
        `RELEASE_COOKIE` and the `:secret_env` names are never plain env vars: they are removed
        from the env list (a plain var would win over the secret) and come from the runner
-       secret (named like the pod, same owner reference) through `envFrom`;
+       secret (named like the pod, same owner reference) through `envFrom`, and
+       `FLAME_K8S_RUNNER_SECRET` names that secret (for the runner's own cleanup). When the
+       parent's `RELEASE_COOKIE` comes from a Secret (`valueFrom.secretKeyRef`, given as
+       `:cookie_secret_ref`) and there is no `:secret_env`, the runner references that same
+       key instead and gets no secret of its own. At boot, `FLAMEK8sBackend` adds
+       `FLAME_K8S_REAPER` (the parent's reaper for this runner, see
+       `FLAMEK8sBackend.SelfDelete`) with `put_env/4`;
     5. with `:dist_port`, `-kernel inet_dist_listen_min P inet_dist_listen_max P` in front of
        the final `ERL_AFLAGS` (the first setting of a kernel parameter wins, so neither the
        parent's forwarded flags nor the release's `vm.args` can move the port);
@@ -100,8 +107,50 @@ defmodule FLAMEK8sBackend.RunnerPod do
       iex> secret["metadata"]["labels"]["flame-k8s-backend.io/parent-uid"]
       "u1"
   """
-  @spec secret(map(), Spec.t(), String.t()) :: map()
+  @spec secret(map(), Spec.t(), String.t()) :: map() | nil
   def secret(parent_pod, %Spec{} = spec, cookie) do
+    if secret?(spec), do: build_secret(parent_pod, spec, cookie)
+  end
+
+  @doc """
+  Whether a runner built from `spec` gets a secret of its own: always with `:secret_env`,
+  otherwise only when its cookie cannot come from the parent's own Secret.
+
+      iex> spec = %FLAMEK8sBackend.RunnerPod.Spec{runner_name: "r", node_basename: "r",
+      ...>   flame_parent: "p", cookie_secret_ref: %{"name" => "app-cookie", "key" => "c"}}
+      iex> FLAMEK8sBackend.RunnerPod.secret?(spec)
+      false
+      iex> FLAMEK8sBackend.RunnerPod.secret?(%{spec | secret_env: %{"API_KEY" => "k"}})
+      true
+  """
+  @spec secret?(Spec.t()) :: boolean()
+  def secret?(%Spec{cookie_secret_ref: ref, secret_env: secret_env}),
+    do: is_nil(ref) or map_size(secret_env) > 0
+
+  @doc """
+  The `secretKeyRef` the parent's app container (`app_container_name`, `nil` for the first)
+  takes `RELEASE_COOKIE` from, or `nil` when the parent's cookie comes from elsewhere.
+
+      iex> parent = %{"spec" => %{"containers" => [%{"name" => "app", "env" => [
+      ...>   %{"name" => "RELEASE_COOKIE", "valueFrom" =>
+      ...>     %{"secretKeyRef" => %{"name" => "app-cookie", "key" => "cookie"}}}]}]}}
+      iex> FLAMEK8sBackend.RunnerPod.cookie_secret_ref(parent, nil)
+      %{"name" => "app-cookie", "key" => "cookie"}
+  """
+  @spec cookie_secret_ref(map(), String.t() | nil) :: map() | nil
+  def cookie_secret_ref(parent_pod, app_container_name) do
+    with {:ok, app} <- find_container(parent_pod, app_container_name),
+         env when is_list(env) <- app["env"],
+         %{"valueFrom" => %{"secretKeyRef" => %{"name" => name, "key" => key} = ref}} <-
+           Enum.find(env, &(is_map(&1) and &1["name"] == "RELEASE_COOKIE")),
+         true <- is_binary(name) and name != "" and is_binary(key) and key != "" do
+      ref
+    else
+      _ -> nil
+    end
+  end
+
+  defp build_secret(parent_pod, spec, cookie) do
     metadata =
       %{"name" => spec.runner_name, "labels" => identifying_labels(parent_pod)}
       |> owner_references(parent_pod, spec)
@@ -113,6 +162,28 @@ defmodule FLAMEK8sBackend.RunnerPod do
       "metadata" => metadata,
       "stringData" => Map.put(spec.secret_env, "RELEASE_COOKIE", cookie)
     }
+  end
+
+  @doc """
+  Sets the plain env var `name` of `pod`'s container `container_name` (the app container) to
+  `value`, replacing a variable of that name; the other containers are left as they are.
+
+      iex> pod = %{"spec" => %{"containers" => [%{"name" => "app", "env" => [%{"name" => "A", "value" => "1"}]}]}}
+      iex> FLAMEK8sBackend.RunnerPod.put_env(pod, "app", "B", "2")["spec"]["containers"]
+      [%{"name" => "app", "env" => [%{"name" => "A", "value" => "1"}, %{"name" => "B", "value" => "2"}]}]
+  """
+  @spec put_env(map(), String.t(), String.t(), String.t()) :: map()
+  def put_env(pod, container_name, name, value) do
+    update_in(pod, ["spec", "containers"], fn containers ->
+      Enum.map(containers, fn
+        %{"name" => ^container_name} = container ->
+          env = Enum.reject(container["env"] || [], &(&1["name"] == name))
+          Map.put(container, "env", env ++ [env(name, value)])
+
+        other ->
+          other
+      end)
+    end)
   end
 
   @doc """
@@ -294,7 +365,11 @@ defmodule FLAMEK8sBackend.RunnerPod do
 
   # The parent's own downward-API and cluster vars describe the parent, not the runner.
   defp drop_parent_env(env) do
-    Enum.reject(env, &(&1["name"] in (@fixed_first ++ ~w(FLAME_PARENT RELEASE_NODE))))
+    Enum.reject(
+      env,
+      &(&1["name"] in (@fixed_first ++
+                         ~w(FLAME_PARENT RELEASE_NODE FLAME_K8S_RUNNER_SECRET FLAME_K8S_REAPER)))
+    )
   end
 
   defp ensure_app_container(pod, app, spec) do
@@ -346,6 +421,7 @@ defmodule FLAMEK8sBackend.RunnerPod do
         |> Map.put("restartPolicy", "Never")
         |> Map.delete("nodeName")
         |> put_deadline(spec.active_deadline_seconds)
+        |> put_service_account(spec.service_account_name)
         |> put_tmp_volume(container)
         |> Map.update!("containers", &List.replace_at(&1, index, container))
 
@@ -360,6 +436,13 @@ defmodule FLAMEK8sBackend.RunnerPod do
 
   defp put_deadline(pod_spec, nil), do: pod_spec
   defp put_deadline(pod_spec, seconds), do: Map.put(pod_spec, "activeDeadlineSeconds", seconds)
+
+  # The parent's serviceAccount (the deprecated alias) would contradict the runner's own.
+  defp put_service_account(pod_spec, nil), do: pod_spec
+
+  defp put_service_account(pod_spec, name) do
+    pod_spec |> Map.delete("serviceAccount") |> Map.put("serviceAccountName", name)
+  end
 
   # The volume behind the app container's tmp mount, unless the pod brings its own of that name.
   defp put_tmp_volume(pod_spec, container) do
@@ -411,11 +494,12 @@ defmodule FLAMEK8sBackend.RunnerPod do
     # Lowest of all: a TMPDIR the container already has points somewhere it may write too.
     tmp_env = if spec.tmp_dir, do: [env("TMPDIR", spec.tmp_dir)], else: []
 
-    fixed = [
-      field_env("POD_NAME", "metadata.name"),
-      field_env("POD_NAMESPACE", "metadata.namespace"),
-      field_env("POD_IP", "status.podIP")
-    ]
+    fixed =
+      [
+        field_env("POD_NAME", "metadata.name"),
+        field_env("POD_NAMESPACE", "metadata.namespace"),
+        field_env("POD_IP", "status.podIP")
+      ] ++ cookie_env(spec)
 
     last = [env("FLAME_PARENT", spec.flame_parent)]
 
@@ -435,7 +519,10 @@ defmodule FLAMEK8sBackend.RunnerPod do
           Enum.reject(merged.order, &(&1 in fixed_names or &1 in secret_only)) ++
           Enum.map(last, & &1["name"])
 
-      env_from = (container["envFrom"] || []) ++ [%{"secretRef" => %{"name" => spec.runner_name}}]
+      env_from =
+        if secret?(spec),
+          do: (container["envFrom"] || []) ++ [%{"secretRef" => %{"name" => spec.runner_name}}],
+          else: container["envFrom"] || []
 
       {:ok,
        container
@@ -498,6 +585,16 @@ defmodule FLAMEK8sBackend.RunnerPod do
 
   defp env(name, %{} = source), do: source |> stringify() |> Map.put("name", name)
   defp env(name, value), do: %{"name" => name, "value" => value}
+
+  # With a secret of its own the runner learns its name (SelfDelete deletes it); without, the
+  # cookie comes from the parent's Secret, referenced like the parent does.
+  defp cookie_env(spec) do
+    if secret?(spec),
+      do: [env("FLAME_K8S_RUNNER_SECRET", spec.runner_name)],
+      else: [
+        %{"name" => "RELEASE_COOKIE", "valueFrom" => %{"secretKeyRef" => spec.cookie_secret_ref}}
+      ]
+  end
 
   defp field_env(name, path),
     do: %{"name" => name, "valueFrom" => %{"fieldRef" => %{"fieldPath" => path}}}

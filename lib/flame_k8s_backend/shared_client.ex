@@ -3,6 +3,8 @@ defmodule FLAMEK8sBackend.SharedClient do
   # One Kubernetes client per connection settings for the whole VM: the runners then share its
   # connection pool (no TLS handshake per boot), and the NIF's memory stays that of one client.
   # Clients are kept in :persistent_term: written once per settings, read on every init/1.
+  # The first connect per settings is serialized (a lock local to this node), so concurrent
+  # first boots share one client instead of each connecting and all but the last being lost.
 
   alias FLAMEK8sBackend.{BootError, Kube, Options}
 
@@ -15,6 +17,14 @@ defmodule FLAMEK8sBackend.SharedClient do
     settings = connect_opts(opts)
     key = {__MODULE__, settings}
 
+    case :persistent_term.get(key, nil) do
+      %Kube{} = kube -> {:ok, kube}
+      nil -> :global.trans({key, self()}, fn -> connect_once(key, settings) end, [node()])
+    end
+  end
+
+  # Another caller may have connected while this one waited for the lock.
+  defp connect_once(key, settings) do
     case :persistent_term.get(key, nil) do
       %Kube{} = kube -> {:ok, kube}
       nil -> connect(key, settings)

@@ -1,6 +1,6 @@
 defmodule FLAMEK8sBackend.Sweep do
   @moduledoc false
-  # Deletes this parent's finished runner pods (and their secrets) left behind when an earlier
+  # Deletes this parent's finished runner pods (and their own secrets) left behind when an earlier
   # reaper could not delete them: the parent VM was killed, the API server was unreachable.
   # Finished means the pod's phase, or its app container having terminated: a sidecar (a
   # service mesh's proxy) keeps a pod Running after the runner VM is gone.
@@ -26,7 +26,7 @@ defmodule FLAMEK8sBackend.Sweep do
 
           pods
           |> Enum.filter(&leftover?(&1, opts.boot_timeout, now))
-          |> Enum.each(&delete(kube, namespace, get_in(&1, ["metadata", "name"]), opts.log))
+          |> Enum.each(&delete(kube, namespace, &1, opts.log))
 
         # The sweep is housekeeping: the next one, a minute on, tries again.
         {:error, _reason} ->
@@ -78,6 +78,28 @@ defmodule FLAMEK8sBackend.Sweep do
     end
   end
 
+  @doc """
+  Whether runner `pod` has a secret of its own, named `name` like the pod: one its containers
+  take env from (`envFrom`). A runner whose cookie comes from the parent's Secret has none, and
+  the parent's Secret, which it references by `secretKeyRef`, is never the sweep's to delete.
+
+      iex> pod = %{"spec" => %{"containers" => [%{"envFrom" => [%{"secretRef" => %{"name" => "r1"}}]}]}}
+      iex> FLAMEK8sBackend.Sweep.own_secret?(pod, "r1")
+      true
+      iex> FLAMEK8sBackend.Sweep.own_secret?(%{"spec" => %{"containers" => [%{}]}}, "r1")
+      false
+  """
+  @spec own_secret?(Kube.pod(), String.t()) :: boolean()
+  def own_secret?(pod, name) do
+    containers = get_in(pod, ["spec", "containers"])
+
+    is_list(containers) and
+      Enum.any?(containers, fn container ->
+        is_map(container) and is_list(container["envFrom"]) and
+          Enum.any?(container["envFrom"], &match?(%{"secretRef" => %{"name" => ^name}}, &1))
+      end)
+  end
+
   # Marks the sweep as done now when it is due, so that concurrent boots mostly skip it.
   defp due?(parent_pod) do
     key = {__MODULE__, get_in(parent_pod, ["metadata", "uid"])}
@@ -92,7 +114,8 @@ defmodule FLAMEK8sBackend.Sweep do
     end
   end
 
-  defp delete(kube, namespace, name, log) do
+  defp delete(kube, namespace, pod, log) do
+    name = get_in(pod, ["metadata", "name"])
     meta = %{deleter: :sweep, trigger: :finished, namespace: namespace, name: name}
 
     _ =
@@ -101,9 +124,11 @@ defmodule FLAMEK8sBackend.Sweep do
       end)
 
     _ =
-      Telemetry.cleanup(Map.put(meta, :kind, :secret), fn ->
-        {Kube.delete_secret(kube, namespace, name), 1}
-      end)
+      if own_secret?(pod, name) do
+        Telemetry.cleanup(Map.put(meta, :kind, :secret), fn ->
+          {Kube.delete_secret(kube, namespace, name), 1}
+        end)
+      end
 
     if log, do: Logger.log(log, "swept finished runner pod #{namespace}/#{name}")
   end

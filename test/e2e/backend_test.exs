@@ -297,19 +297,44 @@ defmodule FLAMEK8sBackend.BackendE2ETest do
       "flame-k8s-backend.io/parent-uid" => parent["metadata"]["uid"]
     }
 
+    # A runner with a secret of its own (envFrom, named like the pod), and one whose cookie
+    # comes from the parent's Secret: that one is the parent's, never swept.
     finished =
-      LocalCluster.pod_manifest("leftover", "shell:test", args: ["-c", "exit 0"], labels: labels)
+      LocalCluster.pod_manifest("leftover", "shell:test",
+        args: ["-c", "exit 0"],
+        labels: labels,
+        container: %{"envFrom" => [%{"secretRef" => %{"name" => "leftover"}}]}
+      )
+
+    cookie_ref = %{"secretKeyRef" => %{"name" => "parent-cookie", "key" => "RELEASE_COOKIE"}}
+
+    finished_ref =
+      LocalCluster.pod_manifest("leftover-ref", "shell:test",
+        args: ["-c", "exit 0"],
+        labels: labels,
+        container: %{"env" => [%{"name" => "RELEASE_COOKIE", "valueFrom" => cookie_ref}]}
+      )
 
     running = LocalCluster.pod_manifest("sibling", "sleeper:test", args: ["300"], labels: labels)
+
+    for name <- ["leftover", "parent-cookie"] do
+      {:ok, _} =
+        Kube.create_secret(kube, ns, %{
+          "metadata" => %{"name" => name, "labels" => labels},
+          "stringData" => %{"RELEASE_COOKIE" => "c"}
+        })
+    end
+
     {:ok, _} = Kube.create_pod(kube, ns, finished)
+    {:ok, _} = Kube.create_pod(kube, ns, finished_ref)
     {:ok, _} = Kube.create_pod(kube, ns, running)
 
-    {:ok, _} =
-      Kube.create_secret(kube, ns, %{"metadata" => %{"name" => "leftover", "labels" => labels}})
+    for name <- ["leftover", "leftover-ref"] do
+      {:ok, await} = Kube.await_pod(kube, ns, name, timeout: 30_000, report_ready: false)
+      ref = await.ref
+      assert_receive {:flame_k8s, ^ref, {:failed, {:container_exited, %{exit_code: 0}}}}, 30_000
+    end
 
-    {:ok, await} = Kube.await_pod(kube, ns, "leftover", timeout: 30_000, report_ready: false)
-    ref = await.ref
-    assert_receive {:flame_k8s, ^ref, {:failed, {:container_exited, %{exit_code: 0}}}}, 30_000
     {:ok, await} = Kube.await_pod(kube, ns, "sibling", timeout: 30_000)
     ref = await.ref
     assert_receive {:flame_k8s, ^ref, {:ready, _}}, 30_000
@@ -318,6 +343,8 @@ defmodule FLAMEK8sBackend.BackendE2ETest do
     # its pod for its own report.
     {:ok, _state} = FLAMEK8sBackend.init(Keyword.put(opts, :boot_timeout, 1))
     assert gone?(kube, ns, "leftover")
+    assert {:error, {:api, 404, _, _}} = Kube.get_pod(kube, ns, "leftover-ref")
+    assert secret_exists?(kube, ns, "parent-cookie")
     assert {:ok, %{"status" => %{"phase" => "Running"}}} = Kube.get_pod(kube, ns, "sibling")
   end
 end

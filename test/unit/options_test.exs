@@ -201,6 +201,40 @@ defmodule FLAMEK8sBackend.OptionsTest do
     end
   end
 
+  test "secret_env may be a function, called at validation: its values stay out of the pool's options" do
+    opts = [secret_env: fn -> %{"API_KEY" => "k3y-from-fun"} end]
+    refute inspect(opts, structs: false) =~ "k3y-from-fun"
+    assert Options.validate!(opts).secret_env == %{"API_KEY" => "k3y-from-fun"}
+
+    error =
+      assert_raise ArgumentError, fn -> Options.validate!(secret_env: fn -> :not_a_map end) end
+
+    assert error.message =~ "option :secret_env: expected a map of variable names to strings"
+  end
+
+  describe "service_account_name" do
+    test "unset by default: runners run as the parent's service account" do
+      assert %{service_account_name: nil} = Options.validate!([])
+
+      assert %{service_account_name: "web-runner"} =
+               Options.validate!(service_account_name: "web-runner")
+
+      assert Options.docs() =~
+               ~r/`:service_account_name` - .* Default: the parent pod's service account\./
+    end
+
+    for value <- ["", "Web_Runner", "-web", :web] do
+      test "#{inspect(value)} is rejected naming the option" do
+        error =
+          assert_raise ArgumentError, fn ->
+            Options.validate!(service_account_name: unquote(value))
+          end
+
+        assert error.message =~ "option :service_account_name: expected a Kubernetes name"
+      end
+    end
+  end
+
   describe "docs/0, rendered from the schema that validates" do
     test "documents every option with its default, and only FLAME's own one is left out" do
       docs = Options.docs()

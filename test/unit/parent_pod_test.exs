@@ -2,9 +2,61 @@ defmodule FLAMEK8sBackend.ParentPodTest do
   use ExUnit.Case, async: true
 
   @moduletag :unit
+  @moduletag :tmp_dir
   doctest FLAMEK8sBackend.ParentPod
 
+  Code.require_file("support/fake_api_server.exs", __DIR__)
+
   alias FLAMEK8sBackend.{BootError, Kube, ParentPod}
+  alias FLAMEK8sBackend.Test.FakeApiServer
+
+  @pod_list ~s({"kind":"PodList","apiVersion":"v1","metadata":{"resourceVersion":"1"},"items":[]})
+
+  defp parent_json(ns, name) do
+    ~s({"kind":"Pod","apiVersion":"v1","metadata":{"name":"#{name}","namespace":"#{ns}",) <>
+      ~s("uid":"uid-#{name}"},"spec":{"containers":[{"name":"app","image":"app:1"}]}})
+  end
+
+  # An API server that has the parent pod `ns/name` (and no runner pods), else answers 404.
+  defp api_server!(ns, name) do
+    FakeApiServer.start!(self(), fn
+      "GET", "/api/v1/namespaces/" <> rest ->
+        cond do
+          rest == "#{ns}/pods/#{name}" -> {200, parent_json(ns, name)}
+          rest == "#{ns}/pods" -> {200, @pod_list}
+          true -> {404, ~s({"kind":"Status","apiVersion":"v1","status":"Failure","code":404})}
+        end
+
+      _method, _path ->
+        {404, ~s({"kind":"Status","apiVersion":"v1","status":"Failure","code":404})}
+    end)
+  end
+
+  defp kubeconfig!(dir, url) do
+    path = Path.join(dir, "kubeconfig")
+
+    File.write!(path, """
+    apiVersion: v1
+    kind: Config
+    clusters: [{name: c, cluster: {server: "#{url}"}}]
+    users: [{name: u, user: {token: t0k3n}}]
+    contexts: [{name: ctx, context: {cluster: c, user: u}}]
+    current-context: ctx
+    """)
+
+    path
+  end
+
+  # The requests the fake server has reported so far, as {method, path}.
+  defp requests do
+    receive do
+      {:api_request, method, path, _body} -> [{method, path} | requests()]
+    after
+      0 -> []
+    end
+  end
+
+  defp parent_reads(path), do: Enum.count(requests(), &(&1 == {"GET", path}))
 
   describe "id/2" do
     test "the :parent_pod option wins over the downward API's variables" do
@@ -30,5 +82,78 @@ defmodule FLAMEK8sBackend.ParentPodTest do
              ParentPod.fetch(kube, {"prod", "web-1"})
 
     refute Exception.message(error) =~ "t0k3n"
+  end
+
+  describe "fetch_once/3" do
+    test "reads the parent pod once; later calls and other processes get it from memory" do
+      url = api_server!("prod", "web-1")
+      {:ok, kube} = Kube.connect(url: url, token: "t0k3n", request_timeout: 5_000)
+      key = {:test, System.unique_integer()}
+
+      assert {:ok, %{"metadata" => %{"uid" => "uid-web-1"}} = pod} =
+               ParentPod.fetch_once(kube, {"prod", "web-1"}, key)
+
+      assert Task.await(Task.async(fn -> ParentPod.fetch_once(kube, {"prod", "web-1"}, key) end)) ==
+               {:ok, pod}
+
+      assert parent_reads("/api/v1/namespaces/prod/pods/web-1") == 1
+    end
+
+    test "concurrent first calls read once" do
+      url = api_server!("prod", "web-2")
+      {:ok, kube} = Kube.connect(url: url, token: "t0k3n", request_timeout: 5_000)
+      key = {:test, System.unique_integer()}
+      test = self()
+
+      tasks =
+        for _ <- 1..8 do
+          Task.async(fn ->
+            send(test, {:ready, self()})
+
+            receive do
+              :go -> ParentPod.fetch_once(kube, {"prod", "web-2"}, key)
+            end
+          end)
+        end
+
+      pids = for _ <- tasks, do: assert_receive({:ready, pid}) && pid
+      Enum.each(pids, &send(&1, :go))
+      results = Enum.map(tasks, &Task.await/1)
+
+      assert [{:ok, %{"metadata" => %{"name" => "web-2"}}}] = Enum.uniq(results)
+      assert parent_reads("/api/v1/namespaces/prod/pods/web-2") == 1
+    end
+
+    test "an error is not kept: the next call reads again" do
+      url = api_server!("prod", "web-3")
+      {:ok, kube} = Kube.connect(url: url, token: "t0k3n", request_timeout: 5_000)
+      key = {:test, System.unique_integer()}
+
+      for _ <- 1..2 do
+        assert {:error, %BootError{reason: {:parent_pod_not_found, "prod/missing"}}} =
+                 ParentPod.fetch_once(kube, {"prod", "missing"}, key)
+      end
+
+      assert parent_reads("/api/v1/namespaces/prod/pods/missing") == 2
+    end
+  end
+
+  test "init/1 reads the parent pod on its first call only", %{tmp_dir: dir} do
+    name = "web-#{System.unique_integer([:positive])}"
+    url = api_server!("prod", name)
+    opts = [parent_pod: {"prod", name}, kubeconfig: kubeconfig!(dir, url)]
+
+    assert {:ok, first} = FLAMEK8sBackend.init(opts)
+    # The parent pod, then the sweep's list of this parent's runner pods.
+    assert requests() == [
+             {"GET", "/api/v1/namespaces/prod/pods/#{name}"},
+             {"GET", "/api/v1/namespaces/prod/pods"}
+           ]
+
+    # The fake server reports each request before it answers, and init/1 returns only after
+    # its answers: whatever the second init sent is in the mailbox by now.
+    assert {:ok, second} = FLAMEK8sBackend.init(opts)
+    refute_received {:api_request, _method, _path, _body}
+    assert second.runner_name != first.runner_name
   end
 end

@@ -83,14 +83,12 @@ defmodule FLAMEK8sBackend.ReaperTest do
       })
 
     owner = runner()
-    terminator = Node.spawn(runner_node, fn -> Process.sleep(:infinity) end)
+    terminator = Node.spawn(runner_node, :timer, :sleep, [:infinity])
     {reaper, monitor} = start_reaper!(kube!(), owner)
     :ok = Reaper.monitor(reaper, terminator)
 
     # FLAME's terminator tells the parent first (its Runner stops), then stops its own VM.
-    owner_monitor = Process.monitor(owner)
-    send(owner, :stop)
-    assert_receive {:DOWN, ^owner_monitor, :process, ^owner, :normal}, 5_000
+    stop_owner(owner)
     wait_until(fn -> :sys.get_state(reaper).waiting_for_node? end)
     refute_received {:api_request, _, _, _}
 
@@ -102,9 +100,49 @@ defmodule FLAMEK8sBackend.ReaperTest do
     assert_receive {:DOWN, ^monitor, :process, ^reaper, :normal}, 5_000
   end
 
-  # Polls a condition the reaper's state exposes; each check is a call into the reaper, so
-  # the reaper handles the owner's :DOWN (sent when the owner exited) between two checks. A
-  # deadline, not a count: on a loaded machine 100 calls can come before that signal does.
+  for {deleted, left} <- [{[:pod, :secret], []}, {[:pod], [:secret]}] do
+    test "a runner that deleted #{inspect(deleted)} itself and says so: the reaper deletes only #{inspect(left)}" do
+      {:ok, peer, runner_node} =
+        :peer.start_link(%{
+          name: :"reaper_runner_#{System.unique_integer([:positive])}",
+          host: ~c"127.0.0.1",
+          longnames: true,
+          args: [~c"-setcookie", Atom.to_charlist(Node.get_cookie())]
+        })
+
+      owner = runner()
+      terminator = Node.spawn(runner_node, :timer, :sleep, [:infinity])
+      {reaper, monitor} = start_reaper!(kube!(), owner)
+      :ok = Reaper.monitor(reaper, terminator)
+      stop_owner(owner)
+      wait_until(fn -> :sys.get_state(reaper).waiting_for_node? end)
+
+      # What SelfDelete.notify_reaper/2 sends from the runner node; erpc returns after the send,
+      # so the message travels ahead of the node's going down.
+      msg = {Reaper, :self_deleted, unquote(deleted)}
+      :erpc.call(runner_node, :erlang, :send, [reaper, msg])
+      :ok = :peer.stop(peer)
+
+      assert_receive {:DOWN, ^monitor, :process, ^reaper, :normal}, 5_000
+
+      sent =
+        for {:api_request, "DELETE", path, _} <- Process.info(self(), :messages) |> elem(1),
+            do: path
+
+      assert sent == for(kind <- unquote(left), do: %{pod: @pod_path, secret: @secret_path}[kind])
+    end
+  end
+
+  # Stops the FLAME Runner stand-in and returns once it is down.
+  defp stop_owner(owner) do
+    ref = Process.monitor(owner)
+    send(owner, :stop)
+    assert_receive {:DOWN, ^ref, :process, ^owner, :normal}, 5_000
+  end
+
+  # Polls a condition the reaper's state exposes, each check a call into the reaper. Our DOWN
+  # for the owner does not order the reaper's (an exiting process may yield between sending
+  # its monitors' signals), so stop_owner/1 alone does not make the reaper's state current.
   defp wait_until(check, deadline \\ System.monotonic_time(:millisecond) + 5_000) do
     cond do
       check.() -> :ok

@@ -469,6 +469,91 @@ defmodule FLAMEK8sBackend.RunnerPodTest do
     end
   end
 
+  describe "a parent whose RELEASE_COOKIE comes from a Secret" do
+    @cookie_ref %{"name" => "web-cookie", "key" => "RELEASE_COOKIE"}
+
+    defp secret_cookie_parent do
+      update_in(@parent, ["spec", "containers", Access.at(1), "env"], fn env ->
+        Enum.map(env, fn
+          %{"name" => "RELEASE_COOKIE"} ->
+            %{"name" => "RELEASE_COOKIE", "valueFrom" => %{"secretKeyRef" => @cookie_ref}}
+
+          var ->
+            var
+        end)
+      end)
+    end
+
+    test "cookie_secret_ref/2 finds the app container's secretKeyRef, and only that" do
+      assert RunnerPod.cookie_secret_ref(secret_cookie_parent(), "app") == @cookie_ref
+      # A plain value, another container, a parent without containers: no reference.
+      assert RunnerPod.cookie_secret_ref(@parent, "app") == nil
+      assert RunnerPod.cookie_secret_ref(secret_cookie_parent(), "sidecar") == nil
+      assert RunnerPod.cookie_secret_ref(%{}, nil) == nil
+
+      from_configmap =
+        put_in(secret_cookie_parent(), ["spec", "containers", Access.at(1), "env"], [
+          %{"name" => "RELEASE_COOKIE", "valueFrom" => %{"configMapKeyRef" => @cookie_ref}}
+        ])
+
+      assert RunnerPod.cookie_secret_ref(from_configmap, "app") == nil
+    end
+
+    test "the runner references the same key and gets no secret of its own" do
+      spec = spec(%{cookie_secret_ref: @cookie_ref})
+      {:ok, pod} = RunnerPod.build(secret_cookie_parent(), spec)
+      container = app_container(pod)
+
+      assert RunnerPod.secret(secret_cookie_parent(), spec, "cookie") == nil
+      assert env_map(container)["RELEASE_COOKIE"] == %{"secretKeyRef" => @cookie_ref}
+      assert container["envFrom"] == [%{"configMapRef" => %{"name" => "web-config"}}]
+      refute "FLAME_K8S_RUNNER_SECRET" in env_names(container)
+      # :manifest and :env cannot put another cookie in front of it.
+      manifest = %{"spec" => %{"containers" => [%{"env" => [env("RELEASE_COOKIE", "m")]}]}}
+      {:ok, pod} = RunnerPod.build(secret_cookie_parent(), %{spec | manifest: manifest})
+
+      assert Enum.filter(app_container(pod)["env"], &(&1["name"] == "RELEASE_COOKIE")) == [
+               %{"name" => "RELEASE_COOKIE", "valueFrom" => %{"secretKeyRef" => @cookie_ref}}
+             ]
+    end
+
+    test "with :secret_env the runner has its secret, holding the cookie as before" do
+      spec = spec(%{cookie_secret_ref: @cookie_ref, secret_env: %{"API_KEY" => "k3y"}})
+      {:ok, pod} = RunnerPod.build(secret_cookie_parent(), spec)
+      container = app_container(pod)
+      secret = RunnerPod.secret(secret_cookie_parent(), spec, "cookie")
+
+      assert secret["stringData"] == %{"API_KEY" => "k3y", "RELEASE_COOKIE" => "cookie"}
+      refute "RELEASE_COOKIE" in env_names(container)
+      assert %{"secretRef" => %{"name" => name}} = List.last(container["envFrom"])
+      assert name == secret["metadata"]["name"]
+      assert env_map(container)["FLAME_K8S_RUNNER_SECRET"] == name
+    end
+  end
+
+  test "a runner with a secret of its own is told its name; the parent's is not passed on" do
+    parent =
+      update_in(@parent, ["spec", "containers", Access.at(1), "env"], fn env ->
+        env ++ [env("FLAME_K8S_RUNNER_SECRET", "the-parents-own")]
+      end)
+
+    {:ok, pod} = RunnerPod.build(parent, spec())
+
+    assert Enum.filter(app_container(pod)["env"], &(&1["name"] == "FLAME_K8S_RUNNER_SECRET")) ==
+             [env("FLAME_K8S_RUNNER_SECRET", "web-7d9f8b-x2k9p-flame-abcdefgh")]
+  end
+
+  test "service_account_name becomes the pod's serviceAccountName, over the parent's and the manifest's" do
+    assert build!()["spec"]["serviceAccountName"] == "web"
+
+    manifest = %{"spec" => %{"serviceAccountName" => "m", "serviceAccount" => "m"}}
+    pod_spec = build!(%{manifest: manifest, service_account_name: "web-runner"})["spec"]
+    assert pod_spec["serviceAccountName"] == "web-runner"
+    refute Map.has_key?(pod_spec, "serviceAccount")
+  end
+
+  defp env(name, value), do: %{"name" => name, "value" => value}
+
   test "active_deadline_seconds becomes the pod's activeDeadlineSeconds, over the manifest's" do
     refute Map.has_key?(build!()["spec"], "activeDeadlineSeconds")
 

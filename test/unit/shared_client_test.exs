@@ -47,4 +47,32 @@ defmodule FLAMEK8sBackend.SharedClientTest do
       refute message =~ @token
     end
   end
+
+  test "concurrent first calls connect once and share that client", %{tmp_dir: dir} do
+    # Settings no other test uses, so that this is their first connect.
+    opts = %{
+      Options.validate!(kubeconfig: kubeconfig!(dir))
+      | request_timeout: 100_000 + System.unique_integer([:positive])
+    }
+
+    test = self()
+
+    tasks =
+      for _ <- 1..8 do
+        Task.async(fn ->
+          send(test, {:ready, self()})
+
+          receive do
+            :go -> SharedClient.get(opts)
+          end
+        end)
+      end
+
+    pids = for _ <- tasks, do: assert_receive({:ready, pid}) && pid
+    Enum.each(pids, &send(&1, :go))
+    resources = for task <- tasks, do: elem(Task.await(task), 1).resource
+
+    assert [resource] = Enum.uniq(resources)
+    assert {:ok, %{resource: ^resource}} = SharedClient.get(opts)
+  end
 end

@@ -28,7 +28,9 @@ defmodule FLAMEK8sBackend.RunnerPod.Spec do
     forwarded_env: %{},
     tmp_dir: false,
     dist_port: nil,
-    active_deadline_seconds: nil
+    active_deadline_seconds: nil,
+    cookie_secret_ref: nil,
+    service_account_name: nil
   ]
 
   @typedoc """
@@ -42,6 +44,9 @@ defmodule FLAMEK8sBackend.RunnerPod.Spec do
     * `:tmp_dir` - where the app container gets a writable `emptyDir` (and `TMPDIR`), or `false`
     * `:dist_port` - the runner's fixed Erlang distribution port, or `nil`
     * `:active_deadline_seconds` - the pod's `activeDeadlineSeconds`, or `nil` for none
+    * `:cookie_secret_ref` - the `secretKeyRef` the parent's own `RELEASE_COOKIE` comes from,
+      for the runner to reference too; `nil`: the cookie goes in the runner secret
+    * `:service_account_name` - the runner pod's ServiceAccount, or `nil` for the parent's
   """
   @type t :: %__MODULE__{
           runner_name: String.t(),
@@ -56,6 +61,8 @@ defmodule FLAMEK8sBackend.RunnerPod.Spec do
           forwarded_env: %{String.t() => String.t()},
           tmp_dir: String.t() | false,
           dist_port: 1..65_535 | nil,
-          active_deadline_seconds: pos_integer() | nil
+          active_deadline_seconds: pos_integer() | nil,
+          cookie_secret_ref: %{String.t() => term()} | nil,
+          service_account_name: String.t() | nil
         }
 end
