@@ -21,10 +21,13 @@ defmodule FLAMEK8sBackend.ExamplesTest do
     "NetworkPolicy/my-app-flame-parent",
     "NetworkPolicy/my-app-flame-runners",
     "Role/my-app-flame",
+    "Role/my-app-runner",
     "RoleBinding/my-app-flame",
+    "RoleBinding/my-app-runner",
     "Secret/my-app-cookie",
     "Service/my-app-headless",
-    "ServiceAccount/my-app"
+    "ServiceAccount/my-app",
+    "ServiceAccount/my-app-runner"
   ]
 
   setup_all do

@@ -265,8 +265,10 @@ defmodule FLAMEK8sBackend.RealNodeTest do
         backend_opts(ns, manifest: %{"spec" => %{"containers" => [container]}})
       )
 
-    {:ok, _} = Kube.create_secret(kube, ns, state.secret_manifest)
-    {:ok, _} = Kube.create_pod(kube, ns, state.pod_manifest)
+    # This test VM's cookie is not in a Secret of the parent pod: the runner gets its own.
+    %{pod: pod, secret: %{} = secret} = FLAMEK8sBackend.runner_manifests(state)
+    {:ok, _} = Kube.create_secret(kube, ns, secret)
+    {:ok, _} = Kube.create_pod(kube, ns, pod)
     runner = RealNode.await_running!(kube, ns, state.runner_name)
 
     assert [%{"kind" => "Pod", "name" => "parent", "controller" => true}] =
@@ -493,10 +495,13 @@ defmodule FLAMEK8sBackend.RealNodeParentTest do
              "ok NetworkPolicy/flame-demo-flame-parent",
              "ok NetworkPolicy/flame-demo-flame-runners",
              "ok Role/flame-demo-flame",
+             "ok Role/flame-demo-runner",
              "ok RoleBinding/flame-demo-flame",
+             "ok RoleBinding/flame-demo-runner",
              "ok Secret/flame-demo-cookie",
              "ok Service/flame-demo-headless",
-             "ok ServiceAccount/flame-demo"
+             "ok ServiceAccount/flame-demo",
+             "ok ServiceAccount/flame-demo-runner"
            ]
   end
 
@@ -527,8 +532,12 @@ defmodule FLAMEK8sBackend.RealNodeParentTest do
 
     assert owner == parent.name
     [container] = pod["spec"]["containers"]
-    refute "RELEASE_COOKIE" in Enum.map(container["env"], & &1["name"])
-    assert %{"secretRef" => %{"name" => runner.pod}} in container["envFrom"]
+
+    # The parent's cookie comes from a Secret: the runner reads the same key, no Secret of its own.
+    cookie_ref = %{"secretKeyRef" => %{"name" => "flame-demo-cookie", "key" => "RELEASE_COOKIE"}}
+    assert %{"name" => "RELEASE_COOKIE", "valueFrom" => cookie_ref} in container["env"]
+    refute Enum.any?(container["envFrom"] || [], &Map.has_key?(&1, "secretRef"))
+    refute secret_exists?(ctx, runner.pod)
     refute inspect(pod) =~ Atom.to_string(ctx.cookie)
 
     # In-cluster mode: the parent created the runner with its own mounted token.
@@ -544,27 +553,32 @@ defmodule FLAMEK8sBackend.RealNodeParentTest do
     assert creator == parent.name
   end
 
-  test "idle shutdown: the runner deletes its own pod and secret with its own token", ctx do
+  test "idle shutdown: the runner deletes its own pod with its own token, once", ctx do
     parent = parent!(ctx)
     %{runner: runner} = rpc(parent, FlameDemo, :where, [])
     # The demo pool's idle_shutdown_after is 10 s.
     await_gone!(ctx, runner.pod, 60_000)
 
-    for resource <- ["pods", "secrets"] do
-      events = deletions(ctx, runner.pod, resource)
-      assert [%{"pod_name" => deleter, "source_ips" => ips} | _] = events
+    # The kubelet's own final DELETE (grace 0, once the containers are gone) is Kubernetes'
+    # part of every pod deletion, not a client's.
+    events =
+      ctx
+      |> deletions(runner.pod, "pods")
+      |> Enum.reject(&(&1["user"] == "system:node:flame-realnode"))
 
-      assert deleter == runner.pod,
-             "#{resource}/#{runner.pod} deleted first by #{deleter}, not by the runner: " <>
-               inspect(Enum.map(events, &Map.take(&1, ["time", "pod_name", "code"])))
+    # The runner told the parent's reaper what it deleted: the reaper sends no second DELETE.
+    assert [%{"pod_name" => deleter, "source_ips" => ips}] = events,
+           "pods/#{runner.pod} deleted by: " <>
+             inspect(Enum.map(events, &Map.take(&1, ["time", "pod_name", "code"])))
 
-      assert ips == [runner.pod_ip]
-    end
-
+    assert deleter == runner.pod
+    assert ips == [runner.pod_ip]
+    assert deletions(ctx, runner.pod, "secrets") == []
+    assert deletions(ctx, "flame-demo-cookie", "secrets") == []
     assert runner_pods(ctx) == []
   end
 
-  test "the runner's container is killed: the parent's reaper deletes pod and secret", ctx do
+  test "the runner's container is killed: the parent's reaper deletes its pod", ctx do
     parent = parent!(ctx)
     %{runner: runner} = rpc(parent, FlameDemo, :where, [])
     {:ok, pod} = Kube.get_pod(ctx.kube, ctx.namespace, runner.pod)
@@ -573,10 +587,9 @@ defmodule FLAMEK8sBackend.RealNodeParentTest do
 
     await_gone!(ctx, runner.pod, 60_000)
 
-    for resource <- ["pods", "secrets"] do
-      assert [%{"pod_name" => deleter} | _] = deletions(ctx, runner.pod, resource)
-      assert deleter == parent.name, "#{resource} deleted by #{deleter}, not by the parent"
-    end
+    assert [%{"pod_name" => deleter} | _] = deletions(ctx, runner.pod, "pods")
+    assert deleter == parent.name, "pod deleted by #{deleter}, not by the parent"
+    assert deletions(ctx, "flame-demo-cookie", "secrets") == []
   end
 
   test "a runner over its memory limit: OOMKilled, exit code 137", ctx do
@@ -768,7 +781,7 @@ defmodule FLAMEK8sBackend.RealNodeParentTest do
     assert "patch" in verbs
   end
 
-  test "the parent pod is deleted: the garbage collector removes its runners' pods and secrets",
+  test "the parent pod is deleted: the garbage collector removes its runners' pods",
        ctx do
     parent = parent!(ctx)
     %{runner: runner} = rpc(parent, FlameDemo, :where, [])
@@ -786,10 +799,7 @@ defmodule FLAMEK8sBackend.RealNodeParentTest do
     end
 
     gc = "system:serviceaccount:kube-system:generic-garbage-collector"
-
-    for resource <- ["pods", "secrets"] do
-      assert [%{"user" => ^gc} | _] = deletions(ctx, runner.pod, resource)
-    end
+    assert [%{"user" => ^gc} | _] = deletions(ctx, runner.pod, "pods")
   end
 
   test "the parent outside the cluster: bin/demo --kubeconfig ... --parent-host 10.244.0.1",
