@@ -20,8 +20,10 @@ defmodule FLAMEK8sBackend.Kube do
     * `{:connect, message}` - the server could not be reached
     * `{:timeout, ms}` - no answer within the request timeout
     * `{:invalid_manifest, message}` - the manifest could not be turned into the resource,
-      the message names the offending path
-    * `{:config, message}` - the connection options or credentials are unusable
+      the message names the offending path; also a manifest or body of more than 1,000,000
+      values (a subterm shared by reference counts each time it occurs, as copying it would)
+    * `{:config, message}` - the connection options or credentials are unusable (a token file
+      that cannot be read, a token no HTTP header can hold)
     * `{:decode, message}` - the server's answer was not what Kubernetes sends
     * `{:internal, message}` - a bug in this library (e.g. a caught panic); please report it
 
@@ -118,6 +120,11 @@ defmodule FLAMEK8sBackend.Kube do
       pushes back (429, or 503/504) is retried after its `Retry-After` while the request
       timeout allows, holding its slot; when the wait would end past the timeout, the server's
       answer is returned at once (`{:api, 429, "TooManyRequests", message}`).
+
+  A token read from a file (the in-cluster service account token, a kubeconfig's `tokenFile`)
+  is read again every minute, and at once when the API server refuses it (401): if the file
+  holds a new token by then (the kubelet rewrites it on rotation), the request is sent once
+  more with it, so a rotated and revoked token never needs a reconnect.
 
   ## Examples
 
