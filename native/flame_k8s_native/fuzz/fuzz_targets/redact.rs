@@ -31,12 +31,14 @@ fuzz_target!(|data: &[u8]| {
         } else {
             let quoted = format!("\"{secret}\"");
             let probe = redact(&format!("{message} {quoted}"), Some(secret));
-            assert!(!probe.ends_with(&quoted), "{secret:?} survives in {probe:?}");
+            assert!(
+                !probe.ends_with(&quoted),
+                "{secret:?} survives in {probe:?}"
+            );
         }
     }
     // A short token that occurs only glued to letters or digits garbles nothing.
-    if !secret.is_empty() && secret.len() < MIN_REDACTED_LEN && only_inside_words(message, secret)
-    {
+    if !secret.is_empty() && secret.len() < MIN_REDACTED_LEN && only_inside_words(message, secret) {
         assert_eq!(out, plain, "{secret:?} garbled {message:?}");
     }
     // Whatever followed "Bearer " is gone, with or without a known secret.
@@ -61,7 +63,9 @@ fn only_inside_words(message: &str, secret: &str) -> bool {
         .filter(|(at, _)| message.get(*at..).is_some_and(|m| m.starts_with(secret)))
         .all(|(at, _)| {
             let before = message.get(..at).and_then(|b| b.chars().next_back());
-            let after = message.get(at + secret.len()..).and_then(|a| a.chars().next());
+            let after = message
+                .get(at + secret.len()..)
+                .and_then(|a| a.chars().next());
             glued(before) || glued(after)
         })
 }
