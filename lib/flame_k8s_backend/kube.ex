@@ -449,7 +449,8 @@ defmodule FLAMEK8sBackend.Kube do
     end
   end
 
-  ## Validation (the only place arguments are checked; the NIF only decodes their types)
+  ## Validation (the one place arguments are checked for the caller; the NIF decodes their
+  ## types, and refuses only what it could not send: see native/.../nif/args.rs)
 
   # An option list may hold a secret (the token, a request body): a bad one is described by
   # its shape (which element, of what type), never shown.
