@@ -164,6 +164,12 @@ defmodule FLAMEK8sBackend.BootError do
 
   def describe({:not_distributed, message}), do: message
   def describe({:nif_not_loaded, message}), do: message
+  # A 401 says only "Unauthorized": the person reading it needs to know it is the credentials.
+  def describe({:api, 401, reason, message}),
+    do:
+      "API error 401 #{reason}: the API server rejected the credentials (the token is " <>
+        "expired, revoked or not valid for this cluster): #{message}"
+
   def describe({:api, status, reason, message}), do: "API error #{status} #{reason}: #{message}"
   def describe({:connect, message}), do: "cannot reach the API server: #{message}"
 

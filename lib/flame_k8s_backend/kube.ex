@@ -20,17 +20,22 @@ defmodule FLAMEK8sBackend.Kube do
     * `{:connect, message}` - the server could not be reached
     * `{:timeout, ms}` - no answer within the request timeout
     * `{:invalid_manifest, message}` - the manifest could not be turned into the resource,
-      the message names the offending path
-    * `{:config, message}` - the connection options or credentials are unusable
+      the message names the offending path; also a manifest or body of more than 1,000,000
+      values (a subterm shared by reference counts each time it occurs, as copying it would)
+    * `{:config, message}` - the connection options or credentials are unusable (a token file
+      that cannot be read, a token no HTTP header can hold)
     * `{:decode, message}` - the server's answer was not what Kubernetes sends
     * `{:internal, message}` - a bug in this library (e.g. a caught panic); please report it
 
   ## Arguments
 
   Arguments are validated here, once, before anything reaches the NIF: a bad one raises
-  `ArgumentError` naming the argument or option as you wrote it (secret values are never
-  shown). Namespaces and names must be Kubernetes names (letters, digits, `-`, `.`, `_`, `:`;
-  at most 253 characters), since they go into the request's URL as they are.
+  `ArgumentError` naming the argument or option as you wrote it. The bad value is shown within
+  bounds (a few elements, a short excerpt of a string, the size of a big integer); a value that
+  may hold a secret (an option list, a manifest, a body, the token) is never shown, only its
+  type. Namespaces and names must be Kubernetes names (letters, digits, `-`, `.`, `_`, `:`;
+  at most 253 characters), since they go into the request's URL as they are; a label
+  selector is at most 16 KiB.
 
   ## Example
 
@@ -86,6 +91,7 @@ defmodule FLAMEK8sBackend.Kube do
   @reply_margin 2_000
   @max_timeout 4_000_000_000
   @max_u32 4_294_967_295
+  @max_selector 16_384
   @methods %{
     "GET" => :get,
     "POST" => :post,
@@ -114,6 +120,11 @@ defmodule FLAMEK8sBackend.Kube do
       pushes back (429, or 503/504) is retried after its `Retry-After` while the request
       timeout allows, holding its slot; when the wait would end past the timeout, the server's
       answer is returned at once (`{:api, 429, "TooManyRequests", message}`).
+
+  A token read from a file (the in-cluster service account token, a kubeconfig's `tokenFile`)
+  is read again every minute, and at once when the API server refuses it (401): if the file
+  holds a new token by then (the kubelet rewrites it on rotation), the request is sent once
+  more with it, so a rotated and revoked token never needs a reconnect.
 
   ## Examples
 
@@ -208,11 +219,7 @@ defmodule FLAMEK8sBackend.Kube do
   @spec list_pods(t(), String.t(), keyword()) :: {:ok, [pod()]} | {:error, error()}
   def list_pods(%__MODULE__{} = kube, namespace, opts \\ []) do
     opts = validate_keyword!(opts, [:label_selector], "list_pods options")
-    selector = Keyword.get(opts, :label_selector, "")
-
-    unless is_binary(selector) and String.valid?(selector) do
-      raise ArgumentError, bad(":label_selector", "a string", selector)
-    end
+    selector = selector!(Keyword.get(opts, :label_selector, ""))
 
     namespace = name!(namespace, "namespace")
     call(kube.request_timeout, &Native.list_pods(kube.resource, namespace, selector, &1))
@@ -280,7 +287,7 @@ defmodule FLAMEK8sBackend.Kube do
       case Keyword.get(opts, :body) do
         nil -> nil
         map when is_map(map) -> map
-        other -> raise ArgumentError, bad(":body", "a map", other)
+        other -> raise ArgumentError, ":body: expected a map, got #{type_of(other)}"
       end
 
     content_type = optional_string!(opts, :content_type)
@@ -359,7 +366,7 @@ defmodule FLAMEK8sBackend.Kube do
       end
 
     report_ready = boolean!(opts, :report_ready, true)
-    label_selector = optional_string!(opts, :label_selector)
+    label_selector = if s = optional_string!(opts, :label_selector), do: selector!(s)
     ref = make_ref()
 
     opts = %{
@@ -442,11 +449,14 @@ defmodule FLAMEK8sBackend.Kube do
     end
   end
 
-  ## Validation (the only place arguments are checked; the NIF only decodes their types)
+  ## Validation (the one place arguments are checked for the caller; the NIF decodes their
+  ## types, and refuses only what it could not send: see native/.../nif/args.rs)
 
+  # An option list may hold a secret (the token, a request body): a bad one is described by
+  # its shape (which element, of what type), never shown.
   defp validate_keyword!(opts, allowed, what) do
-    unless is_list(opts) and Enum.all?(opts, &match?({key, _} when is_atom(key), &1)) do
-      raise ArgumentError, bad(what, "a keyword list", opts)
+    if problem = keyword_problem(opts) do
+      raise ArgumentError, "#{what}: expected a keyword list, got #{problem}"
     end
 
     # uniq: a key given twice is not unknown (the first one counts, as in Keyword.get/2).
@@ -456,9 +466,24 @@ defmodule FLAMEK8sBackend.Kube do
 
       unknown ->
         raise ArgumentError,
-              "#{what}: unknown option(s) #{inspect(unknown)}, expected one of #{inspect(allowed)}"
+              "#{what}: unknown option(s) #{show(unknown)}, expected one of #{inspect(allowed)}"
     end
   end
+
+  # Walks the list itself: Enum's functions raise FunctionClauseError on an improper list.
+  defp keyword_problem(list) when is_list(list), do: keyword_problem(list, 1)
+  defp keyword_problem(other), do: type_of(other)
+
+  defp keyword_problem([], _index), do: nil
+
+  defp keyword_problem([{key, _} | rest], index) when is_atom(key),
+    do: keyword_problem(rest, index + 1)
+
+  defp keyword_problem([other | _], index),
+    do: "a list whose element #{index} is #{type_of(other)}"
+
+  defp keyword_problem(tail, index),
+    do: "an improper list (its tail after #{index - 1} element(s) is #{type_of(tail)})"
 
   defp mode!(opts) do
     case Keyword.get(opts, :mode, :auto) do
@@ -490,12 +515,19 @@ defmodule FLAMEK8sBackend.Kube do
       nil ->
         nil
 
+      value when is_binary(value) and value != "" and key == :token ->
+        # Goes into the Authorization header: control characters cannot (and would otherwise
+        # only fail when the first request is sent).
+        if String.valid?(value) and not String.match?(value, ~r/[\x00-\x08\x0a-\x1f\x7f]/),
+          do: value,
+          else: raise(ArgumentError, bad_token())
+
       value when is_binary(value) and value != "" ->
         if String.valid?(value), do: value, else: raise(ArgumentError, bad_string(key))
 
       # A token is a secret: never echo its value back in the error.
       _ when key == :token ->
-        raise ArgumentError, bad_string(key)
+        raise ArgumentError, bad_token()
 
       other ->
         raise ArgumentError, bad(inspect(key), "a non-empty string", other)
@@ -503,6 +535,21 @@ defmodule FLAMEK8sBackend.Kube do
   end
 
   defp bad_string(key), do: "#{inspect(key)}: expected a non-empty UTF-8 string"
+
+  defp bad_token,
+    do: ":token: expected a non-empty UTF-8 string without control characters (not shown)"
+
+  # A selector goes into the URL's query, percent-encoded (up to 3 bytes per byte): the bound
+  # keeps every request URL within what an HTTP URI may hold (64 KiB).
+  defp selector!(selector) do
+    if is_binary(selector) and byte_size(selector) <= @max_selector and String.valid?(selector),
+      do: selector,
+      else:
+        raise(
+          ArgumentError,
+          bad(":label_selector", "a string of at most #{@max_selector} bytes", selector)
+        )
+  end
 
   defp max_concurrent_creates!(opts) do
     case Keyword.get(opts, :max_concurrent_creates, @default_max_concurrent_creates) do
@@ -554,9 +601,44 @@ defmodule FLAMEK8sBackend.Kube do
   end
 
   defp map!(value, _what) when is_map(value) and not is_struct(value), do: value
-  defp map!(value, what), do: raise(ArgumentError, bad(what, "a map", value))
 
-  defp bad(what, expected, got), do: "#{what}: expected #{expected}, got: #{inspect(got)}"
+  defp map!(value, what),
+    do: raise(ArgumentError, "#{what}: expected a map, got #{type_of(value)}")
+
+  defp bad(what, expected, got), do: "#{what}: expected #{expected}, got: #{show(got)}"
+
+  # A bad value, shown within bounds whatever it is: a few elements per term (the limit counts
+  # across nesting, so subterms shared many times cost no more), strings cut short, and big
+  # integers by their size (printing an integer of millions of bits takes minutes).
+  @show_opts [limit: 8, printable_limit: 100]
+  @big_integer Bitwise.bsl(1, 256)
+
+  defp show(value), do: inspect(value, [inspect_fun: &show_doc/2] ++ @show_opts)
+
+  defp show_doc(n, _opts) when is_integer(n) and (n >= @big_integer or n <= -@big_integer) do
+    <<first, _::binary>> = bytes = :binary.encode_unsigned(abs(n))
+    "#integer<#{(byte_size(bytes) - 1) * 8 + length(Integer.digits(first, 2))} bits>"
+  end
+
+  defp show_doc(term, opts), do: Inspect.inspect(term, opts)
+
+  # A value that may hold a secret (an option list, a manifest, a body) by its type alone.
+  defp type_of(value) when is_list(value) do
+    if List.improper?(value), do: "an improper list", else: "a list"
+  end
+
+  defp type_of(value) when is_struct(value), do: "a struct #{inspect(value.__struct__)}"
+  defp type_of(value) when is_map(value), do: "a map"
+  defp type_of(value) when is_tuple(value), do: "a tuple of #{tuple_size(value)} element(s)"
+  defp type_of(value) when is_binary(value), do: "a binary of #{byte_size(value)} byte(s)"
+  defp type_of(value) when is_bitstring(value), do: "a bitstring"
+  defp type_of(value) when is_atom(value), do: "an atom"
+  defp type_of(value) when is_integer(value), do: "an integer"
+  defp type_of(value) when is_float(value), do: "a float"
+  defp type_of(value) when is_function(value), do: "a function"
+  defp type_of(value) when is_pid(value), do: "a pid"
+  defp type_of(value) when is_reference(value), do: "a reference"
+  defp type_of(value) when is_port(value), do: "a port"
 
   defimpl Inspect do
     def inspect(kube, _opts) do

@@ -46,4 +46,15 @@ defmodule FLAMEK8sBackend.BootErrorTest do
     assert Exception.message(%{@base | log: {:unreadable, "timeout"}}) =~
              "\n  log: not readable (timeout)"
   end
+
+  test "a 401 says the credentials were rejected, expired or revoked" do
+    error = %{@base | phase: :create_secret, reason: {:api, 401, "Unauthorized", "Unauthorized"}}
+    message = Exception.message(error)
+    assert message =~ "API error 401 Unauthorized"
+    assert message =~ "rejected the credentials"
+    assert message =~ "expired, revoked"
+
+    assert BootError.describe({:api, 403, "Forbidden", "pods is forbidden"}) ==
+             "API error 403 Forbidden: pods is forbidden"
+  end
 end

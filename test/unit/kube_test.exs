@@ -271,6 +271,56 @@ defmodule FLAMEK8sBackend.KubeTest do
       end
     end
 
+    # The NIF, called directly, refuses what could not make a request URL (a name of 64 KB
+    # made an {:internal, "building request: ..."} error): an ArgumentError naming it.
+    test "the NIF refuses names and selectors no URL can hold, naming them" do
+      c = refused_kube().resource
+      ref = make_ref()
+      long = String.duplicate("a", 70_000)
+
+      for bad <- [long, String.duplicate("a", 254), "a/b", "a?b", "..", "", "a\0b"] do
+        assert_raise ArgumentError, ~r/^name: expected a Kubernetes name/, fn ->
+          Native.get_pod(c, "d", bad, ref)
+        end
+
+        assert_raise ArgumentError, ~r/^namespace: expected a Kubernetes name/, fn ->
+          Native.delete(c, :pod, bad, "p", nil, ref)
+        end
+      end
+
+      assert_raise ArgumentError,
+                   ~r/^label_selector: expected a UTF-8 binary of at most 16384/,
+                   fn ->
+                     Native.list_pods(c, "d", long, ref)
+                   end
+
+      await = %{timeout_ms: 100, unschedulable: :fail, report_ready: true, label_selector: long}
+
+      assert_raise ArgumentError, ~r/^opts: expected/, fn ->
+        Native.await_pod(c, "d", "p", await, ref)
+      end
+
+      {:ok, _} = Native.list_pods(c, "d", String.duplicate("a", 16_384), ref)
+      assert_receive {:flame_k8s, ^ref, {:error, {:connect, _}}}, 5_000
+    end
+
+    test "Kube bounds label selectors to 16 KiB" do
+      kube = refused_kube()
+      long = String.duplicate("a", 16_385)
+
+      assert_raise ArgumentError,
+                   ~r/^:label_selector: expected a string of at most 16384 bytes/,
+                   fn ->
+                     Kube.list_pods(kube, "d", label_selector: long)
+                   end
+
+      assert_raise ArgumentError,
+                   ~r/^:label_selector: expected a string of at most 16384 bytes/,
+                   fn ->
+                     Kube.await_pod(kube, "d", "p", timeout: 100, label_selector: long)
+                   end
+    end
+
     test ":max_concurrent_creates reaches the client (default 32)" do
       assert %{max_concurrent_creates: 32} = Native.client_info(refused_kube().resource)
       kube = refused_kube(max_concurrent_creates: 7)

@@ -287,6 +287,7 @@ pub fn resolve(opts: &ConnectOptions) -> Result<Resolved> {
             "max_concurrent_creates must be a positive integer".into(),
         ));
     }
+    check_token(&resolved.config)?;
     resolved.max_concurrent_creates = opts.max_concurrent_creates;
     resolved.request_timeout = timeout;
     resolved.config.connect_timeout = Some(timeout + CONNECTION_TIMEOUT_MARGIN);
@@ -334,7 +335,7 @@ fn build(resolved: Resolved) -> Result<ClientHandle> {
 
     let rt = runtime()?;
     let _guard = rt.enter();
-    let to_config_error = |e: kube::Error| match Error::from(e) {
+    let to_config_error = |e: Error| match e {
         Error::Config(m) | Error::Internal(m) | Error::Connect(m) | Error::Decode(m) => {
             Error::Config(format!("cannot build the client: {m}"))
         }
@@ -354,6 +355,43 @@ fn build(resolved: Resolved) -> Result<ClientHandle> {
     Ok(handle)
 }
 
+/// A token given as such (`:token`, a kubeconfig's `token`) must fit in the Authorization
+/// header: kube's auth layer panics on one that does not (a control character), so it is a
+/// configuration error here, which says what is wrong but never what the token is.
+fn check_token(config: &kube::Config) -> Result<()> {
+    if config.auth_info.token.is_none() {
+        return Ok(());
+    }
+    // kube's `SecretString` shows its value only to the `secrecy` crate's trait (not a
+    // dependency here) or to kube's own serializer of `AuthInfo`: the latter it is. The copy
+    // lives for this check only.
+    let info = serde_json::to_value(&config.auth_info)
+        .map_err(|_| Error::Config("token: cannot be read".into()))?;
+    match info.get("token").and_then(serde_json::Value::as_str) {
+        Some(token) => crate::auth::bearer(token)
+            .map(drop)
+            .map_err(|why| Error::Config(format!("token: {why}"))),
+        None => Ok(()),
+    }
+}
+
+/// The token file kube would read for `config` (a kubeconfig's `tokenFile`, the in-cluster
+/// token), opened here instead: `auth::TokenFileLayer` re-reads it on a 401. Credentials that
+/// take precedence over a token file in kube (an auth provider, basic auth, a token) leave it
+/// to kube.
+fn token_file(config: &kube::Config) -> Result<Option<crate::auth::TokenFileLayer>> {
+    let auth = &config.auth_info;
+    let basic = auth.username.is_some() && auth.password.is_some();
+    match &auth.token_file {
+        Some(path) if auth.auth_provider.is_none() && !basic && auth.token.is_none() => {
+            let file = crate::auth::TokenFile::open(std::path::Path::new(path))
+                .map_err(|e| Error::Config(e.0))?;
+            Ok(Some(crate::auth::TokenFileLayer(Arc::new(file))))
+        }
+        _ => Ok(None),
+    }
+}
+
 /// What `kube::Client::try_from(config)` builds (rustls connector, connect timeout, base URI,
 /// auth with token refresh, extra/impersonation headers), except: TCP_NODELAY on every
 /// connection (without it a small request written in two segments on a reused connection
@@ -363,12 +401,18 @@ fn build(resolved: Resolved) -> Result<ClientHandle> {
 /// retry layer: its retries of 429/503/504 (15 of them, up to minutes apart) know nothing of
 /// the request timeout, which then cut them off as `{:timeout, ms}`, hiding the server's
 /// answer. Requests retry in `raw::send` instead, within their deadline; watches back off in
-/// the watcher. A proxy URL goes to kube's own builder, which refuses it (the
-/// proxy features are off) with its usual error.
-fn make_client(config: &kube::Config) -> std::result::Result<kube::Client, kube::Error> {
+/// the watcher. A token file is read by `auth::TokenFileLayer` instead of kube's auth layer
+/// (which re-reads it at most once a minute, and not on a 401). A proxy URL goes to kube's own
+/// builder, which refuses it (the proxy features are off) with its usual error.
+fn make_client(config: &kube::Config) -> Result<kube::Client> {
     if config.proxy_url.is_some() {
-        return kube::Client::try_from(config.clone());
+        return Ok(kube::Client::try_from(config.clone())?);
     }
+    let file_auth = token_file(config)?;
+    let kube_auth = match file_auth {
+        Some(_) => None,
+        None => config.auth_layer()?,
+    };
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -380,7 +424,8 @@ fn make_client(config: &kube::Config) -> std::result::Result<kube::Client, kube:
         hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(connector);
     let service = ServiceBuilder::new()
         .layer(config.base_uri_layer())
-        .option_layer(config.auth_layer()?)
+        .option_layer(kube_auth)
+        .option_layer(file_auth)
         .layer(config.extra_headers_layer()?)
         .map_err(BoxError::from)
         .service(http_client);
@@ -728,6 +773,54 @@ users:
         o.ca_cert_pem = None;
         o.request_timeout_ms = 0;
         assert!(matches!(resolve(&o).unwrap_err(), Error::Config(_)));
+    }
+
+    // kube's auth layer panics on a token no header can hold: refused before it is built.
+    #[test]
+    fn a_token_no_header_can_hold_is_a_config_error_without_the_token() {
+        for token in ["se\ncret", "se\rcret", "se\0cret", "se\x7fcret"] {
+            let mut o = opts(Mode::Explicit);
+            o.url = Some("https://127.0.0.1:6443".into());
+            o.token = Some(token.into());
+            match connect_blocking(&o).unwrap_err() {
+                Error::Config(m) => {
+                    assert!(
+                        m.starts_with("token: is not a valid HTTP header value"),
+                        "{m}"
+                    );
+                    assert!(!m.contains("cret"), "{m}");
+                }
+                e => panic!("{e:?}"),
+            }
+        }
+        let (_p, path) = kubeconfig_file(&KUBECONFIG.replace(
+            "user: {token: super-secret-token}",
+            "user: {token: \"super\\nsecret\"}",
+        ));
+        let mut o = opts(Mode::Kubeconfig);
+        o.kubeconfig = Some(path);
+        assert!(matches!(
+            connect_blocking(&o).unwrap_err(),
+            Error::Config(m) if m.starts_with("token: ") && !m.contains("secret")
+        ));
+    }
+
+    #[test]
+    fn a_token_file_is_read_at_connect() {
+        let (token, token_path) = kubeconfig_file("file-token\n");
+        let (_p, path) = kubeconfig_file(&KUBECONFIG.replace(
+            "{token: super-secret-token}",
+            &format!("{{tokenFile: {token_path}}}"),
+        ));
+        let mut o = opts(Mode::Kubeconfig);
+        o.kubeconfig = Some(path);
+        assert!(token_file(&resolve(&o).unwrap().config).unwrap().is_some());
+        assert!(connect_blocking(&o).is_ok());
+        std::fs::remove_file(token).unwrap();
+        match connect_blocking(&o).unwrap_err() {
+            Error::Config(m) => assert!(m.contains("cannot read the token file"), "{m}"),
+            e => panic!("{e:?}"),
+        }
     }
 
     #[test]

@@ -39,6 +39,20 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Credentials that cannot be sent (a token file that cannot be read, a token no HTTP header
+/// can hold), raised inside a client's service stack: `Error::Config` once it comes out of
+/// kube. The message never holds the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials(pub String);
+
+impl fmt::Display for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Credentials {}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -112,10 +126,16 @@ impl Error {
     }
 }
 
+/// A secret this long is replaced wherever it occurs. A shorter one (a test cluster's static
+/// token, say "t") is replaced only where it stands alone, not inside a word: replacing every
+/// "t" would garble every message, and a short string inside a word is no sign of a leak.
+pub const MIN_REDACTED_LEN: usize = 8;
+
 /// Remove a known secret and any `Bearer <token>` from a message.
 pub fn redact(message: &str, secret: Option<&str>) -> String {
     let mut out = match secret {
-        Some(s) if !s.is_empty() => message.replace(s, "[REDACTED]"),
+        Some(s) if s.len() >= MIN_REDACTED_LEN => message.replace(s, "[REDACTED]"),
+        Some(s) if !s.is_empty() => replace_standalone(message, s),
         _ => message.to_string(),
     };
     let mut search_from = 0;
@@ -136,6 +156,35 @@ pub fn redact(message: &str, secret: Option<&str>) -> String {
             search_from = start;
         }
     }
+    out
+}
+
+/// `message` with each occurrence of `secret` that is not glued to a letter or digit on either
+/// side replaced.
+fn replace_standalone(message: &str, secret: &str) -> String {
+    let glued = |c: Option<char>| c.is_some_and(char::is_alphanumeric);
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find(secret) {
+        let (before, from) = rest.split_at(at);
+        let after = from.get(secret.len()..).unwrap_or("");
+        // The character before is the last of `before`, or the last one copied out already.
+        let prev = before
+            .chars()
+            .next_back()
+            .or_else(|| out.chars().next_back());
+        out.push_str(before);
+        if glued(prev) || glued(after.chars().next()) {
+            // Not this one: step over its first character only (occurrences may overlap).
+            let step = from.chars().next().map_or(1, char::len_utf8);
+            out.push_str(from.get(..step).unwrap_or(""));
+            rest = from.get(step..).unwrap_or("");
+        } else {
+            out.push_str("[REDACTED]");
+            rest = after;
+        }
+    }
+    out.push_str(rest);
     out
 }
 
@@ -186,7 +235,10 @@ impl From<kube::Error> for Error {
             }
             // Leave out kube's "ServiceError:"/"HyperError:" prefixes; the chain says it all.
             K::HyperError(e) => Error::Connect(error_chain(&e)),
-            K::Service(e) => Error::Connect(error_chain(e.as_ref())),
+            K::Service(e) => match e.downcast_ref::<Credentials>() {
+                Some(c) => Error::Config(c.0.clone()),
+                None => Error::Connect(error_chain(e.as_ref())),
+            },
             K::ReadEvents(e) => Error::Connect(format!("reading the response: {e}")),
             K::SerdeError(_) | K::FromUtf8(_) | K::LinesCodecMaxLineLengthExceeded => {
                 Error::Decode(error_chain(&err))
@@ -354,6 +406,34 @@ mod tests {
         assert_eq!(m, "Bearer ");
         let e = Error::Connect("x tok123 y".into()).redacted(Some("tok123"));
         assert_eq!(e, Error::Connect("x [REDACTED] y".into()));
+    }
+
+    #[test]
+    fn short_secrets_are_redacted_where_they_stand_alone_only() {
+        let m = "client error (Connect): tcp connect error: Connection refused (os error 111)";
+        for token in ["t", "e", "on", "err", "tcp ", "o", "Conn", "1"] {
+            assert_eq!(redact(m, Some(token)), m, "{token:?}");
+        }
+        assert_eq!(
+            redact("token t was refused: t", Some("t")),
+            "token [REDACTED] was refused: [REDACTED]"
+        );
+        assert_eq!(redact("\"ab\",ab", Some("ab")), "\"[REDACTED]\",[REDACTED]");
+        assert_eq!(redact("aab ab", Some("ab")), "aab [REDACTED]");
+        assert_eq!(redact("é-t-é", Some("t")), "é-[REDACTED]-é");
+        assert_eq!(redact("éte t", Some("t")), "éte [REDACTED]");
+        // Overlapping occurrences: "aa" in "aaa" is glued either way.
+        assert_eq!(redact("aaa aa", Some("aa")), "aaa [REDACTED]");
+        // From MIN_REDACTED_LEN on, everywhere.
+        let long = "k".repeat(MIN_REDACTED_LEN);
+        assert_eq!(redact(&format!("x{long}y"), Some(&long)), "x[REDACTED]y");
+    }
+
+    #[test]
+    fn credentials_errors_from_the_service_stack_are_config_errors() {
+        let e: Error =
+            kube::Error::Service(Box::new(Credentials("the token in /t: is empty".into()))).into();
+        assert_eq!(e, Error::Config("the token in /t: is empty".into()));
     }
 
     #[test]

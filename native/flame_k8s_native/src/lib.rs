@@ -16,6 +16,7 @@
     )
 )]
 
+pub mod auth;
 pub mod await_pod;
 pub mod client;
 pub mod error;
