@@ -179,11 +179,6 @@ defmodule FLAMEK8sBackend.BootDiagnostics do
       {:ok, nil} ->
         %{container: container, lines: []}
 
-      # The client decodes a body that happens to be valid JSON (a log of one JSON line):
-      # the text itself is gone, its value is shown instead.
-      {:ok, value} ->
-        %{container: container, lines: [inspect(value)]}
-
       {:error, reason} ->
         {:unreadable, unreadable(reason, ~s(the optional RBAC verb "get" on "pods/log"))}
     end

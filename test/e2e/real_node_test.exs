@@ -517,6 +517,13 @@ defmodule FLAMEK8sBackend.RealNodeParentTest do
 
     assert p.pod == parent.name
     assert p.node == parent.node
+    # deployment.yaml's fixed distribution port (network-policy.yaml admits 9000), which the
+    # runner inherits with the parent's env: as each pod's epmd registered it.
+    for {name, ip} <- [{"flame_demo", parent.ip}, {runner.pod, runner.pod_ip}] do
+      {:ok, address} = :inet.parse_address(String.to_charlist(ip))
+      assert {:port, 9000, _} = :erl_epmd.port_please(String.to_charlist(name), address)
+    end
+
     assert runner.pod != parent.name
     assert "10.244.0." <> _ = runner.pod_ip
     assert Atom.to_string(runner.node) == "#{runner.pod}@#{runner.pod_ip}"

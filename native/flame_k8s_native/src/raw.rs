@@ -264,14 +264,14 @@ fn decode_response(res: Response) -> Result<Value> {
         .content_type
         .as_deref()
         .is_none_or(|ct| ct.contains("json"));
-    match json_body(&res.body) {
-        Ok(v) => Ok(v),
-        Err(e) if is_json => Err(e),
-        Err(_) => match String::from_utf8(res.body) {
-            Ok(text) => Ok(Value::String(text)),
-            Err(_) => Err(Error::Decode("response body is not UTF-8".into())),
-        },
+    if is_json {
+        return json_body(&res.body);
     }
+    // Text as it came (pods/log, /readyz), even a log line that happens to parse as JSON; a
+    // log's bytes need not be UTF-8, and a lossy line is more use than an error.
+    Ok(Value::String(
+        String::from_utf8_lossy(&res.body).into_owned(),
+    ))
 }
 
 /// A fake API server for unit tests: a `kube::Client` whose every request is answered by a
@@ -504,6 +504,16 @@ mod tests {
             body: b"ok".to_vec(),
         };
         assert!(matches!(decode_response(bad), Err(Error::Decode(_))));
+        // A pods/log line that parses as JSON stays the text it is; bytes that are not UTF-8
+        // do not lose the rest of the log.
+        let log = Response {
+            content_type: Some("text/plain".into()),
+            body: b"{\"msg\":\"booted\"}\n\xff".to_vec(),
+        };
+        assert_eq!(
+            decode_response(log).unwrap(),
+            json!("{\"msg\":\"booted\"}\n\u{fffd}")
+        );
     }
 
     #[test]
