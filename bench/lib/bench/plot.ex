@@ -8,13 +8,16 @@ defmodule Bench.Plot do
   alias Bench.Report
   alias Bench.Section.Scaling
 
-  @doc "Writes `<report>.csv` and `<report>.png` for the bursts, and a report section linking them."
-  def write([], _report_path), do: :ok
+  @doc """
+  Writes `<report>.csv` and `<report>.png` for `{bursts, idle probe samples}`
+  (`Bench.Section.Scaling.run/3`), and a report section linking them.
+  """
+  def write({[], _idle}, _report_path), do: :ok
 
-  def write(bursts, report_path) do
+  def write({bursts, idle}, report_path) do
     csv = Path.rootname(report_path) <> ".csv"
     png = Path.rootname(report_path) <> ".png"
-    Scaling.write_csv(bursts, csv)
+    Scaling.write_csv(bursts, idle, csv)
     script = Path.join(File.cwd!(), "bench/plot.py")
     figures = "Figures: [#{Path.basename(csv)}](#{Path.basename(csv)})"
 

@@ -16,12 +16,16 @@ defmodule Bench.Sampler do
 
   @doc """
   `client`: the backend's connection; `kube`: the bench's, for /metrics. `waiting`: a
-  `:counters` ref of the boots waiting for their pod, or nil; the first time it reaches
-  `live_at`, the sampler also measures the live memory (`live/1`).
+  `:counters` ref of the boots waiting for their pod, or nil; each time it first reaches one
+  of the `live_at` counts (ascending), the sampler also measures the live memory (`live/1`).
   """
-  def start(client, kube, waiting \\ nil, live_at \\ nil) do
+  def start(client, kube, waiting \\ nil, live_at \\ []) do
     %{
-      local: spawn(fn -> loop(fn -> local(client, waiting, live_at) end, @local_ms, []) end),
+      local:
+        spawn(fn ->
+          Process.put(:live_at, live_at)
+          loop(fn -> local(client, waiting) end, @local_ms, [])
+        end),
       server:
         spawn(fn ->
           loop(
@@ -41,15 +45,17 @@ defmodule Bench.Sampler do
   @doc "The memory figures now: `%{vm: bytes, rss: bytes}`."
   def memory, do: %{vm: :erlang.memory(:total), rss: rss()}
 
-  defp local(client, waiting, live_at) do
+  defp local(client, waiting) do
     sample = Map.put(memory(), :client_watches, Kube.open_watches(client))
     n = if waiting, do: :counters.get(waiting, 1), else: 0
 
-    if live_at && n >= live_at && !Process.get(:live_done) do
-      Process.put(:live_done, true)
-      Map.put(sample, :live, live(waiting))
-    else
-      sample
+    case Process.get(:live_at) do
+      [next | _] = thresholds when n >= next ->
+        Process.put(:live_at, Enum.drop_while(thresholds, &(&1 <= n)))
+        Map.put(sample, :live, live(waiting))
+
+      _ ->
+        sample
     end
   end
 

@@ -15,8 +15,9 @@ defmodule Bench.ScalingBurst do
     * memory per in-flight boot: peak minus baseline of this VM (`:erlang.memory(:total)`) and
       of the OS process's resident set (VM + NIF), divided by N (all N are in flight at the
       start; the peak includes garbage not yet collected, so this is an upper bound), and for
-      no-op boots the live VM memory per waiting boot (every process garbage-collected once
-      90% of the boots wait for their pod; baseline likewise collected);
+      no-op boots the live VM memory per waiting boot (every process garbage-collected when 25,
+      50, 75, 90% of the boots wait for their pod, the most waiting taken; baseline likewise
+      collected);
     * the 1 ms timer probe's lateness during the burst (`Bench.TimerProbe`).
 
   Kinds: `:noop` (`Bench.NoopBoot`, `sleeper:test` pods) and `:runner` (`Bench.Boot`,
@@ -89,10 +90,11 @@ defmodule Bench.ScalingBurst do
 
   defp timeout(opts), do: Keyword.put(opts, :boot_timeout, @boot_timeout_ms)
 
-  # The live memory is taken once 90% of the boots wait for their pod (no-op boots only: a
-  # runner boot's wait is inside remote_boot/1).
-  defp live_at(:noop, n), do: max(ceil(n * 0.9), 1)
-  defp live_at(:runner, _n), do: nil
+  # The live memory is taken when 25, 50, 75 and 90% of the boots wait for their pod (how
+  # many wait at once depends on how fast creates go through); no-op boots only: a runner
+  # boot's wait is inside remote_boot/1.
+  defp live_at(:noop, n), do: Enum.uniq(for f <- [0.25, 0.5, 0.75, 0.9], do: max(ceil(n * f), 1))
+  defp live_at(:runner, _n), do: []
 
   defp boots(:noop, strategy, opts, _kube, n, waiting) do
     Concurrent.map(
@@ -152,7 +154,11 @@ defmodule Bench.ScalingBurst do
   defp memory([], _mem0, _n), do: %{vm: nil, rss: nil, live: nil, live_waiting: nil}
 
   defp memory(samples, mem0, n) do
-    live = Enum.find_value(samples, & &1[:live])
+    live =
+      samples
+      |> Enum.map(& &1[:live])
+      |> Enum.reject(&is_nil/1)
+      |> Enum.max_by(& &1.waiting, fn -> nil end)
 
     %{
       vm: (Enum.max(Enum.map(samples, & &1.vm)) - mem0.vm) / n,

@@ -9,7 +9,7 @@ defmodule Bench.Section.Scaling do
   alias Bench.ApiRequests.Attribution
   alias Bench.Format, as: F
 
-  @doc "Runs both sections; returns the bursts."
+  @doc "Runs both sections; returns `{bursts, idle probe samples}`."
   def run(%ControlPlane{} = cp, noop_ns, runner_ns) do
     Report.note("probe: idle baseline")
     {_, _, idle} = TimerProbe.during(fn -> Process.sleep(3000) end)
@@ -21,11 +21,14 @@ defmodule Bench.Section.Scaling do
     runner = bursts(cp, :runner, fitting)
 
     if runner != [], do: render(:runner, runner, idle)
-    noop ++ runner
+    {noop ++ runner, idle}
   end
 
-  @doc "Writes the bursts as CSV at `path` (one line per burst) for the plot."
-  def write_csv(bursts, path) do
+  @doc """
+  Writes the bursts as CSV at `path` (one line per burst) for the plot, and the probe's idle
+  baseline as a line of kind `idle`.
+  """
+  def write_csv(bursts, idle, path) do
     head =
       "kind,strategy,n,ok,wall_s,boot_p50_ms,overhead_p50_ms,overhead_p99_ms,requests_per_boot," <>
         "server_watches,vm_kb_per_boot,rss_kb_per_boot,live_kb_per_boot,probe_p99_ms,probe_max_ms,post_p50_ms,post_p99_ms"
@@ -54,7 +57,9 @@ defmodule Bench.Section.Scaling do
         |> Enum.map_join(",", &to_string/1)
       end
 
-    File.write!(path, Enum.join([head | lines], "\n") <> "\n")
+    idle_line = "idle,-,0,,3.00,,,,,,,,,#{F.ms(Stats.pct(idle, 99))},#{F.ms(Stats.max(idle))},,"
+
+    File.write!(path, Enum.join([head | lines] ++ [idle_line], "\n") <> "\n")
   end
 
   # Rounds by N; within one, the strategy that goes first alternates, so that neither always
@@ -115,9 +120,10 @@ defmodule Bench.Section.Scaling do
     kubelet's own). Memory per in-flight boot = (peak − baseline) of `:erlang.memory(:total)` (VM) and
     of the process's `VmRSS` (VM + NIF; the NIF's Tokio runtime and Rust heap live in the same
     process), sampled every 100 ms, over N (all N start at once; the peak includes garbage
-    not yet collected, so it is an upper bound); "live" = the VM's memory once 90% of the
-    boots wait for their pod, every process garbage-collected first (the baseline is taken
-    the same way), over the boots waiting then. At N = 1 and 10 the memory figures are
+    not yet collected, so it is an upper bound); "live" = the VM's memory when most boots
+    waited for their pod (measured when 25, 50, 75 and 90% of N first wait), every process
+    garbage-collected first (the baseline is taken the same way), over the boots waiting then
+    (n). At N = 1 and 10 the memory figures are
     within the VM's own noise (a few hundred KB). Probe = lateness of a `send_after(1 ms)` in
     this VM during the burst (goal: p99 ≤ 2 ms, max ≤ 10 ms). API server latency:
     `apiserver_request_duration_seconds` during the burst, interpolated within its buckets
