@@ -8,7 +8,7 @@ VMs (dashed) where measured: API requests per boot (counted by the API server), 
 boot (p50; a point whose boots did not all succeed says how many did), the 1 ms timer probe's
 lateness (p99 and max, with the goals 2 ms and 10 ms and the idle baseline), and
 memory per in-flight boot (peaks of the VM and of the VM + NIF resident set, an upper bound,
-and the VM's live memory per waiting boot, with the goal 100 KB; N >= 50 only).
+and the VM's live memory per boot in flight, with the goal 100 KB; N >= 50 only).
 Needs matplotlib (Debian: apt-get install python3-matplotlib).
 """
 import csv

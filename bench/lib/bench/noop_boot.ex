@@ -29,39 +29,42 @@ defmodule Bench.NoopBoot do
   def backend_opts(opts), do: Keyword.put(opts, :manifest, @noop)
 
   @doc """
-  One boot with `strategy`; `opts` from `backend_opts/1`. `waiting` (a `:counters` ref) counts
-  the boots that are waiting for their pod, for the sampler.
+  One boot with `strategy`; `opts` from `backend_opts/1`. `counters` (a `:counters` ref of
+  two) counts, for the sampler, the boots waiting for their pod (1) and the boots in flight,
+  from their start until their result (2).
   """
-  def run(strategy, opts, waiting) do
-    t_init = Clock.wall()
+  def run(strategy, opts, counters) do
+    counted(counters, 2, fn ->
+      t_init = Clock.wall()
 
-    case FLAMEK8sBackend.init(opts) do
-      {:ok, state} -> boot(strategy, state, t_init, waiting)
-      {:error, error} -> %{error: {:init, Exception.message(error)}}
-    end
+      case FLAMEK8sBackend.init(opts) do
+        {:ok, state} -> boot(strategy, state, t_init, counters)
+        {:error, error} -> %{error: {:init, Exception.message(error)}}
+      end
+    end)
   end
 
-  defp boot(strategy, state, t_init, waiting) do
+  defp boot(strategy, state, t_init, counters) do
     %FLAMEK8sBackend{kube: kube, namespace: ns, runner_name: name} = state
     base = %{key: "#{ns}/#{name}", kube: kube, secret: state.secret_manifest != nil}
 
     with :ok <- create_secret(state),
          {:ok, _} <- Kube.create_pod(kube, ns, state.pod_manifest),
          t_created = Clock.wall(),
-         {:ok, t_seen} <- counted(waiting, fn -> wait(strategy, state) end) do
+         {:ok, t_seen} <- counted(counters, 1, fn -> wait(strategy, state) end) do
       Map.merge(base, %{t_init: t_init, t_created: t_created, t_seen: t_seen})
     else
       {:error, reason} -> Map.put(base, :error, reason)
     end
   end
 
-  defp counted(counter, fun) do
-    :counters.add(counter, 1, 1)
+  defp counted(counters, ix, fun) do
+    :counters.add(counters, ix, 1)
 
     try do
       fun.()
     after
-      :counters.sub(counter, 1, 1)
+      :counters.sub(counters, ix, 1)
     end
   end
 

@@ -15,16 +15,17 @@ defmodule Bench.Sampler do
   @server_ms 250
 
   @doc """
-  `client`: the backend's connection; `kube`: the bench's, for /metrics. `waiting`: a
-  `:counters` ref of the boots waiting for their pod, or nil; each time it first reaches one
-  of the `live_at` counts (ascending), the sampler also measures the live memory (`live/1`).
+  `client`: the backend's connection; `kube`: the bench's, for /metrics. `counters`: nil or
+  a `:counters` ref of the boots waiting for their pod (1) and in flight (2); each time the
+  waiting ones first reach one of the `live_at` counts (ascending), the sampler also measures
+  the live memory (`live/1`).
   """
-  def start(client, kube, waiting \\ nil, live_at \\ []) do
+  def start(client, kube, counters \\ nil, live_at \\ []) do
     %{
       local:
         spawn(fn ->
           Process.put(:live_at, live_at)
-          loop(fn -> local(client, waiting) end, @local_ms, [])
+          loop(fn -> local(client, counters) end, @local_ms, [])
         end),
       server:
         spawn(fn ->
@@ -45,14 +46,14 @@ defmodule Bench.Sampler do
   @doc "The memory figures now: `%{vm: bytes, rss: bytes}`."
   def memory, do: %{vm: :erlang.memory(:total), rss: rss()}
 
-  defp local(client, waiting) do
+  defp local(client, counters) do
     sample = Map.put(memory(), :client_watches, Kube.open_watches(client))
-    n = if waiting, do: :counters.get(waiting, 1), else: 0
+    n = if counters, do: :counters.get(counters, 1), else: 0
 
     case Process.get(:live_at) do
       [next | _] = thresholds when n >= next ->
         Process.put(:live_at, Enum.drop_while(thresholds, &(&1 <= n)))
-        Map.put(sample, :live, live(waiting))
+        Map.put(sample, :live, live(counters))
 
       _ ->
         sample
@@ -61,12 +62,17 @@ defmodule Bench.Sampler do
 
   @doc """
   The VM's live memory: every process garbage-collected first, so what is left is what the
-  processes hold, not garbage waiting for their next collection. `%{vm: bytes, waiting: n}`
-  with the number of waiting boots read after the collection.
+  processes hold, not garbage waiting for their next collection.
+  `%{vm: bytes, waiting: n, in_flight: n}`, the boots counted after the collection.
   """
-  def live(waiting) do
+  def live(counters) do
     for pid <- Process.list(), do: :erlang.garbage_collect(pid)
-    %{vm: :erlang.memory(:total), waiting: :counters.get(waiting, 1)}
+
+    %{
+      vm: :erlang.memory(:total),
+      waiting: :counters.get(counters, 1),
+      in_flight: :counters.get(counters, 2)
+    }
   end
 
   defp collect(pid) do

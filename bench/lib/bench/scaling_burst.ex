@@ -15,9 +15,9 @@ defmodule Bench.ScalingBurst do
     * memory per in-flight boot: peak minus baseline of this VM (`:erlang.memory(:total)`) and
       of the OS process's resident set (VM + NIF), divided by N (all N are in flight at the
       start; the peak includes garbage not yet collected, so this is an upper bound), and for
-      no-op boots the live VM memory per waiting boot (every process garbage-collected when 25,
-      50, 75, 90% of the boots wait for their pod, the most waiting taken; baseline likewise
-      collected);
+      no-op boots the live VM memory per boot in flight (every process garbage-collected when
+      25, 50, 75, 90% of the boots wait for their pod, the one with most waiting taken;
+      baseline likewise collected);
     * the 1 ms timer probe's lateness during the burst (`Bench.TimerProbe`).
 
   Kinds: `:noop` (`Bench.NoopBoot`, `sleeper:test` pods) and `:runner` (`Bench.Boot`,
@@ -43,11 +43,11 @@ defmodule Bench.ScalingBurst do
     watches0 = ApiServerMetrics.pod_watches(text0)
     for pid <- Process.list(), do: :erlang.garbage_collect(pid)
     mem0 = Sampler.memory()
-    waiting = :counters.new(1, [:write_concurrency])
-    sampler = Sampler.start(warm.kube, kube, waiting, live_at(kind, n))
+    counters = :counters.new(2, [:write_concurrency])
+    sampler = Sampler.start(warm.kube, kube, counters, live_at(kind, n))
 
     {results, wall, lateness} =
-      TimerProbe.during(fn -> boots(kind, strategy, opts, kube, n, waiting) end)
+      TimerProbe.during(fn -> boots(kind, strategy, opts, kube, n, counters) end)
 
     samples = Sampler.stop(sampler)
     text1 = ApiServerMetrics.fetch(kube)
@@ -96,15 +96,15 @@ defmodule Bench.ScalingBurst do
   defp live_at(:noop, n), do: Enum.uniq(for f <- [0.25, 0.5, 0.75, 0.9], do: max(ceil(n * f), 1))
   defp live_at(:runner, _n), do: []
 
-  defp boots(:noop, strategy, opts, _kube, n, waiting) do
+  defp boots(:noop, strategy, opts, _kube, n, counters) do
     Concurrent.map(
       List.duplicate(strategy, n),
-      &safe(fn -> NoopBoot.run(&1, opts, waiting) end),
+      &safe(fn -> NoopBoot.run(&1, opts, counters) end),
       @boot_timeout_ms + 20_000
     )
   end
 
-  defp boots(:runner, strategy, opts, kube, n, _waiting) do
+  defp boots(:runner, strategy, opts, kube, n, _counters) do
     pids = for _ <- 1..n, do: Boot.spawn(strategy, opts, kube)
     Boot.collect(pids, @boot_timeout_ms + 20_000)
   end
@@ -151,7 +151,7 @@ defmodule Bench.ScalingBurst do
   defp peak([], _baseline), do: nil
   defp peak(values, baseline), do: Enum.max(values) - baseline
 
-  defp memory([], _mem0, _n), do: %{vm: nil, rss: nil, live: nil, live_waiting: nil}
+  defp memory([], _mem0, _n), do: %{vm: nil, rss: nil, live: nil}
 
   defp memory(samples, mem0, n) do
     live =
@@ -163,8 +163,10 @@ defmodule Bench.ScalingBurst do
     %{
       vm: (Enum.max(Enum.map(samples, & &1.vm)) - mem0.vm) / n,
       rss: (Enum.max(Enum.map(samples, & &1.rss)) - mem0.rss) / n,
-      live: if(live && live.waiting > 0, do: (live.vm - mem0.vm) / live.waiting),
-      live_waiting: live && live.waiting
+      live:
+        if(live && live.in_flight > 0,
+          do: Map.put(live, :per_boot, (live.vm - mem0.vm) / live.in_flight)
+        )
     }
   end
 

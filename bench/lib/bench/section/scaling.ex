@@ -48,7 +48,7 @@ defmodule Bench.Section.Scaling do
           b.server_watches || "",
           kb(b.memory.vm),
           kb(b.memory.rss),
-          if(b.memory.live, do: kb(b.memory.live), else: ""),
+          if(b.memory.live, do: kb(b.memory.live.per_boot), else: ""),
           F.ms(Stats.pct(b.lateness, 99)),
           F.ms(Stats.max(b.lateness)),
           F.ms(b.latency["POST"].p50),
@@ -90,7 +90,7 @@ defmodule Bench.Section.Scaling do
 
     #{Report.table(["N", "wait", "ok", "wall s", "boot p50 ms", "boot p99 ms", "overhead p50 ms", "overhead p99 ms", "API requests / boot", "by request (per boot)", "429s"], Enum.map(bursts, &time_row/1))}
 
-    #{Report.table(["N", "wait", "pod watches on the API server (peak)", "client watches (peak)", "VM KB / in-flight boot (peak)", "VM + NIF (RSS) KB / in-flight boot (peak)", "VM KB / waiting boot (live, n)", "probe p99 ms", "probe max ms", "POST pods p50 / p99 ms (n)", "GET pods p50 / p99 ms (n)", "notes"], Enum.map(bursts, &resource_row/1))}
+    #{Report.table(["N", "wait", "pod watches on the API server (peak)", "client watches (peak)", "VM KB / in-flight boot (peak)", "VM + NIF (RSS) KB / in-flight boot (peak)", "VM KB / in-flight boot (live: in flight, waiting)", "probe p99 ms", "probe max ms", "POST pods p50 / p99 ms (n)", "GET pods p50 / p99 ms (n)", "notes"], Enum.map(bursts, &resource_row/1))}
     """)
   end
 
@@ -122,8 +122,9 @@ defmodule Bench.Section.Scaling do
     process), sampled every 100 ms, over N (all N start at once; the peak includes garbage
     not yet collected, so it is an upper bound); "live" = the VM's memory when most boots
     waited for their pod (measured when 25, 50, 75 and 90% of N first wait), every process
-    garbage-collected first (the baseline is taken the same way), over the boots waiting then
-    (n). At N = 1 and 10 the memory figures are
+    garbage-collected first (the baseline is taken the same way), over the boots in flight
+    then (started, no result yet: waiting for their pod, or before that in `init/1` or
+    queued for a create slot). At N = 1 and 10 the memory figures are
     within the VM's own noise (a few hundred KB). Probe = lateness of a `send_after(1 ms)` in
     this VM during the burst (goal: p99 ≤ 2 ms, max ≤ 10 ms). API server latency:
     `apiserver_request_duration_seconds` during the burst, interpolated within its buckets
@@ -187,7 +188,7 @@ defmodule Bench.Section.Scaling do
   defp latency(%{n: n, p50: p50, p99: p99}), do: "#{F.ms(p50)} / #{F.ms(p99)} (#{n})"
 
   defp live(%{live: nil}), do: "-"
-  defp live(%{live: bytes, live_waiting: n}), do: "#{kb(bytes)} (#{n})"
+  defp live(%{live: l}), do: "#{kb(l.per_boot)} (#{l.in_flight}, #{l.waiting})"
 
   defp kb(nil), do: "-"
   defp kb(bytes), do: :erlang.float_to_binary(bytes / 1024, decimals: 1)
