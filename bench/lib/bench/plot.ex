@@ -9,7 +9,7 @@ defmodule Bench.Plot do
   alias Bench.Section.Scaling
 
   @doc """
-  Writes `<report>.csv` and `<report>.png` for `{bursts, idle probe samples}`
+  Writes `<report>.csv` and `<report>.png` for `{bursts, idle}`
   (`Bench.Section.Scaling.run/3`), and a report section linking them.
   """
   def write({[], _idle}, _report_path), do: :ok

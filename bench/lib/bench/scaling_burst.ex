@@ -83,6 +83,18 @@ defmodule Bench.ScalingBurst do
     }
   end
 
+  @doc """
+  The probe's samples (µs) during `ms` with the burst's samplers running and no boots: what
+  the measuring itself costs the probe.
+  """
+  def samplers_alone(%ControlPlane{kube: kube} = cp, ms) do
+    {:ok, warm} = FLAMEK8sBackend.init(opts(cp, :noop))
+    sampler = Sampler.start(warm.kube, kube)
+    {_, _, lateness} = TimerProbe.during(fn -> Process.sleep(ms) end)
+    _ = Sampler.stop(sampler)
+    lateness
+  end
+
   defp opts(cp, :noop),
     do: cp |> ControlPlane.backend_opts() |> NoopBoot.backend_opts() |> timeout()
 

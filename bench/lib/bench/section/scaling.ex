@@ -9,10 +9,14 @@ defmodule Bench.Section.Scaling do
   alias Bench.ApiRequests.Attribution
   alias Bench.Format, as: F
 
-  @doc "Runs both sections; returns `{bursts, idle probe samples}`."
+  @doc """
+  Runs both sections; returns `{bursts, %{idle: probe samples, sampling: probe samples}}`
+  (the probe with nothing running, and with the samplers alone).
+  """
   def run(%ControlPlane{} = cp, noop_ns, runner_ns) do
-    Report.note("probe: idle baseline")
+    Report.note("probe: idle baseline, then the samplers alone")
     {_, _, idle} = TimerProbe.during(fn -> Process.sleep(3000) end)
+    idle = %{idle: idle, sampling: ScalingBurst.samplers_alone(cp, 3000)}
     noop = bursts(cp, :noop, noop_ns)
     if noop != [], do: render(:noop, noop, idle)
 
@@ -26,7 +30,7 @@ defmodule Bench.Section.Scaling do
 
   @doc """
   Writes the bursts as CSV at `path` (one line per burst) for the plot, and the probe's idle
-  baseline as a line of kind `idle`.
+  baseline (`idle.idle`) as a line of kind `idle`.
   """
   def write_csv(bursts, idle, path) do
     head =
@@ -57,7 +61,8 @@ defmodule Bench.Section.Scaling do
         |> Enum.map_join(",", &to_string/1)
       end
 
-    idle_line = "idle,-,0,,3.00,,,,,,,,,#{F.ms(Stats.pct(idle, 99))},#{F.ms(Stats.max(idle))},,"
+    idle_line =
+      "idle,-,0,,3.00,,,,,,,,,#{F.ms(Stats.pct(idle.idle, 99))},#{F.ms(Stats.max(idle.idle))},,"
 
     File.write!(path, Enum.join([head | lines] ++ [idle_line], "\n") <> "\n")
   end
@@ -85,8 +90,11 @@ defmodule Bench.Section.Scaling do
 
     #{intro(kind)}
     The probe's idle baseline (3 s with nothing running, before the bursts): p99
-    #{F.ms(Stats.pct(idle, 99))} ms, max #{F.ms(Stats.max(idle))} ms; see the load averages
-    below for what else the machine was running.
+    #{F.ms(Stats.pct(idle.idle, 99))} ms, max #{F.ms(Stats.max(idle.idle))} ms; with the
+    bench's samplers running alone (memory every 100 ms, the API server's /metrics, 1.5 MB,
+    every 250 ms): p99 #{F.ms(Stats.pct(idle.sampling, 99))} ms, max
+    #{F.ms(Stats.max(idle.sampling))} ms. See the load averages below for what else the
+    machine was running.
 
     #{Report.table(["N", "wait", "ok", "wall s", "boot p50 ms", "boot p99 ms", "overhead p50 ms", "overhead p99 ms", "API requests / boot", "by request (per boot)", "429s"], Enum.map(bursts, &time_row/1))}
 
