@@ -2,20 +2,25 @@ defmodule Bench.ApiRequests do
   @moduledoc """
   The API-request counter: counts requests where they arrive, in the API server's own
   `apiserver_request_total` (its /metrics), not in the client. A snapshot sums the counter by
-  `{verb, resource, subresource, code}` (code `""` for every 2xx). Non-resource requests
+  `{verb, resource, subresource, code}` (code `""` for every 2xx; pod requests across all
+  namespaces have the resource `"pods (all namespaces)"`). Non-resource requests
   (resource `""`, such as the bench's own GET /metrics) are left out, so reading the counter does
   not count.
   """
 
   alias FLAMEK8sBackend.Kube
 
+  @all_pods "pods (all namespaces)"
+
   @type key :: {verb :: String.t(), resource :: String.t(), subresource :: String.t(), String.t()}
   @type counts :: %{key() => number()}
 
   @spec snapshot(Kube.t()) :: counts()
-  def snapshot(kube) do
-    {:ok, text} = Kube.request(kube, "GET", "/metrics")
+  def snapshot(kube), do: kube |> Bench.ApiServerMetrics.fetch() |> from_text()
 
+  @doc "The counts in a /metrics text already read (`Bench.ApiServerMetrics.fetch/1`)."
+  @spec from_text(String.t()) :: counts()
+  def from_text(text) do
     text
     |> String.split("\n")
     |> Enum.filter(&String.starts_with?(&1, "apiserver_request_total{"))
@@ -23,7 +28,7 @@ defmodule Bench.ApiRequests do
       {labels, count} = parse(line)
       code = labels["code"] || ""
       code = if String.starts_with?(code, "2"), do: "", else: code
-      key = {labels["verb"], labels["resource"], labels["subresource"] || "", code}
+      key = {labels["verb"], resource(labels), labels["subresource"] || "", code}
 
       if labels["resource"] in [nil, ""],
         do: acc,
@@ -63,6 +68,12 @@ defmodule Bench.ApiRequests do
       await_count(kube, verb, resource, at_least, deadline_ms)
     end
   end
+
+  # Pod requests across all namespaces are the simulated kubelet's informer (its LIST and
+  # WATCH, again after the server closed its watch during a burst); the backend's and the
+  # bench's are all in one namespace.
+  defp resource(%{"resource" => "pods", "scope" => "cluster"}), do: @all_pods
+  defp resource(labels), do: labels["resource"]
 
   defp parse(line) do
     [labels, value] =

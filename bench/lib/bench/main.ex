@@ -11,6 +11,7 @@ defmodule Bench.Main do
     ControlPlane,
     Incidents,
     Options,
+    Plot,
     ParentNode,
     RemoteUpTracer,
     Report,
@@ -32,12 +33,18 @@ defmodule Bench.Main do
     {:ok, _} = Application.ensure_all_started(:flame)
 
     cp = ControlPlane.start!()
-    Report.start(args[:out] || Report.default_path(now), RunInfo.header(now, args, cp))
+    prefix = if args[:scaling], do: "scaling", else: "boot"
+    path = args[:out] || Report.default_path(now, prefix)
+    Report.start(path, RunInfo.header(now, args, cp))
 
     try do
-      Section.Readiness.run(cp, args[:pods], args[:batch])
-      Section.SequentialBoots.run(cp, args[:boots])
-      Section.Storms.run(cp, args[:storm], args[:rounds])
+      if args[:scaling] do
+        cp |> Section.Scaling.run(args[:scaling_n], args[:runner_n]) |> Plot.write(path)
+      else
+        Section.Readiness.run(cp, args[:pods], args[:batch])
+        Section.SequentialBoots.run(cp, args[:boots])
+        Section.Storms.run(cp, args[:storm], args[:rounds])
+      end
     after
       ControlPlane.clean(cp)
       Section.Incidents.render()

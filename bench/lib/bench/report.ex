@@ -7,9 +7,9 @@ defmodule Bench.Report do
 
   alias Bench.Machine
 
-  def default_path(%DateTime{} = now) do
+  def default_path(%DateTime{} = now, prefix \\ "boot") do
     stamp = Calendar.strftime(now, "%Y-%m-%dT%H%MZ")
-    Path.join([File.cwd!(), "bench", "results", "boot-#{stamp}.md"])
+    Path.join([File.cwd!(), "bench", "results", "#{prefix}-#{stamp}.md"])
   end
 
   def start(path, header) do

@@ -18,13 +18,21 @@ defmodule Bench.RunInfo do
     | Erlang/OTP, Elixir | #{System.otp_release()}, #{System.version()} |
     | control plane | kube-apiserver #{cp.version} + etcd, simulated kubelet `localkube` (pods are local processes; ready in #{cp.ready_ms} ms) |
     | load average at start (1 / 5 / 15 min) | #{Machine.load()} |
-    | parameters | pods #{args[:pods]}, batch #{args[:batch]}, boots #{args[:boots]}, storm #{args[:storm]} × #{args[:rounds]} rounds, time cap #{args[:max_seconds]} s |
+    | parameters | #{parameters(args)} |
 
     Everything runs on this one machine: the parent VM (this bench), kube-apiserver, etcd, the
     simulated kubelet and every runner VM share its CPUs, and so does anything else running on the
     machine (see the load averages). Percentiles are nearest-rank; with n ≤ 100,
     p99 is the largest or second-largest sample.
     """
+  end
+
+  defp parameters(args) do
+    if args[:scaling] do
+      "scaling: no-op N #{Enum.join(args[:scaling_n], ", ")}; runner N #{Enum.join(args[:runner_n], ", ")}; time cap #{args[:max_seconds]} s"
+    else
+      "pods #{args[:pods]}, batch #{args[:batch]}, boots #{args[:boots]}, storm #{args[:storm]} × #{args[:rounds]} rounds, time cap #{args[:max_seconds]} s"
+    end
   end
 
   defp commit do

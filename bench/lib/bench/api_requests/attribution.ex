@@ -1,8 +1,9 @@
 defmodule Bench.ApiRequests.Attribution do
   @moduledoc """
   Who sent the requests the API server counted (`Bench.ApiRequests`): the simulated kubelet
-  binds pods, patches their status, reads the secrets/configmaps its containers reference and
-  ends graceful deletions; the backend (or, in the readiness series, the bench's wait strategy
+  binds pods, patches their status, reads the secrets/configmaps its containers reference,
+  ends graceful deletions and watches pods across all namespaces (re-watching when the server
+  closes its watch during a burst); the backend (or, in the readiness series, the bench's wait strategy
   and its create/delete) sends the other pod and secret requests; nodes and leases (the
   kubelet's upkeep) and the API server's own reconcilers (endpoints of the `kubernetes`
   service, ...) are background, not the boots' doing.
@@ -16,6 +17,7 @@ defmodule Bench.ApiRequests.Attribution do
   def sender({_verb, "pods", "status", _}), do: :kubelet
   def sender({"GET", "secrets", _, _}), do: :kubelet
   def sender({"GET", "configmaps", _, _}), do: :kubelet
+  def sender({_verb, "pods (all namespaces)", _, _}), do: :kubelet
   def sender({_verb, resource, _, _}) when resource in ["pods", "secrets"], do: :backend
   def sender(_), do: :background
 

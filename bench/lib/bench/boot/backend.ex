@@ -12,11 +12,14 @@ defmodule Bench.Boot.Backend do
     {:ok, state} = FLAMEK8sBackend.init(opts)
     t_boot = Clock.wall()
     key = "#{state.namespace}/#{state.runner_name}"
+    # Whether this runner gets a secret of its own (the teardown waits for its DELETE).
+    secret = state.secret_manifest != nil
 
     case FLAMEK8sBackend.remote_boot(state) do
       {:ok, _terminator, %FLAMEK8sBackend{boot_timings: timings}} ->
         %{
           key: key,
+          secret: secret,
           runner: state.runner_name,
           t_init: t_init,
           t_boot: t_boot,
@@ -27,7 +30,7 @@ defmodule Bench.Boot.Backend do
         }
 
       {:error, error} ->
-        %{key: key, error: Exception.message(error)}
+        %{key: key, secret: secret, error: Exception.message(error)}
     end
   end
 end

@@ -1,7 +1,7 @@
 defmodule Bench.Boot.Polling do
   @moduledoc """
   The polling variant of a boot, for comparison: the backend's own `init/1` (parent pod, sweep,
-  manifests), the same secret and pod, but the wait polls the pod every second until it runs
+  manifests), the same secret (when the backend has one for the runner) and pod, but the wait polls the pod every second until it runs
   (`Bench.PodPoll`, as the pure-Elixir backend waits), then waits for the runner's remote_up.
   The requests go through the bench's own client. It cleans up nothing itself: the teardown
   deletes its pod and secret as the backend's reaper would.
@@ -19,14 +19,16 @@ defmodule Bench.Boot.Polling do
     RemoteUpTracer.trace_me()
     deadline = System.monotonic_time(:millisecond) + state.boot_timeout
     %FLAMEK8sBackend{namespace: ns, runner_name: name} = state
+    secret = state.secret_manifest != nil
 
-    with {:ok, _} <- Kube.create_secret(kube, ns, state.secret_manifest),
+    with :ok <- create_secret(kube, ns, state.secret_manifest),
          {:ok, _} <- Kube.create_pod(kube, ns, state.pod_manifest),
          t_created = Clock.wall(),
          %{seen: seen} <- PodPoll.until_ready(kube, ns, name, deadline),
          {:ok, t_done} <- await_remote_up(state.parent_ref, deadline) do
       %{
         key: "#{ns}/#{name}",
+        secret: secret,
         runner: name,
         t_init: t_init,
         t_boot: t_boot,
@@ -36,9 +38,16 @@ defmodule Bench.Boot.Polling do
         t_running_seen: seen
       }
     else
-      {:error, reason} -> %{key: "#{ns}/#{name}", error: reason}
-      %{error: reason} -> %{key: "#{ns}/#{name}", error: reason}
+      {:error, reason} -> %{key: "#{ns}/#{name}", secret: secret, error: reason}
+      %{error: reason} -> %{key: "#{ns}/#{name}", secret: secret, error: reason}
     end
+  end
+
+  # The backend leaves the secret out when the runner needs none of its own.
+  defp create_secret(_kube, _ns, nil), do: :ok
+
+  defp create_secret(kube, ns, manifest) do
+    with {:ok, _} <- Kube.create_secret(kube, ns, manifest), do: :ok
   end
 
   defp await_remote_up(parent_ref, deadline) do

@@ -29,7 +29,10 @@ defmodule Bench.Boot.Teardown do
     missing
   end
 
-  # A backend boot that failed was cleaned up before it returned; one that booted is reaped now.
+  # Only runners that have a secret of their own. A backend boot that failed was cleaned up
+  # before it returned; one that booted is reaped now.
+  defp secret_delete_due?(%{secret: false}), do: false
+
   defp secret_delete_due?(%{strategy: :watch, key: _} = result),
     do: not Map.has_key?(result, :error)
 
@@ -41,7 +44,9 @@ defmodule Bench.Boot.Teardown do
     [ns, name] = String.split(key, "/", parts: 2)
     grace = if Map.has_key?(result, :error), do: [grace_period: 0], else: []
     report_failed_delete(key, "pod", Kube.delete_pod(kube, ns, name, grace))
-    report_failed_delete(key, "secret", Kube.delete_secret(kube, ns, name))
+
+    if result[:secret] != false,
+      do: report_failed_delete(key, "secret", Kube.delete_secret(kube, ns, name))
   end
 
   defp report_failed_delete(_key, _kind, :ok), do: :ok
