@@ -410,8 +410,8 @@ defmodule FLAMEK8sBackend do
     if secret_manifest, do: :ok = Reaper.track(reaper, :secret, state.runner_name)
     :ok = Reaper.track(reaper, :pod, state.runner_name)
 
-    with :ok <- create_secret(state, secret_manifest),
-         :ok <- create(state, :create_pod, &Kube.create_pod/3, pod_manifest),
+    with :ok <- create_secret(state, secret_manifest, deadline),
+         :ok <- create(state, :create_pod, &Kube.create_pod/4, pod_manifest, deadline),
          progress = BootProgress.reached(progress, :created, now() - started),
          :ok <- time_left(state, deadline, progress),
          log(
@@ -434,13 +434,15 @@ defmodule FLAMEK8sBackend do
   end
 
   # A runner that takes its cookie from the parent's Secret has none of its own.
-  defp create_secret(_state, nil), do: :ok
+  defp create_secret(_state, nil, _deadline), do: :ok
 
-  defp create_secret(state, manifest),
-    do: create(state, :create_secret, &Kube.create_secret/3, manifest)
+  defp create_secret(state, manifest, deadline),
+    do: create(state, :create_secret, &Kube.create_secret/4, manifest, deadline)
 
-  defp create(state, phase, create_fun, manifest) do
-    case create_fun.(state.kube, state.namespace, manifest) do
+  # In a burst a create may wait for one of the client's create slots for what is left of the
+  # boot, not just a request timeout; the request itself then has its own timeout.
+  defp create(state, phase, create_fun, manifest, deadline) do
+    case create_fun.(state.kube, state.namespace, manifest, queue_timeout: remaining(deadline)) do
       {:ok, _} -> :ok
       {:error, reason} -> {:error, %BootError{phase: phase, reason: reason, pod: pod_id(state)}}
     end

@@ -113,10 +113,11 @@ defmodule FLAMEK8sBackend.Kube do
     * `:url`, `:ca_cert_pem`, `:token` - explicit server URL, CA certificate (PEM) and bearer token
     * `:insecure_skip_tls_verify` - default `false`
     * `:request_timeout` - milliseconds per request, default #{@default_request_timeout}
-    * `:max_concurrent_creates` - creates (`create_pod/3`, `create_secret/3`) in flight at
+    * `:max_concurrent_creates` - creates (`create_pod/4`, `create_secret/4`) in flight at
       once on this connection, default #{@default_max_concurrent_creates}. More wait for a slot
-      (within their request timeout), so a burst of boots reaches the API server as a steady
-      stream, over a few reused connections, instead of all at once. A create the server
+      (up to their `:queue_timeout`; the request timeout starts once the create is sent), so a
+      burst of boots reaches the API server as a steady stream, over a few reused
+      connections, instead of all at once. A create the server
       pushes back (429, or 503/504) is retried after its `Retry-After` while the request
       timeout allows, holding its slot; when the wait would end past the timeout, the server's
       answer is returned at once (`{:api, 429, "TooManyRequests", message}`).
@@ -182,13 +183,17 @@ defmodule FLAMEK8sBackend.Kube do
   @doc """
   Creates a pod from a manifest map (string or atom keys) in `namespace`.
 
+  Options: `:queue_timeout` - ms the create may wait for one of the connection's create
+  slots (see `:max_concurrent_creates` in `connect/1`) before it is sent; default: the request
+  timeout. A create still waiting then is `{:error, {:timeout, ms}}` and was never sent.
+
       manifest = %{"metadata" => %{"generateName" => "runner-"},
                    "spec" => %{"containers" => [%{"name" => "app", "image" => "app:1"}]}}
       {:ok, %{"metadata" => %{"name" => "runner-x7k2p"}}} = FLAMEK8sBackend.Kube.create_pod(kube, "default", manifest)
   """
-  @spec create_pod(t(), String.t(), manifest()) :: {:ok, pod()} | {:error, error()}
-  def create_pod(%__MODULE__{} = kube, namespace, manifest),
-    do: create(kube, :pod, namespace, manifest)
+  @spec create_pod(t(), String.t(), manifest(), keyword()) :: {:ok, pod()} | {:error, error()}
+  def create_pod(%__MODULE__{} = kube, namespace, manifest, opts \\ []),
+    do: create(kube, :pod, namespace, manifest, opts)
 
   @doc """
   Deletes a pod with background propagation. A pod that is already gone counts as deleted.
@@ -227,6 +232,7 @@ defmodule FLAMEK8sBackend.Kube do
 
   @doc """
   Creates a secret. Returns only the created secret's metadata: secret values never travel back.
+  Options: `:queue_timeout`, as for `create_pod/4`.
 
       {:ok, %{"name" => "runner-cookie-abc"}} =
         FLAMEK8sBackend.Kube.create_secret(kube, "default", %{
@@ -234,9 +240,9 @@ defmodule FLAMEK8sBackend.Kube do
           "stringData" => %{"RELEASE_COOKIE" => "..."}
         })
   """
-  @spec create_secret(t(), String.t(), manifest()) :: {:ok, map()} | {:error, error()}
-  def create_secret(%__MODULE__{} = kube, namespace, manifest),
-    do: create(kube, :secret, namespace, manifest)
+  @spec create_secret(t(), String.t(), manifest(), keyword()) :: {:ok, map()} | {:error, error()}
+  def create_secret(%__MODULE__{} = kube, namespace, manifest, opts \\ []),
+    do: create(kube, :secret, namespace, manifest, opts)
 
   @doc """
   Deletes a secret. A secret that is already gone counts as deleted.
@@ -247,10 +253,13 @@ defmodule FLAMEK8sBackend.Kube do
   def delete_secret(%__MODULE__{} = kube, namespace, name),
     do: delete(kube, :secret, namespace, name, nil)
 
-  defp create(kube, kind, namespace, manifest) do
+  defp create(kube, kind, namespace, manifest, opts) do
+    opts = validate_keyword!(opts, [:queue_timeout], "create options")
+    queue = queue_timeout!(opts, kube.request_timeout)
     namespace = name!(namespace, "namespace")
     manifest = map!(manifest, "manifest")
-    call(kube.request_timeout, &Native.create(kube.resource, kind, namespace, manifest, &1))
+    timeout = min(kube.request_timeout + queue, @max_timeout)
+    call(timeout, &Native.create(kube.resource, kind, namespace, manifest, queue, &1))
   end
 
   defp delete(kube, kind, namespace, name, grace) do
@@ -565,6 +574,13 @@ defmodule FLAMEK8sBackend.Kube do
     case Keyword.get(opts, key, default) do
       value when is_boolean(value) -> value
       other -> raise ArgumentError, bad(inspect(key), "a boolean", other)
+    end
+  end
+
+  defp queue_timeout!(opts, default) do
+    case Keyword.get(opts, :queue_timeout, default) do
+      value when is_integer(value) and value in 0..@max_timeout -> value
+      other -> raise ArgumentError, bad(":queue_timeout", "a non-negative integer (ms)", other)
     end
   end
 

@@ -91,14 +91,15 @@ defmodule FLAMEK8sBackend.HostileInputTest do
          {:selector, "a=b", ["label_selector:"]},
          {:ref, ref, ["ref:"]}
        ], &Native.list_pods/4},
-      {"Native.create/5", :native,
+      {"Native.create/6", :native,
        [
          {:client, c, ["client:"]},
          {:kind, :pod, ["kind:"]},
          {:ns, "d", ["namespace:"]},
          {:manifest, @pod, ["manifest:"]},
+         {:queue, 0, ["queue_ms:"]},
          {:ref, ref, ["ref:"]}
-       ], &Native.create/5},
+       ], &Native.create/6},
       {"Native.delete/6", :native,
        [
          {:client, c, ["client:"]},
@@ -133,9 +134,13 @@ defmodule FLAMEK8sBackend.HostileInputTest do
        ], &Kube.connect/1},
       {"Kube.get_pod/3", :kube,
        [{:kube, kube, []}, {:ns, "d", ["namespace:"]}, {:name, "p", ["name:"]}], &Kube.get_pod/3},
-      {"Kube.create_pod/3", :kube,
-       [{:kube, kube, []}, {:ns, "d", ["namespace:"]}, {:manifest, @pod, ["manifest:"]}],
-       &Kube.create_pod/3},
+      {"Kube.create_pod/4", :kube,
+       [
+         {:kube, kube, []},
+         {:ns, "d", ["namespace:"]},
+         {:manifest, @pod, ["manifest:"]},
+         {:opts, [queue_timeout: 0], ["create options:", ":queue_timeout:"]}
+       ], &Kube.create_pod/4},
       {"Kube.delete_pod/4", :kube,
        [
          {:kube, kube, []},
@@ -149,12 +154,13 @@ defmodule FLAMEK8sBackend.HostileInputTest do
          {:ns, "d", ["namespace:"]},
          {:opts, [label_selector: "a=b"], ["list_pods options:", ":label_selector:"]}
        ], &Kube.list_pods/3},
-      {"Kube.create_secret/3", :kube,
+      {"Kube.create_secret/4", :kube,
        [
          {:kube, kube, []},
          {:ns, "d", ["namespace:"]},
-         {:manifest, %{"stringData" => %{"K" => "v"}}, ["manifest:"]}
-       ], &Kube.create_secret/3},
+         {:manifest, %{"stringData" => %{"K" => "v"}}, ["manifest:"]},
+         {:opts, [queue_timeout: 0], ["create options:", ":queue_timeout:"]}
+       ], &Kube.create_secret/4},
       {"Kube.delete_secret/3", :kube,
        [{:kube, kube, []}, {:ns, "d", ["namespace:"]}, {:name, "s", ["name:"]}],
        &Kube.delete_secret/3},
@@ -789,7 +795,7 @@ defmodule FLAMEK8sBackend.HostileInputTest do
       fn -> Kube.await_pod(kube, "d", "p", timeout: 1, unschedulable: u) end,
       fn -> Kube.create_pod(kube, "d", %{u => u, "metadata" => %{u => [u]}}) end,
       fn -> Kube.create_secret(kube, "d", %{"stringData" => %{u => u}, u => %{u => u}}) end,
-      fn -> Native.create(c, u, "d", %{}, ref) end,
+      fn -> Native.create(c, u, "d", %{}, 0, ref) end,
       fn -> Native.request(c, u, "/", nil, nil, ref) end,
       fn -> Native.connect(%{connect_opts_map() | mode: u}, ref) end,
       fn -> Native.await_pod(c, "d", "p", %{@await_opts | unschedulable: u}, ref) end,

@@ -211,6 +211,14 @@ defmodule FLAMEK8sBackend.KubeTest do
         Kube.delete_pod(kube, "d", "p", grace_period: -1)
       end
 
+      assert_raise ArgumentError, ~r/:queue_timeout/, fn ->
+        Kube.create_pod(kube, "d", %{}, queue_timeout: -1)
+      end
+
+      assert_raise ArgumentError, ~r/create options: .*:queue/, fn ->
+        Kube.create_secret(kube, "d", %{}, queue: 1)
+      end
+
       assert_raise ArgumentError, ~r/:label_selector/, fn ->
         Kube.list_pods(kube, "d", label_selector: 1)
       end
@@ -382,9 +390,10 @@ defmodule FLAMEK8sBackend.KubeTest do
         fn g -> Native.get_pod(g, g, g, g) end,
         fn g -> Native.get_pod(kube.resource, g, "p", ref) end,
         fn g -> Native.get_pod(kube.resource, "d", "p", g) end,
-        fn g -> Native.create(kube.resource, :pod, "d", g, ref) end,
-        fn g -> Native.create(kube.resource, g, "d", %{}, ref) end,
-        fn g -> Native.create(g, g, g, g, g) end,
+        fn g -> Native.create(kube.resource, :pod, "d", g, 0, ref) end,
+        fn g -> Native.create(kube.resource, g, "d", %{}, 0, ref) end,
+        fn g -> Native.create(kube.resource, :pod, "d", %{}, g, ref) end,
+        fn g -> Native.create(g, g, g, g, g, g) end,
         fn g -> Native.delete(kube.resource, :pod, "d", "p", g, ref) end,
         fn g -> Native.delete(g, :secret, "d", "s", nil, ref) end,
         fn g -> Native.list_pods(kube.resource, "d", g, ref) end,

@@ -116,14 +116,15 @@ pub async fn get_pod_with(
 
 /// Create a pod or a secret from a manifest (checked first, see `manifest`). A pod comes back
 /// whole; of a secret only its metadata comes back (never `data`/`stringData`). Waits for one
-/// of the client's create slots first (`ClientHandle::create_permit`), and holds it through
-/// the server's push-back (429 and its `Retry-After`): a server that asks for less gets less.
+/// of the client's create slots first (`ClientHandle::create_permit`), until `slot_deadline`,
+/// and holds it through the server's push-back (429 and its `Retry-After`): a server that asks
+/// for less gets less. The request itself then has the client's request timeout.
 pub async fn create(
     h: &ClientHandle,
     kind: Kind,
     namespace: &str,
     manifest: Value,
-    deadline: Instant,
+    slot_deadline: Instant,
 ) -> Result<Value> {
     let body = match kind {
         Kind::Pod => prepare_pod(namespace, manifest)?,
@@ -131,7 +132,15 @@ pub async fn create(
     };
     let bytes = serde_json::to_vec(&body).map_err(|e| Error::InvalidManifest(e.to_string()))?;
     let req = create_strict(&collection(namespace, kind.plural()), bytes)?;
-    let _slot = h.create_permit().await?;
+    let queued = Instant::now();
+    let _slot = tokio::time::timeout_at(slot_deadline, h.create_permit())
+        .await
+        .map_err(|_| {
+            Error::Timeout(u64::try_from(queued.elapsed().as_millis()).unwrap_or(u64::MAX))
+        })??;
+    // The request's own timeout starts once it may go: in a burst, the wait for a slot is
+    // the queue's part, bounded by `slot_deadline` (the boot's deadline for the backend).
+    let deadline = Instant::now() + h.request_timeout();
     let created = send_json(h.client(), req, deadline).await?;
     match kind {
         Kind::Pod => expect_object(created, "Pod"),
@@ -288,6 +297,34 @@ mod tests {
         assert_eq!(seen.requests.load(Ordering::SeqCst), 3);
         assert_eq!(seen.max_in_flight.load(Ordering::SeqCst), 1);
         assert!(t0.elapsed() >= Duration::from_secs(2));
+    }
+
+    /// The wait for a slot is the queue's, not the request's: with creates of 4 s, one slot
+    /// and a 5 s request timeout, the third create is sent after 8 s in the queue and still
+    /// succeeds; one whose queue bound ends first times out there, without being sent.
+    #[tokio::test(start_paused = true)]
+    async fn the_slot_wait_is_bounded_by_the_slot_deadline_not_the_request_timeout() {
+        let created = pod("p").to_string();
+        let (client, seen) =
+            fake::client(move |_| Answer::new(201, &created).after(Duration::from_secs(4)));
+        let h = Arc::new(ClientHandle::new(
+            client.clone(),
+            client,
+            Duration::from_secs(5),
+            1,
+        ));
+        let t0 = Instant::now();
+        let queue = t0 + Duration::from_secs(30);
+        let (a, b, c, late) = tokio::join!(
+            create(&h, Kind::Pod, "d", pod("a"), queue),
+            create(&h, Kind::Pod, "d", pod("b"), queue),
+            create(&h, Kind::Pod, "d", pod("c"), queue),
+            create(&h, Kind::Pod, "d", pod("late"), t0 + Duration::from_secs(6)),
+        );
+        assert!(a.is_ok() && b.is_ok() && c.is_ok(), "{a:?} {b:?} {c:?}");
+        assert!(matches!(late, Err(Error::Timeout(6000))), "{late:?}");
+        assert_eq!(seen.requests.load(Ordering::SeqCst), 3);
+        assert_eq!(t0.elapsed(), Duration::from_secs(12));
     }
 
     #[test]

@@ -13,7 +13,7 @@ defmodule Bench.Boot.Backend do
     t_boot = Clock.wall()
     key = "#{state.namespace}/#{state.runner_name}"
     # Whether this runner gets a secret of its own (the teardown waits for its DELETE).
-    secret = state.secret_manifest != nil
+    secret = FLAMEK8sBackend.runner_manifests(state).secret != nil
 
     case FLAMEK8sBackend.remote_boot(state) do
       {:ok, _terminator, %FLAMEK8sBackend{boot_timings: timings}} ->

@@ -19,10 +19,11 @@ defmodule Bench.Boot.Polling do
     RemoteUpTracer.trace_me()
     deadline = System.monotonic_time(:millisecond) + state.boot_timeout
     %FLAMEK8sBackend{namespace: ns, runner_name: name} = state
-    secret = state.secret_manifest != nil
+    %{pod: pod_manifest, secret: secret_manifest} = FLAMEK8sBackend.runner_manifests(state)
+    secret = secret_manifest != nil
 
-    with :ok <- create_secret(kube, ns, state.secret_manifest),
-         {:ok, _} <- Kube.create_pod(kube, ns, state.pod_manifest),
+    with :ok <- create_secret(kube, ns, secret_manifest),
+         {:ok, _} <- Kube.create_pod(kube, ns, pod_manifest),
          t_created = Clock.wall(),
          %{seen: seen} <- PodPoll.until_ready(kube, ns, name, deadline),
          {:ok, t_done} <- await_remote_up(state.parent_ref, deadline) do

@@ -11,13 +11,14 @@ mod reply;
 mod tasks;
 
 use std::future::Future;
+use std::time::Duration;
 
 use rustler::{Atom, Encoder, Env, Term};
 use serde_json::Value;
 
 use args::{
     ApiPath, Await, Body, Client, Connect, ContentType, Grace, Handle, KindArg, Manifest,
-    MethodArg, Name, Namespace, Ref, Selector,
+    MethodArg, Name, Namespace, QueueMs, Ref, Selector,
 };
 use reply::{Answer, Replier};
 use tasks::{start, ClientResource};
@@ -104,7 +105,8 @@ fn list_pods<'a>(
     })
 }
 
-/// Creates a pod or a secret (`kind`). The manifest is converted to JSON in the task.
+/// Creates a pod or a secret (`kind`), after waiting at most `queue_ms` for one of the client's
+/// create slots. The manifest is converted to JSON in the task.
 #[rustler::nif]
 fn create<'a>(
     env: Env<'a>,
@@ -112,14 +114,25 @@ fn create<'a>(
     kind: KindArg,
     namespace: Namespace,
     manifest: Manifest,
+    queue_ms: QueueMs,
     reference: Ref<'a>,
 ) -> Term<'a> {
-    spawn_request(env, reference, client, |c, deadline| async move {
-        let manifest = manifest.0.into_json("manifest")?;
-        let created =
-            crate::pods::create(&c.handle, kind.0, &namespace.0, manifest, deadline).await?;
-        Ok(Answer::Json(created))
-    })
+    // `Kube` allows at most 4,000,000,000 ms; a direct call with more must not overflow the clock.
+    let queue = Duration::from_millis(queue_ms.0.min(4_000_000_000));
+    let slot_deadline = tokio::time::Instant::now() + queue;
+    spawn_queued_request(
+        env,
+        reference,
+        client,
+        queue,
+        move |c, _deadline| async move {
+            let manifest = manifest.0.into_json("manifest")?;
+            let created =
+                crate::pods::create(&c.handle, kind.0, &namespace.0, manifest, slot_deadline)
+                    .await?;
+            Ok(Answer::Json(created))
+        },
+    )
 }
 
 /// Deletes a pod or a secret (`kind`); `grace_period_seconds` is `nil` for the object's own.
@@ -218,8 +231,24 @@ where
     W: FnOnce(rustler::ResourceArc<ClientResource>, tokio::time::Instant) -> F,
     F: Future<Output = Result<Answer, Error>> + Send + 'static,
 {
+    spawn_queued_request(env, reference, client, Duration::ZERO, work)
+}
+
+/// `spawn_request` for a request that may first wait up to `queue` for its turn: the task's
+/// bound (and `work`'s deadline) is the request timeout plus `queue`.
+fn spawn_queued_request<'a, W, F>(
+    env: Env<'a>,
+    reference: Ref<'a>,
+    client: Client,
+    queue: Duration,
+    work: W,
+) -> Term<'a>
+where
+    W: FnOnce(rustler::ResourceArc<ClientResource>, tokio::time::Instant) -> F,
+    F: Future<Output = Result<Answer, Error>> + Send + 'static,
+{
     let client = client.0;
-    let timeout = client.handle.request_timeout();
+    let timeout = client.handle.request_timeout().saturating_add(queue);
     // Taken here, on the scheduler, a moment before the task's own timeout starts: a retry
     // that fits before it also fits before the timeout.
     let deadline = tokio::time::Instant::now() + timeout;
