@@ -3,6 +3,9 @@ defmodule Bench.ControlPlane do
   The control-plane driver: starts the local control plane (real kube-apiserver + etcd and the
   simulated kubelet `localkube`, through the test harness `LocalCluster`), gives the bench a
   namespace with a parent pod object in it, cleans the namespace at the end and stops it all.
+  The parent is the README's documented setup: its `RELEASE_COOKIE` comes from a Secret
+  (`secretKeyRef`), and this VM runs with that cookie, so runners reference the same Secret and
+  get none of their own.
   The control plane also stops when this VM exits (localkube watches its stdin).
   """
 
@@ -34,7 +37,7 @@ defmodule Bench.ControlPlane do
     KubeletLog.init(info.kubelet_log)
     namespace = "bench-#{System.unique_integer([:positive])}"
     LocalCluster.create_namespace!(kube, namespace)
-    LocalCluster.create_parent_pod!(kube, namespace, name: @parent)
+    create_documented_parent!(kube, namespace)
     {:ok, version} = Kube.request(kube, "GET", "/version")
 
     %__MODULE__{
@@ -44,6 +47,36 @@ defmodule Bench.ControlPlane do
       version: version["gitVersion"],
       ready_ms: info.ready_ms
     }
+  end
+
+  defp create_documented_parent!(kube, namespace) do
+    cookie = Atom.to_string(Node.get_cookie())
+    ref = %{"name" => "#{@parent}-cookie", "key" => "RELEASE_COOKIE"}
+
+    {:ok, _} =
+      Kube.create_secret(kube, namespace, %{
+        "metadata" => %{"name" => ref["name"]},
+        "stringData" => %{"RELEASE_COOKIE" => cookie}
+      })
+
+    {:ok, _} =
+      Kube.create_pod(kube, namespace, %{
+        "metadata" => %{"name" => @parent, "labels" => %{"app" => "parent"}},
+        "spec" => %{
+          # A node the simulated kubelet does not own: the object is read, nothing runs it.
+          "nodeName" => "elsewhere",
+          "containers" => [
+            %{
+              "name" => "app",
+              "image" => "flame-runner:test",
+              "env" => [%{"name" => "RELEASE_COOKIE", "valueFrom" => %{"secretKeyRef" => ref}}]
+            }
+          ]
+        }
+      })
+
+    # As a release started with that Secret in its env would have it.
+    System.put_env("RELEASE_COOKIE", cookie)
   end
 
   @doc "Options for `FLAMEK8sBackend.init/1` as this VM's backend would have them in the namespace."

@@ -49,8 +49,11 @@ defmodule Bench.NoopBoot do
     %{pod: pod, secret: secret} = FLAMEK8sBackend.runner_manifests(state)
     base = %{key: "#{ns}/#{name}", kube: kube, secret: secret != nil}
 
-    with :ok <- create_secret(kube, ns, secret),
-         {:ok, _} <- Kube.create_pod(kube, ns, pod),
+    # As remote_boot/1 does: a create may wait for a create slot for the whole boot.
+    queue = [queue_timeout: state.boot_timeout]
+
+    with :ok <- create_secret(kube, ns, secret, queue),
+         {:ok, _} <- Kube.create_pod(kube, ns, pod, queue),
          t_created = Clock.wall(),
          {:ok, t_seen} <- counted(counters, 1, fn -> wait(strategy, state) end) do
       Map.merge(base, %{t_init: t_init, t_created: t_created, t_seen: t_seen})
@@ -70,10 +73,10 @@ defmodule Bench.NoopBoot do
   end
 
   # The backend leaves the secret out when the runner needs none of its own.
-  defp create_secret(_kube, _ns, nil), do: :ok
+  defp create_secret(_kube, _ns, nil, _opts), do: :ok
 
-  defp create_secret(kube, ns, secret) do
-    with {:ok, _} <- Kube.create_secret(kube, ns, secret), do: :ok
+  defp create_secret(kube, ns, secret, opts) do
+    with {:ok, _} <- Kube.create_secret(kube, ns, secret, opts), do: :ok
   end
 
   defp wait(:watch, state) do

@@ -22,8 +22,11 @@ defmodule Bench.Boot.Polling do
     %{pod: pod_manifest, secret: secret_manifest} = FLAMEK8sBackend.runner_manifests(state)
     secret = secret_manifest != nil
 
-    with :ok <- create_secret(kube, ns, secret_manifest),
-         {:ok, _} <- Kube.create_pod(kube, ns, pod_manifest),
+    # As remote_boot/1 does: a create may wait for a create slot for the whole boot.
+    queue = [queue_timeout: state.boot_timeout]
+
+    with :ok <- create_secret(kube, ns, secret_manifest, queue),
+         {:ok, _} <- Kube.create_pod(kube, ns, pod_manifest, queue),
          t_created = Clock.wall(),
          %{seen: seen} <- PodPoll.until_ready(kube, ns, name, deadline),
          {:ok, t_done} <- await_remote_up(state.parent_ref, deadline) do
@@ -45,10 +48,10 @@ defmodule Bench.Boot.Polling do
   end
 
   # The backend leaves the secret out when the runner needs none of its own.
-  defp create_secret(_kube, _ns, nil), do: :ok
+  defp create_secret(_kube, _ns, nil, _opts), do: :ok
 
-  defp create_secret(kube, ns, manifest) do
-    with {:ok, _} <- Kube.create_secret(kube, ns, manifest), do: :ok
+  defp create_secret(kube, ns, manifest, opts) do
+    with {:ok, _} <- Kube.create_secret(kube, ns, manifest, opts), do: :ok
   end
 
   defp await_remote_up(parent_ref, deadline) do
