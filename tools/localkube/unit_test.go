@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"reflect"
 	"strings"
 	"testing"
@@ -319,5 +320,31 @@ func TestLookPathIn(t *testing.T) {
 	}
 	if _, err := lookPathIn("surely-not-a-command", "/bin"); err == nil || !strings.Contains(err.Error(), "executable file not found in $PATH") {
 		t.Errorf("err = %v", err)
+	}
+}
+
+func TestReadCommandsSkipsBlankLinesAndSignalsEOF(t *testing.T) {
+	cmds := make(chan string, 4)
+	eof := make(chan struct{})
+	readCommands(strings.NewReader("kill-apiserver\n\n  start-apiserver  \n"), cmds, func() { close(eof) })
+	<-eof
+	close(cmds)
+	var got []string
+	for c := range cmds {
+		got = append(got, c)
+	}
+	if strings.Join(got, ",") != "kill-apiserver,start-apiserver" {
+		t.Errorf("commands %q", got)
+	}
+}
+
+func TestUnknownCommandIsAnswered(t *testing.T) {
+	lk := &localkube{cp: &controlPlane{}}
+	got := lk.command(context.Background(), "reboot now")
+	if !strings.HasPrefix(got, "ERROR reboot: unknown command") {
+		t.Errorf("answer %q", got)
+	}
+	if got := lk.command(context.Background(), "kill-apiserver"); got != "ERROR kill-apiserver: kube-apiserver is not running" {
+		t.Errorf("answer %q", got)
 	}
 }
