@@ -1,10 +1,28 @@
 defmodule FLAMEK8sBackend.Test.Soak do
   @moduledoc """
-  Leak checks shared by the fault tests and the soak: runner pods and secrets are found by the
-  backend's identifying label.
+  The soak: many mixed, interleaved boots against the local control plane, each provoking one
+  path (`@kinds`), with each outcome recorded as the backend returned it; and the leak checks
+  it shares with the fault tests (runner pods and secrets are found by the backend's
+  identifying label).
   """
 
-  alias FLAMEK8sBackend.Kube
+  alias FLAMEK8sBackend.{BootError, Kube}
+  alias FLAMEK8sBackend.Test.RemoteFuns
+
+  @kinds [
+    :success,
+    :missing_image,
+    :unschedulable,
+    :crash_on_start,
+    :runner_vm_killed,
+    :runner_killed_mid_boot,
+    :idle_shutdown
+  ]
+
+  @phases [:create_secret, :create_pod, :scheduling, :container_start, :remote_up]
+
+  @doc "The kinds of boot a soak mixes."
+  def kinds, do: @kinds
 
   @selector "app.kubernetes.io/managed-by=flame_k8s_backend"
 
@@ -51,4 +69,293 @@ defmodule FLAMEK8sBackend.Test.Soak do
 
     Enum.map(items, & &1["metadata"]["name"])
   end
+
+  @doc """
+  Runs `boots` boots, `concurrency` at a time, kinds in a shuffled round robin (seeded by
+  `:seed`), with `opts` the backend options of a parent in `namespace`. Returns one outcome
+  map per boot: `:kind`, `:outcome` (an atom) and `:reason` (the BootError's phase and reason
+  as returned, or what happened to a booted runner), `:pod`.
+  """
+  def run(kube, namespace, opts, boots, concurrency, seed) do
+    :rand.seed(:exsss, {seed, seed, seed})
+    rounds = div(boots + length(@kinds) - 1, length(@kinds))
+    kinds = for(_ <- 1..rounds, kind <- Enum.shuffle(@kinds), do: kind) |> Enum.take(boots)
+
+    kinds
+    |> Task.async_stream(&boot(&1, kube, namespace, opts),
+      max_concurrency: concurrency,
+      timeout: 180_000,
+      ordered: true
+    )
+    |> Enum.map(fn {:ok, outcome} -> outcome end)
+  end
+
+  @doc "Whether an outcome is a boot failure that carries a known phase and a reason."
+  def described_failure?(%{outcome: :boot_error, error: %BootError{phase: p, reason: r}}),
+    do: p in @phases and r != nil
+
+  def described_failure?(_), do: false
+
+  @doc "The outcome each kind should have."
+  def expected?(%{kind: :success, outcome: o}), do: o == :booted
+  def expected?(%{kind: :runner_vm_killed, outcome: o}), do: o == :booted_then_vm_killed
+  def expected?(%{kind: :idle_shutdown, outcome: o}), do: o == :idle_shutdown
+  def expected?(%{kind: :runner_killed_mid_boot, outcome: o}), do: o == :killed_mid_boot
+
+  def expected?(%{kind: :missing_image, error: %BootError{reason: {:image_pull, _}}}), do: true
+  def expected?(%{kind: :unschedulable, error: %BootError{reason: {:unschedulable, _}}}), do: true
+
+  def expected?(%{kind: :crash_on_start, error: %BootError{reason: {:container_exited, e}}}),
+    do: e.exit_code == 7
+
+  def expected?(_), do: false
+
+  defp boot(:idle_shutdown, _kube, _namespace, opts) do
+    name = :"soak_pool_#{System.unique_integer([:positive])}"
+
+    pool =
+      {FLAME.Pool,
+       name: name,
+       backend: {FLAMEK8sBackend, opts},
+       min: 0,
+       max: 1,
+       max_concurrency: 1,
+       boot_timeout: Keyword.fetch!(opts, :boot_timeout),
+       idle_shutdown_after: 200}
+
+    {:ok, sup} = Supervisor.start_link([pool], strategy: :one_for_one)
+    Process.unlink(sup)
+
+    outcome =
+      try do
+        info = FLAME.call(name, &RemoteFuns.whereami/0, timeout: 60_000)
+        Node.monitor(info.node, true)
+
+        receive do
+          {:nodedown, node} when node == info.node ->
+            %{outcome: :idle_shutdown, reason: "runner node down after idle", pod: info.pod_name}
+        after
+          60_000 ->
+            %{outcome: :idle_not_shut_down, reason: "still up after 60 s", pod: info.pod_name}
+        end
+      catch
+        kind, reason ->
+          %{outcome: :call_failed, reason: Exception.format(kind, reason) |> String.slice(0, 300)}
+      end
+
+    stop(sup)
+    Map.merge(%{kind: :idle_shutdown, error: nil, pod: nil}, outcome)
+  end
+
+  defp boot(:runner_killed_mid_boot, kube, namespace, opts) do
+    test = self()
+    opts = with_labels(opts, %{"sim-kubelet/start-delay-ms" => "60000"})
+
+    {pid, monitor} =
+      spawn_monitor(fn ->
+        {:ok, state} = FLAMEK8sBackend.init(opts)
+        send(test, {:runner_name, self(), state.runner_name})
+        FLAMEK8sBackend.remote_boot(state)
+      end)
+
+    receive do
+      {:runner_name, ^pid, name} ->
+        await_pod_created(kube, namespace, name, 30_000)
+        Process.exit(pid, :kill)
+        receive do: ({:DOWN, ^monitor, :process, ^pid, _} -> :ok)
+
+        %{
+          kind: :runner_killed_mid_boot,
+          outcome: :killed_mid_boot,
+          reason: "FLAME Runner process killed while the pod was ContainerCreating",
+          error: nil,
+          pod: name
+        }
+
+      {:DOWN, ^monitor, :process, ^pid, reason} ->
+        %{
+          kind: :runner_killed_mid_boot,
+          outcome: :init_crashed,
+          reason: inspect(reason),
+          error: nil,
+          pod: nil
+        }
+    end
+  end
+
+  defp boot(kind, _kube, _namespace, opts) do
+    parent = self()
+    opts = kind_opts(kind, opts)
+
+    # Its own process: it is the FLAME parent the runner's terminator watches, so the runner
+    # ends when it does.
+    {pid, monitor} =
+      spawn_monitor(fn ->
+        {:ok, state} = FLAMEK8sBackend.init(opts)
+        result = FLAMEK8sBackend.remote_boot(state)
+        send(parent, {:result, self(), state.runner_name, strip(result)})
+
+        with {:ok, _, state} <- result do
+          after_boot(kind, state, parent)
+        end
+      end)
+
+    receive do
+      {:result, ^pid, name, {:error, error}} ->
+        receive do: ({:DOWN, ^monitor, :process, ^pid, _} -> :ok)
+        %{kind: kind, outcome: :boot_error, error: error, reason: reason_text(error), pod: name}
+
+      {:result, ^pid, name, :ok} ->
+        receive do
+          {:after_boot, ^pid, outcome, reason} ->
+            receive do: ({:DOWN, ^monitor, :process, ^pid, _} -> :ok)
+            %{kind: kind, outcome: outcome, reason: reason, error: nil, pod: name}
+
+          {:DOWN, ^monitor, :process, ^pid, reason} ->
+            %{
+              kind: kind,
+              outcome: :crashed_after_boot,
+              reason: inspect(reason),
+              error: nil,
+              pod: name
+            }
+        end
+
+      {:DOWN, ^monitor, :process, ^pid, reason} ->
+        %{kind: kind, outcome: :crashed, reason: inspect(reason), error: nil, pod: nil}
+    end
+  end
+
+  defp strip({:ok, _, _}), do: :ok
+  defp strip(error), do: error
+
+  defp after_boot(:success, state, parent) do
+    {:ok, {pid, ref}} = FLAMEK8sBackend.remote_spawn_monitor(state, &RemoteFuns.whereami/0)
+
+    receive do
+      {:DOWN, ^ref, :process, ^pid, :normal} ->
+        send(
+          parent,
+          {:after_boot, self(), :booted, "ran a function on #{state.runner_node_name}"}
+        )
+    after
+      30_000 -> send(parent, {:after_boot, self(), :call_timed_out, "no answer in 30 s"})
+    end
+  end
+
+  defp after_boot(:runner_vm_killed, state, parent) do
+    runner = state.runner_node_name
+    Node.monitor(runner, true)
+    FLAMEK8sBackend.remote_spawn_monitor(state, RemoteFuns.halt_vm())
+
+    receive do
+      {:nodedown, ^runner} ->
+        send(parent, {:after_boot, self(), :booted_then_vm_killed, "runner VM halted, node down"})
+    after
+      30_000 -> send(parent, {:after_boot, self(), :vm_not_down, "node still up after 30 s"})
+    end
+  end
+
+  defp after_boot(kind, _state, parent),
+    do: send(parent, {:after_boot, self(), :unexpectedly_booted, "#{kind} booted"})
+
+  defp kind_opts(:success, opts), do: opts
+
+  defp kind_opts(:runner_vm_killed, opts), do: opts
+
+  defp kind_opts(:missing_image, opts) do
+    container = %{"name" => "app", "image" => "registry.invalid/app:404"}
+    Keyword.put(opts, :manifest, %{"spec" => %{"containers" => [container]}})
+  end
+
+  defp kind_opts(:unschedulable, opts) do
+    opts
+    |> with_labels(%{"sim-kubelet/fail" => "unschedulable"})
+    |> Keyword.put(:unschedulable, :fail)
+  end
+
+  defp kind_opts(:crash_on_start, opts),
+    do: with_labels(opts, %{"sim-kubelet/fail" => "crash", "sim-kubelet/exit-code" => "7"})
+
+  defp with_labels(opts, labels),
+    do: Keyword.put(opts, :manifest, %{"metadata" => %{"labels" => labels}})
+
+  defp stop(sup) do
+    ref = Process.monitor(sup)
+    Process.exit(sup, :shutdown)
+    receive do: ({:DOWN, ^ref, :process, ^sup, _} -> :ok)
+  end
+
+  # The pod's creation has no event the soak could subscribe to before it knows the name.
+  defp await_pod_created(kube, namespace, name, timeout) do
+    deadline = System.monotonic_time(:millisecond) + timeout
+
+    Stream.repeatedly(fn -> Kube.get_pod(kube, namespace, name) end)
+    |> Enum.find(fn result ->
+      match?({:ok, _}, result) or System.monotonic_time(:millisecond) > deadline or
+        (Process.sleep(50) && false)
+    end)
+  end
+
+  @doc "A boot error's phase and reason on one line, as the backend returned them."
+  def reason_text(%BootError{phase: phase, reason: reason}),
+    do:
+      "phase #{inspect(phase)}, reason #{inspect(summary(reason), limit: 8, printable_limit: 160)}"
+
+  # The reason's data without its long texts (a scheduler message, a container log).
+  defp summary({tag, %{} = map}),
+    do: {tag, Map.take(map, [:image, :exit_code, :reason, :container, :detail, :waited_ms])}
+
+  defp summary(other), do: other
+
+  @doc "The report: totals, outcomes by kind and reason, leaks."
+  def report(outcomes, leaks, meta) do
+    by_kind = Enum.group_by(outcomes, & &1.kind)
+
+    rows =
+      outcomes
+      |> Enum.group_by(&{&1.kind, &1.outcome, row_reason(&1)})
+      |> Enum.sort()
+      |> Enum.map(fn {{kind, outcome, reason}, list} ->
+        "| #{kind} | #{outcome} | #{length(list)} | #{String.replace(reason, "|", "\\|")} |"
+      end)
+
+    failures = Enum.filter(outcomes, &(&1.outcome == :boot_error))
+
+    """
+    # Soak: #{length(outcomes)} boots
+
+    #{Enum.map_join(meta, "\n", fn {k, v} -> "- #{k}: #{v}" end)}
+    - boots per kind: #{Enum.map_join(@kinds, ", ", &"#{&1} #{length(by_kind[&1] || [])}")}
+    - boots with the expected outcome: #{Enum.count(outcomes, &expected?/1)} of #{length(outcomes)}
+    - boot failures: #{length(failures)}, each with a phase and a reason: #{Enum.count(failures, &described_failure?/1)}
+    - left at the end: #{leak_text(leaks)}
+
+    | kind | outcome | boots | reason as returned |
+    |---|---|---|---|
+    #{Enum.join(rows, "\n")}
+    """
+  end
+
+  # Pod names, IPs and scheduler counts differ per boot: group by what does not.
+  defp row_reason(%{error: %BootError{phase: phase, reason: reason}}) do
+    reason =
+      case reason do
+        {:unschedulable, message} -> {:unschedulable, String.replace(message, ~r/\d+/, "N")}
+        {:image_pull, m} -> {:image_pull, Map.take(m, [:image, :reason])}
+        {:container_exited, m} -> {:container_exited, Map.take(m, [:exit_code, :reason])}
+        {:timeout, m} -> {:timeout, Map.take(m, [:detail])}
+        other -> other
+      end
+
+    "phase #{inspect(phase)}, reason #{inspect(reason, printable_limit: 200)}"
+  end
+
+  defp row_reason(%{reason: reason}), do: String.replace(reason, ~r/@[\d.]+|flame-\w+/, "*")
+
+  defp leak_text(:ok), do: "0 runner pods, 0 runner secrets"
+
+  defp leak_text({:leaked, %{pods: pods, secrets: secrets}}),
+    do:
+      "#{length(pods)} runner pods #{inspect(pods)}, #{length(secrets)} runner secrets #{inspect(secrets)}"
 end

@@ -1,0 +1,53 @@
+defmodule FLAMEK8sBackend.SoakTest do
+  # Many mixed, interleaved boots (FLAMEK8sBackend.Test.Soak): success, missing image,
+  # unschedulable, crash on start, runner VM killed after boot, FLAME Runner process killed
+  # mid-boot, idle shutdown. The suite runs 20; test/soak/run runs 200 and commits the report
+  # (FLAME_K8S_SOAK_BOOTS, FLAME_K8S_SOAK_REPORT).
+  use FLAMEK8sBackend.Test.ClusterCase, async: true
+
+  @moduletag :e2e
+  @moduletag timeout: 3_600_000
+
+  alias FLAMEK8sBackend.Test.Soak
+
+  setup :parent_setup
+
+  test "mixed boots: every failure carries phase and reason, nothing leaks", %{
+    kube: kube,
+    namespace: ns,
+    opts: opts
+  } do
+    boots = String.to_integer(System.get_env("FLAME_K8S_SOAK_BOOTS", "20"))
+    seed = String.to_integer(System.get_env("FLAME_K8S_SOAK_SEED", "#{:rand.uniform(1_000_000)}"))
+    concurrency = String.to_integer(System.get_env("FLAME_K8S_SOAK_CONCURRENCY", "4"))
+    started = System.monotonic_time(:millisecond)
+
+    outcomes = Soak.run(kube, ns, opts, boots, concurrency, seed)
+    leaks = Soak.await_no_runner_objects(kube, ns, 90_000)
+    seconds = div(System.monotonic_time(:millisecond) - started, 1000)
+
+    report =
+      Soak.report(outcomes, leaks,
+        seed: seed,
+        concurrency: concurrency,
+        boot_timeout_ms: opts[:boot_timeout],
+        wall_time: "#{seconds} s (boots and cleanup)"
+      )
+
+    case System.get_env("FLAME_K8S_SOAK_REPORT") do
+      nil -> :ok
+      path -> File.write!(path, report)
+    end
+
+    assert length(outcomes) == boots
+    assert MapSet.new(Enum.map(outcomes, & &1.kind)) == MapSet.new(Soak.kinds()) or boots < 7
+
+    for %{outcome: :boot_error} = outcome <- outcomes do
+      assert Soak.described_failure?(outcome), "no phase or reason: #{inspect(outcome)}"
+    end
+
+    assert leaks == :ok, report
+    unexpected = Enum.reject(outcomes, &Soak.expected?/1)
+    assert unexpected == [], report
+  end
+end
