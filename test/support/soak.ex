@@ -16,7 +16,8 @@ defmodule FLAMEK8sBackend.Test.Soak do
     :crash_on_start,
     :runner_vm_killed,
     :runner_killed_mid_boot,
-    :idle_shutdown
+    :idle_shutdown,
+    :parent_vm_killed
   ]
 
   @phases [:create_secret, :create_pod, :scheduling, :container_start, :remote_up]
@@ -101,6 +102,7 @@ defmodule FLAMEK8sBackend.Test.Soak do
   def expected?(%{kind: :runner_vm_killed, outcome: o}), do: o == :booted_then_vm_killed
   def expected?(%{kind: :idle_shutdown, outcome: o}), do: o == :idle_shutdown
   def expected?(%{kind: :runner_killed_mid_boot, outcome: o}), do: o == :killed_mid_boot
+  def expected?(%{kind: :parent_vm_killed, outcome: o}), do: o == :parent_killed_and_restarted
 
   def expected?(%{kind: :missing_image, error: %BootError{reason: {:image_pull, _}}}), do: true
   def expected?(%{kind: :unschedulable, error: %BootError{reason: {:unschedulable, _}}}), do: true
@@ -145,6 +147,64 @@ defmodule FLAMEK8sBackend.Test.Soak do
 
     stop(sup)
     Map.merge(%{kind: :idle_shutdown, error: nil, pod: nil}, outcome)
+  end
+
+  # The parent is an `elixir` OS process of its own (this project's test build, same parent
+  # pod): it boots a runner and is SIGKILLed. The runner's terminator sees its parent node go
+  # down and stops the runner VM, which finishes the pod. The parent is started again after
+  # Kubernetes' first crash back-off (10 s, which is also its boot timeout here: the sweep
+  # leaves younger pods to a sibling boot's report); its init sweeps the finished pod and its
+  # secret. (The simulated kubelet mounts no service account token, so the runner cannot
+  # delete itself here as it would in a cluster whose Role allows it.)
+  @parent_backoff 10_000
+
+  defp boot(:parent_vm_killed, kube, namespace, opts) do
+    opts = Keyword.put(opts, :boot_timeout, @parent_backoff)
+    {port, os_pid} = start_parent_vm(opts, "boot")
+
+    case parent_vm_line(port) do
+      {:ok, "BOOTED " <> names} ->
+        [pod, runner] = String.split(names, " ")
+        runner = String.to_atom(runner)
+        Node.monitor(runner, true)
+        {:ok, await} = Kube.await_pod(kube, namespace, pod, timeout: 60_000, report_ready: false)
+        {_, 0} = System.cmd("kill", ["-KILL", os_pid])
+        await_port_exit(port)
+        killed = System.monotonic_time(:millisecond)
+        ref = await.ref
+
+        {outcome, reason} =
+          receive do
+            {:nodedown, ^runner} ->
+              case await_finished(ref) do
+                {:failed, _} ->
+                  since_kill = System.monotonic_time(:millisecond) - killed
+                  Process.sleep(max(@parent_backoff - since_kill, 0))
+                  restart_parent_vm(kube, namespace, pod, opts)
+
+                other ->
+                  {:pod_not_finished, inspect(other, limit: 5)}
+              end
+          after
+            60_000 -> {:runner_outlived_parent, "runner node still up 60 s after the parent died"}
+          end
+
+        %{kind: :parent_vm_killed, outcome: outcome, reason: reason, error: nil, pod: pod}
+
+      {:ok, "FAILED " <> error} ->
+        await_port_exit(port)
+
+        %{
+          kind: :parent_vm_killed,
+          outcome: :parent_boot_failed,
+          reason: error,
+          error: nil,
+          pod: nil
+        }
+
+      {:error, why} ->
+        %{kind: :parent_vm_killed, outcome: :parent_vm_failed, reason: why, error: nil, pod: nil}
+    end
   end
 
   defp boot(:runner_killed_mid_boot, kube, namespace, opts) do
@@ -223,6 +283,93 @@ defmodule FLAMEK8sBackend.Test.Soak do
 
       {:DOWN, ^monitor, :process, ^pid, reason} ->
         %{kind: kind, outcome: :crashed, reason: inspect(reason), error: nil, pod: nil}
+    end
+  end
+
+  defp await_finished(ref) do
+    receive do
+      {:flame_k8s, ^ref, {:running, _}} -> await_finished(ref)
+      {:flame_k8s, ^ref, result} -> result
+    end
+  end
+
+  defp restart_parent_vm(kube, namespace, pod, opts) do
+    {port, _} = start_parent_vm(opts, "sweep")
+    line = parent_vm_line(port)
+    await_port_exit(port)
+    left = runner_objects(kube, namespace)
+
+    cond do
+      line != {:ok, "SWEPT"} ->
+        {:parent_restart_failed, inspect(line)}
+
+      pod in left.pods or pod in left.secrets ->
+        {:left_after_sweep,
+         "SIGKILLed after boot; the restarted parent's sweep left its runner's pod or secret"}
+
+      true ->
+        {:parent_killed_and_restarted,
+         "SIGKILLed after boot; runner VM ended itself; restarted parent's sweep deleted pod and secret"}
+    end
+  end
+
+  defp start_parent_vm(opts, what) do
+    elixir = System.find_executable("elixir")
+    ebins = Path.wildcard(Path.join(Mix.Project.build_path(), "lib/*/ebin"))
+    name = "soak_parent_#{System.unique_integer([:positive])}@127.0.0.1"
+    cookie = Base.encode32(:crypto.strong_rand_bytes(10), padding: false)
+
+    code = """
+    {:ok, _} = Application.ensure_all_started(:flame_k8s_backend)
+    opts = :erlang.binary_to_term(Base.decode64!(System.fetch_env!("SOAK_PARENT_OPTS")))
+    case {System.fetch_env!("SOAK_PARENT_DO"), FLAMEK8sBackend.init(opts)} do
+      {"sweep", {:ok, _}} -> IO.puts("SWEPT")
+      {"boot", {:ok, state}} ->
+        case FLAMEK8sBackend.remote_boot(state) do
+          {:ok, _, state} -> IO.puts("BOOTED \#{state.runner_name} \#{state.runner_node_name}")
+          {:error, e} -> IO.puts("FAILED " <> inspect(e.reason))
+        end
+        Process.sleep(:infinity)
+      {_, {:error, e}} -> IO.puts("FAILED " <> inspect(e.reason))
+    end
+    """
+
+    port =
+      Port.open({:spawn_executable, elixir}, [
+        :binary,
+        :exit_status,
+        {:line, 16_384},
+        env: [
+          {~c"SOAK_PARENT_OPTS", String.to_charlist(Base.encode64(:erlang.term_to_binary(opts)))},
+          {~c"SOAK_PARENT_DO", String.to_charlist(what)}
+        ],
+        args:
+          ["--name", name, "--cookie", cookie] ++
+            Enum.flat_map(ebins, &["-pa", &1]) ++ ["-e", code]
+      ])
+
+    {:os_pid, os_pid} = Port.info(port, :os_pid)
+    {port, Integer.to_string(os_pid)}
+  end
+
+  defp parent_vm_line(port) do
+    receive do
+      {^port, {:data, {:eol, "BOOTED " <> _ = line}}} -> {:ok, line}
+      {^port, {:data, {:eol, "FAILED " <> _ = line}}} -> {:ok, line}
+      {^port, {:data, {:eol, "SWEPT"}}} -> {:ok, "SWEPT"}
+      {^port, {:data, _}} -> parent_vm_line(port)
+      {^port, {:exit_status, status}} -> {:error, "parent VM exited with status #{status}"}
+    after
+      120_000 -> {:error, "parent VM silent for 120 s"}
+    end
+  end
+
+  defp await_port_exit(port) do
+    receive do
+      {^port, {:exit_status, _}} -> :ok
+      {^port, {:data, _}} -> await_port_exit(port)
+    after
+      30_000 -> :timeout
     end
   end
 
