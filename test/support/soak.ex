@@ -20,7 +20,16 @@ defmodule FLAMEK8sBackend.Test.Soak do
     :parent_vm_killed
   ]
 
-  @phases [:create_secret, :create_pod, :scheduling, :container_start, :remote_up]
+  @phases [
+    :connect,
+    :parent_pod,
+    :manifest,
+    :create_secret,
+    :create_pod,
+    :scheduling,
+    :container_start,
+    :remote_up
+  ]
 
   @doc "The kinds of boot a soak mixes."
   def kinds, do: @kinds
@@ -73,23 +82,65 @@ defmodule FLAMEK8sBackend.Test.Soak do
 
   @doc """
   Runs `boots` boots, `concurrency` at a time, kinds in a shuffled round robin (seeded by
-  `:seed`), with `opts` the backend options of a parent in `namespace`. Returns one outcome
-  map per boot: `:kind`, `:outcome` (an atom) and `:reason` (the BootError's phase and reason
-  as returned, or what happened to a booted runner), `:pod`.
+  `seed`), with `opts` the backend options of a parent in `namespace`; with `restarts` > 0
+  the kube-apiserver is SIGKILLed and restarted that many times, evenly spaced by completed
+  boots, while the others are in flight. Returns one outcome map per boot (`:kind`,
+  `:outcome`, `:reason` as returned, `:error`, `:pod`) and the restarts' durations in ms.
   """
-  def run(kube, namespace, opts, boots, concurrency, seed) do
+  def run(kube, namespace, opts, boots, concurrency, seed, restarts \\ 0) do
     :rand.seed(:exsss, {seed, seed, seed})
     rounds = div(boots + length(@kinds) - 1, length(@kinds))
     kinds = for(_ <- 1..rounds, kind <- Enum.shuffle(@kinds), do: kind) |> Enum.take(boots)
+    at = for i <- 1..restarts//1, do: div(boots * i, restarts + 1)
+    restarter = spawn_link(fn -> restarter(at, 0, []) end)
 
-    kinds
-    |> Task.async_stream(&boot(&1, kube, namespace, opts),
-      max_concurrency: concurrency,
-      timeout: 180_000,
-      ordered: true
-    )
-    |> Enum.map(fn {:ok, outcome} -> outcome end)
+    outcomes =
+      kinds
+      |> Task.async_stream(
+        fn kind ->
+          outcome = boot(kind, kube, namespace, opts)
+          send(restarter, :boot_done)
+          outcome
+        end,
+        max_concurrency: concurrency,
+        timeout: 300_000,
+        ordered: true
+      )
+      |> Enum.map(fn {:ok, outcome} -> outcome end)
+
+    send(restarter, {:report, self()})
+    receive do: ({:restarts, ^restarter, done} -> {outcomes, Enum.reverse(done)})
   end
+
+  # Restarts run in a process of their own so that boots go on meanwhile.
+  defp restarter(at, done_boots, done) do
+    receive do
+      :boot_done ->
+        done_boots = done_boots + 1
+
+        if done_boots in at do
+          %{ms: ms} = FLAMEK8sBackend.Test.LocalCluster.restart_apiserver!()
+          restarter(at, done_boots, [ms | done])
+        else
+          restarter(at, done_boots, done)
+        end
+
+      {:report, from} ->
+        send(from, {:restarts, self(), done})
+    end
+  end
+
+  @doc "Whether a boot failed on the API server being away (a restart): the transport error."
+  def transport_failure?(%{error: %BootError{reason: {:connect, _}}}), do: true
+
+  def transport_failure?(%{error: %BootError{reason: {:timeout, %{detail: d}}}}),
+    do: is_binary(d) and d =~ ~r/client error|connect|API server/i
+
+  def transport_failure?(%{outcome: outcome, reason: reason})
+      when outcome in [:parent_boot_failed, :parent_restart_failed],
+      do: reason =~ ~r/:connect|client error/
+
+  def transport_failure?(_), do: false
 
   @doc "Whether an outcome is a boot failure that carries a known phase and a reason."
   def described_failure?(%{outcome: :boot_error, error: %BootError{phase: p, reason: r}}),
@@ -141,6 +192,10 @@ defmodule FLAMEK8sBackend.Test.Soak do
             %{outcome: :idle_not_shut_down, reason: "still up after 60 s", pod: info.pod_name}
         end
       catch
+        # FLAME exits the caller with the Runner's boot error.
+        :exit, {%BootError{} = error, _call} ->
+          %{outcome: :boot_error, error: error, reason: reason_text(error)}
+
         kind, reason ->
           %{outcome: :call_failed, reason: Exception.format(kind, reason) |> String.slice(0, 300)}
       end
@@ -192,6 +247,7 @@ defmodule FLAMEK8sBackend.Test.Soak do
         %{kind: :parent_vm_killed, outcome: outcome, reason: reason, error: nil, pod: pod}
 
       {:ok, "FAILED " <> error} ->
+        {_, 0} = System.cmd("kill", ["-KILL", os_pid])
         await_port_exit(port)
 
         %{
@@ -213,12 +269,28 @@ defmodule FLAMEK8sBackend.Test.Soak do
 
     {pid, monitor} =
       spawn_monitor(fn ->
-        {:ok, state} = FLAMEK8sBackend.init(opts)
-        send(test, {:runner_name, self(), state.runner_name})
-        FLAMEK8sBackend.remote_boot(state)
+        case FLAMEK8sBackend.init(opts) do
+          {:ok, state} ->
+            send(test, {:runner_name, self(), state.runner_name})
+            FLAMEK8sBackend.remote_boot(state)
+
+          {:error, error} ->
+            send(test, {:init_failed, self(), error})
+        end
       end)
 
     receive do
+      {:init_failed, ^pid, error} ->
+        receive do: ({:DOWN, ^monitor, :process, ^pid, _} -> :ok)
+
+        %{
+          kind: :runner_killed_mid_boot,
+          outcome: :boot_error,
+          error: error,
+          reason: reason_text(error),
+          pod: nil
+        }
+
       {:runner_name, ^pid, name} ->
         await_pod_created(kube, namespace, name, 30_000)
         Process.exit(pid, :kill)
@@ -251,12 +323,17 @@ defmodule FLAMEK8sBackend.Test.Soak do
     # ends when it does.
     {pid, monitor} =
       spawn_monitor(fn ->
-        {:ok, state} = FLAMEK8sBackend.init(opts)
-        result = FLAMEK8sBackend.remote_boot(state)
-        send(parent, {:result, self(), state.runner_name, strip(result)})
+        case FLAMEK8sBackend.init(opts) do
+          {:ok, state} ->
+            result = FLAMEK8sBackend.remote_boot(state)
+            send(parent, {:result, self(), state.runner_name, strip(result)})
 
-        with {:ok, _, state} <- result do
-          after_boot(kind, state, parent)
+            with {:ok, _, state} <- result do
+              after_boot(kind, state, parent)
+            end
+
+          {:error, _} = error ->
+            send(parent, {:result, self(), nil, error})
         end
       end)
 
@@ -319,7 +396,9 @@ defmodule FLAMEK8sBackend.Test.Soak do
     name = "soak_parent_#{System.unique_integer([:positive])}@127.0.0.1"
     cookie = Base.encode32(:crypto.strong_rand_bytes(10), padding: false)
 
+    # The VM halts when its stdin (the port) closes, so none outlives the soak.
     code = """
+    spawn(fn -> IO.read(:stdio, :eof); System.halt(0) end)
     {:ok, _} = Application.ensure_all_started(:flame_k8s_backend)
     opts = :erlang.binary_to_term(Base.decode64!(System.fetch_env!("SOAK_PARENT_OPTS")))
     case {System.fetch_env!("SOAK_PARENT_DO"), FLAMEK8sBackend.init(opts)} do
@@ -456,7 +535,7 @@ defmodule FLAMEK8sBackend.Test.Soak do
   defp summary(other), do: other
 
   @doc "The report: totals, outcomes by kind and reason, leaks."
-  def report(outcomes, leaks, meta) do
+  def report(outcomes, leaks, restarts, meta) do
     by_kind = Enum.group_by(outcomes, & &1.kind)
 
     rows =
@@ -476,6 +555,7 @@ defmodule FLAMEK8sBackend.Test.Soak do
     - boots per kind: #{Enum.map_join(@kinds, ", ", &"#{&1} #{length(by_kind[&1] || [])}")}
     - boots with the expected outcome: #{Enum.count(outcomes, &expected?/1)} of #{length(outcomes)}
     - boot failures: #{length(failures)}, each with a phase and a reason: #{Enum.count(failures, &described_failure?/1)}
+    - kube-apiserver SIGKILLed and restarted under the boots: #{length(restarts)} times#{restart_text(restarts)}
     - left at the end: #{leak_text(leaks)}
 
     | kind | outcome | boots | reason as returned |
@@ -498,7 +578,11 @@ defmodule FLAMEK8sBackend.Test.Soak do
     "phase #{inspect(phase)}, reason #{inspect(reason, printable_limit: 200)}"
   end
 
-  defp row_reason(%{reason: reason}), do: String.replace(reason, ~r/@[\d.]+|flame-\w+/, "*")
+  defp row_reason(%{reason: reason}),
+    do: reason |> String.replace(~r/@[\d.]+|flame-\w+/, "*") |> String.replace(~r/\s+/, " ")
+
+  defp restart_text([]), do: ""
+  defp restart_text(ms), do: " (back after #{Enum.map_join(ms, ", ", &"#{&1}")} ms)"
 
   defp leak_text(:ok), do: "0 runner pods, 0 runner secrets"
 
