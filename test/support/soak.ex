@@ -211,14 +211,14 @@ defmodule FLAMEK8sBackend.Test.Soak do
   # The parent is an `elixir` OS process of its own (this project's test build, same parent
   # pod): it boots a runner and is SIGKILLed. The runner's terminator sees its parent node go
   # down and stops the runner VM, which finishes the pod. The parent is started again after
-  # Kubernetes' first crash back-off (10 s, which is also its boot timeout here: the sweep
-  # leaves younger pods to a sibling boot's report); its init sweeps the finished pod and its
-  # secret. (The simulated kubelet mounts no service account token, so the runner cannot
-  # delete itself here as it would in a cluster whose Role allows it.)
+  # Kubernetes' first crash back-off (10 s); its init sweeps the finished pod and its secret.
+  # The restarted parent's boot timeout is that 10 s too, since the sweep leaves pods younger
+  # than a boot timeout to a sibling boot's report (the first parent boots with the soak's).
+  # (The simulated kubelet mounts no service account token, so the runner cannot delete
+  # itself here as it would in a cluster whose Role allows it.)
   @parent_backoff 10_000
 
   defp boot(:parent_vm_killed, kube, namespace, opts) do
-    opts = Keyword.put(opts, :boot_timeout, @parent_backoff)
     {port, os_pid} = start_parent_vm(opts, "boot")
 
     case parent_vm_line(port) do
@@ -239,7 +239,13 @@ defmodule FLAMEK8sBackend.Test.Soak do
                 {:failed, _} ->
                   since_kill = System.monotonic_time(:millisecond) - killed
                   Process.sleep(max(@parent_backoff - since_kill, 0))
-                  restart_parent_vm(kube, namespace, pod, opts)
+
+                  restart_parent_vm(
+                    kube,
+                    namespace,
+                    pod,
+                    Keyword.put(opts, :boot_timeout, @parent_backoff)
+                  )
 
                 other ->
                   {:pod_not_finished, inspect(other, limit: 5)}
