@@ -62,12 +62,12 @@ defmodule FLAMEK8sBackend.APIServerFaultsTest do
 
   test "boots in flight across a kube-apiserver SIGKILL and restart complete or fail with phase and transport error; nothing leaks",
        %{kube: kube, namespace: ns, opts: opts} do
-    # Pods that start their container well after the kill (the simulated kubelet waits), so
-    # their boots are in the watch when the API server dies and their runners come up after it
-    # is back; and boots whose first request meets the dead server.
-    in_watch =
-      for _ <- 1..3,
-          do: start_boot(with_labels(opts, %{"sim-kubelet/start-delay-ms" => "3000"}))
+    # Boots whose pods wait in ContainerCreating until the test opens their gate after the
+    # restart, so they are in the watch when the API server dies and their runners come up
+    # after it is back; and boots whose first request meets the dead server.
+    gate = Path.join(LocalCluster.info().state_dir, "#{ns}-go")
+    manifest = %{"metadata" => %{"annotations" => %{"sim-kubelet/start-when-file" => gate}}}
+    in_watch = for _ <- 1..3, do: start_boot(Keyword.put(opts, :manifest, manifest))
 
     for {_pid, name} <- in_watch,
         do: eventually(fn -> match?({:ok, _}, Kube.get_pod(kube, ns, name)) end, 20_000)
@@ -81,6 +81,7 @@ defmodule FLAMEK8sBackend.APIServerFaultsTest do
     # Those three have now hit the dead server, or are retrying: let the server come back.
     fast = for boot <- at_the_kill, do: await_boot(boot, 60_000)
     LocalCluster.start_apiserver!()
+    File.write!(gate, "")
     watched = for boot <- in_watch, do: await_boot(boot, 60_000)
 
     for {_pid, _name, {:error, error}, _} <- fast, do: assert_transport_failure(error)
@@ -100,6 +101,7 @@ defmodule FLAMEK8sBackend.APIServerFaultsTest do
   } do
     labels = %{"fault-watch" => "shared"}
     selector = "fault-watch=shared"
+    gate = Path.join(LocalCluster.info().state_dir, "#{ns}-during-go")
     marker = Path.join(LocalCluster.info().state_dir, "#{ns}-during-started")
 
     {:ok, _} =
@@ -109,11 +111,13 @@ defmodule FLAMEK8sBackend.APIServerFaultsTest do
         LocalCluster.pod_manifest("before", "sleeper:test", args: ["300"], labels: labels)
       )
 
+    # The simulated kubelet keeps it in ContainerCreating until the test creates `gate`.
     during =
       LocalCluster.pod_manifest("during", "shell:test",
         args: ["-c", "touch #{marker}; exec sleep 300"],
-        labels: Map.put(labels, "sim-kubelet/start-delay-ms", "1500")
+        labels: labels
       )
+      |> put_in(["metadata", "annotations"], %{"sim-kubelet/start-when-file" => gate})
 
     {:ok, _} = Kube.create_pod(kube, ns, during)
 
@@ -127,11 +131,12 @@ defmodule FLAMEK8sBackend.APIServerFaultsTest do
     before_ref = await.("before")
     during_ref = await.("during")
     assert_receive {:flame_k8s, ^before_ref, {:ready, _}}, 30_000
-    refute File.exists?(marker), "the container started before the kill: no event to lose"
+    refute_received {:flame_k8s, ^during_ref, _}
 
     LocalCluster.kill_apiserver!()
     # The container starts while nobody can hear of it; its status reaches the API server only
     # after the restart, where the watch must see it.
+    File.write!(gate, "")
     eventually(fn -> File.exists?(marker) end, 30_000)
     LocalCluster.start_apiserver!()
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"os"
 	"reflect"
 	"strings"
 	"testing"
@@ -264,6 +265,27 @@ func TestParseBehaviour(t *testing.T) {
 	b = parseBehaviour(pod)
 	if b.fail != "" || b.exitCode != 1 || b.startDelay != 0 || len(b.warnings) != 3 {
 		t.Errorf("got %+v", b)
+	}
+	pod.Annotations = map[string]string{annotationStartWhenFile: "/tmp/go"}
+	if b = parseBehaviour(pod); b.startGate != "/tmp/go" {
+		t.Errorf("start gate: got %+v", b)
+	}
+}
+
+func TestStartGateOpensWhenTheFileExists(t *testing.T) {
+	gate := t.TempDir() + "/go"
+	w := &podWorker{b: podBehaviour{startGate: gate}}
+	if w.startGateOpen() {
+		t.Fatal("open before the file exists")
+	}
+	if err := os.WriteFile(gate, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if !w.startGateOpen() {
+		t.Fatal("closed after the file exists")
+	}
+	if !(&podWorker{}).startGateOpen() {
+		t.Fatal("no gate must be open")
 	}
 }
 
