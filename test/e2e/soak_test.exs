@@ -30,7 +30,7 @@ defmodule FLAMEK8sBackend.SoakTest do
     seconds = div(System.monotonic_time(:millisecond) - started, 1000)
 
     report =
-      Soak.report(outcomes, leaks, restart_ms,
+      Soak.Report.report(outcomes, leaks, restart_ms,
         seed: seed,
         concurrency: concurrency,
         boot_timeout_ms: opts[:boot_timeout],

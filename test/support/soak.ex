@@ -8,6 +8,7 @@ defmodule FLAMEK8sBackend.Test.Soak do
 
   alias FLAMEK8sBackend.{BootError, Kube}
   alias FLAMEK8sBackend.Test.RemoteFuns
+  alias FLAMEK8sBackend.Test.Soak.ParentVM
 
   @kinds [
     :success,
@@ -219,16 +220,16 @@ defmodule FLAMEK8sBackend.Test.Soak do
   @parent_backoff 10_000
 
   defp boot(:parent_vm_killed, kube, namespace, opts) do
-    {port, os_pid} = start_parent_vm(opts, "boot")
+    {port, os_pid} = ParentVM.start(opts, "boot")
 
-    case parent_vm_line(port) do
+    case ParentVM.line(port) do
       {:ok, "BOOTED " <> names} ->
         [pod, runner] = String.split(names, " ")
         runner = String.to_atom(runner)
         Node.monitor(runner, true)
         {:ok, await} = Kube.await_pod(kube, namespace, pod, timeout: 60_000, report_ready: false)
         {_, 0} = System.cmd("kill", ["-KILL", os_pid])
-        await_port_exit(port)
+        ParentVM.await_exit(port)
         killed = System.monotonic_time(:millisecond)
         ref = await.ref
 
@@ -258,7 +259,7 @@ defmodule FLAMEK8sBackend.Test.Soak do
 
       {:ok, "FAILED " <> error} ->
         {_, 0} = System.cmd("kill", ["-KILL", os_pid])
-        await_port_exit(port)
+        ParentVM.await_exit(port)
 
         %{
           kind: :parent_vm_killed,
@@ -384,9 +385,9 @@ defmodule FLAMEK8sBackend.Test.Soak do
   # once a minute per VM): here, a parent VM started again, at most 5 times, and the report
   # says how many it took.
   defp restart_parent_vm(kube, namespace, pod, opts, attempt \\ 1) do
-    {port, _} = start_parent_vm(opts, "sweep")
-    line = parent_vm_line(port)
-    await_port_exit(port)
+    {port, _} = ParentVM.start(opts, "sweep")
+    line = ParentVM.line(port)
+    ParentVM.await_exit(port)
     left = runner_objects(kube, namespace)
     swept? = line == {:ok, "SWEPT"} and pod not in left.pods and pod not in left.secrets
 
@@ -405,68 +406,6 @@ defmodule FLAMEK8sBackend.Test.Soak do
       true ->
         {:left_after_sweep,
          "SIGKILLed after boot; the restarted parent's sweep left its runner's pod or secret"}
-    end
-  end
-
-  defp start_parent_vm(opts, what) do
-    elixir = System.find_executable("elixir")
-    ebins = Path.wildcard(Path.join(Mix.Project.build_path(), "lib/*/ebin"))
-    name = "soak_parent_#{System.unique_integer([:positive])}@127.0.0.1"
-    cookie = Base.encode32(:crypto.strong_rand_bytes(10), padding: false)
-
-    # The VM halts when its stdin (the port) closes, so none outlives the soak.
-    code = """
-    spawn(fn -> IO.read(:stdio, :eof); System.halt(0) end)
-    {:ok, _} = Application.ensure_all_started(:flame_k8s_backend)
-    opts = :erlang.binary_to_term(Base.decode64!(System.fetch_env!("SOAK_PARENT_OPTS")))
-    case {System.fetch_env!("SOAK_PARENT_DO"), FLAMEK8sBackend.init(opts)} do
-      {"sweep", {:ok, _}} -> IO.puts("SWEPT")
-      {"boot", {:ok, state}} ->
-        case FLAMEK8sBackend.remote_boot(state) do
-          {:ok, _, state} -> IO.puts("BOOTED \#{state.runner_name} \#{state.runner_node_name}")
-          {:error, e} -> IO.puts("FAILED " <> inspect(e.reason))
-        end
-        Process.sleep(:infinity)
-      {_, {:error, e}} -> IO.puts("FAILED " <> inspect(e.reason))
-    end
-    """
-
-    port =
-      Port.open({:spawn_executable, elixir}, [
-        :binary,
-        :exit_status,
-        {:line, 16_384},
-        env: [
-          {~c"SOAK_PARENT_OPTS", String.to_charlist(Base.encode64(:erlang.term_to_binary(opts)))},
-          {~c"SOAK_PARENT_DO", String.to_charlist(what)}
-        ],
-        args:
-          ["--name", name, "--cookie", cookie] ++
-            Enum.flat_map(ebins, &["-pa", &1]) ++ ["-e", code]
-      ])
-
-    {:os_pid, os_pid} = Port.info(port, :os_pid)
-    {port, Integer.to_string(os_pid)}
-  end
-
-  defp parent_vm_line(port) do
-    receive do
-      {^port, {:data, {:eol, "BOOTED " <> _ = line}}} -> {:ok, line}
-      {^port, {:data, {:eol, "FAILED " <> _ = line}}} -> {:ok, line}
-      {^port, {:data, {:eol, "SWEPT"}}} -> {:ok, "SWEPT"}
-      {^port, {:data, _}} -> parent_vm_line(port)
-      {^port, {:exit_status, status}} -> {:error, "parent VM exited with status #{status}"}
-    after
-      120_000 -> {:error, "parent VM silent for 120 s"}
-    end
-  end
-
-  defp await_port_exit(port) do
-    receive do
-      {^port, {:exit_status, _}} -> :ok
-      {^port, {:data, _}} -> await_port_exit(port)
-    after
-      30_000 -> :timeout
     end
   end
 
@@ -551,60 +490,4 @@ defmodule FLAMEK8sBackend.Test.Soak do
     do: {tag, Map.take(map, [:image, :exit_code, :reason, :container, :detail, :waited_ms])}
 
   defp summary(other), do: other
-
-  @doc "The report: totals, outcomes by kind and reason, leaks."
-  def report(outcomes, leaks, restarts, meta) do
-    by_kind = Enum.group_by(outcomes, & &1.kind)
-
-    rows =
-      outcomes
-      |> Enum.group_by(&{&1.kind, &1.outcome, row_reason(&1)})
-      |> Enum.sort()
-      |> Enum.map(fn {{kind, outcome, reason}, list} ->
-        "| #{kind} | #{outcome} | #{length(list)} | #{String.replace(reason, "|", "\\|")} |"
-      end)
-
-    failures = Enum.filter(outcomes, &(&1.outcome == :boot_error))
-
-    """
-    # Soak: #{length(outcomes)} boots
-
-    #{Enum.map_join(meta, "\n", fn {k, v} -> "- #{k}: #{v}" end)}
-    - boots per kind: #{Enum.map_join(@kinds, ", ", &"#{&1} #{length(by_kind[&1] || [])}")}
-    - boots with the expected outcome: #{Enum.count(outcomes, &expected?/1)} of #{length(outcomes)}
-    - boot failures: #{length(failures)}, each with a phase and a reason: #{Enum.count(failures, &described_failure?/1)}
-    - kube-apiserver SIGKILLed and restarted under the boots: #{length(restarts)} times#{restart_text(restarts)}
-    - left at the end: #{leak_text(leaks)}
-
-    | kind | outcome | boots | reason as returned |
-    |---|---|---|---|
-    #{Enum.join(rows, "\n")}
-    """
-  end
-
-  # Pod names, IPs and scheduler counts differ per boot: group by what does not.
-  defp row_reason(%{error: %BootError{phase: phase, reason: reason}}) do
-    reason =
-      case reason do
-        {:unschedulable, message} -> {:unschedulable, String.replace(message, ~r/\d+/, "N")}
-        {:image_pull, m} -> {:image_pull, Map.take(m, [:image, :reason])}
-        {:container_exited, m} -> {:container_exited, Map.take(m, [:exit_code, :reason])}
-        {:timeout, m} -> {:timeout, Map.take(m, [:detail])}
-        other -> other
-      end
-
-    "phase #{inspect(phase)}, reason #{inspect(reason, printable_limit: 200)}"
-  end
-
-  defp row_reason(%{reason: reason}),
-    do: reason |> String.replace(~r/@[\d.]+|flame-\w+/, "*") |> String.replace(~r/\s+/, " ")
-
-  defp restart_text([]), do: ""
-  defp restart_text(ms), do: " (back after #{Enum.map_join(ms, ", ", &"#{&1}")} ms)"
-
-  defp leak_text(:ok), do: "0 runner pods, 0 runner secrets"
-
-  defp leak_text({:leaked, %{pods: pods, secrets: secrets}}),
-    do:
-      "#{length(pods)} runner pods #{inspect(pods)}, #{length(secrets)} runner secrets #{inspect(secrets)}"
 end
