@@ -47,20 +47,52 @@ defmodule FLAMEK8sBackend.Test.LocalCluster do
       "shell:test=/bin/sh"
     ]
 
-    port =
-      Port.open({:spawn_executable, localkube}, [
-        :binary,
-        :exit_status,
-        {:line, 16_384},
-        args: args
-      ])
+    # The port belongs to a process of its own that lives as long as the VM: the process that
+    # called start! may be gone when a test sends a command, and a port closes with its owner.
+    caller = self()
 
-    info = await_ready!(port, [])
+    owner =
+      spawn(fn ->
+        port =
+          Port.open({:spawn_executable, localkube}, [
+            :binary,
+            :exit_status,
+            {:line, 16_384},
+            args: args
+          ])
+
+        case await_ready(port, []) do
+          {:ok, _} = ready ->
+            send(caller, {:localkube_ready, self(), port, ready})
+            serve_commands(port)
+
+          {:error, _} = failed ->
+            send(caller, {:localkube_ready, self(), port, failed})
+            if Port.info(port), do: Port.close(port)
+        end
+      end)
+
+    owner_monitor = Process.monitor(owner)
+
+    {port, info} =
+      receive do
+        {:localkube_ready, ^owner, port, {:ok, info}} ->
+          Process.demonitor(owner_monitor, [:flush])
+          {port, info}
+
+        {:localkube_ready, ^owner, _port, {:error, message}} ->
+          raise message
+
+        {:DOWN, ^owner_monitor, :process, ^owner, reason} ->
+          raise "local control plane owner died: #{inspect(reason)}"
+      end
+
     ready_ms = System.monotonic_time(:millisecond) - started
 
     info =
       Map.merge(info, %{
         port: port,
+        owner: owner,
         ca_pem: File.read!(Path.join([state_dir, "pki", "ca.crt"])),
         runner_entrypoint: runner,
         ready_ms: ready_ms,
@@ -83,9 +115,17 @@ defmodule FLAMEK8sBackend.Test.LocalCluster do
   """
   def stop do
     case :persistent_term.get(@key, nil) do
-      %{port: port} ->
+      %{port: port, owner: owner} ->
         os_pid = Port.info(port, :os_pid)
-        Port.close(port)
+        monitor = Process.monitor(owner)
+        send(owner, :stop)
+
+        receive do
+          {:DOWN, ^monitor, :process, ^owner, _} -> :ok
+        after
+          5_000 -> Process.exit(owner, :kill)
+        end
+
         :persistent_term.erase(@key)
 
         with {:os_pid, pid} <- os_pid do
@@ -105,6 +145,85 @@ defmodule FLAMEK8sBackend.Test.LocalCluster do
       not File.exists?("/proc/#{pid}") -> :ok
       System.monotonic_time(:millisecond) > deadline -> :timeout
       true -> Process.sleep(50) && wait_for_exit(pid, deadline)
+    end
+  end
+
+  @doc """
+  SIGKILLs the kube-apiserver (etcd, the simulated kubelet and every pod keep running) and
+  starts it again on the same port and etcd; returns once it answers `/readyz` again, with the
+  time the restart took. Connections open at the kill are reset, as on a real API server crash.
+  """
+  @spec restart_apiserver!() :: %{killed_pid: pos_integer(), ms: non_neg_integer()}
+  def restart_apiserver!, do: command!("restart-apiserver")
+
+  @doc "SIGKILLs the kube-apiserver and leaves it down until `start_apiserver!/0`."
+  @spec kill_apiserver!() :: %{killed_pid: pos_integer(), ms: non_neg_integer()}
+  def kill_apiserver!, do: command!("kill-apiserver")
+
+  @doc "Starts the kube-apiserver killed by `kill_apiserver!/0` on the same port and etcd."
+  @spec start_apiserver!() :: %{ms: non_neg_integer()}
+  def start_apiserver!, do: command!("start-apiserver")
+
+  # localkube answers each command with `OK <command> k=v ...` or `ERROR <command>: reason`
+  # once it has taken effect.
+  defp command!(command) do
+    %{owner: owner} = info()
+    ref = Process.monitor(owner)
+    send(owner, {:command, self(), ref, command})
+
+    receive do
+      {^ref, {:ok, fields}} ->
+        Process.demonitor(ref, [:flush])
+        fields
+
+      {^ref, {:error, reason}} ->
+        Process.demonitor(ref, [:flush])
+        raise "localkube #{command} failed: #{reason}"
+
+      {:DOWN, ^ref, :process, ^owner, reason} ->
+        raise "local control plane owner died during #{command}: #{inspect(reason)}"
+    after
+      180_000 -> raise "localkube did not answer #{command} in 180 s"
+    end
+  end
+
+  defp serve_commands(port) do
+    receive do
+      {:command, from, ref, command} ->
+        Port.command(port, command <> "\n")
+        send(from, {ref, await_answer(port, command)})
+        serve_commands(port)
+
+      :stop ->
+        Port.close(port)
+
+      {^port, {:exit_status, status}} ->
+        IO.puts("localkube exited with status #{status}")
+
+      {^port, {:data, _}} ->
+        serve_commands(port)
+    end
+  end
+
+  defp await_answer(port, command) do
+    receive do
+      {^port, {:data, {:eol, "OK " <> rest}}} ->
+        [^command | fields] = String.split(rest, " ", trim: true)
+
+        {:ok,
+         Map.new(fields, fn pair ->
+           [key, value] = String.split(pair, "=", parts: 2)
+           {String.to_atom(key), String.to_integer(value)}
+         end)}
+
+      {^port, {:data, {:eol, "ERROR " <> rest}}} ->
+        {:error, rest}
+
+      {^port, {:data, _}} ->
+        await_answer(port, command)
+
+      {^port, {:exit_status, status}} ->
+        {:error, "localkube exited with status #{status}"}
     end
   end
 
@@ -221,6 +340,16 @@ defmodule FLAMEK8sBackend.Test.LocalCluster do
   end
 
   @doc """
+  A copy of the admin kubeconfig whose server is `url` (e.g. a `TcpProxy` in front of the API
+  server, on the same address so its certificate still matches); returns its path.
+  """
+  def kubeconfig_via!(url) do
+    path = Path.join(info().state_dir, "kubeconfig-via-#{System.unique_integer([:positive])}")
+    File.write!(path, info().kubeconfig |> File.read!() |> String.replace(info().server, url))
+    path
+  end
+
+  @doc """
   A parent pod object for the test VM. `spec.nodeName` points at a node the simulated kubelet
   does not own, so the object exists for the backend to read but nothing runs it.
   """
@@ -299,27 +428,29 @@ defmodule FLAMEK8sBackend.Test.LocalCluster do
     end
   end
 
-  defp await_ready!(port, lines) do
+  defp await_ready(port, lines) do
     receive do
       {^port, {:data, {:eol, "READY " <> rest}}} ->
-        rest
-        |> String.split(" ", trim: true)
-        |> Map.new(fn pair ->
-          [key, value] = String.split(pair, "=", parts: 2)
-          {String.to_atom(key), value}
-        end)
+        {:ok,
+         rest
+         |> String.split(" ", trim: true)
+         |> Map.new(fn pair ->
+           [key, value] = String.split(pair, "=", parts: 2)
+           {String.to_atom(key), value}
+         end)}
 
       {^port, {:data, {:eol, "FAILED " <> reason}}} ->
-        raise "local control plane failed to start: #{reason}"
+        {:error, "local control plane failed to start: #{reason}"}
 
       {^port, {:data, {_, line}}} ->
-        await_ready!(port, [line | lines])
+        await_ready(port, [line | lines])
 
       {^port, {:exit_status, status}} ->
-        raise "localkube exited with status #{status} before it was ready:\n" <>
-                Enum.join(Enum.reverse(lines), "\n")
+        {:error,
+         "localkube exited with status #{status} before it was ready:\n" <>
+           Enum.join(Enum.reverse(lines), "\n")}
     after
-      180_000 -> raise "local control plane not ready after 180 s"
+      180_000 -> {:error, "local control plane not ready after 180 s"}
     end
   end
 end

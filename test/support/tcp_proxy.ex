@@ -2,7 +2,9 @@ defmodule FLAMEK8sBackend.Test.TcpProxy do
   @moduledoc """
   A loopback TCP proxy to a local port whose connectivity tests can cut and restore: `cut/1`
   resets every open connection and refuses new ones (as a stopped server would), `restore/1`
-  accepts again.
+  accepts again. `pause/1` makes the server unreachable the other way, as a network partition
+  does: connections stay open and new ones are accepted, but no byte goes through either way
+  until `resume/1`, so every request hangs until its client gives up.
   """
   use GenServer
 
@@ -16,6 +18,8 @@ defmodule FLAMEK8sBackend.Test.TcpProxy do
 
   def cut(%__MODULE__{pid: pid}), do: GenServer.call(pid, :cut)
   def restore(%__MODULE__{pid: pid}), do: GenServer.call(pid, :restore)
+  def pause(%__MODULE__{pid: pid}), do: GenServer.call(pid, :pause)
+  def resume(%__MODULE__{pid: pid}), do: GenServer.call(pid, :resume)
 
   @doc "Returns once at least `n` client connections have been accepted in total."
   def await_connections(%__MODULE__{pid: pid}, n),
@@ -30,7 +34,16 @@ defmodule FLAMEK8sBackend.Test.TcpProxy do
     spawn_link(fn -> accept_loop(listen, proxy) end)
 
     {:ok,
-     %{listen: listen, upstream: upstream_port, up?: true, pipes: [], accepted: 0, waiters: []}}
+     %{
+       listen: listen,
+       upstream: upstream_port,
+       up?: true,
+       paused?: false,
+       held: [],
+       pipes: [],
+       accepted: 0,
+       waiters: []
+     }}
   end
 
   @impl true
@@ -43,6 +56,21 @@ defmodule FLAMEK8sBackend.Test.TcpProxy do
 
   def handle_call(:restore, _from, state), do: {:reply, :ok, %{state | up?: true}}
 
+  # A suspended pipe leaves its bytes unread in the sockets' buffers (its mailbox), so nothing
+  # is lost or sent until it resumes.
+  def handle_call(:pause, _from, state) do
+    Enum.each(state.pipes, &:erlang.suspend_process/1)
+    {:reply, :ok, %{state | paused?: true}}
+  end
+
+  def handle_call(:resume, _from, %{paused?: true} = state) do
+    Enum.each(state.pipes, &:erlang.resume_process/1)
+    Enum.each(Enum.reverse(state.held), &send(self(), {:accepted, &1}))
+    {:reply, :ok, %{state | paused?: false, held: []}}
+  end
+
+  def handle_call(:resume, _from, state), do: {:reply, :ok, state}
+
   def handle_call({:await_connections, n}, from, state) do
     if state.accepted >= n,
       do: {:reply, :ok, state},
@@ -54,6 +82,9 @@ defmodule FLAMEK8sBackend.Test.TcpProxy do
     :gen_tcp.close(client)
     {:noreply, state}
   end
+
+  def handle_info({:accepted, client}, %{paused?: true} = state),
+    do: {:noreply, %{state | held: [client | state.held]}}
 
   def handle_info({:accepted, client}, state) do
     upstream_port = state.upstream

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -108,46 +109,63 @@ func (cp *controlPlane) startEtcd(ctx context.Context) error {
 
 // startAPIServer starts kube-apiserver on a free loopback port and waits for /readyz.
 func (cp *controlPlane) startAPIServer(ctx context.Context) error {
-	logPath := filepath.Join(cp.stateDir, "kube-apiserver.log")
-	certDir := filepath.Join(cp.stateDir, "apiserver-certs")
-	if err := os.MkdirAll(certDir, 0o700); err != nil {
-		return &startupError{"kube-apiserver", logPath, err}
-	}
+	logPath := cp.apiserverLogPath()
 	var lastErr error
 	for attempt := 1; attempt <= maxPortAttempts; attempt++ {
 		ports, err := freePorts(1)
 		if err != nil {
 			return &startupError{"kube-apiserver", logPath, err}
 		}
-		port := ports[0]
-		args := []string{
-			"--etcd-servers=" + cp.etcdURL,
-			"--cert-dir=" + certDir,
-			"--tls-cert-file=" + cp.pki.servingCert,
-			"--tls-private-key-file=" + cp.pki.servingKey,
-			"--client-ca-file=" + cp.pki.caCert,
-			"--secure-port=" + strconv.Itoa(port),
-			"--bind-address=127.0.0.1",
-			"--advertise-address=127.0.0.1",
-			"--service-cluster-ip-range=10.0.0.0/24",
-			"--authorization-mode=RBAC",
-			"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-			"--service-account-key-file=" + cp.pki.saPubKey,
-			"--service-account-signing-key-file=" + cp.pki.serviceAccountKey,
-			"--allow-privileged=true",
+		err = cp.launchAPIServer(ctx, ports[0])
+		if err == nil {
+			return nil
 		}
-		args = append(args, cp.cfg.apiserverArgs...)
-		p, err := startProc("kube-apiserver", cp.cfg.apiserverBin, args, logPath, cp.wd)
-		if err != nil {
-			return &startupError{"kube-apiserver", logPath, err}
+		lastErr = err
+		if !errors.Is(err, errExited) || !strings.Contains(logTail(logPath, 30), "address already in use") {
+			break
 		}
-		cp.apiserver = p
-		cp.apiPort = port
-		cp.server = fmt.Sprintf("https://127.0.0.1:%d", port)
-		httpClient, err := cp.adminHTTPClient()
-		if err != nil {
-			return &startupError{"kube-apiserver", logPath, err}
-		}
+		logf("kube-apiserver: port clash, retrying with another port")
+	}
+	return &startupError{"kube-apiserver", logPath, lastErr}
+}
+
+func (cp *controlPlane) apiserverLogPath() string {
+	return filepath.Join(cp.stateDir, "kube-apiserver.log")
+}
+
+// launchAPIServer starts kube-apiserver on port and waits for /readyz; on failure nothing of
+// it is left running.
+func (cp *controlPlane) launchAPIServer(ctx context.Context, port int) error {
+	certDir := filepath.Join(cp.stateDir, "apiserver-certs")
+	if err := os.MkdirAll(certDir, 0o700); err != nil {
+		return err
+	}
+	args := []string{
+		"--etcd-servers=" + cp.etcdURL,
+		"--cert-dir=" + certDir,
+		"--tls-cert-file=" + cp.pki.servingCert,
+		"--tls-private-key-file=" + cp.pki.servingKey,
+		"--client-ca-file=" + cp.pki.caCert,
+		"--secure-port=" + strconv.Itoa(port),
+		"--bind-address=127.0.0.1",
+		"--advertise-address=127.0.0.1",
+		"--service-cluster-ip-range=10.0.0.0/24",
+		"--authorization-mode=RBAC",
+		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+		"--service-account-key-file=" + cp.pki.saPubKey,
+		"--service-account-signing-key-file=" + cp.pki.serviceAccountKey,
+		"--allow-privileged=true",
+	}
+	args = append(args, cp.cfg.apiserverArgs...)
+	p, err := startProc("kube-apiserver", cp.cfg.apiserverBin, args, cp.apiserverLogPath(), cp.wd)
+	if err != nil {
+		return err
+	}
+	cp.apiserver = p
+	cp.apiPort = port
+	cp.server = fmt.Sprintf("https://127.0.0.1:%d", port)
+	httpClient, err := cp.adminHTTPClient()
+	if err == nil {
 		err = waitFor(ctx, cp.cfg.startupTimeout, p, func() bool {
 			resp, err := httpClient.Get(cp.server + "/readyz")
 			if err != nil {
@@ -157,18 +175,51 @@ func (cp *controlPlane) startAPIServer(ctx context.Context) error {
 			_, _ = io.Copy(io.Discard, resp.Body)
 			return resp.StatusCode == 200
 		})
-		if err == nil {
-			return nil
-		}
-		lastErr = err
+	}
+	if err != nil {
 		p.stop(3 * time.Second)
 		cp.apiserver = nil
-		if !errors.Is(err, errExited) || !strings.Contains(logTail(logPath, 30), "address already in use") {
-			break
-		}
-		logf("kube-apiserver: port clash, retrying with another port")
+		return err
 	}
-	return &startupError{"kube-apiserver", logPath, lastErr}
+	return nil
+}
+
+// killAPIServer SIGKILLs kube-apiserver (as an OOM kill or a node crash would: no graceful
+// shutdown, open connections reset) and waits until it is gone. etcd keeps running.
+func (cp *controlPlane) killAPIServer() (int, error) {
+	p := cp.apiserver
+	if p == nil {
+		return 0, errors.New("kube-apiserver is not running")
+	}
+	pid := p.cmd.Process.Pid
+	_ = syscall.Kill(-pid, syscall.SIGKILL)
+	<-p.done
+	p.wd.groupDone(pid)
+	cp.apiserver = nil
+	return pid, nil
+}
+
+// restartAPIServer starts kube-apiserver again on the same port and etcd, so every client
+// (kubeconfig, in-pod service env) reaches it at the same address. The port may still be held
+// briefly by the killed process's sockets: retry on a clash.
+func (cp *controlPlane) restartAPIServer(ctx context.Context) error {
+	if cp.apiserver != nil {
+		return errors.New("kube-apiserver is already running")
+	}
+	var err error
+	for attempt := 1; attempt <= 10; attempt++ {
+		err = cp.launchAPIServer(ctx, cp.apiPort)
+		if err == nil || !errors.Is(err, errExited) ||
+			!strings.Contains(logTail(cp.apiserverLogPath(), 30), "address already in use") {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	return err
 }
 
 func (cp *controlPlane) adminHTTPClient() (*http.Client, error) {
@@ -259,6 +310,8 @@ func (cp *controlPlane) waitForSystemNamespaces(ctx context.Context) error {
 
 // stop stops the apiserver, then etcd (SIGTERM, SIGKILL after a few seconds).
 func (cp *controlPlane) stop() {
-	cp.apiserver.stop(5 * time.Second)
+	if cp.apiserver != nil {
+		cp.apiserver.stop(5 * time.Second)
+	}
 	cp.etcd.stop(5 * time.Second)
 }

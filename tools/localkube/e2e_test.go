@@ -138,6 +138,7 @@ type instance struct {
 	ready      map[string]string
 	client     kubernetes.Interface
 	kubeletLog string
+	lines      <-chan string // stdout after the READY line: answers to commands
 }
 
 // startLocalkube runs `localkube up` the way a test harness does (stdin a pipe, stdout read for
@@ -202,7 +203,7 @@ func startLocalkube(t *testing.T, bin string, extra ...string) *instance {
 		t.Fatal(err)
 	}
 	cfg.QPS, cfg.Burst = 500, 1000
-	return &instance{cmd: cmd, stdin: stdin, ready: ready, client: kubernetes.NewForConfigOrDie(cfg), kubeletLog: kubeletLog}
+	return &instance{cmd: cmd, stdin: stdin, ready: ready, client: kubernetes.NewForConfigOrDie(cfg), kubeletLog: kubeletLog, lines: lines}
 }
 
 func TestE2E(t *testing.T) {
@@ -293,6 +294,65 @@ func TestE2EKill9(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// TestE2EAPIServerRestart: `restart-apiserver` on stdin SIGKILLs kube-apiserver and starts it
+// again on the same port and etcd; stored objects survive, the kubelet's watch resumes (a pod
+// created after the restart runs) and an unknown command gets an error line.
+func TestE2EAPIServerRestart(t *testing.T) {
+	if os.Getenv("LOCALKUBE_E2E") != "1" {
+		t.Skip("set LOCALKUBE_E2E=1 (and LOCALKUBE_CONTROL_PLANE_DIR) to run")
+	}
+	bin := buildLocalkube(t)
+	lk := startLocalkube(t, bin)
+	e := &e2eEnv{t: t, client: lk.client, ready: lk.ready, scratch: t.TempDir(), pids: map[int]string{}}
+	ns := e.namespace(t)
+	e.create(t, ns, simplePod("before", "demo:1", "300"))
+	before := e.waitPod(t, ns, "before", 30*time.Second, "Running", phaseIs(v1.PodRunning))
+
+	command := func(cmd string) string {
+		t.Helper()
+		if _, err := io.WriteString(lk.stdin, cmd+"\n"); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case line := <-lk.lines:
+			return line
+		case <-time.After(2 * time.Minute):
+			t.Fatalf("no answer to %s", cmd)
+			return ""
+		}
+	}
+	if got := command("bogus"); !strings.HasPrefix(got, "ERROR bogus: unknown command") {
+		t.Errorf("bogus: %q", got)
+	}
+	for i := range 2 {
+		got := command("restart-apiserver")
+		if !strings.HasPrefix(got, "OK restart-apiserver killed_pid=") {
+			t.Fatalf("restart %d: %q", i, got)
+		}
+		pod, err := e.client.CoreV1().Pods(ns).Get(context.Background(), "before", metav1.GetOptions{})
+		if err != nil || pod.UID != before.UID || pod.Status.Phase != v1.PodRunning {
+			t.Fatalf("after restart %d: pod %v, err %v", i, pod, err)
+		}
+		name := fmt.Sprintf("after-%d", i)
+		e.create(t, ns, simplePod(name, "demo:1", "300"))
+		e.waitPod(t, ns, name, 30*time.Second, "Running", phaseIs(v1.PodRunning))
+	}
+	if got := command("kill-apiserver"); !strings.HasPrefix(got, "OK kill-apiserver") {
+		t.Fatalf("kill: %q", got)
+	}
+	if _, err := e.client.CoreV1().Pods(ns).Get(context.Background(), "before", metav1.GetOptions{}); err == nil {
+		t.Fatal("the API server answered while killed")
+	}
+	if got := command("kill-apiserver"); !strings.HasPrefix(got, "ERROR kill-apiserver: kube-apiserver is not running") {
+		t.Errorf("second kill: %q", got)
+	}
+	if got := command("start-apiserver"); !strings.HasPrefix(got, "OK start-apiserver ms=") {
+		t.Fatalf("start: %q", got)
+	}
+	e.create(t, ns, simplePod("after-start", "demo:1", "300"))
+	e.waitPod(t, ns, "after-start", 30*time.Second, "Running", phaseIs(v1.PodRunning))
 }
 
 // --- helpers --------------------------------------------------------------------------------

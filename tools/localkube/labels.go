@@ -13,6 +13,10 @@ const (
 	labelFail         = "sim-kubelet/fail"           // image-pull | unschedulable | crash | oom | config-error
 	labelExitCode     = "sim-kubelet/exit-code"      // exit code for fail=crash (default 1)
 	labelStartDelayMs = "sim-kubelet/start-delay-ms" // milliseconds spent in ContainerCreating
+	// An annotation (a path is no label value): the containers stay in ContainerCreating until
+	// this file exists, so a test decides the moment a pod starts (e.g. while the API server
+	// is down) instead of guessing a delay.
+	annotationStartWhenFile = "sim-kubelet/start-when-file"
 
 	failImagePull     = "image-pull"
 	failUnschedulable = "unschedulable"
@@ -30,6 +34,7 @@ type podBehaviour struct {
 	fail       string // "" or one of the fail modes
 	exitCode   int32
 	startDelay time.Duration
+	startGate  string // a file that must exist before the containers start
 	warnings   []string
 }
 
@@ -59,5 +64,6 @@ func parseBehaviour(pod *v1.Pod) podBehaviour {
 			b.startDelay = time.Duration(n) * time.Millisecond
 		}
 	}
+	b.startGate = pod.Annotations[annotationStartWhenFile]
 	return b
 }

@@ -11,7 +11,8 @@
 //	READY kubeconfig=<abs path> server=https://127.0.0.1:<port> state_dir=<dir> kubelet_log=<abs path>
 //
 // and on failure `FAILED <reason>` (exit status 1). It runs until stdin reaches EOF, SIGTERM or
-// SIGINT, then stops everything it started and exits 0.
+// SIGINT, then stops everything it started and exits 0. Lines on stdin are fault-injection
+// commands for tests (see commands.go), each answered by one line on stdout.
 package main
 
 import (
@@ -195,11 +196,9 @@ func runUp(args []string) int {
 		logf("stdin is /dev/null: not treating its EOF as a stop request (stop with SIGTERM or SIGINT)")
 		cfg.exitOnStdinEOF = false
 	}
+	commands := make(chan string, 16)
 	if cfg.exitOnStdinEOF {
-		go func() {
-			_, _ = io.Copy(io.Discard, os.Stdin)
-			st.stop("stdin closed")
-		}()
+		go readCommands(os.Stdin, commands, func() { st.stop("stdin closed") })
 	}
 
 	wd, err := startWatchdog()
@@ -225,16 +224,7 @@ func runUp(args []string) int {
 	fmt.Printf("READY kubeconfig=%s server=%s state_dir=%s kubelet_log=%s\n", ready.kubeconfig, ready.server, ready.stateDir, ready.kubeletLog)
 	logf("ready in %.1fs: export KUBECONFIG=%s", time.Since(t0).Seconds(), ready.kubeconfig)
 
-	code := 0
-	select {
-	case <-st.ctx.Done():
-	case <-lk.cp.etcd.done:
-		logf("etcd exited unexpectedly; last lines of %s:\n%s", lk.cp.etcd.logPath, logTail(lk.cp.etcd.logPath, 20))
-		code = 1
-	case <-lk.cp.apiserver.done:
-		logf("kube-apiserver exited unexpectedly; last lines of %s:\n%s", lk.cp.apiserver.logPath, logTail(lk.cp.apiserver.logPath, 20))
-		code = 1
-	}
+	code := lk.serve(st.ctx, commands, os.Stdout)
 	if st.reason != "" {
 		logf("stopping: %s", st.reason)
 	}
@@ -311,7 +301,7 @@ func (lk *localkube) start(ctx context.Context) (*readyInfo, error) {
 		return nil, fmt.Errorf("writing kubeconfig: %w", err)
 	}
 	if err := lk.cp.waitForSystemNamespaces(ctx); err != nil {
-		return nil, &startupError{"kube-apiserver", lk.cp.apiserver.logPath, err}
+		return nil, &startupError{"kube-apiserver", lk.cp.apiserverLogPath(), err}
 	}
 	version := "v0.0.0"
 	if v, err := lk.cp.client.Discovery().ServerVersion(); err == nil {

@@ -242,6 +242,9 @@ func (w *podWorker) step() {
 	} else if w.stage == stageCreating {
 		if now.Before(w.startAt) {
 			w.wakeAt(w.startAt)
+		} else if !w.startGateOpen() {
+			// No event tells a process that a file appeared: look again shortly.
+			w.wakeAt(now.Add(50 * time.Millisecond))
 		} else {
 			w.startContainers(pod, now)
 		}
@@ -372,8 +375,20 @@ func (w *podWorker) initialize(pod *v1.Pod, now time.Time) {
 		if w.b.startDelay > 0 {
 			w.logf("start delayed by %s (label %s)", w.b.startDelay, labelStartDelayMs)
 		}
+		if w.b.startGate != "" {
+			w.logf("start waits for file %s (annotation %s)", w.b.startGate, annotationStartWhenFile)
+		}
 	}
 	w.dirty = true
+}
+
+// startGateOpen reports whether the start-when-file annotation, if any, is satisfied.
+func (w *podWorker) startGateOpen() bool {
+	if w.b.startGate == "" {
+		return true
+	}
+	_, err := os.Stat(w.b.startGate)
+	return err == nil
 }
 
 func (w *podWorker) setPullError(c *ctr, now time.Time, suffix string) {

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"context"
+	"os"
 	"reflect"
 	"strings"
 	"testing"
@@ -264,6 +266,27 @@ func TestParseBehaviour(t *testing.T) {
 	if b.fail != "" || b.exitCode != 1 || b.startDelay != 0 || len(b.warnings) != 3 {
 		t.Errorf("got %+v", b)
 	}
+	pod.Annotations = map[string]string{annotationStartWhenFile: "/tmp/go"}
+	if b = parseBehaviour(pod); b.startGate != "/tmp/go" {
+		t.Errorf("start gate: got %+v", b)
+	}
+}
+
+func TestStartGateOpensWhenTheFileExists(t *testing.T) {
+	gate := t.TempDir() + "/go"
+	w := &podWorker{b: podBehaviour{startGate: gate}}
+	if w.startGateOpen() {
+		t.Fatal("open before the file exists")
+	}
+	if err := os.WriteFile(gate, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if !w.startGateOpen() {
+		t.Fatal("closed after the file exists")
+	}
+	if !(&podWorker{}).startGateOpen() {
+		t.Fatal("no gate must be open")
+	}
 }
 
 func TestUnschedulableReason(t *testing.T) {
@@ -319,5 +342,31 @@ func TestLookPathIn(t *testing.T) {
 	}
 	if _, err := lookPathIn("surely-not-a-command", "/bin"); err == nil || !strings.Contains(err.Error(), "executable file not found in $PATH") {
 		t.Errorf("err = %v", err)
+	}
+}
+
+func TestReadCommandsSkipsBlankLinesAndSignalsEOF(t *testing.T) {
+	cmds := make(chan string, 4)
+	eof := make(chan struct{})
+	readCommands(strings.NewReader("kill-apiserver\n\n  start-apiserver  \n"), cmds, func() { close(eof) })
+	<-eof
+	close(cmds)
+	var got []string
+	for c := range cmds {
+		got = append(got, c)
+	}
+	if strings.Join(got, ",") != "kill-apiserver,start-apiserver" {
+		t.Errorf("commands %q", got)
+	}
+}
+
+func TestUnknownCommandIsAnswered(t *testing.T) {
+	lk := &localkube{cp: &controlPlane{}}
+	got := lk.command(context.Background(), "reboot now")
+	if !strings.HasPrefix(got, "ERROR reboot: unknown command") {
+		t.Errorf("answer %q", got)
+	}
+	if got := lk.command(context.Background(), "kill-apiserver"); got != "ERROR kill-apiserver: kube-apiserver is not running" {
+		t.Errorf("answer %q", got)
 	}
 }
