@@ -255,9 +255,17 @@ defmodule FLAMEK8sBackend do
         {:ok, terminator, state}
 
       {:error, %BootError{} = error} ->
+        # A failed boot returns at most a request timeout after its deadline (less a margin for
+        # the return itself), even when the API server does not answer: half of what is left
+        # for the diagnostics, the rest for the deletes, which the reaper goes on retrying in
+        # the background if need be.
+        cleanup_by = deadline + state.kube.request_timeout - 250
+        budget = min(3_000, div(remaining(cleanup_by), 2))
         # Kubernetes' side of the story is read before the pod goes: its log goes with it.
-        error = BootDiagnostics.add(state.kube, error, diagnostics_opts(state))
-        Reaper.reap_now(reaper)
+        error =
+          BootDiagnostics.add(state.kube, error, [budget: budget] ++ diagnostics_opts(state))
+
+        Reaper.reap_now(reaper, remaining(cleanup_by))
         log(state, :warning, Exception.message(error))
         {:error, error}
     end

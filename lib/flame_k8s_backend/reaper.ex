@@ -5,9 +5,12 @@ defmodule FLAMEK8sBackend.Reaper do
   One reaper per runner, started before anything is created. It monitors the FLAME Runner
   process that owns the boot and, once booted, the remote terminator: when either goes down
   (idle shutdown, the runner VM killed, its node lost, the Runner crashing mid-boot) it deletes
-  what it tracks. A boot that fails has it delete everything at once with `reap_now/1`.
-  Failed deletes are retried (not when RBAC forbids them); a booted runner's pod is deleted with
-  its own grace period, one that never booted at once.
+  what it tracks. A boot that fails has it delete everything at once with `reap_now/2`.
+  Failed deletes are retried with a doubling back-off (250 ms up to 30 s) for up to ten minutes,
+  so an API server that is down for a while still gets the deletes once it is back (not when
+  RBAC forbids them: that does not heal by itself). A booted runner's pod is deleted with its
+  own grace period, one that never booted at once. Each attempt runs in a process of its own,
+  so `reap_now/2` can answer by its deadline while the deletes go on in the background.
 
   A booted runner whose node is still connected when the FLAME Runner or the terminator goes
   down (an idle shutdown: the terminator tells the parent first, then shuts its VM down) deletes
@@ -26,8 +29,8 @@ defmodule FLAMEK8sBackend.Reaper do
       :ok = Reaper.track(reaper, :pod, runner_name)
       # ... create the secret and the pod, await the runner's remote_up, then either
       :ok = Reaper.monitor(reaper, remote_terminator)
-      # or, when the boot failed
-      :ok = Reaper.reap_now(reaper)
+      # or, when the boot failed (answers once done, or after 5 s with the deletes still going)
+      :ok = Reaper.reap_now(reaper, 5_000)
   """
   use GenServer, restart: :temporary
 
@@ -43,11 +46,17 @@ defmodule FLAMEK8sBackend.Reaper do
     secret: nil,
     booted?: false,
     runner_node: nil,
-    waiting_for_node?: false
+    waiting_for_node?: false,
+    # A `reap_now/2` caller not answered yet.
+    caller: nil,
+    # While deleting: %{trigger:, why:, attempt:, pending: [{kind, name}], give_up_at:, worker:}
+    reaping: nil
   ]
 
-  @attempts 3
   @backoff 250
+  @max_backoff 30_000
+  @give_up_after 600_000
+  @answer_after_attempts 3
   # How long a booted runner's VM gets to delete itself and stop once it has been told to; a
   # VM that hangs longer is reaped.
   @runner_exit_grace 30_000
@@ -75,11 +84,14 @@ defmodule FLAMEK8sBackend.Reaper do
   def monitor(reaper, pid), do: GenServer.call(reaper, {:monitor, pid})
 
   @doc """
-  Deletes what it tracks now (a failed boot), retrying a failed delete, then stops. Returns
-  once done, so the caller's error is returned only after the cleanup.
+  Deletes what it tracks now (a failed boot), retrying failed deletes, then stops. Returns once
+  done, so that the caller's error comes after the cleanup, or, with the deletes still being
+  retried in the background, after three failed tries or `timeout` ms (the boot's own bound),
+  whichever comes first.
   """
-  @spec reap_now(pid()) :: :ok
-  def reap_now(reaper), do: GenServer.call(reaper, :reap_now, :infinity)
+  @spec reap_now(pid(), timeout()) :: :ok
+  def reap_now(reaper, timeout \\ :infinity),
+    do: GenServer.call(reaper, {:reap_now, timeout}, :infinity)
 
   @impl true
   def init({kube, namespace, owner, log}) do
@@ -98,12 +110,32 @@ defmodule FLAMEK8sBackend.Reaper do
     {:reply, :ok, %{state | booted?: true, runner_node: node(pid)}}
   end
 
-  def handle_call(:reap_now, _from, state) do
-    reap(state, :boot_failed, "boot failed")
-    {:stop, :normal, :ok, state}
+  def handle_call({:reap_now, timeout}, from, state) do
+    if timeout != :infinity, do: Process.send_after(self(), :answer_caller, timeout)
+    state = %{state | caller: from}
+
+    case state.reaping do
+      nil -> start_reaping(state, :boot_failed, "boot failed")
+      _already -> {:noreply, state}
+    end
   end
 
   @impl true
+  def handle_info({:DOWN, ref, :process, _pid, reason}, %{reaping: %{worker: ref}} = state),
+    do: attempted(state, reason)
+
+  # Once deleting, the Runner or the terminator going down changes nothing.
+  def handle_info({:DOWN, _ref, :process, _pid, _reason}, %{reaping: %{}} = state),
+    do: {:noreply, state}
+
+  def handle_info(:retry, %{reaping: %{}} = state), do: {:noreply, attempt(state)}
+
+  def handle_info(:answer_caller, state), do: {:noreply, answer(state)}
+
+  def handle_info(message, %{reaping: %{}} = state)
+      when message == :runner_exit_grace_over or elem(message, 0) == :nodedown,
+      do: {:noreply, state}
+
   def handle_info({:DOWN, _ref, :process, _pid, _reason}, %{waiting_for_node?: true} = state),
     do: {:noreply, state}
 
@@ -113,8 +145,7 @@ defmodule FLAMEK8sBackend.Reaper do
       Process.send_after(self(), :runner_exit_grace_over, @runner_exit_grace)
       {:noreply, %{state | waiting_for_node?: true}}
     else
-      reap(state, :runner_down, "runner down: #{inspect(reason)}")
-      {:stop, :normal, state}
+      start_reaping(state, :runner_down, "runner down: #{inspect(reason)}")
     end
   end
 
@@ -130,14 +161,12 @@ defmodule FLAMEK8sBackend.Reaper do
     {:noreply, state}
   end
 
-  def handle_info({:nodedown, node}, state) do
-    reap(state, :runner_down, "runner node #{node} down")
-    {:stop, :normal, state}
-  end
+  def handle_info({:nodedown, node}, state),
+    do: start_reaping(state, :runner_down, "runner node #{node} down")
 
   def handle_info(:runner_exit_grace_over, state) do
-    reap(state, :runner_down, "runner node still up #{@runner_exit_grace} ms after shutdown")
-    {:stop, :normal, state}
+    why = "runner node still up #{@runner_exit_grace} ms after shutdown"
+    start_reaping(state, :runner_down, why)
   end
 
   defp runner_node_up?(%{booted?: true, runner_node: node}) when node != node(),
@@ -145,23 +174,105 @@ defmodule FLAMEK8sBackend.Reaper do
 
   defp runner_node_up?(_state), do: false
 
-  defp reap(%__MODULE__{pod: pod, secret: secret} = state, trigger, why) do
-    if pod, do: delete(state, :pod, pod, trigger, why)
-    if secret, do: delete(state, :secret, secret, trigger, why)
+  defp start_reaping(state, trigger, why) do
+    pending = for {kind, name} <- [pod: state.pod, secret: state.secret], name, do: {kind, name}
+
+    reaping = %{
+      trigger: trigger,
+      why: why,
+      attempt: 1,
+      pending: pending,
+      give_up_at: now() + @give_up_after,
+      worker: nil
+    }
+
+    continue(%{state | reaping: reaping})
   end
 
-  defp delete(state, kind, name, trigger, why) do
+  # One try of every pending delete, in order (pod first), in a process of its own: its exit
+  # reason carries the results.
+  defp attempt(%{reaping: reaping} = state) do
+    {_pid, ref} =
+      spawn_monitor(fn ->
+        exit(
+          {:attempted,
+           for({kind, name} <- reaping.pending, do: {kind, name, delete(state, kind, name)})}
+        )
+      end)
+
+    %{state | reaping: %{reaping | worker: ref}}
+  end
+
+  defp attempted(%{reaping: reaping} = state, reason) do
+    results =
+      case reason do
+        {:attempted, results} ->
+          results
+
+        other ->
+          for {kind, name} <- reaping.pending,
+              do: {kind, name, {:error, {:internal, inspect(other)}}}
+      end
+
+    giving_up? = now() >= reaping.give_up_at
+
+    pending =
+      for {kind, name, result} <- results,
+          not settled?(state, kind, name, result, giving_up?),
+          do: {kind, name}
+
+    reaping = %{reaping | pending: pending, worker: nil}
+
+    if pending == [] do
+      continue(%{state | reaping: reaping})
+    else
+      # A back-off before the next try, not a wait for an event: nothing announces that an
+      # API server is answering again.
+      Process.send_after(self(), :retry, backoff(reaping.attempt))
+      state = %{state | reaping: %{reaping | attempt: reaping.attempt + 1}}
+      # A failed boot's error need not wait for an API server that is down: after a few
+      # tries the caller has its answer and the deletes go on in the background.
+      {:noreply, if(reaping.attempt >= @answer_after_attempts, do: answer(state), else: state)}
+    end
+  end
+
+  defp answer(%{caller: nil} = state), do: state
+
+  defp answer(state) do
+    GenServer.reply(state.caller, :ok)
+    %{state | caller: nil}
+  end
+
+  defp continue(%{reaping: %{pending: []}} = state), do: {:stop, :normal, answer(state)}
+
+  defp continue(state), do: {:noreply, attempt(state)}
+
+  # Whether a delete's result ends its tries: it worked (a pod already gone counts), RBAC
+  # forbids it (retrying will not change that), or the retries are over. Reports each ending.
+  defp settled?(state, kind, name, result, giving_up?) do
+    final? =
+      case result do
+        :ok -> true
+        {:error, {:api, status, _, _}} when status in [401, 403] -> true
+        {:error, _} -> giving_up?
+      end
+
+    if final?, do: report(state, kind, name, result)
+    final?
+  end
+
+  defp report(%{reaping: reaping} = state, kind, name, result) do
     meta = %{
       deleter: :reaper,
-      trigger: trigger,
+      trigger: reaping.trigger,
       kind: kind,
       namespace: state.namespace,
       name: name
     }
 
-    case Telemetry.cleanup(meta, fn -> delete_with_retries(state, kind, name, 1) end) do
+    case Telemetry.cleanup(meta, fn -> {result, reaping.attempt} end) do
       :ok ->
-        log(state, "deleted runner #{kind} #{state.namespace}/#{name} (#{why})")
+        log(state, "deleted runner #{kind} #{state.namespace}/#{name} (#{reaping.why})")
 
       {:error, error} ->
         Logger.warning(
@@ -172,29 +283,18 @@ defmodule FLAMEK8sBackend.Reaper do
   end
 
   # A booted runner gets its pod's grace period, so its VM can finish what it is doing; a pod
-  # that never booted has nothing to finish. Returns the result and the number of attempts.
-  defp delete_with_retries(state, kind, name, attempt) do
-    result =
-      case kind do
-        :pod when state.booted? -> Kube.delete_pod(state.kube, state.namespace, name)
-        :pod -> Kube.delete_pod(state.kube, state.namespace, name, grace_period: 0)
-        :secret -> Kube.delete_secret(state.kube, state.namespace, name)
-      end
-
-    case result do
-      {:error, {:api, status, _, _}} = error when status in [401, 403] ->
-        {error, attempt}
-
-      {:error, _} when attempt < @attempts ->
-        # A back-off before the next request, not a wait for an event: nothing announces
-        # that an API server is answering again.
-        Process.sleep(@backoff * attempt)
-        delete_with_retries(state, kind, name, attempt + 1)
-
-      result ->
-        {result, attempt}
+  # that never booted has nothing to finish.
+  defp delete(state, kind, name) do
+    case kind do
+      :pod when state.booted? -> Kube.delete_pod(state.kube, state.namespace, name)
+      :pod -> Kube.delete_pod(state.kube, state.namespace, name, grace_period: 0)
+      :secret -> Kube.delete_secret(state.kube, state.namespace, name)
     end
   end
+
+  defp backoff(attempt), do: min(@backoff * Integer.pow(2, min(attempt - 1, 20)), @max_backoff)
+
+  defp now, do: System.monotonic_time(:millisecond)
 
   defp log(%{log: false}, _message), do: :ok
   defp log(%{log: level}, message), do: Logger.log(level, message)

@@ -200,13 +200,11 @@ defmodule FLAMEK8sBackend.APIServerFaultsTest do
       end
     end
 
-    # Fails today: a failed boot reads its diagnostics and reaps its pod and secret before it
-    # returns, each delete tried 3 times with a request timeout per try, and a reaper whose 3
-    # tries all failed gives up. Measured with boot_timeout 4 s and request_timeout 1.5 s:
-    # paused, boots return after 12-16 s and the pods and secrets of the boots that were in the
-    # watch are left; cut, after 5.5 s, with the same leak
-    # (test/soak/results/2026-12-03-api-server-faults.md, with the fix).
-    @tag skip: "needs the reaper fix (bounded failure path, deletes retried in the background)"
+    # A failed boot reads its diagnostics and hands its deletes to the reaper within a request
+    # timeout past its deadline; the reaper retries them in the background until the API
+    # server is back. Before that bound, with boot_timeout 4 s and request_timeout 1.5 s:
+    # paused, boots returned after 12-16 s and the pods and secrets of the boots that were in
+    # the watch were left; cut, after 5.5 s, with the same leak.
     test "API server unreachable (#{mode}): no boot outlives boot_timeout by more than a request timeout, nothing leaks once it is back",
          context do
       results = boots_while_unreachable(context, unquote(mode), @budget)

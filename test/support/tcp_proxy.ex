@@ -113,9 +113,16 @@ defmodule FLAMEK8sBackend.Test.TcpProxy do
 
   # Both sockets belong to this process; killing it resets both connections.
   defp pipe(client, upstream_port) do
-    {:ok, upstream} = :gen_tcp.connect({127, 0, 0, 1}, upstream_port, [:binary, active: true])
-    :ok = :inet.setopts(client, active: true)
-    relay(client, upstream)
+    case :gen_tcp.connect({127, 0, 0, 1}, upstream_port, [:binary, active: true]) do
+      {:ok, upstream} ->
+        :ok = :inet.setopts(client, active: true)
+        relay(client, upstream)
+
+      # The API server behind it is gone (killed, or stopped at the end of the run): the
+      # client sees its connection closed, as it would without the proxy.
+      {:error, _} ->
+        :gen_tcp.close(client)
+    end
   end
 
   defp relay(client, upstream) do

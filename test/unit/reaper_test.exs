@@ -198,6 +198,62 @@ defmodule FLAMEK8sBackend.ReaperTest do
     refute log =~ "could not delete"
   end
 
+  test "an API server that keeps failing: reap_now answers after three tries, the deletes go on until it answers" do
+    attempts = :counters.new(1, [])
+
+    kube =
+      kube!(fn
+        "DELETE", @pod_path ->
+          :counters.add(attempts, 1, 1)
+
+          if :counters.get(attempts, 1) < 5,
+            do: failure(500, "InternalError"),
+            else: {200, @success}
+
+        _method, _path ->
+          {200, @success}
+      end)
+
+    {reaper, monitor} = start_reaper!(kube, runner(), :info)
+
+    log =
+      capture_log(fn ->
+        assert Reaper.reap_now(reaper) == :ok
+        assert :counters.get(attempts, 1) == 3
+        assert Process.alive?(reaper)
+        assert_receive {:DOWN, ^monitor, :process, ^reaper, :normal}, 10_000
+      end)
+
+    for _ <- 1..5, do: assert_received({:api_request, "DELETE", @pod_path, _})
+    assert log =~ "deleted runner pod prod/web-1-flame-x7k2p"
+  end
+
+  test "reap_now/2 answers by its timeout; the deletes go on" do
+    test = self()
+
+    kube =
+      kube!(fn
+        "DELETE", @pod_path ->
+          send(test, {:pod_delete_seen, self()})
+
+          receive do
+            :answer -> {200, @success}
+          end
+
+        _method, _path ->
+          {200, @success}
+      end)
+
+    {reaper, monitor} = start_reaper!(kube, runner())
+
+    assert Reaper.reap_now(reaper, 100) == :ok
+    assert_receive {:pod_delete_seen, server}, 5_000
+    assert Process.alive?(reaper)
+    send(server, :answer)
+    assert_receive {:DOWN, ^monitor, :process, ^reaper, :normal}, 5_000
+    assert_received {:api_request, "DELETE", @secret_path, _}
+  end
+
   test "a delete that RBAC forbids is not retried; the warning names it, never the token" do
     kube =
       kube!(fn

@@ -12,6 +12,7 @@ use crate::client::ClientHandle;
 use crate::error::{Error, Result};
 use crate::manifest::{prepare_pod, prepare_secret};
 use crate::raw::send_json;
+use crate::runtime::with_timeout;
 
 /// The kinds of object the backend creates and deletes: the runner pod and its secret. Both take
 /// the same path through here; they differ in their manifest check and in what comes back.
@@ -141,7 +142,7 @@ pub async fn create(
     // The request's own timeout starts once it may go: in a burst, the wait for a slot is
     // the queue's part, bounded by `slot_deadline` (the boot's deadline for the backend).
     let deadline = Instant::now() + h.request_timeout();
-    let created = send_json(h.client(), req, deadline).await?;
+    let created = with_timeout(h.request_timeout(), send_json(h.client(), req, deadline)).await?;
     match kind {
         Kind::Pod => expect_object(created, "Pod"),
         Kind::Secret => metadata_only(created),
@@ -325,6 +326,20 @@ mod tests {
         assert!(matches!(late, Err(Error::Timeout(6000))), "{late:?}");
         assert_eq!(seen.requests.load(Ordering::SeqCst), 3);
         assert_eq!(t0.elapsed(), Duration::from_secs(12));
+    }
+
+    /// A long queue bound does not stretch the request itself: a server that does not answer
+    /// times the create out after the request timeout.
+    #[tokio::test(start_paused = true)]
+    async fn a_create_sent_has_the_request_timeout() {
+        let created = pod("p").to_string();
+        let (client, _seen) =
+            fake::client(move |_| Answer::new(201, &created).after(Duration::from_secs(60)));
+        let h = ClientHandle::new(client.clone(), client, Duration::from_secs(5), 1);
+        let t0 = Instant::now();
+        let r = create(&h, Kind::Pod, "d", pod("a"), t0 + Duration::from_secs(30)).await;
+        assert!(matches!(r, Err(Error::Timeout(5000))), "{r:?}");
+        assert_eq!(t0.elapsed(), Duration::from_secs(5));
     }
 
     #[test]
