@@ -49,7 +49,8 @@ defmodule FLAMEK8sBackend.Reaper do
     waiting_for_node?: false,
     # A `reap_now/2` caller not answered yet.
     caller: nil,
-    # While deleting: %{trigger:, why:, attempt:, pending: [{kind, name}], give_up_at:, worker:}
+    # While deleting: %{trigger:, why:, attempt:, pending: [{kind, name}], give_up_at:,
+    # worker: {pid, monitor} of the try under way}
     reaping: nil
   ]
 
@@ -111,7 +112,7 @@ defmodule FLAMEK8sBackend.Reaper do
   end
 
   def handle_call({:reap_now, timeout}, from, state) do
-    if timeout != :infinity, do: Process.send_after(self(), :answer_caller, timeout)
+    _ = if timeout != :infinity, do: Process.send_after(self(), :answer_caller, timeout)
     state = %{state | caller: from}
 
     case state.reaping do
@@ -121,8 +122,19 @@ defmodule FLAMEK8sBackend.Reaper do
   end
 
   @impl true
-  def handle_info({:DOWN, ref, :process, _pid, reason}, %{reaping: %{worker: ref}} = state),
-    do: attempted(state, reason)
+  def handle_info({:attempted, pid, results}, %{reaping: %{worker: {pid, monitor}}} = state) do
+    Process.demonitor(monitor, [:flush])
+    attempted(state, results)
+  end
+
+  # The try's process crashed before it could report: every pending delete failed.
+  def handle_info(
+        {:DOWN, monitor, :process, _, reason},
+        %{reaping: %{worker: {_, monitor}}} = state
+      ) do
+    error = {:error, {:internal, "delete attempt crashed: #{inspect(reason, limit: 8)}"}}
+    attempted(state, for({kind, name} <- state.reaping.pending, do: {kind, name, error}))
+  end
 
   # Once deleting, the Runner or the terminator going down changes nothing.
   def handle_info({:DOWN, _ref, :process, _pid, _reason}, %{reaping: %{}} = state),
@@ -189,31 +201,21 @@ defmodule FLAMEK8sBackend.Reaper do
     continue(%{state | reaping: reaping})
   end
 
-  # One try of every pending delete, in order (pod first), in a process of its own: its exit
-  # reason carries the results.
+  # One try of every pending delete, in order (pod first), in a process of its own, so that
+  # the reaper can answer reap_now/2 by its deadline whatever the API server does.
   defp attempt(%{reaping: reaping} = state) do
-    {_pid, ref} =
+    reaper = self()
+
+    worker =
       spawn_monitor(fn ->
-        exit(
-          {:attempted,
-           for({kind, name} <- reaping.pending, do: {kind, name, delete(state, kind, name)})}
-        )
+        results = for {kind, name} <- reaping.pending, do: {kind, name, delete(state, kind, name)}
+        send(reaper, {:attempted, self(), results})
       end)
 
-    %{state | reaping: %{reaping | worker: ref}}
+    %{state | reaping: %{reaping | worker: worker}}
   end
 
-  defp attempted(%{reaping: reaping} = state, reason) do
-    results =
-      case reason do
-        {:attempted, results} ->
-          results
-
-        other ->
-          for {kind, name} <- reaping.pending,
-              do: {kind, name, {:error, {:internal, inspect(other)}}}
-      end
-
+  defp attempted(%{reaping: reaping} = state, results) do
     giving_up? = now() >= reaping.give_up_at
 
     pending =
