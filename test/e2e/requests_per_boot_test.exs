@@ -15,31 +15,7 @@ defmodule FLAMEK8sBackend.RequestsPerBootE2ETest do
   # The parent as in examples/kubernetes/deployment.yaml: RELEASE_COOKIE from a Secret, and
   # the VM runs with that cookie.
   defp documented_parent!(kube, ns) do
-    cookie = Atom.to_string(Node.get_cookie())
-
-    {:ok, _} =
-      Kube.create_secret(kube, ns, %{
-        "metadata" => %{"name" => "parent-cookie"},
-        "stringData" => %{"RELEASE_COOKIE" => cookie}
-      })
-
-    ref = %{"name" => "parent-cookie", "key" => "RELEASE_COOKIE"}
-
-    {:ok, _} =
-      Kube.create_pod(kube, ns, %{
-        "metadata" => %{"name" => "parent", "labels" => %{"app" => "parent"}},
-        "spec" => %{
-          "nodeName" => "elsewhere",
-          "containers" => [
-            %{
-              "name" => "app",
-              "image" => "flame-runner:test",
-              "env" => [%{"name" => "RELEASE_COOKIE", "valueFrom" => %{"secretKeyRef" => ref}}]
-            }
-          ]
-        }
-      })
-
+    cookie = LocalCluster.create_documented_parent!(kube, ns)
     previous = System.get_env("RELEASE_COOKIE")
     System.put_env("RELEASE_COOKIE", cookie)
 

@@ -376,6 +376,41 @@ defmodule FLAMEK8sBackend.Test.LocalCluster do
     pod
   end
 
+  @doc """
+  The parent as in examples/kubernetes/deployment.yaml: a Secret `<name>-cookie` holding this
+  VM's cookie, and a parent pod object (not run, as `create_parent_pod!/3`) whose
+  `RELEASE_COOKIE` comes from it (`secretKeyRef`). Returns the cookie; the caller puts it in
+  `RELEASE_COOKIE`, as a release started with that env would have it.
+  """
+  def create_documented_parent!(kube, namespace, opts \\ []) do
+    name = Keyword.get(opts, :name, "parent")
+    cookie = Atom.to_string(Node.get_cookie())
+    ref = %{"name" => "#{name}-cookie", "key" => "RELEASE_COOKIE"}
+
+    {:ok, _} =
+      Kube.create_secret(kube, namespace, %{
+        "metadata" => %{"name" => ref["name"]},
+        "stringData" => %{"RELEASE_COOKIE" => cookie}
+      })
+
+    {:ok, _} =
+      Kube.create_pod(kube, namespace, %{
+        "metadata" => %{"name" => name, "labels" => %{"app" => "parent"}},
+        "spec" => %{
+          "nodeName" => "elsewhere",
+          "containers" => [
+            %{
+              "name" => "app",
+              "image" => "flame-runner:test",
+              "env" => [%{"name" => "RELEASE_COOKIE", "valueFrom" => %{"secretKeyRef" => ref}}]
+            }
+          ]
+        }
+      })
+
+    cookie
+  end
+
   @doc "A pod manifest running `image` with `args` and extra `labels`."
   def pod_manifest(name, image, opts \\ []) do
     %{

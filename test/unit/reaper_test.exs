@@ -172,7 +172,8 @@ defmodule FLAMEK8sBackend.ReaperTest do
     refute_received {:api_request, _, _, _}
   end
 
-  test "a failed delete is retried" do
+  # A client whose pod DELETEs fail (500) `failures` times, then succeed; and their counter.
+  defp kube_failing_pod_deletes!(failures) do
     attempts = :counters.new(1, [])
 
     kube =
@@ -180,13 +181,19 @@ defmodule FLAMEK8sBackend.ReaperTest do
         "DELETE", @pod_path ->
           :counters.add(attempts, 1, 1)
 
-          if :counters.get(attempts, 1) < 3,
+          if :counters.get(attempts, 1) <= failures,
             do: failure(500, "InternalError"),
             else: {200, @success}
 
         _method, _path ->
           {200, @success}
       end)
+
+    {kube, attempts}
+  end
+
+  test "a failed delete is retried" do
+    {kube, _attempts} = kube_failing_pod_deletes!(2)
 
     {reaper, _monitor} = start_reaper!(kube, runner(), :info)
 
@@ -199,20 +206,7 @@ defmodule FLAMEK8sBackend.ReaperTest do
   end
 
   test "an API server that keeps failing: reap_now answers after three tries, the deletes go on until it answers" do
-    attempts = :counters.new(1, [])
-
-    kube =
-      kube!(fn
-        "DELETE", @pod_path ->
-          :counters.add(attempts, 1, 1)
-
-          if :counters.get(attempts, 1) < 5,
-            do: failure(500, "InternalError"),
-            else: {200, @success}
-
-        _method, _path ->
-          {200, @success}
-      end)
+    {kube, attempts} = kube_failing_pod_deletes!(4)
 
     {reaper, monitor} = start_reaper!(kube, runner(), :info)
 

@@ -50,31 +50,7 @@ defmodule Bench.ControlPlane do
   end
 
   defp create_documented_parent!(kube, namespace) do
-    cookie = Atom.to_string(Node.get_cookie())
-    ref = %{"name" => "#{@parent}-cookie", "key" => "RELEASE_COOKIE"}
-
-    {:ok, _} =
-      Kube.create_secret(kube, namespace, %{
-        "metadata" => %{"name" => ref["name"]},
-        "stringData" => %{"RELEASE_COOKIE" => cookie}
-      })
-
-    {:ok, _} =
-      Kube.create_pod(kube, namespace, %{
-        "metadata" => %{"name" => @parent, "labels" => %{"app" => "parent"}},
-        "spec" => %{
-          # A node the simulated kubelet does not own: the object is read, nothing runs it.
-          "nodeName" => "elsewhere",
-          "containers" => [
-            %{
-              "name" => "app",
-              "image" => "flame-runner:test",
-              "env" => [%{"name" => "RELEASE_COOKIE", "valueFrom" => %{"secretKeyRef" => ref}}]
-            }
-          ]
-        }
-      })
-
+    cookie = LocalCluster.create_documented_parent!(kube, namespace, name: @parent)
     # As a release started with that Secret in its env would have it.
     System.put_env("RELEASE_COOKIE", cookie)
   end
