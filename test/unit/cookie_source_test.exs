@@ -21,16 +21,7 @@ defmodule FLAMEK8sBackend.CookieSourceTest do
           {200, ~s({"kind":"PodList","apiVersion":"v1","metadata":{},"items":[]})}
       end)
 
-    kubeconfig = Path.join(dir, "kubeconfig")
-
-    File.write!(kubeconfig, """
-    apiVersion: v1
-    kind: Config
-    clusters: [{name: c, cluster: {server: "#{url}"}}]
-    users: [{name: u, user: {token: t0k3n}}]
-    contexts: [{name: ctx, context: {cluster: c, user: u}}]
-    current-context: ctx
-    """)
+    kubeconfig = FakeApiServer.kubeconfig!(dir, url)
 
     # A parent name of its own: the parent pod is read once per VM and name.
     name = "web-#{System.unique_integer([:positive])}"

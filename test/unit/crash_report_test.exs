@@ -57,16 +57,7 @@ defmodule FLAMEK8sBackend.CrashReportTest do
           {200, ~s({"kind":"PodList","apiVersion":"v1","metadata":{},"items":[]})}
       end)
 
-    kubeconfig = Path.join(dir, "kubeconfig")
-
-    File.write!(kubeconfig, """
-    apiVersion: v1
-    kind: Config
-    clusters: [{name: c, cluster: {server: "#{url}"}}]
-    users: [{name: u, user: {token: t0k3n}}]
-    contexts: [{name: ctx, context: {cluster: c, user: u}}]
-    current-context: ctx
-    """)
+    kubeconfig = FakeApiServer.kubeconfig!(dir, url)
 
     {:ok, state} =
       FLAMEK8sBackend.init(

@@ -32,21 +32,6 @@ defmodule FLAMEK8sBackend.ParentPodTest do
     end)
   end
 
-  defp kubeconfig!(dir, url) do
-    path = Path.join(dir, "kubeconfig")
-
-    File.write!(path, """
-    apiVersion: v1
-    kind: Config
-    clusters: [{name: c, cluster: {server: "#{url}"}}]
-    users: [{name: u, user: {token: t0k3n}}]
-    contexts: [{name: ctx, context: {cluster: c, user: u}}]
-    current-context: ctx
-    """)
-
-    path
-  end
-
   # The requests the fake server has reported so far, as {method, path}.
   defp requests do
     receive do
@@ -141,7 +126,7 @@ defmodule FLAMEK8sBackend.ParentPodTest do
   test "init/1 reads the parent pod on its first call only", %{tmp_dir: dir} do
     name = "web-#{System.unique_integer([:positive])}"
     url = api_server!("prod", name)
-    opts = [parent_pod: {"prod", name}, kubeconfig: kubeconfig!(dir, url)]
+    opts = [parent_pod: {"prod", name}, kubeconfig: FakeApiServer.kubeconfig!(dir, url)]
 
     assert {:ok, first} = FLAMEK8sBackend.init(opts)
     # The parent pod, then the sweep's list of this parent's runner pods.

@@ -74,22 +74,8 @@ defmodule FLAMEK8sBackend.ReaperTest do
   end
 
   test "a booted runner whose node is still up (idle shutdown): its own cleanup first, then the reaper's" do
-    {:ok, peer, runner_node} =
-      :peer.start_link(%{
-        name: :"reaper_runner_#{System.unique_integer([:positive])}",
-        host: ~c"127.0.0.1",
-        longnames: true,
-        args: [~c"-setcookie", Atom.to_charlist(Node.get_cookie())]
-      })
-
-    owner = runner()
-    terminator = Node.spawn(runner_node, :timer, :sleep, [:infinity])
-    {reaper, monitor} = start_reaper!(kube!(), owner)
-    :ok = Reaper.monitor(reaper, terminator)
-
     # FLAME's terminator tells the parent first (its Runner stops), then stops its own VM.
-    stop_owner(owner)
-    wait_until(fn -> :sys.get_state(reaper).waiting_for_node? end)
+    {peer, _runner_node, reaper, monitor} = booted_runner_stopping!()
     refute_received {:api_request, _, _, _}
 
     :ok = :peer.stop(peer)
@@ -102,20 +88,7 @@ defmodule FLAMEK8sBackend.ReaperTest do
 
   for {deleted, left} <- [{[:pod, :secret], []}, {[:pod], [:secret]}] do
     test "a runner that deleted #{inspect(deleted)} itself and says so: the reaper deletes only #{inspect(left)}" do
-      {:ok, peer, runner_node} =
-        :peer.start_link(%{
-          name: :"reaper_runner_#{System.unique_integer([:positive])}",
-          host: ~c"127.0.0.1",
-          longnames: true,
-          args: [~c"-setcookie", Atom.to_charlist(Node.get_cookie())]
-        })
-
-      owner = runner()
-      terminator = Node.spawn(runner_node, :timer, :sleep, [:infinity])
-      {reaper, monitor} = start_reaper!(kube!(), owner)
-      :ok = Reaper.monitor(reaper, terminator)
-      stop_owner(owner)
-      wait_until(fn -> :sys.get_state(reaper).waiting_for_node? end)
+      {peer, runner_node, reaper, monitor} = booted_runner_stopping!()
 
       # What SelfDelete.notify_reaper/2 sends from the runner node; erpc returns after the send,
       # so the message travels ahead of the node's going down.
@@ -131,6 +104,26 @@ defmodule FLAMEK8sBackend.ReaperTest do
 
       assert sent == for(kind <- unquote(left), do: %{pod: @pod_path, secret: @secret_path}[kind])
     end
+  end
+
+  # A booted runner on a VM of its own (a peer node) whose FLAME Runner has stopped while its
+  # node is still up, as at an idle shutdown: the reaper waits for the node to go down.
+  defp booted_runner_stopping! do
+    {:ok, peer, runner_node} =
+      :peer.start_link(%{
+        name: :"reaper_runner_#{System.unique_integer([:positive])}",
+        host: ~c"127.0.0.1",
+        longnames: true,
+        args: [~c"-setcookie", Atom.to_charlist(Node.get_cookie())]
+      })
+
+    owner = runner()
+    terminator = Node.spawn(runner_node, :timer, :sleep, [:infinity])
+    {reaper, monitor} = start_reaper!(kube!(), owner)
+    :ok = Reaper.monitor(reaper, terminator)
+    stop_owner(owner)
+    wait_until(fn -> :sys.get_state(reaper).waiting_for_node? end)
+    {peer, runner_node, reaper, monitor}
   end
 
   # Stops the FLAME Runner stand-in and returns once it is down.

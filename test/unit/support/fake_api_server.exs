@@ -5,6 +5,22 @@ defmodule FLAMEK8sBackend.Test.FakeApiServer do
   # arity 3, `answer.(method, path, query)` (the decoded query, a map): `{status, json}` or
   # `{status, content_type, body}`.
 
+  @doc "Writes `dir`/kubeconfig for the fake server at `url` (token `t0k3n`); returns its path."
+  def kubeconfig!(dir, url) do
+    path = Path.join(dir, "kubeconfig")
+
+    File.write!(path, """
+    apiVersion: v1
+    kind: Config
+    clusters: [{name: c, cluster: {server: "#{url}"}}]
+    users: [{name: u, user: {token: t0k3n}}]
+    contexts: [{name: ctx, context: {cluster: c, user: u}}]
+    current-context: ctx
+    """)
+
+    path
+  end
+
   def start!(test, answer) do
     {:ok, listen} =
       :gen_tcp.listen(0, [:binary, active: false, reuseaddr: true, ip: {127, 0, 0, 1}])
