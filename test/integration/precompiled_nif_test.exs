@@ -137,7 +137,12 @@ defmodule FLAMEK8sBackend.PrecompiledNifTest do
   # records its SHA-256; an app that depends on the library compiles with no cargo anywhere by
   # downloading that artifact (here from a server on 127.0.0.1: nothing leaves this machine)
   # and verifying it. Tampered artifacts, targets without one and unreachable URLs fail clearly;
-  # FLAME_K8S_BUILD=1 builds from source.
+  # FLAME_K8S_BUILD=1 builds from source, and so does an app with cargo when the checksum file
+  # lists nothing for its target (FLAME_K8S_BUILD=0 forbids that).
+  #
+  # The issue's figures (artifact size, download + verify time on loopback, a fresh app's
+  # compile time with and without cargo) are printed, one "precompiled NIF: ..." line each,
+  # with the machine's load and whether cargo's target directory was warm; never asserted.
   use ExUnit.Case, async: true
 
   alias FLAMEK8sBackend.PrecompiledNifTest.ArtifactServer
@@ -164,12 +169,14 @@ defmodule FLAMEK8sBackend.PrecompiledNifTest do
     copy_working_tree(@root, package)
     refute File.exists?(Path.join(package, "priv/native"))
 
-    {output, status} =
-      System.cmd("mix", ["flame_k8s.precompile", "--out-dir", dist],
-        cd: package,
-        env: [{"MIX_ENV", "prod"}, {"CARGO_TARGET_DIR", cargo_target_dir()}],
-        stderr_to_stdout: true
-      )
+    {{output, status}, ms} =
+      timed(fn ->
+        System.cmd("mix", ["flame_k8s.precompile", "--out-dir", dist],
+          cd: package,
+          env: [{"MIX_ENV", "prod"}, {"CARGO_TARGET_DIR", cargo_target_dir()}],
+          stderr_to_stdout: true
+        )
+      end)
 
     if status != 0, do: raise("mix flame_k8s.precompile failed:\n#{output}")
 
@@ -177,6 +184,12 @@ defmodule FLAMEK8sBackend.PrecompiledNifTest do
     artifact = "libflame_k8s_native-v#{@version}-nif-#{nif}-#{@target}.so.tar.gz"
     bytes = File.read!(Path.join(dist, artifact))
     {:ok, lib} = FLAMEK8sNative.unpack(bytes)
+
+    IO.puts(
+      "precompiled NIF: mix flame_k8s.precompile #{seconds(ms)} (#{cargo_work(output)}; " <>
+        "#{load()}); artifact #{@target}: #{mib(byte_size(bytes))} " <>
+        "(#{byte_size(bytes)} bytes; the library inside: #{mib(byte_size(lib))})"
+    )
 
     %{
       package: package,
@@ -250,11 +263,19 @@ defmodule FLAMEK8sBackend.PrecompiledNifTest do
       env = no_cargo_env(ctx.tmp_dir, [{"FLAME_K8S_NIF_BASE_URL", nil}])
       assert {"none\n", 0} = System.cmd("sh", ["-c", "command -v cargo || echo none"], env: env)
 
-      {output, status} = run_app(app, env)
+      {output, status, ms} = compile_app(app, env)
       assert status == 0, output
       assert output =~ "Downloading precompiled NIF #{ctx.artifact} from #{server.url}/releases"
       assert output =~ "sha256 #{FLAMEK8sNative.sha256(ctx.artifact_bytes)} verified"
       refute output =~ "Compiling NIF"
+
+      IO.puts(
+        "precompiled NIF: fresh app's mix compile without cargo (download over loopback, " <>
+          "verify, install, and the library's Elixir code) #{seconds(ms)} (#{load()})"
+      )
+
+      {output, status} = run_app(app, env)
+      assert status == 0, output
       assert output =~ "NIF OK from #{app}/_build/prod/lib/flame_k8s_backend/priv/native/"
 
       installed = Path.join(ctx.package, "priv/native/libflame_k8s_native.so")
@@ -263,9 +284,31 @@ defmodule FLAMEK8sBackend.PrecompiledNifTest do
       assert paths(server) == ["/releases/v#{@version}/#{ctx.artifact}", "/cdn/blob"]
 
       # In place and current: the next build downloads nothing.
-      {output, status} = System.cmd("mix", ["compile"], cd: app, env: env, stderr_to_stdout: true)
+      {output, status, _ms} = compile_app(app, env)
       assert status == 0, output
       assert length(ArtifactServer.requests(server)) == 2
+
+      # Download + verify alone, in this VM, as the compiler does it (redirect included).
+      url = "#{server.url}/releases/v#{@version}/#{ctx.artifact}"
+      sha = FLAMEK8sNative.sha256(ctx.artifact_bytes)
+
+      times =
+        for _ <- 1..5 do
+          {body, ms} =
+            timed(fn ->
+              {:ok, body} = FLAMEK8sNative.HTTP.get(url, %{})
+              ^sha = FLAMEK8sNative.sha256(body)
+              body
+            end)
+
+          assert body == ctx.artifact_bytes
+          ms
+        end
+
+      IO.puts(
+        "precompiled NIF: download + verify of #{mib(byte_size(ctx.artifact_bytes))} over " <>
+          "loopback (one redirect) #{describe_times(times)} (#{load()})"
+      )
     end
 
     test "rejects a tampered artifact and installs nothing", ctx do
@@ -349,24 +392,92 @@ defmodule FLAMEK8sBackend.PrecompiledNifTest do
   test "FLAME_K8S_BUILD=1 builds from source though a precompiled NIF is listed", ctx do
     server = ArtifactServer.start!()
     app = new_app(ctx.tmp_dir, ctx.package)
+    env = cargo_env([{"FLAME_K8S_BUILD", "1"}, {"FLAME_K8S_NIF_BASE_URL", server.url}])
 
-    env = [
-      {"MIX_ENV", "prod"},
-      {"FLAME_K8S_BUILD", "1"},
-      {"FLAME_K8S_NIF_BASE_URL", server.url},
-      {"FLAME_K8S_NIF_PROFILE", nil},
-      {"FLAME_K8S_NIF_TARGET", nil},
-      {"CARGO_TARGET_DIR", cargo_target_dir()}
-    ]
-
-    {output, status} = run_app(app, env)
+    {output, status, ms} = compile_app(app, env)
     assert status == 0, output
     assert output =~ "Compiling NIF flame_k8s_native (cargo build"
     refute output =~ "Downloading"
+
+    IO.puts(
+      "precompiled NIF: fresh app's mix compile with cargo, FLAME_K8S_BUILD=1 (cargo build " <>
+        "--release, and the library's Elixir code) #{seconds(ms)} (#{cargo_work(output)}; " <>
+        "#{load()})"
+    )
+
+    {output, status} = run_app(app, env)
+    assert status == 0, output
     assert output =~ "NIF OK from #{app}/_build/prod/lib/flame_k8s_backend/priv/native/"
     assert ArtifactServer.requests(server) == []
     installed = Path.join(ctx.package, "priv/native/libflame_k8s_native.so")
     refute File.exists?(installed <> ".precompiled")
+  end
+
+  describe "no precompiled NIF listed (the committed checksum file until a release is published)" do
+    setup %{package: package} do
+      checksums = Path.join(package, "checksum-flame_k8s_native.sha256")
+      listed = File.read!(checksums)
+      File.write!(checksums, "")
+      on_exit(fn -> File.write!(checksums, listed) end)
+    end
+
+    test "with cargo, an app depending on the library builds it from source and says so", ctx do
+      server = ArtifactServer.start!()
+      app = new_app(ctx.tmp_dir, ctx.package)
+
+      {output, status} = run_app(app, cargo_env([{"FLAME_K8S_NIF_BASE_URL", server.url}]))
+
+      assert status == 0, output
+
+      assert output =~
+               "No precompiled NIF for #{@target} in flame_k8s_backend #{@version}: " <>
+                 "building it from source"
+
+      assert output =~ "Compiling NIF flame_k8s_native (cargo build"
+      refute output =~ "Downloading"
+      assert output =~ "NIF OK from #{app}/_build/prod/lib/flame_k8s_backend/priv/native/"
+      assert ArtifactServer.requests(server) == []
+      installed = Path.join(ctx.package, "priv/native/libflame_k8s_native.so")
+      assert File.read!(installed <> ".profile") == "release"
+      refute File.exists?(installed <> ".precompiled")
+    end
+
+    test "without cargo, the compile stops, naming the target and how to build it", ctx do
+      app = new_app(ctx.tmp_dir, ctx.package)
+      {output, status} = run_app(app, no_cargo_env(ctx.tmp_dir, []))
+      assert status != 0
+
+      assert output =~
+               "flame_k8s_backend #{@version} has no precompiled NIF for target #{@target}"
+
+      assert output =~ "checksum-flame_k8s_native.sha256 lists for this version: none"
+      assert output =~ "cargo was not found either"
+      assert output =~ "install Rust (https://rustup.rs"
+      refute File.exists?(Path.join(ctx.package, "priv/native/libflame_k8s_native.so"))
+    end
+
+    test "FLAME_K8S_BUILD=0 or build_from_source: false fails without running cargo", ctx do
+      server = ArtifactServer.start!()
+      config = "config :flame_k8s_backend, build_from_source: false\n"
+
+      for {overrides, app_opts} <- [{[{"FLAME_K8S_BUILD", "0"}], []}, {[], [config: config]}] do
+        app = new_app(ctx.tmp_dir, ctx.package, app_opts)
+        env = cargo_env([{"FLAME_K8S_NIF_BASE_URL", server.url} | overrides])
+        {output, status, _ms} = compile_app(app, env)
+        assert status != 0
+
+        assert output =~
+                 "flame_k8s_backend #{@version} has no precompiled NIF for target #{@target}"
+
+        assert output =~
+                 "FLAME_K8S_BUILD=0 (or build_from_source: false) rules out building it with cargo"
+
+        refute output =~ "Compiling NIF"
+        refute File.exists?(Path.join(ctx.package, "priv/native/libflame_k8s_native.so"))
+      end
+
+      assert ArtifactServer.requests(server) == []
+    end
   end
 
   describe "downloads" do
@@ -527,6 +638,13 @@ defmodule FLAMEK8sBackend.PrecompiledNifTest do
     app
   end
 
+  defp compile_app(app, env) do
+    {{output, status}, ms} =
+      timed(fn -> System.cmd("mix", ["compile"], cd: app, env: env, stderr_to_stdout: true) end)
+
+    {output, status, ms}
+  end
+
   defp run_app(app, env) do
     script = """
     :ok = FLAMEK8sBackend.Native.noop()
@@ -576,6 +694,20 @@ defmodule FLAMEK8sBackend.PrecompiledNifTest do
     |> Enum.to_list()
   end
 
+  # The test's own environment (cargo where it is) with cargo's build cache shared, the release
+  # profile, the detected target, and no FLAME_K8S_BUILD unless `overrides` sets one.
+  defp cargo_env(overrides) do
+    %{
+      "MIX_ENV" => "prod",
+      "FLAME_K8S_BUILD" => nil,
+      "FLAME_K8S_NIF_PROFILE" => nil,
+      "FLAME_K8S_NIF_TARGET" => nil,
+      "CARGO_TARGET_DIR" => cargo_target_dir()
+    }
+    |> Map.merge(Map.new(overrides))
+    |> Enum.to_list()
+  end
+
   defp paths(server), do: Enum.map(ArtifactServer.requests(server), & &1.path)
 
   defp closed_port do
@@ -595,6 +727,43 @@ defmodule FLAMEK8sBackend.PrecompiledNifTest do
       client_chain: %{root: cert, intermediates: [], peer: cert}
     })
     |> Map.new()
+  end
+
+  ## Figures: printed, never asserted (they depend on the machine and its load)
+
+  defp timed(fun) do
+    {us, result} = :timer.tc(fun)
+    {result, div(us, 1000)}
+  end
+
+  defp seconds(ms), do: :erlang.float_to_binary(ms / 1000, decimals: 1) <> " s"
+
+  defp mib(bytes), do: :erlang.float_to_binary(bytes / 1_048_576, decimals: 1) <> " MiB"
+
+  defp describe_times(times) do
+    sorted = Enum.sort(times)
+    median = Enum.at(sorted, div(length(sorted), 2))
+    "median #{median} ms (min #{hd(sorted)}, max #{List.last(sorted)}, #{length(sorted)} runs)"
+  end
+
+  defp load do
+    case File.read("/proc/loadavg") do
+      {:ok, text} ->
+        "load average #{text |> String.split() |> hd()} on #{System.schedulers_online()} cores"
+
+      {:error, _} ->
+        "#{System.schedulers_online()} cores"
+    end
+  end
+
+  # What cargo compiled, from its "   Compiling <crate> v<version>" lines: nothing (its target
+  # directory was warm and current), the NIF crate only (warm dependencies), or more (cold).
+  defp cargo_work(output) do
+    case Regex.scan(~r/^\s+Compiling ([\w-]+) v\d/m, output, capture: :all_but_first) do
+      [] -> "cargo target dir warm: nothing recompiled"
+      [["flame_k8s_native"]] -> "cargo target dir warm: only flame_k8s_native recompiled"
+      crates -> "cargo compiled #{length(crates)} crates: target dir cold or partly cold"
+    end
   end
 
   defp cargo_target_dir,
