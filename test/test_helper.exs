@@ -33,9 +33,9 @@ exclude =
   end
 
 # The real node (tools/realnode): real kubelet, containerd and pods. A machine that cannot run
-# it (no root, no cgroups, FLAME_K8S_REAL_NODE=0) says so in one line and runs the rest; a
-# machine that can but fails to start it fails the run, as does a teardown that leaves the
-# machine different from before.
+# it (no root, no cgroups, FLAME_K8S_REAL_NODE=0) says so in one line and runs the rest, unless
+# FLAME_K8S_REAL_NODE=require (CI) makes that a failure; a machine that can but fails to start
+# it fails the run, as does a teardown that leaves the machine different from before.
 exclude =
   with false <- :real_node in exclude,
        :ok <- RealNode.availability() do
@@ -58,11 +58,20 @@ exclude =
       exclude
 
     {:error, why} ->
+      if System.get_env("FLAME_K8S_REAL_NODE") == "require" do
+        IO.puts("FLAME_K8S_REAL_NODE=require, but the real node cannot run here: #{why}")
+        System.halt(1)
+      end
+
       IO.puts("real node tests excluded: #{why}")
       [:real_node | exclude]
   end
 
 ExUnit.start(
   exclude: exclude,
-  formatters: [ExUnit.CLIFormatter, FLAMEK8sBackend.Test.KubeletLogFormatter]
+  formatters: [
+    ExUnit.CLIFormatter,
+    FLAMEK8sBackend.Test.KubeletLogFormatter,
+    FLAMEK8sBackend.Test.RealNodeTally
+  ]
 )

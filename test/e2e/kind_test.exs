@@ -2,6 +2,10 @@ defmodule FLAMEK8sBackend.KindTest do
   # The end-to-end scenarios on a real cluster: the flame_demo app (examples/kind/flame_demo)
   # deployed to kind with the example manifests. examples/kind/kind.sh sets all of it up and
   # runs `mix test --only kind test/e2e/kind_test.exs`; excluded by default (test/test_helper.exs).
+  # It needs kind and kubectl, which CI does not have: the same three scenarios run on every CI
+  # run on the real node instead (test/e2e/real_node_test.exs, RealNodeParentTest: the FLAME
+  # call, the idle shutdown, the pool whose image cannot be pulled), with the same app and
+  # manifests.
   #
   # From outside the cluster, with $KUBECONFIG: FLAME calls run in the parent pod through
   # `kubectl exec deploy/flame-demo -- bin/flame_demo rpc ...`, and the runner pods are checked

@@ -149,6 +149,15 @@ defmodule FLAMEK8sBackend.RealNodeTest do
       assert message =~ "0/1 nodes are available"
       assert message =~ "didn't match Pod's node affinity/selector"
 
+      # Kubernetes' own story: the scheduler's event, as the API server keeps it.
+      assert Enum.any?(
+               error.events,
+               &(&1.reason == "FailedScheduling" and &1.message =~ "0/1 nodes are available")
+             ),
+             inspect(error.events)
+
+      assert Exception.message(error) =~ "FailedScheduling"
+
       # The backend deleted its pod and secret itself (audit log: the kubeconfig's user).
       assert [%{"code" => 200}] =
                RealNode.audit_events(%{"verb" => "delete", "resource" => "pods", "name" => runner})
@@ -210,11 +219,14 @@ defmodule FLAMEK8sBackend.RealNodeTest do
       assert message =~ "127.0.0.1:1"
     end
 
-    test "a runner that exits on start: its exit code", %{kube: kube, namespace: ns} do
+    test "a runner that exits on start: its exit code, its last log lines, the kubelet's events",
+         %{kube: kube, namespace: ns} do
+      script = "echo 'config: no DATABASE_URL' >&2; exit 7"
+
       container =
         app_container(%{
           "image" => RealNode.info().busybox_image,
-          "command" => ["/bin/sh", "-c", "exit 7"]
+          "command" => ["/bin/sh", "-c", script]
         })
 
       {error, _} = boot_error!(kube, ns, manifest: %{"spec" => %{"containers" => [container]}})
@@ -222,6 +234,12 @@ defmodule FLAMEK8sBackend.RealNodeTest do
       assert %BootError{phase: phase, reason: {:container_exited, %{exit_code: 7}}} = error
       assert phase in [:container_start, :remote_up]
       assert Exception.message(error) =~ "exited with code 7"
+
+      # From the kubelet's pod log (pods/log) and its events, read before the pod was deleted.
+      assert %{container: "app", lines: ["config: no DATABASE_URL"]} = error.log
+      reasons = Enum.map(error.events, & &1.reason)
+      assert "Scheduled" in reasons and "Started" in reasons, inspect(error.events)
+      assert Exception.message(error) =~ "config: no DATABASE_URL"
     end
 
     test "a Role without secrets create: 403 naming verb and resource", %{
@@ -585,6 +603,34 @@ defmodule FLAMEK8sBackend.RealNodeParentTest do
     assert runner_pods(ctx) == []
   end
 
+  test "a runner with a secret of its own (:secret_env) deletes its pod and its secret itself",
+       ctx do
+    parent = parent!(ctx)
+
+    assert {:ok, runner} =
+             rpc(parent, FlameDemo, :call_with, [
+               [secret_env: %{"DEMO_API_KEY" => "not-in-the-pod-spec"}],
+               [idle_shutdown_after: 1_000]
+             ])
+
+    await_gone!(ctx, runner.pod, 60_000)
+
+    for resource <- ["pods", "secrets"] do
+      events =
+        ctx
+        |> deletions(runner.pod, resource)
+        |> Enum.reject(&(&1["user"] == "system:node:flame-realnode"))
+
+      # With the runner's own token (its pod's ServiceAccount token), once: the reaper, told
+      # what the runner deleted, sends nothing.
+      assert [%{"pod_name" => deleter, "code" => 200}] = events,
+             "#{resource}/#{runner.pod} deleted by: " <>
+               inspect(Enum.map(events, &Map.take(&1, ["time", "pod_name", "user", "code"])))
+
+      assert deleter == runner.pod
+    end
+  end
+
   test "the runner's container is killed: the parent's reaper deletes its pod", ctx do
     parent = parent!(ctx)
     %{runner: runner} = rpc(parent, FlameDemo, :where, [])
@@ -597,6 +643,21 @@ defmodule FLAMEK8sBackend.RealNodeParentTest do
     assert [%{"pod_name" => deleter} | _] = deletions(ctx, runner.pod, "pods")
     assert deleter == parent.name, "pod deleted by #{deleter}, not by the parent"
     assert deletions(ctx, "flame-demo-cookie", "secrets") == []
+  end
+
+  # The kind suite's third scenario (test/e2e/kind_test.exs), from inside the parent pod: the
+  # app's second pool names an image no registry serves.
+  test "a pool whose image cannot be pulled: the BootError reaches the caller in the parent",
+       ctx do
+    parent = parent!(ctx)
+    assert {:error, message} = rpc(parent, FlameDemo, :bad_image_call, [60_000])
+    assert is_binary(message), "no boot failure was reported: #{inspect(message)}"
+    assert message =~ ~s(cannot pull image "registry.invalid/flame-demo:missing")
+
+    # The failed boot left no pod (other tests' runners of the good pool may still idle).
+    refute Enum.any?(runner_pods(ctx), fn pod ->
+             Enum.any?(pod["spec"]["containers"], &(&1["image"] =~ "registry.invalid"))
+           end)
   end
 
   test "a runner over its memory limit: OOMKilled, exit code 137", ctx do

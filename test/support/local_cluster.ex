@@ -384,8 +384,28 @@ defmodule FLAMEK8sBackend.Test.LocalCluster do
   """
   def create_documented_parent!(kube, namespace, opts \\ []) do
     name = Keyword.get(opts, :name, "parent")
+    {cookie, env} = create_cookie_secret!(kube, namespace, name)
+
+    {:ok, _} =
+      Kube.create_pod(kube, namespace, %{
+        "metadata" => %{"name" => name, "labels" => %{"app" => "parent"}},
+        "spec" => %{
+          "nodeName" => "elsewhere",
+          "containers" => [%{"name" => "app", "image" => "flame-runner:test", "env" => [env]}]
+        }
+      })
+
+    cookie
+  end
+
+  @doc """
+  The documented parent's cookie: a Secret `<parent>-cookie` holding this VM's cookie as
+  `RELEASE_COOKIE`. Returns `{cookie, env}`, `env` being the parent container's env entry that
+  reads it (`secretKeyRef`).
+  """
+  def create_cookie_secret!(kube, namespace, parent_name) do
     cookie = Atom.to_string(Node.get_cookie())
-    ref = %{"name" => "#{name}-cookie", "key" => "RELEASE_COOKIE"}
+    ref = %{"name" => "#{parent_name}-cookie", "key" => "RELEASE_COOKIE"}
 
     {:ok, _} =
       Kube.create_secret(kube, namespace, %{
@@ -393,22 +413,7 @@ defmodule FLAMEK8sBackend.Test.LocalCluster do
         "stringData" => %{"RELEASE_COOKIE" => cookie}
       })
 
-    {:ok, _} =
-      Kube.create_pod(kube, namespace, %{
-        "metadata" => %{"name" => name, "labels" => %{"app" => "parent"}},
-        "spec" => %{
-          "nodeName" => "elsewhere",
-          "containers" => [
-            %{
-              "name" => "app",
-              "image" => "flame-runner:test",
-              "env" => [%{"name" => "RELEASE_COOKIE", "valueFrom" => %{"secretKeyRef" => ref}}]
-            }
-          ]
-        }
-      })
-
-    cookie
+    {cookie, %{"name" => "RELEASE_COOKIE", "valueFrom" => %{"secretKeyRef" => ref}}}
   end
 
   @doc "A pod manifest running `image` with `args` and extra `labels`."

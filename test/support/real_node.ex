@@ -25,7 +25,8 @@ defmodule FLAMEK8sBackend.Test.RealNode do
 
   @doc """
   `:ok` when this machine can run the real node, else `{:error, one_line_reason}`.
-  `FLAME_K8S_REAL_NODE=0` turns it off.
+  `FLAME_K8S_REAL_NODE=0` turns it off; with `FLAME_K8S_REAL_NODE=require` test_helper.exs
+  fails the run when it cannot run.
   """
   def availability do
     case System.get_env("FLAME_K8S_REAL_NODE") do
@@ -231,9 +232,10 @@ defmodule FLAMEK8sBackend.Test.RealNode do
 
   @doc """
   A ServiceAccount `name` bound to a Role with `rules`, and a kubeconfig (in the state dir) that
-  authenticates as it with a TokenRequest token; returns the kubeconfig's path.
+  authenticates as it with a TokenRequest token (valid for `:expiration_seconds`, default 600);
+  returns the kubeconfig's path.
   """
-  def service_account_kubeconfig!(kube, namespace, name, rules) do
+  def service_account_kubeconfig!(kube, namespace, name, rules, opts \\ []) do
     base = "/apis/rbac.authorization.k8s.io/v1/namespaces/#{namespace}"
 
     {:ok, _} =
@@ -264,7 +266,7 @@ defmodule FLAMEK8sBackend.Test.RealNode do
         kube,
         "POST",
         "/api/v1/namespaces/#{namespace}/serviceaccounts/#{name}/token",
-        body: %{"spec" => %{"expirationSeconds" => 600}}
+        body: %{"spec" => %{"expirationSeconds" => Keyword.get(opts, :expiration_seconds, 600)}}
       )
 
     path =
@@ -328,7 +330,8 @@ defmodule FLAMEK8sBackend.Test.RealNode do
 
   @doc """
   A running parent pod for the backend to read (`FLAMEK8sBackend.init/1` builds the runner
-  from it): the pause image unless `:image` is given; env `FROM_PARENT=inherited`.
+  from it): the pause image unless `:image` is given; env `FROM_PARENT=inherited` unless `:env`
+  (a list of env entries) is given.
   """
   def create_parent_pod!(kube, namespace, opts \\ []) do
     name = Keyword.get(opts, :name, "parent")
@@ -339,7 +342,7 @@ defmodule FLAMEK8sBackend.Test.RealNode do
         labels: Keyword.get(opts, :labels, %{"app" => "parent"}),
         container: %{
           "name" => "app",
-          "env" => [%{"name" => "FROM_PARENT", "value" => "inherited"}]
+          "env" => Keyword.get(opts, :env, [%{"name" => "FROM_PARENT", "value" => "inherited"}])
         },
         spec: %{
           "serviceAccountName" => Keyword.get(opts, :service_account, "default"),
@@ -386,7 +389,8 @@ defmodule FLAMEK8sBackend.Test.RealNode do
 
   @doc """
   The API server's audit events (`info().audit_log`, policy: Metadata for create, update,
-  patch and delete of pods and secrets) matching `filter`, each a map with the keys `"verb"`,
+  patch and delete of pods and secrets, and for ServiceAccounts' get, list and watch of them)
+  matching `filter`, each a map with the keys `"verb"`, `"audit_id"`, `"stage"`,
   `"user"` (username), `"resource"`, `"subresource"`, `"namespace"`, `"name"`, `"code"` (the
   response status, an integer), `"time"` (when the request came), `"pod_name"` (the pod whose ServiceAccount token made the
   request, else nil) and `"source_ips"`. `filter` is a map of some of those keys and their values.
@@ -411,6 +415,9 @@ defmodule FLAMEK8sBackend.Test.RealNode do
 
     %{
       "verb" => capture(~r/"verb":"([^"]*)"/, line),
+      # A WATCH has two events (ResponseStarted, ResponseComplete) with one auditID.
+      "audit_id" => capture(~r/"auditID":"([^"]*)"/, line),
+      "stage" => capture(~r/"stage":"([^"]*)"/, line),
       "time" => capture(~r/"requestReceivedTimestamp":"([^"]*)"/, line),
       "user" => capture(~r/"user":\{"username":"([^"]*)"/, line),
       "resource" => capture(~r/"resource":"([^"]*)"/, object),
@@ -448,6 +455,9 @@ defmodule FLAMEK8sBackend.Test.RealNode do
 
   @doc "The DNS server pods use (CoreDNS on the host): `{10, 244, 0, 1}`."
   def dns_server, do: @bridge_ip
+
+  @doc "The bridge's address on the host, which pods reach (and Erlang node names use): `\"10.244.0.1\"`."
+  def bridge_address, do: @bridge_ip |> :inet.ntoa() |> to_string()
 
   @doc "A/AAAA lookup against the node's CoreDNS, as DNSCluster does it: a list of IP tuples."
   def dns_lookup(name, type \\ :a) do
