@@ -12,7 +12,7 @@ defmodule Bench.Boot do
 
   alias Bench.RemoteUpTracer
 
-  @doc "Starts one boot; `kube` is the bench's own client, for the polling variant."
+  @doc "Starts one boot; `kube` is the client the polling variant sends its requests with."
   def spawn(strategy, backend_opts, kube) do
     bench = self()
 

@@ -7,24 +7,41 @@ defmodule Bench.ControlPlane do
   (`secretKeyRef`), and this VM runs with that cookie, so runners reference the same Secret and
   get none of their own.
   The control plane also stops when this VM exits (localkube watches its stdin).
+
+  `start_real!/0` does the same on the real node (`tools/realnode`): runners are real pods of
+  the app image, the parent pod runs the pause image (a parent pod bound to no node would be
+  removed by the pod garbage collector, and its runners with it), and the backend connects as
+  the documented ServiceAccount, so that the API server's audit log tells its requests from
+  the node's.
   """
 
   alias Bench.{Incidents, KubeletLog}
   alias FLAMEK8sBackend.Kube
-  alias FLAMEK8sBackend.Test.LocalCluster
+  alias FLAMEK8sBackend.Test.{LocalCluster, RealNode}
 
   @enforce_keys [:kube, :namespace, :kubeconfig, :version, :ready_ms]
-  defstruct @enforce_keys
+  defstruct @enforce_keys ++
+              [node: :local, backend_kubeconfig: nil, backend_kube: nil, runner_image: nil]
 
   @type t :: %__MODULE__{
           kube: Kube.t(),
           namespace: String.t(),
           kubeconfig: String.t(),
           version: String.t(),
-          ready_ms: non_neg_integer()
+          ready_ms: non_neg_integer(),
+          node: :local | :real,
+          backend_kubeconfig: String.t() | nil,
+          backend_kube: Kube.t() | nil,
+          runner_image: String.t() | nil
         }
 
   @parent "parent"
+  # The parent's Role as examples/kubernetes/rbac.yaml documents it.
+  @parent_rules [
+    %{"apiGroups" => [""], "resources" => ["pods"], "verbs" => ~w(get list watch create delete)},
+    %{"apiGroups" => [""], "resources" => ["secrets"], "verbs" => ~w(create delete)}
+  ]
+  @parent_account "flame-parent"
 
   @spec start!() :: t()
   def start! do
@@ -49,6 +66,55 @@ defmodule Bench.ControlPlane do
     }
   end
 
+  @doc """
+  The real node (built and started by `RealNode.start!/0`, with the app image) with a namespace,
+  the documented parent pod and its ServiceAccount. This VM must already be a distributed node
+  on the bridge address with the cookie the parent's Secret will hold.
+  """
+  @spec start_real!() :: t()
+  def start_real! do
+    info = RealNode.start!()
+    {image, _archive} = info.app_image || raise "no app image (tools/realnode/image.sh)"
+    kube = RealNode.kube!()
+    namespace = "bench-#{System.unique_integer([:positive])}"
+    RealNode.create_namespace!(kube, namespace)
+    {cookie, env} = LocalCluster.create_cookie_secret!(kube, namespace, @parent)
+    System.put_env("RELEASE_COOKIE", cookie)
+    RealNode.create_parent_pod!(kube, namespace, name: @parent, env: [env])
+
+    backend_kubeconfig =
+      RealNode.service_account_kubeconfig!(kube, namespace, @parent_account, @parent_rules,
+        expiration_seconds: 7200
+      )
+
+    {:ok, backend_kube} = Kube.connect(kubeconfig: backend_kubeconfig)
+    {:ok, version} = Kube.request(kube, "GET", "/version")
+
+    %__MODULE__{
+      kube: kube,
+      namespace: namespace,
+      kubeconfig: info.kubeconfig,
+      version: version["gitVersion"],
+      ready_ms: info.ready_ms,
+      node: :real,
+      backend_kubeconfig: backend_kubeconfig,
+      backend_kube: backend_kube,
+      runner_image: image
+    }
+  end
+
+  @doc """
+  The client the bench sends a runner's requests with where it acts for the backend (the
+  polling variant's creates, polls and deletes): on the real node the parent's ServiceAccount,
+  whose requests the audit log counts; else the bench's own.
+  """
+  def client(%__MODULE__{backend_kube: nil, kube: kube}), do: kube
+  def client(%__MODULE__{backend_kube: kube}), do: kube
+
+  @doc "The user the backend's requests come from on the real node (the audit log's username)."
+  def backend_user(%__MODULE__{node: :real, namespace: ns}),
+    do: "system:serviceaccount:#{ns}:#{@parent_account}"
+
   defp create_documented_parent!(kube, namespace) do
     cookie = LocalCluster.create_documented_parent!(kube, namespace, name: @parent)
     # As a release started with that Secret in its env would have it.
@@ -56,8 +122,18 @@ defmodule Bench.ControlPlane do
   end
 
   @doc "Options for `FLAMEK8sBackend.init/1` as this VM's backend would have them in the namespace."
-  def backend_opts(%__MODULE__{} = cp) do
+  def backend_opts(%__MODULE__{node: :local} = cp) do
     [parent_pod: {cp.namespace, @parent}, kubeconfig: cp.kubeconfig, boot_timeout: 60_000]
+  end
+
+  # The parent pod runs the pause image: its runners get the app image through :manifest.
+  def backend_opts(%__MODULE__{node: :real} = cp) do
+    [
+      parent_pod: {cp.namespace, @parent},
+      kubeconfig: cp.backend_kubeconfig,
+      boot_timeout: 60_000,
+      manifest: %{"spec" => %{"containers" => [%{"image" => cp.runner_image}]}}
+    ]
   end
 
   @doc "A pod manifest for the simulated kubelet (images: see `LocalCluster`)."
@@ -95,8 +171,18 @@ defmodule Bench.ControlPlane do
     report_cleaned("runner secret(s)", secrets)
   end
 
-  @doc "Stops the control plane and waits until every process localkube started is gone."
-  defdelegate stop(), to: LocalCluster
+  @doc """
+  Stops the control plane and waits until every process localkube started is gone; on the real
+  node, stops it and checks that the machine is as before.
+  """
+  def stop(%__MODULE__{node: :real}), do: RealNode.stop()
+  def stop(_cp), do: LocalCluster.stop()
+
+  @doc "Stops whichever was started (the time cap may come before `start!/0` returns)."
+  def stop_any do
+    RealNode.stop()
+    LocalCluster.stop()
+  end
 
   # The label the backend puts on everything it creates (see the README).
   defp runners, do: URI.encode_www_form("app.kubernetes.io/managed-by=flame_k8s_backend")

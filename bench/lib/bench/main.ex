@@ -19,6 +19,7 @@ defmodule Bench.Main do
   }
 
   alias Bench.Section
+  alias FLAMEK8sBackend.Test.RealNode
 
   def run(argv) do
     args = Options.parse!(argv)
@@ -26,24 +27,37 @@ defmodule Bench.Main do
     Budget.start(args[:max_seconds], fn -> stop_at_cap(args[:max_seconds]) end)
     now = DateTime.utc_now() |> DateTime.truncate(:second)
 
-    ParentNode.start!()
+    # Real-node pods reach this VM at the bridge address, not at 127.0.0.1.
+    ParentNode.start!(if args[:real_node], do: RealNode.bridge_address(), else: "127.0.0.1")
     RemoteUpTracer.start()
     Incidents.start()
     {:ok, _} = Application.ensure_all_started(:flame_k8s_backend)
     {:ok, _} = Application.ensure_all_started(:flame)
 
-    cp = ControlPlane.start!()
-    prefix = if args[:scaling], do: "scaling", else: "boot"
+    cp = if args[:real_node], do: ControlPlane.start_real!(), else: ControlPlane.start!()
+
+    prefix =
+      cond do
+        args[:real_node] -> "scaling-realnode"
+        args[:scaling] -> "scaling"
+        true -> "boot"
+      end
+
     path = args[:out] || Report.default_path(now, prefix)
     Report.start(path, RunInfo.header(now, args, cp))
 
     try do
-      if args[:scaling] do
-        cp |> Section.Scaling.run(args[:scaling_n], args[:runner_n]) |> Plot.write(path)
-      else
-        Section.Readiness.run(cp, args[:pods], args[:batch])
-        Section.SequentialBoots.run(cp, args[:boots])
-        Section.Storms.run(cp, args[:storm], args[:rounds])
+      cond do
+        args[:real_node] ->
+          cp |> Section.Scaling.run_real(args[:real_n]) |> Plot.write(path)
+
+        args[:scaling] ->
+          cp |> Section.Scaling.run(args[:scaling_n], args[:runner_n]) |> Plot.write(path)
+
+        true ->
+          Section.Readiness.run(cp, args[:pods], args[:batch])
+          Section.SequentialBoots.run(cp, args[:boots])
+          Section.Storms.run(cp, args[:storm], args[:rounds])
       end
     after
       ControlPlane.clean(cp)
@@ -54,9 +68,9 @@ defmodule Bench.Main do
     path = Report.write("Total run time: #{elapsed} s.")
     IO.puts("\nTotal run time: #{elapsed} s. Results written to #{Path.relative_to_cwd(path)}")
 
-    # Wait until localkube has stopped every process it started (runner VMs, apiserver, etcd)
-    # before this VM exits.
-    ControlPlane.stop()
+    # Wait until localkube has stopped every process it started (runner VMs, apiserver, etcd),
+    # or the real node is down and the machine as before, before this VM exits.
+    ControlPlane.stop(cp)
   end
 
   # Whatever is running at the cap: write what the report has and stop the VM, and with it the
@@ -75,7 +89,7 @@ defmodule Bench.Main do
       kind, reason -> Report.note("no results written: #{Exception.format(kind, reason)}")
     end
 
-    ControlPlane.stop()
+    ControlPlane.stop_any()
     System.halt(3)
   end
 end

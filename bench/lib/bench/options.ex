@@ -15,6 +15,10 @@ defmodule Bench.Options do
                        vs 1 s polling, with a CSV of the figures and its plot next to the report
       --scaling-n LIST N of the no-op pod bursts (default 1,10,100,1000)
       --runner-n LIST  N of the runner VM bursts (default 10,50,100; "" for none)
+      --real-node      only the scaling section on the real node (`tools/realnode`, root):
+                       N real runner pods at once, shared watch vs 1 s polling (needs the
+                       machine to itself: one real node per machine)
+      --real-n LIST    N of the real-node bursts (default 10,50)
 
   `bench/run` reads `--max-seconds` too, for its outer timeout.
   """
@@ -30,9 +34,11 @@ defmodule Bench.Options do
     out: :string,
     scaling: :boolean,
     scaling_n: :string,
-    runner_n: :string
+    runner_n: :string,
+    real_node: :boolean,
+    real_n: :string
   ]
-  @scaling [scaling_n: "1,10,100,1000", runner_n: "10,50,100"]
+  @scaling [scaling_n: "1,10,100,1000", runner_n: "10,50,100", real_n: "10,50"]
   @full [pods: 100, batch: 50, boots: 10, storm: 50, rounds: 2, max_seconds: 600] ++ @scaling
   @quick [pods: 10, batch: 10, boots: 3, storm: 10, rounds: 1, max_seconds: 600] ++ @scaling
 
@@ -47,6 +53,7 @@ defmodule Bench.Options do
     |> Keyword.merge(args)
     |> Keyword.update!(:scaling_n, &ns!/1)
     |> Keyword.update!(:runner_n, &ns!/1)
+    |> Keyword.update!(:real_n, &ns!/1)
   end
 
   # "1,10,100" -> [1, 10, 100]

@@ -1,16 +1,17 @@
 defmodule Bench.ParentNode do
   @moduledoc """
-  Makes this VM the parent: a distributed node on 127.0.0.1 with a random name and cookie, which
-  runner nodes (127.0.0.x) connect back to. `bench/run` starts the VM with `--no-start`, so this
-  happens before any application starts.
+  Makes this VM the parent: a distributed node on `host` (127.0.0.1, which the simulated
+  kubelet's runner nodes on 127.0.0.x reach; the real node's pods reach the bridge address) with
+  a random name and cookie. `bench/run` starts the VM with `--no-start`, so this happens before
+  any application starts.
   """
 
   alias Bench.LogMessage
 
-  def start! do
+  def start!(host \\ "127.0.0.1") do
     epmd = Path.join(:code.root_dir(), "erts-#{:erlang.system_info(:version)}/bin/epmd")
     {_, 0} = System.cmd(epmd, ["-daemon"])
-    {:ok, _} = Node.start(:"flame_bench_#{:rand.uniform(1_000_000_000)}@127.0.0.1", :longnames)
+    {:ok, _} = Node.start(:"flame_bench_#{:rand.uniform(1_000_000_000)}@#{host}", :longnames)
     cookie = :crypto.strong_rand_bytes(16) |> Base.encode32(padding: false)
     Node.set_cookie(String.to_atom(cookie))
     quiet_global_partitions()

@@ -8,7 +8,7 @@ defmodule Bench.RunInfo do
 
   def header(%DateTime{} = now, args, %ControlPlane{} = cp) do
     """
-    # Boot benchmark: FLAMEK8sBackend on the local control plane
+    # Boot benchmark: FLAMEK8sBackend on #{if cp.node == :real, do: "the real node", else: "the local control plane"}
 
     | | |
     |---|---|
@@ -16,7 +16,7 @@ defmodule Bench.RunInfo do
     | commit | #{commit()} |
     | machine | #{Machine.cpus()} CPUs, #{Machine.mem_mb(:total)} MB RAM |
     | Erlang/OTP, Elixir | #{System.otp_release()}, #{System.version()} |
-    | control plane | kube-apiserver #{cp.version} + etcd, simulated kubelet `localkube` (pods are local processes; ready in #{cp.ready_ms} ms) |
+    | control plane | #{control_plane(cp)} |
     | load average at start (1 / 5 / 15 min) | #{Machine.load()} |
     | parameters | #{parameters(args)} |
 
@@ -27,11 +27,24 @@ defmodule Bench.RunInfo do
     """
   end
 
+  defp control_plane(%ControlPlane{node: :real} = cp),
+    do:
+      "kube-apiserver #{cp.version} + etcd, kubelet, kube-scheduler, kube-controller-manager, containerd + runc (`tools/realnode`, one node; ready in #{cp.ready_ms} ms, builds included)"
+
+  defp control_plane(cp),
+    do:
+      "kube-apiserver #{cp.version} + etcd, simulated kubelet `localkube` (pods are local processes; ready in #{cp.ready_ms} ms)"
+
   defp parameters(args) do
-    if args[:scaling] do
-      "scaling: no-op N #{Enum.join(args[:scaling_n], ", ")}; runner N #{Enum.join(args[:runner_n], ", ")}; time cap #{args[:max_seconds]} s"
-    else
-      "pods #{args[:pods]}, batch #{args[:batch]}, boots #{args[:boots]}, storm #{args[:storm]} × #{args[:rounds]} rounds, time cap #{args[:max_seconds]} s"
+    cond do
+      args[:real_node] ->
+        "scaling on the real node: runner N #{Enum.join(args[:real_n], ", ")}; time cap #{args[:max_seconds]} s"
+
+      args[:scaling] ->
+        "scaling: no-op N #{Enum.join(args[:scaling_n], ", ")}; runner N #{Enum.join(args[:runner_n], ", ")}; time cap #{args[:max_seconds]} s"
+
+      true ->
+        "pods #{args[:pods]}, batch #{args[:batch]}, boots #{args[:boots]}, storm #{args[:storm]} × #{args[:rounds]} rounds, time cap #{args[:max_seconds]} s"
     end
   end
 

@@ -22,10 +22,16 @@ defmodule Bench.ScalingBurst do
 
   Kinds: `:noop` (`Bench.NoopBoot`, `sleeper:test` pods) and `:runner` (`Bench.Boot`,
   `flame-runner:test` runner VMs through `remote_boot/1` or the polling variant).
+
+  On the real node (`cp.node == :real`, runners only) the node's part comes from containerd's
+  log (`Bench.ContainerdLog`) and the API requests from the audit log, by the backend's
+  ServiceAccount (`Bench.AuditRequests`); the rest is measured the same way.
   """
 
-  alias Bench.{ApiRequests, ApiServerMetrics, Boot, Concurrent, ControlPlane, Incidents}
-  alias Bench.{KubeletLog, NoopBoot, Sampler, Stats, TimerProbe}
+  alias Bench.{ApiRequests, ApiServerMetrics, AuditRequests, Boot, Clock, Concurrent}
+  alias Bench.{ContainerdLog, ControlPlane, Incidents, KubeletLog, NoopBoot, Sampler, Stats}
+  alias Bench.TimerProbe
+  alias FLAMEK8sBackend.Test.RealNode
   alias Bench.ApiRequests.Attribution
   alias Bench.Boot.Teardown
 
@@ -45,23 +51,19 @@ defmodule Bench.ScalingBurst do
     mem0 = Sampler.memory()
     counters = :counters.new(2, [:write_concurrency])
     sampler = Sampler.start(warm.kube, kube, counters, live_at(kind, n))
+    t0 = Clock.wall()
 
     {results, wall, lateness} =
-      TimerProbe.during(fn -> boots(kind, strategy, opts, kube, n, counters) end)
+      TimerProbe.during(fn ->
+        boots(kind, strategy, opts, ControlPlane.client(cp), n, counters)
+      end)
 
     samples = Sampler.stop(sampler)
     text1 = ApiServerMetrics.fetch(kube)
-    left_over = teardown(kind, kube, results)
+    left_over = teardown(cp, kind, results)
     # A WATCH is counted when it ends: the shared watch ends with its last await.
     Process.sleep(1500)
-    KubeletLog.sync()
-    finals = Enum.count(results, &(&1[:key] && KubeletLog.ts(&1.key, :final_delete)))
-
-    counted =
-      kube
-      |> ApiRequests.snapshot()
-      |> ApiRequests.diff(ApiRequests.from_text(text0))
-      |> Attribution.split_final_deletes(finals)
+    counted = counted(cp, text0, t0, results)
 
     for key <- left_over,
         do: Incidents.pod_left_over(key, "pod #{key} not gone after the burst's teardown")
@@ -74,7 +76,7 @@ defmodule Bench.ScalingBurst do
       lateness: lateness,
       errors: for(%{error: e} <- results, do: e),
       left_over: length(left_over),
-      per_boot: per_boot(kind, results),
+      per_boot: per_boot(cp, kind, results),
       counted: counted,
       server_watches: peak(samples.server_watches, watches0),
       client_watches: samples.local |> Enum.map(& &1.client_watches) |> Enum.max(fn -> 0 end),
@@ -127,16 +129,44 @@ defmodule Bench.ScalingBurst do
     kind, reason -> %{error: {kind, reason}}
   end
 
-  defp teardown(:noop, _kube, results), do: NoopBoot.teardown(results)
-  defp teardown(:runner, kube, results), do: Teardown.run(kube, results, 120_000)
+  defp teardown(_cp, :noop, results), do: NoopBoot.teardown(results)
+
+  defp teardown(%ControlPlane{node: :local, kube: kube}, :runner, results),
+    do: Teardown.run(kube, results, 120_000)
+
+  defp teardown(%ControlPlane{node: :real} = cp, :runner, results),
+    do: Teardown.run_real(cp.kube, ControlPlane.client(cp), cp.namespace, results, 120_000)
+
+  # The backend's requests since the burst started (see the moduledoc).
+  defp counted(%ControlPlane{node: :local, kube: kube}, text0, _t0, results) do
+    KubeletLog.sync()
+    finals = Enum.count(results, &(&1[:key] && KubeletLog.ts(&1.key, :final_delete)))
+
+    kube
+    |> ApiRequests.snapshot()
+    |> ApiRequests.diff(ApiRequests.from_text(text0))
+    |> Attribution.split_final_deletes(finals)
+  end
+
+  defp counted(%ControlPlane{node: :real} = cp, _text0, t0, _results),
+    do: AuditRequests.counts(ControlPlane.backend_user(cp), cp.namespace, t0)
 
   # Per boot, in µs: `boot` (start of init/1 → pod running / remote_up) and `overhead` (boot
   # minus the node's own part).
-  defp per_boot(kind, results) do
+  defp per_boot(%ControlPlane{node: :local}, kind, results) do
     ok = for %{key: _} = r <- results, not Map.has_key?(r, :error), do: r
     KubeletLog.await_all(Enum.map(ok, & &1.key), event(kind), 10_000)
+    measure(ok, kind, &KubeletLog.ts(&1, :started))
+  end
 
-    for r <- ok, node = node_part(kind, r) do
+  defp per_boot(%ControlPlane{node: :real, namespace: ns}, :runner, results) do
+    ok = for %{key: _} = r <- results, not Map.has_key?(r, :error), do: r
+    started = ContainerdLog.started(RealNode.info().logs_dir <> "/containerd.log", ns, "app")
+    measure(ok, :runner, &started[&1])
+  end
+
+  defp measure(ok, kind, started) do
+    for r <- ok, node = node_part(kind, r, started) do
       boot = done(kind, r) - r.t_init
       %{boot: boot, node: node, overhead: boot - node}
     end
@@ -148,14 +178,14 @@ defmodule Bench.ScalingBurst do
   defp done(:noop, r), do: r.t_seen
   defp done(:runner, r), do: r.t_done
 
-  defp node_part(:noop, r) do
+  defp node_part(:noop, r, _started) do
     with bound when bound != nil <- KubeletLog.ts(r.key, :bound),
          running when running != nil <- KubeletLog.ts(r.key, :running),
          do: running - bound
   end
 
-  defp node_part(:runner, r) do
-    with started when started != nil <- KubeletLog.ts(r.key, :started),
+  defp node_part(:runner, r, started) do
+    with started when started != nil <- started.(r.key),
          up when up != nil <- Boot.up_time(r),
          do: up - started
   end

@@ -3,7 +3,7 @@ defmodule Bench.Boot.Polling do
   The polling variant of a boot, for comparison: the backend's own `init/1` (parent pod, sweep,
   manifests), the same secret (when the backend has one for the runner) and pod, but the wait polls the pod every second until it runs
   (`Bench.PodPoll`, as the pure-Elixir backend waits), then waits for the runner's remote_up.
-  The requests go through the bench's own client. It cleans up nothing itself: the teardown
+  The requests go through the client it is given (`Bench.ControlPlane.client/1`). It cleans up nothing itself: the teardown
   deletes its pod and secret as the backend's reaper would.
   """
 

@@ -12,13 +12,26 @@ defmodule Bench.Boot.Teardown do
 
   @doc "Returns the keys of the pods not gone by the timeout."
   def run(kube, results, timeout_ms \\ 90_000) do
+    run(kube, kube, results, timeout_ms, &KubeletLog.await_all(&1, :gone, &2))
+  end
+
+  @doc """
+  On the real node: the same, with the pods' removal from the API seen by listing them (no
+  simulated kubelet's log to read); `client` sends the deletes the polling variant's reaper
+  would (`kube` reads the API server's metrics and lists).
+  """
+  def run_real(kube, client, namespace, results, timeout_ms) do
+    run(kube, client, results, timeout_ms, &await_removed(kube, namespace, &1, &2))
+  end
+
+  defp run(kube, client, results, timeout_ms, await_gone) do
     deadline = System.monotonic_time(:millisecond) + timeout_ms
     secret_deletes = kube |> ApiRequests.snapshot() |> ApiRequests.count("DELETE", "secrets")
     Enum.each(results, &Process.exit(&1.pid, :kill))
     polled = for %{strategy: :poll, key: _} = result <- results, do: result
-    Concurrent.map(polled, &delete_like_the_reaper(kube, &1), timeout_ms)
+    Concurrent.map(polled, &delete_like_the_reaper(client, &1), timeout_ms)
     keys = for %{key: key} <- results, do: key
-    missing = KubeletLog.await_all(keys, :gone, max(remaining(deadline), 1000))
+    missing = await_gone.(keys, max(remaining(deadline), 1000))
 
     await_secret_deletes(
       kube,
@@ -65,4 +78,20 @@ defmodule Bench.Boot.Teardown do
   end
 
   defp remaining(deadline), do: deadline - System.monotonic_time(:millisecond)
+
+  # The keys ("namespace/pod") still listed after `timeout_ms` (checked every 200 ms).
+  defp await_removed(kube, namespace, keys, timeout_ms) do
+    deadline = System.monotonic_time(:millisecond) + timeout_ms
+
+    Stream.repeatedly(fn ->
+      {:ok, pods} = Kube.list_pods(kube, namespace)
+      listed = MapSet.new(pods, &"#{namespace}/#{&1["metadata"]["name"]}")
+      Enum.filter(keys, &MapSet.member?(listed, &1))
+    end)
+    |> Enum.reduce_while(keys, fn missing, _ ->
+      if missing == [] or remaining(deadline) <= 0,
+        do: {:halt, missing},
+        else: Process.sleep(200) && {:cont, missing}
+    end)
+  end
 end

@@ -14,19 +14,34 @@ defmodule Bench.Section.Scaling do
   (the probe with nothing running, and with the samplers alone).
   """
   def run(%ControlPlane{} = cp, noop_ns, runner_ns) do
-    Report.note("probe: idle baseline, then the samplers alone")
-    {_, _, idle} = TimerProbe.during(fn -> Process.sleep(3000) end)
-    idle = %{idle: idle, sampling: ScalingBurst.samplers_alone(cp, 3000)}
+    idle = probe_baselines(cp)
     noop = bursts(cp, :noop, noop_ns)
     if noop != [], do: render(:noop, noop, idle)
-
-    # Each runner is a BEAM VM: an N the memory available cannot take is left out.
-    fitting = for n <- runner_ns, {fit, _note} = BootStorm.fit(n), fit == n, do: n
-    runner = bursts(cp, :runner, fitting)
-
+    runner = bursts(cp, :runner, fitting(runner_ns))
     if runner != [], do: render(:runner, runner, idle)
     {noop ++ runner, idle}
   end
+
+  @doc """
+  Section 7, on the real node (`ControlPlane.start_real!/0`): bursts of N real runner pods;
+  returns what `run/3` returns.
+  """
+  def run_real(%ControlPlane{node: :real} = cp, runner_ns) do
+    idle = probe_baselines(cp)
+    runner = bursts(cp, :runner, fitting(runner_ns))
+    if runner != [], do: render(:real, runner, idle)
+    {runner, idle}
+  end
+
+  defp probe_baselines(cp) do
+    Report.note("probe: idle baseline, then the samplers alone")
+    {_, _, idle} = TimerProbe.during(fn -> Process.sleep(3000) end)
+    %{idle: idle, sampling: ScalingBurst.samplers_alone(cp, 3000)}
+  end
+
+  # Each runner is a BEAM VM: an N the memory available cannot take is left out.
+  defp fitting(runner_ns),
+    do: for(n <- runner_ns, {fit, _note} = BootStorm.fit(n), fit == n, do: n)
 
   @doc """
   Writes the bursts as CSV at `path` (one line per burst) for the plot, and the probe's idle
@@ -108,6 +123,9 @@ defmodule Bench.Section.Scaling do
   defp title(:runner),
     do: "## 6. Scaling: N runner VMs at once (`flame-runner:test`), shared watch vs 1 s polling"
 
+  defp title(:real),
+    do: "## 7. Scaling on the real node: N runner pods at once, shared watch vs 1 s polling"
+
   defp intro(:noop) do
     """
     Each boot runs the backend's `init/1` (its own manifests, with the app container's image
@@ -149,6 +167,26 @@ defmodule Bench.Section.Scaling do
     killed as FLAME's Runner ends; the backend's reaper deletes each pod and secret (the
     bench sends the same deletes for the polling variant). N that do not fit the machine's
     memory (about #{120} MB per runner VM) are skipped. Other columns as in section 5.
+    """
+  end
+
+  defp intro(:real) do
+    """
+    The bursts of section 6 on the real node (`tools/realnode`: kubelet, containerd and runc,
+    kube-scheduler, kube-controller-manager, on this machine): each runner is a real pod of
+    the app image (`tools/realnode/image.sh`, a `mix release` with this library), created by
+    this VM (the parent, outside the cluster, at the bridge address the pods reach) as the
+    documented parent's ServiceAccount; the boot ends at remote_up. Overhead = boot − the
+    node's own part from containerd's `StartContainer … returns successfully` (its log) to
+    remote_up, i.e. the runner VM's start; what the kubelet, the scheduler and containerd
+    took before the container started (sandbox, network, mounts) counts as overhead here.
+    API requests per boot = the audit log's requests by the parent's ServiceAccount in the
+    bench's namespace (the policy records its reads too), from the burst's start until its
+    teardown is done; the kubelet's own reads and writes are not its. Pod watches = peak of
+    `apiserver_longrunning_requests` WATCH pods above the baseline (the kubelet's, the
+    scheduler's, the controllers'). The server's POST/GET pods latency is every client's,
+    the kubelet's GETs included. Teardown: as in section 6; a pod is gone when the API no
+    longer lists it. Other columns as in section 5.
     """
   end
 
