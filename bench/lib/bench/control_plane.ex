@@ -55,15 +55,7 @@ defmodule Bench.ControlPlane do
     namespace = "bench-#{System.unique_integer([:positive])}"
     LocalCluster.create_namespace!(kube, namespace)
     create_documented_parent!(kube, namespace)
-    {:ok, version} = Kube.request(kube, "GET", "/version")
-
-    %__MODULE__{
-      kube: kube,
-      namespace: namespace,
-      kubeconfig: info.kubeconfig,
-      version: version["gitVersion"],
-      ready_ms: info.ready_ms
-    }
+    new(kube, namespace, info, [])
   end
 
   @doc """
@@ -88,19 +80,28 @@ defmodule Bench.ControlPlane do
       )
 
     {:ok, backend_kube} = Kube.connect(kubeconfig: backend_kubeconfig)
-    {:ok, version} = Kube.request(kube, "GET", "/version")
 
-    %__MODULE__{
-      kube: kube,
-      namespace: namespace,
-      kubeconfig: info.kubeconfig,
-      version: version["gitVersion"],
-      ready_ms: info.ready_ms,
+    new(kube, namespace, info,
       node: :real,
       backend_kubeconfig: backend_kubeconfig,
       backend_kube: backend_kube,
       runner_image: image
-    }
+    )
+  end
+
+  defp new(kube, namespace, info, fields) do
+    {:ok, version} = Kube.request(kube, "GET", "/version")
+
+    struct!(
+      %__MODULE__{
+        kube: kube,
+        namespace: namespace,
+        kubeconfig: info.kubeconfig,
+        version: version["gitVersion"],
+        ready_ms: info.ready_ms
+      },
+      fields
+    )
   end
 
   @doc """
