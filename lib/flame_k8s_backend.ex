@@ -84,9 +84,16 @@ defmodule FLAMEK8sBackend do
   `ERL_AFLAGS="-kernel inet_dist_listen_min 9000 inet_dist_listen_max 9000"` (or `vm.args`).
   A service mesh's sidecar keeps a runner pod running after its VM has exited: the parent
   deletes the pod when the runner's node goes down, and the sweep counts a runner whose app
-  container terminated as finished. Opt runners out of injection with the mesh's annotation
-  in `:manifest` (e.g. `"sidecar.istio.io/inject" => "false"`, `"linkerd.io/inject" =>
-  "disabled"`).
+  container terminated as finished. Opt runners out of injection in `:manifest`: Istio reads
+  `sidecar.istio.io/inject` as a pod label (and, deprecated, as an annotation; the label
+  wins), Linkerd reads `linkerd.io/inject` as an annotation:
+
+      manifest: %{
+        "metadata" => %{
+          "labels" => %{"sidecar.istio.io/inject" => "false"},
+          "annotations" => %{"linkerd.io/inject" => "disabled"}
+        }
+      }
 
   ## Failures
 
