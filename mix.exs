@@ -7,6 +7,10 @@ defmodule FLAMEK8sBackend.MixProject do
 
   @version "0.1.0"
 
+  # `mix hex.build` and `mix hex.publish` run in :prod, the only env whose deps/0 declares FLAME
+  # as a hex dependency (in :dev it is a path dependency Hex would leave out of the package).
+  @preferred_envs ["hex.build": :prod, "hex.publish": :prod]
+
   def project do
     [
       app: :flame_k8s_backend,
@@ -32,7 +36,17 @@ defmodule FLAMEK8sBackend.MixProject do
              .formatter.exs README.md LICENSE CHANGELOG.md)
       ],
       docs: [main: "FLAMEK8sBackend", extras: ["README.md", "CHANGELOG.md"]]
-    ]
+    ] ++ legacy_preferred_envs()
+  end
+
+  # Elixir >= 1.15 reads the preferred envs from cli/0 (and then ignores project/0's); 1.14 only
+  # from project/0's :preferred_cli_env.
+  def cli, do: [preferred_envs: @preferred_envs]
+
+  defp legacy_preferred_envs do
+    if Version.match?(System.version(), "< 1.15.0"),
+      do: [preferred_cli_env: @preferred_envs],
+      else: []
   end
 
   def application do
@@ -60,10 +74,13 @@ defmodule FLAMEK8sBackend.MixProject do
   # (compiled through test/flame_checkout).
   #
   # In an app that depends on this library (mix evaluates this file there with MIX_ENV=prod),
-  # FLAME is the app's own hex dependency, declared here as optional: the app chooses its
-  # version, and FLAMEK8sBackend.Kube stays usable without FLAME. Mix cannot load a hex
-  # dependency at all without Hex, not even an optional one, so an app built without Hex
-  # (a path dependency, FLAME-less) sees no declaration of it.
+  # and in the package `mix hex.build` makes (in :prod, see @preferred_envs), FLAME is the
+  # app's own hex dependency, declared here as optional: the app chooses its version, and
+  # FLAMEK8sBackend.Kube stays usable without FLAME. Mix cannot load a hex dependency at all
+  # without Hex, not even an optional one ("could not find an SCM for dependency :flame"), so
+  # where Hex is not installed (an app that takes this library by path, as
+  # test/integration/as_dependency_test.exs does) nothing is declared; a hex build always has
+  # Hex. test/integration/hex_package_test.exs evaluates this in :prod with and without Hex.
   defp flame(env) when env in [:dev, :test], do: {:flame, path: flame_path(), only: [:dev, :test]}
 
   defp flame(_env) do

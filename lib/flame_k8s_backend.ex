@@ -84,9 +84,16 @@ defmodule FLAMEK8sBackend do
   `ERL_AFLAGS="-kernel inet_dist_listen_min 9000 inet_dist_listen_max 9000"` (or `vm.args`).
   A service mesh's sidecar keeps a runner pod running after its VM has exited: the parent
   deletes the pod when the runner's node goes down, and the sweep counts a runner whose app
-  container terminated as finished. Opt runners out of injection with the mesh's annotation
-  in `:manifest` (e.g. `"sidecar.istio.io/inject" => "false"`, `"linkerd.io/inject" =>
-  "disabled"`).
+  container terminated as finished. Opt runners out of injection in `:manifest`: Istio reads
+  `sidecar.istio.io/inject` as a pod label (and, deprecated, as an annotation; the label
+  wins), Linkerd reads `linkerd.io/inject` as an annotation:
+
+      manifest: %{
+        "metadata" => %{
+          "labels" => %{"sidecar.istio.io/inject" => "false"},
+          "annotations" => %{"linkerd.io/inject" => "disabled"}
+        }
+      }
 
   ## Failures
 
@@ -163,9 +170,25 @@ defmodule FLAMEK8sBackend do
   @type sealed :: %{pod: map(), secret: map() | nil, redact: [String.t()]}
 
   @typedoc """
-  The backend state. Once booted, `boot_timings` holds milliseconds since `remote_boot/1`
-  started: `:created` (secret and pod created), `:running` (the watch saw the pod running;
-  absent when remote_up came first) and `:remote_up`.
+  The backend state, as `init/1` and `remote_boot/1` return it.
+
+  These fields are public and read-only (read them, never build or change a state yourself):
+
+    * `:kube` - the `FLAMEK8sBackend.Kube` connection the boots use (shared by the VM's
+      backends with the same connection options).
+    * `:namespace`, `:runner_name` - where the runner pod goes and its name (also its
+      secret's), chosen by `init/1`.
+    * `:runner_selector` - the label selector of this parent's runner pods (a
+      `Kube.await_pod/4` `:label_selector`).
+    * `:boot_timeout`, `:unschedulable` - the validated options of those names.
+    * `:parent_ref` - the reference the runner's `remote_up` message to the process that
+      called `init/1` is tagged with: `{parent_ref, {:remote_up, terminator_pid}}`.
+    * `:runner_node_name` - the runner's node, once booted (`nil` before).
+    * `:boot_timings` - once booted, milliseconds since `remote_boot/1` started: `:created`
+      (secret and pod created), `:running` (the watch saw the pod running; absent when
+      remote_up came first) and `:remote_up` (`nil` before).
+
+  The other fields are internal and may change in any release.
   """
   @type t :: %__MODULE__{
           kube: Kube.t(),
@@ -280,13 +303,42 @@ defmodule FLAMEK8sBackend do
     ]
   end
 
-  @doc false
-  # For the bench and tests that create a runner's objects themselves: what remote_boot/1
-  # would create (`nil` for a runner that takes its cookie from the parent's Secret). Never
-  # log it.
+  @doc """
+  The manifests `remote_boot/1` would create for a state fresh from `init/1`: the runner
+  pod and its secret (`nil` for a runner that takes its cookie from the parent's Secret), for
+  callers that create and wait for a runner themselves (benchmarks, tests, a custom wait).
+
+  **They are not redacted**: the secret's `stringData` holds the VM's cookie
+  (`RELEASE_COOKIE`) and the `:secret_env` values in plain text, and the pod's env holds
+  `FLAME_PARENT` (which lets the runner connect back to this parent). Never log or inspect
+  them. The pod lacks one variable `remote_boot/1` adds, `FLAME_K8S_REAPER`: a runner created
+  from it deletes its own pod at shutdown (when its service account may) but tells no reaper,
+  and nothing else deletes what you created: delete the pod and secret yourself.
+
+  The runner's `remote_up` comes to the process that called `init/1`, as
+  `{state.parent_ref, {:remote_up, terminator_pid}}`. A state returned by a successful
+  `remote_boot/1` no longer holds the manifests: this function raises `ArgumentError` for it.
+
+      {:ok, state} = FLAMEK8sBackend.init(boot_timeout: 30_000)
+      %{pod: pod, secret: secret} = FLAMEK8sBackend.runner_manifests(state)
+      if secret, do: {:ok, _} = FLAMEK8sBackend.Kube.create_secret(state.kube, state.namespace, secret)
+      {:ok, _} = FLAMEK8sBackend.Kube.create_pod(state.kube, state.namespace, pod)
+      parent_ref = state.parent_ref
+
+      receive do
+        {^parent_ref, {:remote_up, terminator}} -> node(terminator)
+      after
+        state.boot_timeout -> :timeout
+      end
+  """
   @spec runner_manifests(t()) :: %{pod: map(), secret: map() | nil}
   def runner_manifests(%__MODULE__{sealed: sealed}) when is_function(sealed, 0),
     do: Map.take(sealed.(), [:pod, :secret])
+
+  def runner_manifests(%__MODULE__{}) do
+    raise ArgumentError,
+          "FLAMEK8sBackend.runner_manifests/1: this state has booted; its manifests are gone"
+  end
 
   @doc """
   `FLAME.Backend` callback: spawns a 0-arity function or `{module, function, args}` on the

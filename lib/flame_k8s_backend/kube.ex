@@ -404,8 +404,18 @@ defmodule FLAMEK8sBackend.Kube do
   end
 
   @doc """
-  Number of tasks (requests, awaits and shared watches) alive in the NIF's runtime, for tests
-  and diagnostics: a request that returned, or whose caller exited, leaves none behind.
+  Diagnostics: the number of tasks (requests, awaits and shared watches) alive in the NIF's
+  runtime, for the whole VM (every connection), e.g. as a gauge next to your own metrics.
+
+  Every task ends with its request: once it answered, its caller exited or gave up, or its
+  await was cancelled (a shared watch stops with its last await), so with no request or
+  await in flight it comes back to 0. A count that keeps growing while the load does not is a
+  leak worth reporting. Cheap:
+  it reads two counters and sends nothing to the runtime. A task that has just answered may
+  still be counted for a moment.
+
+      iex> is_integer(FLAMEK8sBackend.Kube.live_tasks())
+      true
   """
   @spec live_tasks() :: non_neg_integer()
   def live_tasks, do: Native.live_tasks()

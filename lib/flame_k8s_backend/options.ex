@@ -153,7 +153,9 @@ defmodule FLAMEK8sBackend.Options do
       after its pod started, whatever happens to the parent, the reaper or the API server. A \
       backstop for runners that must never outlive a known bound (`single_use` jobs, \
       `:omit_owner_reference`); leave it unset for long-lived runners (`min` pools, \
-      `FLAME.place_child/3`, Livebook), which it would kill in the middle of their work.\
+      `FLAME.place_child/3`, Livebook), which it would kill in the middle of their work. \
+      It must be longer than `:boot_timeout` (an `ArgumentError` naming both otherwise), and \
+      should leave the runner time to work after its boot.\
       """
     ],
     service_account_name: [
@@ -276,10 +278,26 @@ defmodule FLAMEK8sBackend.Options do
         end
     end
 
-    Enum.reduce(opts, %__MODULE__{}, fn {key, value}, acc ->
+    opts
+    |> Enum.reduce(%__MODULE__{}, fn {key, value}, acc ->
       Map.replace!(acc, key, validate_one!(key, value))
     end)
+    |> check_deadline!()
   end
+
+  # Kubernetes counts activeDeadlineSeconds from the pod's start, so a deadline that is not
+  # longer than the boot may kill every runner before or just as it boots: a boot that fails
+  # (or a runner that does no work) on each call, for a setting that can never work.
+  defp check_deadline!(%{active_deadline_seconds: seconds, boot_timeout: boot_timeout})
+       when is_integer(seconds) and seconds * 1_000 <= boot_timeout do
+    raise ArgumentError,
+          "FLAMEK8sBackend option :active_deadline_seconds (#{seconds} s) must be longer than " <>
+            ":boot_timeout (#{boot_timeout} ms): Kubernetes would stop the runner pod before " <>
+            "or as it boots. Raise :active_deadline_seconds above #{div(boot_timeout, 1_000)} s, " <>
+            "or lower :boot_timeout"
+  end
+
+  defp check_deadline!(opts), do: opts
 
   @doc """
   The documented options as a Markdown list, for `FLAMEK8sBackend`'s moduledoc.

@@ -19,7 +19,8 @@ defmodule FLAMEK8sBackend.Reaper do
   (`FLAME_K8S_REAPER` in its env names the reaper), so that is usually nothing. Deleting at
   once would race the runner's own cleanup and always win it. Each delete is a
   `[:flame_k8s_backend, :cleanup, :delete]` event (`deleter: :reaper`, `trigger: :boot_failed`
-  or `:runner_down`; see `FLAMEK8sBackend.Telemetry`).
+  or `:runner_down`; see `FLAMEK8sBackend.Telemetry`), and so is each delete the runner
+  reports (`deleter: :runner`, `trigger: :system_shutdown`, emitted by the reaper).
 
   `FLAMEK8sBackend.remote_boot/1` uses it like this:
 
@@ -161,17 +162,11 @@ defmodule FLAMEK8sBackend.Reaper do
     end
   end
 
-  # The runner deleted these itself (FLAMEK8sBackend.SelfDelete): nothing left to send for them.
-  def handle_info({__MODULE__, :self_deleted, kinds}, state) when is_list(kinds) do
-    state =
-      Enum.reduce(kinds, state, fn
-        :pod, state -> %{state | pod: nil}
-        :secret, state -> %{state | secret: nil}
-        _other, state -> state
-      end)
-
-    {:noreply, state}
-  end
+  # The runner's own deletes at shutdown (FLAMEK8sBackend.SelfDelete.report/3): their events
+  # are emitted here, on the parent, and what it deleted is not deleted again. A bare kind is
+  # what SelfDelete.notify_reaper/2 sends.
+  def handle_info({__MODULE__, :self_deleted, deletions}, state) when is_list(deletions),
+    do: {:noreply, Enum.reduce(deletions, state, &runner_deleted/2)}
 
   def handle_info({:nodedown, node}, state),
     do: start_reaping(state, :runner_down, "runner node #{node} down")
@@ -180,6 +175,23 @@ defmodule FLAMEK8sBackend.Reaper do
     why = "runner node still up #{@runner_exit_grace} ms after shutdown"
     start_reaping(state, :runner_down, why)
   end
+
+  defp runner_deleted(
+         %{kind: kind, name: name, result: result, duration_us: us} = deletion,
+         state
+       )
+       when kind in [:pod, :secret] and is_binary(name) and is_integer(us) and us >= 0 do
+    Telemetry.runner_cleanup(state.namespace, deletion)
+
+    if result == :ok and Map.fetch!(state, kind) == name,
+      do: Map.put(state, kind, nil),
+      else: state
+  end
+
+  # Deleted without a report (SelfDelete.notify_reaper/2): no event, nothing to send again.
+  defp runner_deleted(kind, state) when kind in [:pod, :secret], do: Map.put(state, kind, nil)
+
+  defp runner_deleted(_unknown, state), do: state
 
   defp runner_node_up?(%{booted?: true, runner_node: node}) when node != node(),
     do: node in Node.list(:connected)

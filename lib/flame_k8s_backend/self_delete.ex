@@ -4,13 +4,13 @@ defmodule FLAMEK8sBackend.SelfDelete do
   named `POD_NAME`, and its secret when it has one (named by `FLAME_K8S_RUNNER_SECRET`; a runner
   whose cookie comes from the parent's Secret has none), with the pod's service account, when
   that account may. The least it needs is `delete` on `pods` (see the README's runner service
-  account). It then tells the parent's reaper what it deleted (`notify_reaper/2`), so the
-  parent sends no DELETE of its own: a boot costs one DELETE, not two.
+  account). It then reports each delete it sent to the parent's reaper (`report/3`): the parent
+  sends no DELETE of its own for what the runner deleted (a boot costs one DELETE, not two),
+  and emits the `[:flame_k8s_backend, :cleanup, :delete]` event of each (`deleter: :runner`,
+  `trigger: :system_shutdown`), where the app's handlers are.
 
   Best effort and bounded: the parent deletes them too when it sees the runner go down, so a
-  runner without credentials (or without RBAC for it) simply skips this. Each delete it sends
-  is a `[:flame_k8s_backend, :cleanup, :delete]` event on the runner node (`deleter: :runner`,
-  `trigger: :system_shutdown`), for a handler attached there.
+  runner without credentials (or without RBAC for it) simply skips this.
   """
   require Logger
 
@@ -29,26 +29,74 @@ defmodule FLAMEK8sBackend.SelfDelete do
     :ok
   end
 
+  @typedoc """
+  A delete the runner sent: what (`:kind`, `:name`), its `:result`, and how long it took on
+  the runner, in microseconds (`:duration_us`).
+  """
+  @type deletion :: %{
+          kind: :pod | :secret,
+          name: String.t(),
+          result: :ok | {:error, term()},
+          duration_us: non_neg_integer()
+        }
+
+  @doc """
+  Reports the runner's `deletions` in `namespace` to the parent's reaper of this runner,
+  named by `encoded` (`FLAME_K8S_REAPER`, as `encode_reaper/1` wrote it), as
+  `{FLAMEK8sBackend.Reaper, :self_deleted, deletions}`: the reaper emits their cleanup events
+  on the parent and does not send the DELETEs that worked again once this node is down.
+  Without a reaper to tell (`encoded` is not a pid), the events are emitted here, on the
+  runner's node.
+  """
+  @spec report(String.t() | nil, String.t(), [deletion()]) :: :ok
+  def report(encoded, namespace, deletions) do
+    case decode_reaper(encoded) do
+      reaper when is_pid(reaper) ->
+        if deletions != [], do: send(reaper, {FLAMEK8sBackend.Reaper, :self_deleted, deletions})
+        :ok
+
+      nil ->
+        Enum.each(deletions, &Telemetry.runner_cleanup(namespace, &1))
+    end
+  end
+
   @doc """
   Tells the parent's reaper of this runner (`FLAME_K8S_REAPER`, as `encode_reaper/1` wrote it)
-  which of `deleted` (`:pod`, `:secret`) the runner deleted itself, so that it does not send
-  the same DELETEs again once this node is down. Anything but a pid in `encoded` is ignored.
+  which of `deleted` (`:pod`, `:secret`) were deleted by other means than `report/3`, so that
+  it does not send the same DELETEs again once this node is down; no event is emitted for
+  them. Anything but a pid in `encoded` is ignored.
   """
   @spec notify_reaper(String.t() | nil, [:pod | :secret]) :: :ok
   def notify_reaper(encoded, deleted) do
-    with true <- is_binary(encoded) and deleted != [],
-         {:ok, binary} <- Base.url_decode64(encoded, padding: false),
-         reaper when is_pid(reaper) <- safe_binary_to_term(binary) do
-      send(reaper, {FLAMEK8sBackend.Reaper, :self_deleted, deleted})
-    end
+    reaper = decode_reaper(encoded)
+
+    if is_pid(reaper) and deleted != [],
+      do: send(reaper, {FLAMEK8sBackend.Reaper, :self_deleted, deleted})
 
     :ok
   end
 
-  @doc "The `FLAME_K8S_REAPER` value naming `reaper` for `notify_reaper/2`."
+  defp decode_reaper(encoded) do
+    with true <- is_binary(encoded),
+         {:ok, binary} <- Base.url_decode64(encoded, padding: false),
+         reaper when is_pid(reaper) <- safe_binary_to_term(binary) do
+      reaper
+    else
+      _ -> nil
+    end
+  end
+
+  @doc "The `FLAME_K8S_REAPER` value naming `reaper` for `report/3` and `notify_reaper/2`."
   @spec encode_reaper(pid()) :: String.t()
   def encode_reaper(reaper) when is_pid(reaper),
     do: reaper |> :erlang.term_to_binary() |> Base.url_encode64(padding: false)
+
+  defp timed(kind, name, delete) do
+    start = System.monotonic_time(:microsecond)
+    result = delete.()
+    duration = System.monotonic_time(:microsecond) - start
+    %{kind: kind, name: name, result: result, duration_us: duration}
+  end
 
   # :safe: no atom is created (the parent's node name is known here since it connected).
   defp safe_binary_to_term(binary) do
@@ -62,26 +110,17 @@ defmodule FLAMEK8sBackend.SelfDelete do
          namespace when namespace not in [nil, ""] <- System.get_env("POD_NAMESPACE"),
          name when name not in [nil, ""] <- System.get_env("POD_NAME"),
          {:ok, kube} <- Kube.connect(mode: :in_cluster, request_timeout: @request_timeout) do
-      meta = %{deleter: :runner, trigger: :system_shutdown, namespace: namespace, name: name}
-
       secret =
         case System.get_env("FLAME_K8S_RUNNER_SECRET") do
           secret when secret not in [nil, ""] ->
-            Telemetry.cleanup(Map.merge(meta, %{kind: :secret, name: secret}), fn ->
-              {Kube.delete_secret(kube, namespace, secret), 1}
-            end)
+            [timed(:secret, secret, fn -> Kube.delete_secret(kube, namespace, secret) end)]
 
           _ ->
-            :none
+            []
         end
 
-      pod =
-        Telemetry.cleanup(Map.put(meta, :kind, :pod), fn ->
-          {Kube.delete_pod(kube, namespace, name), 1}
-        end)
-
-      deleted = for {kind, :ok} <- [pod: pod, secret: secret], do: kind
-      notify_reaper(System.get_env("FLAME_K8S_REAPER"), deleted)
+      pod = timed(:pod, name, fn -> Kube.delete_pod(kube, namespace, name) end)
+      report(System.get_env("FLAME_K8S_REAPER"), namespace, secret ++ [pod])
     else
       _ -> :ok
     end

@@ -31,10 +31,15 @@ defmodule FLAMEK8sBackend.Telemetry do
   stacktrace and `phase: nil`.
 
   Cleanup: one `[:flame_k8s_backend, :cleanup, :delete]` per pod or secret a cleanup path
-  deleted or tried to delete: `:deleter` is `:reaper` (the parent), `:sweep` (the parent, at
-  `init/1`) or `:runner` (the runner itself, on its own node); `:trigger` is `:boot_failed`,
-  `:runner_down`, `:finished` (a sweep) or `:system_shutdown`; `:kind` is `:pod` or `:secret`;
-  `:result` is `:ok` or `{:error, reason}`; `:attempts` counts the requests sent.
+  deleted or tried to delete, emitted on the parent: `:deleter` is `:reaper` (the parent),
+  `:sweep` (the parent, at `init/1`) or `:runner` (the runner deleting its own pod and secret
+  at shutdown; it reports each delete, timed on its node, to the parent's reaper, which emits
+  the event); `:trigger` is `:boot_failed`, `:runner_down`, `:finished` (a sweep) or
+  `:system_shutdown` (with `deleter: :runner`); `:kind` is `:pod` or `:secret`; `:result` is
+  `:ok` or `{:error, reason}`; `:attempts` counts the requests sent. A runner with no reaper
+  to tell (one created from `FLAMEK8sBackend.runner_manifests/1`) emits its `:runner` events
+  on its own node instead. Each delete is one event, on one node: a handler attached on
+  every node counts it once.
 
   Metadata never holds the cookie, `:secret_env` values or API credentials.
   """
@@ -46,6 +51,7 @@ defmodule FLAMEK8sBackend.Telemetry do
   def events_doc, do: @events_doc
 
   @boot [:flame_k8s_backend, :boot]
+  @cleanup [:flame_k8s_backend, :cleanup, :delete]
 
   @doc """
   Emits `event` when `:telemetry` is loaded; otherwise does nothing.
@@ -162,14 +168,36 @@ defmodule FLAMEK8sBackend.Telemetry do
   def cleanup(meta, fun) do
     start = System.monotonic_time()
     {result, attempts} = fun.()
-
-    execute(
-      [:flame_k8s_backend, :cleanup, :delete],
-      %{duration: System.monotonic_time() - start, attempts: attempts},
-      Map.put(meta, :result, result)
-    )
-
+    cleanup_done(Map.put(meta, :result, result), System.monotonic_time() - start, attempts)
     result
+  end
+
+  @doc """
+  Emits `[:flame_k8s_backend, :cleanup, :delete]` for a delete that is over, timed elsewhere:
+  `meta` as for `cleanup/2` plus `:result`, `duration` in `:native` units.
+  """
+  @spec cleanup_done(map(), integer(), pos_integer()) :: :ok
+  def cleanup_done(meta, duration, attempts),
+    do: execute(@cleanup, %{duration: duration, attempts: attempts}, meta)
+
+  @doc """
+  Emits the cleanup event of a delete the runner did itself at shutdown (`deleter: :runner`,
+  `trigger: :system_shutdown`, one attempt), from what it reported (see
+  `FLAMEK8sBackend.SelfDelete.report/3`): `:kind`, `:name`, `:result` and `:duration_us`, the
+  microseconds it took on the runner (native time units may differ between nodes).
+  """
+  @spec runner_cleanup(String.t(), FLAMEK8sBackend.SelfDelete.deletion()) :: :ok
+  def runner_cleanup(namespace, %{kind: kind, name: name, result: result, duration_us: us}) do
+    meta = %{
+      deleter: :runner,
+      trigger: :system_shutdown,
+      kind: kind,
+      namespace: namespace,
+      name: name,
+      result: result
+    }
+
+    cleanup_done(meta, System.convert_time_unit(us, :microsecond, :native), 1)
   end
 
   # A call through a variable: :telemetry is not a dependency, so neither the compiler nor

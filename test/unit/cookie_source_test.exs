@@ -11,7 +11,9 @@ defmodule FLAMEK8sBackend.CookieSourceTest do
 
   alias FLAMEK8sBackend.Test.FakeApiServer
 
-  defp init!(dir, parent) do
+  defp init!(dir, parent), do: FLAMEK8sBackend.runner_manifests(init_state!(dir, parent))
+
+  defp init_state!(dir, parent) do
     url =
       FakeApiServer.start!(self(), fn
         "GET", "/api/v1/namespaces/prod/pods/" <> _ ->
@@ -26,7 +28,7 @@ defmodule FLAMEK8sBackend.CookieSourceTest do
     # A parent name of its own: the parent pod is read once per VM and name.
     name = "web-#{System.unique_integer([:positive])}"
     {:ok, state} = FLAMEK8sBackend.init(parent_pod: {"prod", name}, kubeconfig: kubeconfig)
-    FLAMEK8sBackend.runner_manifests(state)
+    state
   end
 
   defp parent(cookie_env) do
@@ -89,5 +91,28 @@ defmodule FLAMEK8sBackend.CookieSourceTest do
 
     assert secret["stringData"]["RELEASE_COOKIE"] == cookie
     refute Enum.any?(app_env(pod), &(&1["name"] == "RELEASE_COOKIE"))
+  end
+
+  test "runner_manifests/1: what remote_boot/1 would create, unredacted, with no reaper; gone once booted",
+       %{tmp_dir: dir} do
+    cookie = Atom.to_string(Node.get_cookie())
+    state = with_release_cookie(nil, fn -> init_state!(dir, parent(@from_secret)) end)
+    %{pod: pod, secret: secret} = FLAMEK8sBackend.runner_manifests(state)
+
+    assert pod["metadata"]["name"] == state.runner_name
+    assert secret["metadata"]["name"] == state.runner_name
+    assert secret["stringData"] == %{"RELEASE_COOKIE" => cookie}
+    names = Enum.map(app_env(pod), & &1["name"])
+    # The default node basename is the runner pod's name (0.7: flame_runner for every runner).
+    assert %{"name" => "RELEASE_NODE", "value" => "#{state.runner_name}@$(POD_IP)"} in app_env(
+             pod
+           )
+
+    assert "FLAME_PARENT" in names
+    refute "FLAME_K8S_REAPER" in names
+
+    assert_raise ArgumentError, ~r/this state has booted/, fn ->
+      FLAMEK8sBackend.runner_manifests(%{state | sealed: nil})
+    end
   end
 end

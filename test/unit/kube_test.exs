@@ -554,6 +554,61 @@ defmodule FLAMEK8sBackend.KubeTaskTest do
     eventually(fn -> Kube.live_tasks() <= base end)
   end
 
+  describe "deep JSON from the server" do
+    # serde_json parses a response with its default recursion limit (128 levels of arrays and
+    # objects), and the NIF turns what it parsed into terms without recursion: an answer
+    # nested deeper than that limit is a decode error, never a stack overflow.
+    defp nested(depth, leaf) do
+      {open, close} = if rem(depth, 2) == 0, do: {~s({"a":), "}"}, else: {"[", "]"}
+      if depth == 0, do: leaf, else: [open, nested(depth - 1, leaf), close]
+    end
+
+    defp deep_pod(depth),
+      do:
+        IO.iodata_to_binary([
+          ~s({"kind":"Pod","metadata":{"name":"p"},"x":),
+          nested(depth, "1"),
+          "}"
+        ])
+
+    defp depth_of(%{"a" => inner}), do: 1 + depth_of(inner)
+    defp depth_of([inner]), do: 1 + depth_of(inner)
+    defp depth_of(1), do: 0
+
+    test "a 100-level answer decodes whole; a 100,000-level one is a decode error" do
+      url =
+        FakeApiServer.start!(self(), fn "GET", "/api/v1/namespaces/d/pods/" <> depth ->
+          {200, deep_pod(String.to_integer(depth))}
+        end)
+
+      {:ok, kube} = Kube.connect(url: url, token: "t")
+
+      # 100 levels under the pod object: 101 in all.
+      assert {:ok, %{"kind" => "Pod", "x" => x}} = Kube.get_pod(kube, "d", "100")
+      assert depth_of(x) == 100
+      assert {:ok, %{"x" => x}} = Kube.request(kube, "GET", "/api/v1/namespaces/d/pods/100")
+      assert depth_of(x) == 100
+
+      for get <- [
+            fn -> Kube.get_pod(kube, "d", "100000") end,
+            fn -> Kube.request(kube, "GET", "/api/v1/namespaces/d/pods/100000") end
+          ] do
+        assert {:error, {:decode, message}} = get.()
+        assert message =~ "response is not JSON (recursion limit exceeded"
+      end
+
+      # The limit is serde_json's: 127 levels in all parse, 128 do not.
+      assert {:ok, %{"x" => x}} = Kube.get_pod(kube, "d", "126")
+      assert depth_of(x) == 126
+
+      assert {:error, {:decode, "response is not JSON (recursion limit exceeded" <> _}} =
+               Kube.get_pod(kube, "d", "127")
+
+      # The NIF and its runtime are fine afterwards.
+      assert {:ok, %{"kind" => "Pod"}} = Kube.get_pod(kube, "d", "1")
+    end
+  end
+
   describe "shared watches" do
     # Nothing listens on port 1: each watch keeps failing and retrying (with backoff) for as
     # long as an await needs it.

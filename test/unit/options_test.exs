@@ -199,6 +199,29 @@ defmodule FLAMEK8sBackend.OptionsTest do
         assert error.message =~ "option #{inspect(unquote(key))}: expected #{unquote(expected)}"
       end
     end
+
+    test "active_deadline_seconds must be longer than the boot timeout, wherever each is set" do
+      for {config, opts} <- [
+            {[], [active_deadline_seconds: 30]},
+            {[], [active_deadline_seconds: 10, boot_timeout: 10_000]},
+            {[active_deadline_seconds: 60], [boot_timeout: 120_000]},
+            {[boot_timeout: 45_500], [active_deadline_seconds: 45]}
+          ] do
+        error = assert_raise ArgumentError, fn -> Options.from(config, opts) end
+        merged = Options.validate!(Keyword.delete(config ++ opts, :active_deadline_seconds))
+        seconds = Keyword.fetch!(config ++ opts, :active_deadline_seconds)
+
+        assert error.message =~
+                 "option :active_deadline_seconds (#{seconds} s) must be longer than " <>
+                   ":boot_timeout (#{merged.boot_timeout} ms)"
+      end
+
+      # Just longer: accepted (the default boot timeout is 30 s).
+      assert %{active_deadline_seconds: 31} = Options.from([], active_deadline_seconds: 31)
+
+      assert %{active_deadline_seconds: 11, boot_timeout: 10_999} =
+               Options.from([active_deadline_seconds: 11], boot_timeout: 10_999)
+    end
   end
 
   test "secret_env may be a function, called at validation: its values stay out of the pool's options" do

@@ -106,6 +106,89 @@ defmodule FLAMEK8sBackend.ReaperTest do
     end
   end
 
+  test "a runner's report of its own deletes: their events on the parent (deleter: :runner), and the reaper deletes only what is left" do
+    events = attach_cleanup_events!()
+    {peer, runner_node, reaper, monitor} = booted_runner_stopping!()
+
+    # What SelfDelete.report/3 sends from the runner node: its pod deleted, its secret not
+    # (a runner account without `delete` on secrets).
+    deletions = [
+      %{
+        kind: :secret,
+        name: "web-1-flame-x7k2p",
+        result: {:error, {:api, 403, "Forbidden", "no"}},
+        duration_us: 1_500
+      },
+      %{kind: :pod, name: "web-1-flame-x7k2p", result: :ok, duration_us: 2_500}
+    ]
+
+    :erpc.call(runner_node, :erlang, :send, [reaper, {Reaper, :self_deleted, deletions}])
+    :ok = :peer.stop(peer)
+    assert_receive {:DOWN, ^monitor, :process, ^reaper, :normal}, 5_000
+
+    native = &System.convert_time_unit(&1, :microsecond, :native)
+
+    assert [
+             {%{duration: secret_duration, attempts: 1},
+              %{
+                deleter: :runner,
+                trigger: :system_shutdown,
+                kind: :secret,
+                namespace: @ns,
+                name: "web-1-flame-x7k2p",
+                result: {:error, {:api, 403, "Forbidden", "no"}}
+              }},
+             {%{duration: pod_duration, attempts: 1},
+              %{
+                deleter: :runner,
+                trigger: :system_shutdown,
+                kind: :pod,
+                namespace: @ns,
+                name: "web-1-flame-x7k2p",
+                result: :ok
+              }},
+             {%{attempts: 1},
+              %{deleter: :reaper, trigger: :runner_down, kind: :secret, result: :ok}}
+           ] = events.()
+
+    assert {secret_duration, pod_duration} == {native.(1_500), native.(2_500)}
+
+    # Only the secret, which the runner could not delete, is deleted again.
+    assert [@secret_path] =
+             for(
+               {:api_request, "DELETE", path, _} <- Process.info(self(), :messages) |> elem(1),
+               do: path
+             )
+  end
+
+  # Attaches a handler for this module's runner's cleanup events; the function returns those
+  # received so far, as {measurements, metadata}, in order.
+  defp attach_cleanup_events! do
+    test = self()
+    id = {__MODULE__, make_ref()}
+
+    :ok =
+      :telemetry.attach(
+        id,
+        [:flame_k8s_backend, :cleanup, :delete],
+        fn
+          _event, measurements, %{name: "web-1-flame-x7k2p"} = meta, _ ->
+            send(test, {:cleanup, measurements, meta})
+
+          _event, _measurements, _meta, _ ->
+            :ok
+        end,
+        nil
+      )
+
+    on_exit(fn -> :telemetry.detach(id) end)
+
+    fn ->
+      for {:cleanup, measurements, meta} <- Process.info(self(), :messages) |> elem(1),
+          do: {measurements, meta}
+    end
+  end
+
   # A booted runner on a VM of its own (a peer node) whose FLAME Runner has stopped while its
   # node is still up, as at an idle shutdown: the reaper waits for the node to go down.
   defp booted_runner_stopping! do

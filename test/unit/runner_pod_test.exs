@@ -224,6 +224,49 @@ defmodule FLAMEK8sBackend.RunnerPodTest do
     refute Map.has_key?(app_container(pod, "helper"), "envFrom")
   end
 
+  # The README's "Migrating from ... (0.7)" and mesh notes, pinned.
+  test "unlike 0.7: the container keeps the parent's name and, without a manifest, its settings" do
+    parent =
+      @parent
+      |> put_in(["spec", "volumes"], [%{"name" => "certs", "secret" => %{"secretName" => "c"}}])
+      |> put_in(["spec", "securityContext"], %{"runAsUser" => 1000})
+      |> update_in(["spec", "containers", Access.at(1)], fn app ->
+        Map.merge(app, %{
+          "command" => ["/app/bin/web"],
+          "args" => ["start"],
+          "securityContext" => %{"readOnlyRootFilesystem" => true}
+        })
+      end)
+
+    pod = build!(%{}, parent)
+    container = app_container(pod)
+
+    assert container["name"] == "app"
+    assert Enum.map(pod["spec"]["containers"], & &1["name"]) == ["app"]
+    assert env_map(container)["DATABASE_URL"] == "ecto://db"
+    assert %{"configMapRef" => %{"name" => "web-config"}} in container["envFrom"]
+    assert {container["command"], container["args"]} == {["/app/bin/web"], ["start"]}
+    assert container["securityContext"] == %{"readOnlyRootFilesystem" => true}
+    assert pod["spec"]["securityContext"] == %{"runAsUser" => 1000}
+    assert %{"name" => "certs", "secret" => %{"secretName" => "c"}} in pod["spec"]["volumes"]
+  end
+
+  test "the mesh opt-out of the docs: Istio's label and Linkerd's annotation reach the pod" do
+    manifest = %{
+      "metadata" => %{
+        "labels" => %{"sidecar.istio.io/inject" => "false"},
+        "annotations" => %{"linkerd.io/inject" => "disabled"}
+      }
+    }
+
+    pod = build!(%{manifest: manifest})
+    assert pod["metadata"]["labels"]["sidecar.istio.io/inject"] == "false"
+    assert pod["metadata"]["annotations"]["linkerd.io/inject"] == "disabled"
+    # Alongside the backend's own.
+    assert pod["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "flame_k8s_backend"
+    assert pod["metadata"]["annotations"]["flame-k8s-backend.io/app-container"] == "app"
+  end
+
   test "a function manifest gets the parent pod and app container and returns the whole pod" do
     manifest = fn parent, app ->
       assert parent == @parent

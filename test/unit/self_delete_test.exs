@@ -13,6 +13,71 @@ defmodule FLAMEK8sBackend.SelfDeleteTest do
     assert_received {Reaper, :self_deleted, [:pod, :secret]}
   end
 
+  describe "report/3" do
+    setup do
+      test = self()
+      id = {__MODULE__, make_ref()}
+      name = "web-1-flame-#{System.unique_integer([:positive])}"
+
+      :ok =
+        :telemetry.attach(
+          id,
+          [:flame_k8s_backend, :cleanup, :delete],
+          fn
+            _event, measurements, %{name: ^name} = meta, _ ->
+              send(test, {:cleanup, measurements, meta})
+
+            _event, _measurements, _meta, _ ->
+              :ok
+          end,
+          nil
+        )
+
+      on_exit(fn -> :telemetry.detach(id) end)
+
+      deletions = [
+        %{kind: :secret, name: name, result: :ok, duration_us: 700},
+        %{kind: :pod, name: name, result: {:error, {:timeout, 1_000}}, duration_us: 1_000_000}
+      ]
+
+      %{name: name, deletions: deletions}
+    end
+
+    test "to the reaper encode_reaper/1 named: the deletions, no event here", %{
+      deletions: deletions
+    } do
+      assert SelfDelete.report(SelfDelete.encode_reaper(self()), "prod", deletions) == :ok
+      assert_received {Reaper, :self_deleted, ^deletions}
+      refute_received {:cleanup, _, _}
+    end
+
+    test "without a reaper to tell: the events are emitted on this node", %{
+      name: name,
+      deletions: deletions
+    } do
+      for encoded <- [nil, "", "%%%"] do
+        assert SelfDelete.report(encoded, "prod", deletions) == :ok
+        refute_received {Reaper, :self_deleted, _}
+
+        assert_received {:cleanup, %{duration: secret_duration, attempts: 1},
+                         %{
+                           deleter: :runner,
+                           trigger: :system_shutdown,
+                           kind: :secret,
+                           namespace: "prod",
+                           name: ^name,
+                           result: :ok
+                         }}
+
+        assert_received {:cleanup, %{duration: pod_duration, attempts: 1},
+                         %{kind: :pod, name: ^name, result: {:error, {:timeout, 1_000}}}}
+
+        native = &System.convert_time_unit(&1, :microsecond, :native)
+        assert {secret_duration, pod_duration} == {native.(700), native.(1_000_000)}
+      end
+    end
+  end
+
   test "notify_reaper/2 sends nothing for nothing deleted, and ignores what is not a pid" do
     not_a_pid = :erlang.term_to_binary({:not, :a, :pid}) |> Base.url_encode64(padding: false)
     # An atom this VM has never seen: :safe decoding refuses it rather than creating it.

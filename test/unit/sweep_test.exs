@@ -4,7 +4,10 @@ defmodule FLAMEK8sBackend.SweepTest do
   @moduletag :unit
   doctest FLAMEK8sBackend.Sweep
 
+  Code.require_file("support/fake_api_server.exs", __DIR__)
+
   alias FLAMEK8sBackend.{Kube, Options, Sweep}
+  alias FLAMEK8sBackend.Test.FakeApiServer
 
   @now ~U[2025-01-01 12:01:00Z]
 
@@ -48,6 +51,98 @@ defmodule FLAMEK8sBackend.SweepTest do
       refute Sweep.leftover?(pod("Failed", nil), 30_000, @now)
       refute Sweep.leftover?(pod("Failed", "yesterday"), 30_000, @now)
     end
+  end
+
+  test "run/4 deletes finished runner pods and their own secrets, one cleanup event each" do
+    test = self()
+    uid = "sweep-events-#{System.unique_integer([:positive])}"
+    handler = {__MODULE__, make_ref()}
+
+    :ok =
+      :telemetry.attach(
+        handler,
+        [:flame_k8s_backend, :cleanup, :delete],
+        fn
+          _event, measurements, %{deleter: :sweep, namespace: "sweep-ns"} = meta, _ ->
+            send(test, {:cleanup, measurements, meta})
+
+          _event, _measurements, _meta, _ ->
+            :ok
+        end,
+        nil
+      )
+
+    on_exit(fn -> :telemetry.detach(handler) end)
+
+    # Two finished long ago: done-1 with a secret of its own (both go), done-2 taking its
+    # cookie from the parent's Secret (only the pod goes); busy still runs (left alone).
+    pod = fn name, phase, container ->
+      ~s({"metadata":{"name":"#{name}","creationTimestamp":"2020-01-01T00:00:00Z"},) <>
+        ~s("spec":{"containers":[#{container}]},"status":{"phase":"#{phase}"}})
+    end
+
+    list =
+      ~s({"kind":"PodList","apiVersion":"v1","metadata":{},"items":[) <>
+        Enum.join(
+          [
+            pod.(
+              "done-1",
+              "Succeeded",
+              ~s({"name":"app","envFrom":[{"secretRef":{"name":"done-1"}}]})
+            ),
+            pod.("done-2", "Failed", ~s({"name":"app"})),
+            pod.("busy", "Running", ~s({"name":"app"}))
+          ],
+          ","
+        ) <> "]}"
+
+    url =
+      FakeApiServer.start!(test, fn
+        "GET", "/api/v1/namespaces/sweep-ns/pods" ->
+          {200, list}
+
+        "DELETE", "/api/v1/namespaces/sweep-ns/pods/done-2" ->
+          {403,
+           ~s({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"no","reason":"Forbidden","code":403})}
+
+        "DELETE", _path ->
+          {200, ~s({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Success"})}
+      end)
+
+    {:ok, kube} = Kube.connect(url: url, token: "t")
+    parent = %{"metadata" => %{"name" => "web-1", "uid" => uid}}
+
+    assert Sweep.run(kube, "sweep-ns", parent, Options.validate!([])) == :ok
+
+    assert_received {:api_request, "GET", "/api/v1/namespaces/sweep-ns/pods", _}
+
+    deletes =
+      for {:api_request, "DELETE", path, _} <- Process.info(self(), :messages) |> elem(1),
+          do: path
+
+    assert deletes == [
+             "/api/v1/namespaces/sweep-ns/pods/done-1",
+             "/api/v1/namespaces/sweep-ns/secrets/done-1",
+             "/api/v1/namespaces/sweep-ns/pods/done-2"
+           ]
+
+    events =
+      for {:cleanup, %{duration: d, attempts: 1}, meta} <-
+            Process.info(self(), :messages) |> elem(1),
+          is_integer(d) and d >= 0,
+          do: Map.take(meta, [:deleter, :trigger, :kind, :name, :result])
+
+    assert [
+             %{deleter: :sweep, trigger: :finished, kind: :pod, name: "done-1", result: :ok},
+             %{deleter: :sweep, trigger: :finished, kind: :secret, name: "done-1", result: :ok},
+             %{
+               deleter: :sweep,
+               trigger: :finished,
+               kind: :pod,
+               name: "done-2",
+               result: {:error, {:api, 403, "Forbidden", "no"}}
+             }
+           ] = events
   end
 
   test "run/4 never fails a boot, not even when the API server is unreachable" do
