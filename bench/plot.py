@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Draws the scaling figures of `bench/run --scaling` (its CSV) into one PNG.
 
-Usage: bench/plot.py bench/results/scaling-<stamp>.csv bench/results/scaling-<stamp>.png
+Usage: bench/plot.py bench/results/scaling-<stamp>.csv bench/results/scaling-<stamp>.png [WHERE]
+
+WHERE names the cluster in the title (default: "the local control plane").
 
 Four panels against N (log scale), shared watch vs 1 s polling, no-op pods (solid) and runner
 VMs (dashed) where measured: API requests per boot (counted by the API server), overhead per
@@ -64,7 +66,7 @@ def panel(ax, rows, column, title, ylabel, marker="o", suffix="", log_y=False, m
     ax.grid(True, which="both", alpha=0.3)
 
 
-def main(csv_path, png_path):
+def main(csv_path, png_path, where="the local control plane"):
     with open(csv_path, newline="") as f:
         rows = list(csv.DictReader(f))
 
@@ -109,12 +111,12 @@ def main(csv_path, png_path):
     mem.set_yscale("log")
     mem.legend(fontsize=7)
 
-    fig.suptitle("FLAMEK8sBackend: N concurrent boots on the local control plane, shared watch vs 1 s polling")
+    fig.suptitle(f"FLAMEK8sBackend: N concurrent boots on {where}, shared watch vs 1 s polling")
     fig.tight_layout()
     fig.savefig(png_path, dpi=90)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
+    if len(sys.argv) not in (3, 4):
         sys.exit(__doc__)
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:])

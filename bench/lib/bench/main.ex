@@ -49,7 +49,7 @@ defmodule Bench.Main do
     try do
       cond do
         args[:real_node] ->
-          cp |> Section.Scaling.run_real(args[:real_n]) |> Plot.write(path)
+          cp |> Section.Scaling.run_real(args[:real_n]) |> Plot.write(path, "the real node")
 
         args[:scaling] ->
           cp |> Section.Scaling.run(args[:scaling_n], args[:runner_n]) |> Plot.write(path)

@@ -10,11 +10,13 @@ defmodule Bench.Plot do
 
   @doc """
   Writes `<report>.csv` and `<report>.png` for `{bursts, idle}`
-  (`Bench.Section.Scaling.run/3`), and a report section linking them.
+  (`Bench.Section.Scaling.run/3`), and a report section linking them; `where` names the
+  cluster in the plot's title.
   """
-  def write({[], _idle}, _report_path), do: :ok
+  def write(result, report_path, where \\ "the local control plane")
+  def write({[], _idle}, _report_path, _where), do: :ok
 
-  def write({bursts, idle}, report_path) do
+  def write({bursts, idle}, report_path, where) do
     csv = Path.rootname(report_path) <> ".csv"
     png = Path.rootname(report_path) <> ".png"
     Scaling.write_csv(bursts, idle, csv)
@@ -26,12 +28,12 @@ defmodule Bench.Plot do
         Report.section("#{figures}; no plot: no python3 with matplotlib found.")
 
       python ->
-        case System.cmd(python, [script, csv, png], stderr_to_stdout: true) do
+        case System.cmd(python, [script, csv, png, where], stderr_to_stdout: true) do
           {_, 0} ->
             Report.section("""
             ![per-boot cost and probe lateness against N](#{Path.basename(png)})
 
-            #{figures}; drawn by `bench/plot.py #{Path.basename(csv)} #{Path.basename(png)}`.
+            #{figures}; drawn by `bench/plot.py #{Path.basename(csv)} #{Path.basename(png)} #{inspect(where)}`.
             """)
 
           {out, status} ->
