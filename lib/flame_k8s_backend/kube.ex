@@ -255,7 +255,7 @@ defmodule FLAMEK8sBackend.Kube do
 
   defp create(kube, kind, namespace, manifest, opts) do
     opts = validate_keyword!(opts, [:queue_timeout], "create options")
-    queue = queue_timeout!(opts, kube.request_timeout)
+    queue = timeout!(opts, :queue_timeout, kube.request_timeout, 0)
     namespace = name!(namespace, "namespace")
     manifest = map!(manifest, "manifest")
     timeout = min(kube.request_timeout + queue, @max_timeout)
@@ -587,18 +587,16 @@ defmodule FLAMEK8sBackend.Kube do
     end
   end
 
-  defp queue_timeout!(opts, default) do
-    case Keyword.get(opts, :queue_timeout, default) do
-      value when is_integer(value) and value in 0..@max_timeout -> value
-      other -> raise ArgumentError, bad(":queue_timeout", "a non-negative integer (ms)", other)
-    end
-  end
-
-  # Milliseconds; the bound keeps `timeout + @reply_margin` a valid `receive ... after`.
-  defp timeout!(opts, key, default) do
+  # Milliseconds; the bound keeps `timeout + @reply_margin` a valid `receive ... after`. A
+  # `:queue_timeout` of 0 (`min` 0) means not to wait for a create slot at all.
+  defp timeout!(opts, key, default, min \\ 1) do
     case Keyword.get(opts, key, default) do
-      value when is_integer(value) and value in 1..@max_timeout -> value
-      other -> raise ArgumentError, bad(inspect(key), "a positive integer (ms)", other)
+      value when is_integer(value) and value in min..@max_timeout ->
+        value
+
+      other ->
+        what = if min == 0, do: "a non-negative integer (ms)", else: "a positive integer (ms)"
+        raise ArgumentError, bad(inspect(key), what, other)
     end
   end
 
