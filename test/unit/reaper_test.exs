@@ -10,7 +10,7 @@ defmodule FLAMEK8sBackend.ReaperTest do
   import ExUnit.CaptureLog
 
   alias FLAMEK8sBackend.{Kube, Reaper}
-  alias FLAMEK8sBackend.Test.FakeApiServer
+  alias FLAMEK8sBackend.Test.{CleanupEvents, FakeApiServer}
 
   @token "s3cr3t-reaper-token"
   @ns "prod"
@@ -164,24 +164,7 @@ defmodule FLAMEK8sBackend.ReaperTest do
   # Attaches a handler for this module's runner's cleanup events; the function returns those
   # received so far, as {measurements, metadata}, in order.
   defp attach_cleanup_events! do
-    test = self()
-    id = {__MODULE__, make_ref()}
-
-    :ok =
-      :telemetry.attach(
-        id,
-        [:flame_k8s_backend, :cleanup, :delete],
-        fn
-          _event, measurements, %{name: "web-1-flame-x7k2p"} = meta, _ ->
-            send(test, {:cleanup, measurements, meta})
-
-          _event, _measurements, _meta, _ ->
-            :ok
-        end,
-        nil
-      )
-
-    on_exit(fn -> :telemetry.detach(id) end)
+    CleanupEvents.forward!(&match?(%{name: "web-1-flame-x7k2p"}, &1))
 
     fn ->
       for {:cleanup, measurements, meta} <- Process.info(self(), :messages) |> elem(1),

@@ -4,6 +4,7 @@ defmodule FLAMEK8sBackend.SelfDeleteTest do
   @moduletag :unit
 
   alias FLAMEK8sBackend.{Reaper, SelfDelete}
+  alias FLAMEK8sBackend.Test.CleanupEvents
 
   test "notify_reaper/2 sends what was deleted to the pid encode_reaper/1 wrote" do
     encoded = SelfDelete.encode_reaper(self())
@@ -15,25 +16,8 @@ defmodule FLAMEK8sBackend.SelfDeleteTest do
 
   describe "report/3" do
     setup do
-      test = self()
-      id = {__MODULE__, make_ref()}
       name = "web-1-flame-#{System.unique_integer([:positive])}"
-
-      :ok =
-        :telemetry.attach(
-          id,
-          [:flame_k8s_backend, :cleanup, :delete],
-          fn
-            _event, measurements, %{name: ^name} = meta, _ ->
-              send(test, {:cleanup, measurements, meta})
-
-            _event, _measurements, _meta, _ ->
-              :ok
-          end,
-          nil
-        )
-
-      on_exit(fn -> :telemetry.detach(id) end)
+      CleanupEvents.forward!(&match?(%{name: ^name}, &1))
 
       deletions = [
         %{kind: :secret, name: name, result: :ok, duration_us: 700},

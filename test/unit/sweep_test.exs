@@ -7,7 +7,7 @@ defmodule FLAMEK8sBackend.SweepTest do
   Code.require_file("support/fake_api_server.exs", __DIR__)
 
   alias FLAMEK8sBackend.{Kube, Options, Sweep}
-  alias FLAMEK8sBackend.Test.FakeApiServer
+  alias FLAMEK8sBackend.Test.{CleanupEvents, FakeApiServer}
 
   @now ~U[2025-01-01 12:01:00Z]
 
@@ -56,23 +56,7 @@ defmodule FLAMEK8sBackend.SweepTest do
   test "run/4 deletes finished runner pods and their own secrets, one cleanup event each" do
     test = self()
     uid = "sweep-events-#{System.unique_integer([:positive])}"
-    handler = {__MODULE__, make_ref()}
-
-    :ok =
-      :telemetry.attach(
-        handler,
-        [:flame_k8s_backend, :cleanup, :delete],
-        fn
-          _event, measurements, %{deleter: :sweep, namespace: "sweep-ns"} = meta, _ ->
-            send(test, {:cleanup, measurements, meta})
-
-          _event, _measurements, _meta, _ ->
-            :ok
-        end,
-        nil
-      )
-
-    on_exit(fn -> :telemetry.detach(handler) end)
+    CleanupEvents.forward!(&match?(%{deleter: :sweep, namespace: "sweep-ns"}, &1))
 
     # Two finished long ago: done-1 with a secret of its own (both go), done-2 taking its
     # cookie from the parent's Secret (only the pod goes); busy still runs (left alone).
