@@ -50,8 +50,8 @@ defmodule FLAMEK8sBackend.Reaper do
     waiting_for_node?: false,
     # A `reap_now/2` caller not answered yet.
     caller: nil,
-    # While deleting: %{trigger:, why:, attempt:, pending: [{kind, name}], give_up_at:,
-    # worker: {pid, monitor} of the try under way}
+    # While deleting: %{trigger:, why:, attempt:, pending: [{kind, name}], started: (native
+    # monotonic time of the first try), give_up_at:, worker: {pid, monitor} of the try under way}
     reaping: nil
   ]
 
@@ -206,6 +206,7 @@ defmodule FLAMEK8sBackend.Reaper do
       why: why,
       attempt: 1,
       pending: pending,
+      started: System.monotonic_time(),
       give_up_at: now() + @give_up_after,
       worker: nil
     }
@@ -275,16 +276,20 @@ defmodule FLAMEK8sBackend.Reaper do
     final?
   end
 
+  # The event's duration covers every try of this delete and the back-offs between them.
   defp report(%{reaping: reaping} = state, kind, name, result) do
     meta = %{
       deleter: :reaper,
       trigger: reaping.trigger,
       kind: kind,
       namespace: state.namespace,
-      name: name
+      name: name,
+      result: result
     }
 
-    case Telemetry.cleanup(meta, fn -> {result, reaping.attempt} end) do
+    Telemetry.cleanup_done(meta, System.monotonic_time() - reaping.started, reaping.attempt)
+
+    case result do
       :ok ->
         log(state, "deleted runner #{kind} #{state.namespace}/#{name} (#{reaping.why})")
 

@@ -251,8 +251,9 @@ defmodule FLAMEK8sBackend.ReaperTest do
     {kube, attempts}
   end
 
-  test "a failed delete is retried" do
+  test "a failed delete is retried; its cleanup event counts the tries and the time they took" do
     {kube, _attempts} = kube_failing_pod_deletes!(2)
+    CleanupEvents.forward!(&match?(%{deleter: :reaper, name: "web-1-flame-x7k2p"}, &1))
 
     {reaper, _monitor} = start_reaper!(kube, runner(), :info)
 
@@ -263,6 +264,11 @@ defmodule FLAMEK8sBackend.ReaperTest do
     assert log =~ "deleted runner pod prod/web-1-flame-x7k2p"
     # The log is the whole VM's (other test modules run alongside): only this runner's lines.
     refute log =~ ~r"could not delete runner \w+ prod/web-1-flame-x7k2p"
+
+    # Three tries of the pod, with the back-offs of 250 and 500 ms between them.
+    assert_received {:cleanup, %{attempts: 3, duration: duration}, %{kind: :pod, result: :ok}}
+    assert System.convert_time_unit(duration, :native, :millisecond) >= 750
+    assert_received {:cleanup, %{attempts: 1}, %{kind: :secret, result: :ok}}
   end
 
   test "an API server that keeps failing: reap_now answers after three tries, the deletes go on until it answers" do
