@@ -163,8 +163,7 @@ defmodule FLAMEK8sBackend.Reaper do
   end
 
   # The runner's own deletes at shutdown (FLAMEK8sBackend.SelfDelete.report/3): their events
-  # are emitted here, on the parent, and what it deleted is not deleted again. A bare kind is
-  # what SelfDelete.notify_reaper/2 sends.
+  # are emitted here, on the parent, and what it deleted is not deleted again.
   def handle_info({__MODULE__, :self_deleted, deletions}, state) when is_list(deletions),
     do: {:noreply, Enum.reduce(deletions, state, &runner_deleted/2)}
 
@@ -187,9 +186,6 @@ defmodule FLAMEK8sBackend.Reaper do
       do: Map.put(state, kind, nil),
       else: state
   end
-
-  # Deleted without a report (SelfDelete.notify_reaper/2): no event, nothing to send again.
-  defp runner_deleted(kind, state) when kind in [:pod, :secret], do: Map.put(state, kind, nil)
 
   defp runner_deleted(_unknown, state), do: state
 

@@ -60,22 +60,6 @@ defmodule FLAMEK8sBackend.SelfDelete do
     end
   end
 
-  @doc """
-  Tells the parent's reaper of this runner (`FLAME_K8S_REAPER`, as `encode_reaper/1` wrote it)
-  which of `deleted` (`:pod`, `:secret`) were deleted by other means than `report/3`, so that
-  it does not send the same DELETEs again once this node is down; no event is emitted for
-  them. Anything but a pid in `encoded` is ignored.
-  """
-  @spec notify_reaper(String.t() | nil, [:pod | :secret]) :: :ok
-  def notify_reaper(encoded, deleted) do
-    reaper = decode_reaper(encoded)
-
-    if is_pid(reaper) and deleted != [],
-      do: send(reaper, {FLAMEK8sBackend.Reaper, :self_deleted, deleted})
-
-    :ok
-  end
-
   defp decode_reaper(encoded) do
     with true <- is_binary(encoded),
          {:ok, binary} <- Base.url_decode64(encoded, padding: false),
@@ -86,7 +70,7 @@ defmodule FLAMEK8sBackend.SelfDelete do
     end
   end
 
-  @doc "The `FLAME_K8S_REAPER` value naming `reaper` for `report/3` and `notify_reaper/2`."
+  @doc "The `FLAME_K8S_REAPER` value naming `reaper` for `report/3`."
   @spec encode_reaper(pid()) :: String.t()
   def encode_reaper(reaper) when is_pid(reaper),
     do: reaper |> :erlang.term_to_binary() |> Base.url_encode64(padding: false)

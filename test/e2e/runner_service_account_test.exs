@@ -8,7 +8,7 @@ defmodule FLAMEK8sBackend.RunnerServiceAccountE2ETest do
   @moduletag :e2e
   @moduletag timeout: 120_000
 
-  alias FLAMEK8sBackend.Test.RemoteFuns
+  alias FLAMEK8sBackend.Test.{CleanupEvents, RemoteFuns}
 
   setup :parent_setup
 
@@ -62,38 +62,29 @@ defmodule FLAMEK8sBackend.RunnerServiceAccountE2ETest do
     assert {:error, {:api, 403, _, _}} = Kube.list_pods(as_runner, ns)
 
     # Deleting its own pod, as SelfDelete does on shutdown, is allowed: the runner goes. As
-    # SelfDelete does, the runner tells its reaper (named in its env), which then deletes only
-    # what is left: the runner's secret, not the pod again.
-    test = self()
-    handler = {__MODULE__, make_ref()}
-
-    :ok =
-      :telemetry.attach(
-        handler,
-        [:flame_k8s_backend, :cleanup, :delete],
-        fn _event, _measurements, meta, _ -> send(test, {:cleanup, meta}) end,
-        nil
-      )
-
-    on_exit(fn -> :telemetry.detach(handler) end)
+    # SelfDelete does, the runner reports it to its reaper (named in its env), which emits its
+    # event and then deletes only what is left: the runner's secret, not the pod again.
+    runner_name = state.runner_name
+    CleanupEvents.forward!(&match?(%{name: ^runner_name}, &1))
 
     encoded = :erpc.call(runner, System, :get_env, ["FLAME_K8S_REAPER"])
     {:ok, binary} = Base.url_decode64(encoded, padding: false)
     reaper = :erlang.binary_to_term(binary)
     reaper_monitor = Process.monitor(reaper)
-    assert :ok = :erpc.call(runner, FLAMEK8sBackend.SelfDelete, :notify_reaper, [encoded, [:pod]])
+    deletion = %{kind: :pod, name: state.runner_name, result: :ok, duration_us: 1_000}
+
+    assert :ok =
+             :erpc.call(runner, FLAMEK8sBackend.SelfDelete, :report, [encoded, ns, [deletion]])
 
     Node.monitor(runner, true)
     assert :ok = Kube.delete_pod(as_runner, ns, state.runner_name)
     assert_receive {:nodedown, ^runner}, 30_000
     assert_receive {:DOWN, ^reaper_monitor, :process, ^reaper, :normal}, 30_000
 
-    assert [%{deleter: :reaper, kind: :secret, result: :ok}] =
-             for(
-               {:cleanup, %{name: name} = meta} <- Process.info(self(), :messages) |> elem(1),
-               name == state.runner_name,
-               do: meta
-             )
+    assert [
+             %{deleter: :runner, kind: :pod, result: :ok},
+             %{deleter: :reaper, kind: :secret, result: :ok}
+           ] = for({:cleanup, _, meta} <- Process.info(self(), :messages) |> elem(1), do: meta)
 
     eventually(fn -> runner_pods(kube, ns) == [] end, 30_000)
   end

@@ -90,9 +90,13 @@ defmodule FLAMEK8sBackend.ReaperTest do
     test "a runner that deleted #{inspect(deleted)} itself and says so: the reaper deletes only #{inspect(left)}" do
       {peer, runner_node, reaper, monitor} = booted_runner_stopping!()
 
-      # What SelfDelete.notify_reaper/2 sends from the runner node; erpc returns after the send,
-      # so the message travels ahead of the node's going down.
-      msg = {Reaper, :self_deleted, unquote(deleted)}
+      # What SelfDelete.report/3 sends from the runner node; erpc returns after the send, so
+      # the message travels ahead of the node's going down.
+      deletions =
+        for kind <- unquote(deleted),
+            do: %{kind: kind, name: "web-1-flame-x7k2p", result: :ok, duration_us: 1_000}
+
+      msg = {Reaper, :self_deleted, deletions}
       :erpc.call(runner_node, :erlang, :send, [reaper, msg])
       :ok = :peer.stop(peer)
 

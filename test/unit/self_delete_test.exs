@@ -6,14 +6,6 @@ defmodule FLAMEK8sBackend.SelfDeleteTest do
   alias FLAMEK8sBackend.{Reaper, SelfDelete}
   alias FLAMEK8sBackend.Test.CleanupEvents
 
-  test "notify_reaper/2 sends what was deleted to the pid encode_reaper/1 wrote" do
-    encoded = SelfDelete.encode_reaper(self())
-    assert encoded =~ ~r/^[A-Za-z0-9_-]+$/
-
-    assert SelfDelete.notify_reaper(encoded, [:pod, :secret]) == :ok
-    assert_received {Reaper, :self_deleted, [:pod, :secret]}
-  end
-
   describe "report/3" do
     setup do
       name = "web-1-flame-#{System.unique_integer([:positive])}"
@@ -30,16 +22,28 @@ defmodule FLAMEK8sBackend.SelfDeleteTest do
     test "to the reaper encode_reaper/1 named: the deletions, no event here", %{
       deletions: deletions
     } do
-      assert SelfDelete.report(SelfDelete.encode_reaper(self()), "prod", deletions) == :ok
+      encoded = SelfDelete.encode_reaper(self())
+      assert encoded =~ ~r/^[A-Za-z0-9_-]+$/
+
+      assert SelfDelete.report(encoded, "prod", deletions) == :ok
       assert_received {Reaper, :self_deleted, ^deletions}
       refute_received {:cleanup, _, _}
+    end
+
+    test "nothing deleted: nothing sent" do
+      assert SelfDelete.report(SelfDelete.encode_reaper(self()), "prod", []) == :ok
+      refute_received {Reaper, :self_deleted, _}
     end
 
     test "without a reaper to tell: the events are emitted on this node", %{
       name: name,
       deletions: deletions
     } do
-      for encoded <- [nil, "", "%%%"] do
+      not_a_pid = :erlang.term_to_binary({:not, :a, :pid}) |> Base.url_encode64(padding: false)
+      # An atom this VM has never seen: :safe decoding refuses it rather than creating it.
+      unknown_atom = <<131, 119, 12, "never_seen_x">> |> Base.url_encode64(padding: false)
+
+      for encoded <- [nil, "", "%%%", not_a_pid, unknown_atom] do
         assert SelfDelete.report(encoded, "prod", deletions) == :ok
         refute_received {Reaper, :self_deleted, _}
 
@@ -60,18 +64,5 @@ defmodule FLAMEK8sBackend.SelfDeleteTest do
         assert {secret_duration, pod_duration} == {native.(700), native.(1_000_000)}
       end
     end
-  end
-
-  test "notify_reaper/2 sends nothing for nothing deleted, and ignores what is not a pid" do
-    not_a_pid = :erlang.term_to_binary({:not, :a, :pid}) |> Base.url_encode64(padding: false)
-    # An atom this VM has never seen: :safe decoding refuses it rather than creating it.
-    unknown_atom = <<131, 119, 12, "never_seen_x">> |> Base.url_encode64(padding: false)
-
-    for encoded <- [nil, "", "%%%", not_a_pid, unknown_atom] do
-      assert SelfDelete.notify_reaper(encoded, [:pod]) == :ok
-    end
-
-    assert SelfDelete.notify_reaper(SelfDelete.encode_reaper(self()), []) == :ok
-    refute_received {Reaper, :self_deleted, _}
   end
 end
