@@ -47,23 +47,27 @@ defmodule FLAMEK8sBackend.Test.ClusterCase do
   @doc "Starts a supervised FLAME pool on `FLAMEK8sBackend` with `opts`; returns its name."
   def start_pool!(opts, pool_opts \\ []) do
     name = :"pool_#{System.unique_integer([:positive])}"
-
-    ExUnit.Callbacks.start_supervised!(
-      {FLAME.Pool,
-       [
-         name: name,
-         backend: {FLAMEK8sBackend, opts},
-         min: 0,
-         max: 1,
-         max_concurrency: 10,
-         boot_timeout: Keyword.fetch!(opts, :boot_timeout),
-         idle_shutdown_after: 60_000
-       ]
-       |> Keyword.merge(pool_opts)},
-      id: name
-    )
+    ExUnit.Callbacks.start_supervised!(pool_spec(name, opts, pool_opts), id: name)
 
     name
+  end
+
+  @doc """
+  The child spec of a FLAME pool `name` on `FLAMEK8sBackend` with `opts` (which hold
+  `:boot_timeout`): at most one runner, idle for a minute before it goes; `pool_opts` override.
+  """
+  def pool_spec(name, opts, pool_opts \\ []) do
+    {FLAME.Pool,
+     [
+       name: name,
+       backend: {FLAMEK8sBackend, opts},
+       min: 0,
+       max: 1,
+       max_concurrency: 10,
+       boot_timeout: Keyword.fetch!(opts, :boot_timeout),
+       idle_shutdown_after: 60_000
+     ]
+     |> Keyword.merge(pool_opts)}
   end
 
   @doc "The runner pods in `namespace`."

@@ -7,7 +7,7 @@ defmodule FLAMEK8sBackend.Test.Soak do
   """
 
   alias FLAMEK8sBackend.{BootError, Kube}
-  alias FLAMEK8sBackend.Test.RemoteFuns
+  alias FLAMEK8sBackend.Test.{ClusterCase, RemoteFuns}
   alias FLAMEK8sBackend.Test.Soak.ParentVM
 
   @kinds [
@@ -171,15 +171,7 @@ defmodule FLAMEK8sBackend.Test.Soak do
   defp boot(:idle_shutdown, _kube, _namespace, opts) do
     name = :"soak_pool_#{System.unique_integer([:positive])}"
 
-    pool =
-      {FLAME.Pool,
-       name: name,
-       backend: {FLAMEK8sBackend, opts},
-       min: 0,
-       max: 1,
-       max_concurrency: 1,
-       boot_timeout: Keyword.fetch!(opts, :boot_timeout),
-       idle_shutdown_after: 200}
+    pool = ClusterCase.pool_spec(name, opts, max_concurrency: 1, idle_shutdown_after: 200)
 
     {:ok, sup} = Supervisor.start_link([pool], strategy: :one_for_one)
     Process.unlink(sup)
