@@ -208,13 +208,8 @@ defmodule FLAMEK8sBackend.Test.LocalCluster do
   defp await_answer(port, command) do
     receive do
       {^port, {:data, {:eol, "OK " <> rest}}} ->
-        [^command | fields] = String.split(rest, " ", trim: true)
-
-        {:ok,
-         Map.new(fields, fn pair ->
-           [key, value] = String.split(pair, "=", parts: 2)
-           {String.to_atom(key), String.to_integer(value)}
-         end)}
+        [^command | pairs] = String.split(rest, " ", trim: true)
+        {:ok, fields(pairs, &String.to_integer/1)}
 
       {^port, {:data, {:eol, "ERROR " <> rest}}} ->
         {:error, rest}
@@ -471,13 +466,7 @@ defmodule FLAMEK8sBackend.Test.LocalCluster do
   defp await_ready(port, lines) do
     receive do
       {^port, {:data, {:eol, "READY " <> rest}}} ->
-        {:ok,
-         rest
-         |> String.split(" ", trim: true)
-         |> Map.new(fn pair ->
-           [key, value] = String.split(pair, "=", parts: 2)
-           {String.to_atom(key), value}
-         end)}
+        {:ok, rest |> String.split(" ", trim: true) |> fields(& &1)}
 
       {^port, {:data, {:eol, "FAILED " <> reason}}} ->
         {:error, "local control plane failed to start: #{reason}"}
@@ -492,5 +481,13 @@ defmodule FLAMEK8sBackend.Test.LocalCluster do
     after
       180_000 -> {:error, "local control plane not ready after 180 s"}
     end
+  end
+
+  # localkube's `key=value` words, as a map of atoms to `value.(the value)`.
+  defp fields(pairs, value) do
+    Map.new(pairs, fn pair ->
+      [key, v] = String.split(pair, "=", parts: 2)
+      {String.to_atom(key), value.(v)}
+    end)
   end
 end
