@@ -121,12 +121,17 @@ func (cp *controlPlane) startAPIServer(ctx context.Context) error {
 			return nil
 		}
 		lastErr = err
-		if !errors.Is(err, errExited) || !strings.Contains(logTail(logPath, 30), "address already in use") {
+		if !cp.portClash(err) {
 			break
 		}
 		logf("kube-apiserver: port clash, retrying with another port")
 	}
 	return &startupError{"kube-apiserver", logPath, lastErr}
+}
+
+// portClash tells whether a launch failed because kube-apiserver's port was taken.
+func (cp *controlPlane) portClash(err error) bool {
+	return errors.Is(err, errExited) && strings.Contains(logTail(cp.apiserverLogPath(), 30), "address already in use")
 }
 
 func (cp *controlPlane) apiserverLogPath() string {
@@ -209,8 +214,7 @@ func (cp *controlPlane) restartAPIServer(ctx context.Context) error {
 	var err error
 	for attempt := 1; attempt <= 10; attempt++ {
 		err = cp.launchAPIServer(ctx, cp.apiPort)
-		if err == nil || !errors.Is(err, errExited) ||
-			!strings.Contains(logTail(cp.apiserverLogPath(), 30), "address already in use") {
+		if err == nil || !cp.portClash(err) {
 			return err
 		}
 		select {
