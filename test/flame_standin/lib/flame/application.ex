@@ -2,14 +2,18 @@ defmodule FLAME.Application do
   @moduledoc false
   use Application
 
-  # On a runner (FLAME_PARENT set) the terminator connects back to the parent at boot; children
-  # placed with FLAME.place_child/3 run under FLAME.ChildPlacementSup.
+  # As FLAME 0.5.3's: only the terminator (and its child placement supervisor), configured by
+  # `config :flame, :terminator` (`:shutdown_timeout`, default 30 s, `:failsafe_timeout`,
+  # `:log`). It ignores itself where no FLAME_PARENT is set.
+  @impl true
   def start(_type, _args) do
-    children = [
-      {DynamicSupervisor, name: FLAME.ChildPlacementSup, strategy: :one_for_one},
-      {FLAME.Terminator, name: FLAME.Terminator}
-    ]
+    opts = Application.get_env(:flame, :terminator, [])
+    shutdown = Keyword.get(opts, :shutdown_timeout, 30_000)
+    terminator = {FLAME.Terminator, Keyword.put(opts, :name, FLAME.Terminator)}
 
-    Supervisor.start_link(children, strategy: :one_for_one, name: FLAME.Supervisor)
+    Supervisor.start_link([Supervisor.child_spec(terminator, shutdown: shutdown)],
+      strategy: :one_for_one,
+      name: FLAME.Supervisor
+    )
   end
 end

@@ -1,26 +1,53 @@
+defmodule FLAME.CodeSync.PackagedStream do
+  @moduledoc false
+  # What crosses to the runner: `stream` is a File.Stream of the parent's archive (read from
+  # the parent's node when the runner enumerates it), or nil when no file changed.
+  defstruct stream: nil,
+            id: nil,
+            extract_dir: nil,
+            tmp_dir: nil,
+            apps_to_start: [],
+            changed_paths: [],
+            sync_beam_hashes: %{},
+            deleted_paths: [],
+            purge_modules: [],
+            verbose: false,
+            compress: false,
+            chunk_size: 64_000
+end
+
 defmodule FLAME.CodeSync do
   @moduledoc """
-  The stand-in's implementation of `FLAME.Pool`'s `:code_sync` option, with FLAME 0.5's
-  options and defaults:
+  `FLAME.Pool`'s `:code_sync`, as FLAME 0.5.3 does it:
 
-    * `:copy_paths` - files, or directories whose files are all copied (default `false`)
-    * `:sync_beams` - directories whose `.beam` files are copied (default `[]`)
-    * `:start_apps` - `true` (the parent's started applications), `false` or a list of
-      applications to start on the runner (default `true`)
-    * `:copy_apps` - copy the code of the parent's applications, those outside OTP and
-      Elixir (default: as `:start_apps`)
-    * `:get_path` - the code path to read them from (default `&:code.get_path/0`)
-    * `:tmp_dir` - `{module, function, args}` naming a writable directory, evaluated on the
-      parent (to pack) and on the runner (to unpack) (default `{System, :tmp_dir!, []}`)
-    * `:extract_dir` - `{module, function, args}` evaluated on the runner: where the files
-      go, under their absolute paths (default `"/"`)
-    * `:compress`, `:verbose`, `:chunk_size` - accepted (`:compress` defaults to `true`)
+    * `:start_apps` (default `true`: the parent's started applications), `false` or a list:
+      the applications the runner starts once the code is there.
+    * `:copy_apps` (default: the value of `:start_apps`; a list there, without `copy_apps`,
+      raises `CaseClauseError` when the pool starts): the
+      files of every application directory in the code path outside OTP's lib directory and
+      FLAME's, Elixir's, EEx's, ExUnit's, IEx's, Logger's and Mix's (`priv` included).
+    * `:copy_paths` (default `false`): files, or directories whose files are all copied.
+    * `:sync_beams` (default `[]`): directories whose `.beam` files are sent when a runner
+      boots and again, those that changed, at every checkout.
+    * `:tmp_dir` and `:extract_dir` (`{module, function, args}`, defaults
+      `{System, :tmp_dir!, []}` and `"/"`), `:get_path`, `:verbose`, `:compress` (default
+      `true`), `:chunk_size`.
 
-  The parent packs the files into a tar (under their paths without the leading `/`), the
-  runner writes it under its `:tmp_dir`, extracts it under `:extract_dir`, puts each extracted
-  ebin directory first in its code path, reloads the modules there, and starts the apps. An
-  extraction that fails (a read-only `"/"`) raises: the boot fails.
+  The pool packages `:copy_apps` and `:copy_paths` once, when it starts. **When those select no
+  file, there is no archive, and the pool's start raises** (`KeyError` for `:path` in `nil`):
+  `:sync_beams` alone is not enough (FLAME 0.5.3 has the pool's cleaner watch the archive's
+  path unconditionally). Each runner's boot packages `:sync_beams` anew; a package with no
+  changed file carries no archive and extracts nothing (its applications are still started).
+
+  The archive (a tar, gzipped unless `compress: false`) is written under the parent's
+  `:tmp_dir`; the runner streams it from the parent into its own `:tmp_dir`, extracts it under
+  `:extract_dir` (evaluated there; a failed extraction raises) and puts the extracted
+  directories first in its code path. The extraction directory is then watched by the
+  terminator.
   """
+  require Logger
+
+  alias FLAME.CodeSync.PackagedStream
 
   @keys [
     :get_path,
@@ -35,140 +62,249 @@ defmodule FLAME.CodeSync do
     :chunk_size
   ]
 
-  @doc "Validates the options like FLAME's pool (unknown keys raise)."
+  @not_copied [:flame, :eex, :elixir, :ex_unit, :iex, :logger, :mix]
+
+  defstruct id: nil,
+            get_path: nil,
+            sync_beam_hashes: %{},
+            copy_apps: nil,
+            copy_paths: nil,
+            sync_beams: nil,
+            extract_dir: nil,
+            tmp_dir: nil,
+            start_apps: true,
+            apps_to_start: [],
+            changed_paths: [],
+            deleted_paths: [],
+            purge_modules: [],
+            verbose: false,
+            compress: false,
+            chunk_size: 64_000
+
+  @doc false
   def validate!(opts), do: Keyword.validate!(opts, @keys)
 
-  @doc "Packs the files of `opts` on the parent."
-  def package(opts) do
+  def new(opts \\ []) do
     opts = validate!(opts)
     start_apps = Keyword.get(opts, :start_apps, true)
-    copy_apps = Keyword.get(opts, :copy_apps, start_apps != false)
-    get_path = Keyword.get(opts, :get_path, &:code.get_path/0)
-    tmp_dir = Keyword.get(opts, :tmp_dir, {System, :tmp_dir!, []})
-    compress? = Keyword.get(opts, :compress, true)
 
-    files =
-      Enum.uniq(
-        if(copy_apps, do: app_files(get_path), else: []) ++
-          copy_path_files(Keyword.get(opts, :copy_paths, false)) ++
-          beam_files(Keyword.get(opts, :sync_beams, []))
-      )
+    with_apps_to_start(%__MODULE__{
+      id: System.unique_integer([:positive]),
+      get_path: Keyword.get(opts, :get_path, &:code.get_path/0),
+      start_apps: start_apps,
+      copy_apps: Keyword.get(opts, :copy_apps, start_apps),
+      copy_paths: Keyword.get(opts, :copy_paths, false),
+      sync_beams: Keyword.get(opts, :sync_beams, []),
+      tmp_dir: Keyword.get(opts, :tmp_dir, {System, :tmp_dir!, []}),
+      extract_dir: Keyword.get(opts, :extract_dir, {Function, :identity, ["/"]}),
+      verbose: Keyword.get(opts, :verbose, false),
+      compress: Keyword.get(opts, :compress, true),
+      chunk_size: Keyword.get(opts, :chunk_size, 64_000)
+    })
+  end
 
+  defp with_apps_to_start(code) do
     apps =
-      case start_apps do
-        true -> Enum.map(Application.started_applications(), &elem(&1, 0))
+      case code.start_apps do
+        true -> for {app, _description, _vsn} <- Application.started_applications(), do: app
         false -> []
         apps when is_list(apps) -> apps
       end
 
-    id = System.unique_integer([:positive])
+    %{code | apps_to_start: apps}
+  end
+
+  @doc "Adds the `:sync_beams` files (and their hashes) to the changed paths."
+  def compute_sync_beams(code) do
+    files = beam_files(code.sync_beams)
+    hashes = Map.new(files, &{&1, :erlang.md5(File.read!(&1))})
+    %{code | sync_beam_hashes: hashes, changed_paths: Enum.uniq(code.changed_paths ++ files)}
+  end
+
+  @doc "Adds the `:copy_apps` and `:copy_paths` files to the changed paths."
+  def compute_changed_paths(code) do
+    # Only a boolean: `start_apps: [...]` without `:copy_apps` raises, as in FLAME 0.5.3.
+    apps =
+      case code.copy_apps do
+        true -> app_files(code.get_path)
+        false -> []
+      end
+
+    paths =
+      case code.copy_paths do
+        false -> apps
+        true -> app_files(code.get_path)
+        paths when is_list(paths) -> Enum.uniq(copied_files(paths) ++ apps)
+      end
+
+    %{code | changed_paths: Enum.uniq(code.changed_paths ++ paths)}
+  end
+
+  def changed?(code),
+    do: code.changed_paths != [] or code.deleted_paths != [] or code.purge_modules != []
+
+  @doc "The `:sync_beams` files changed or deleted since `previous` (apps are not restarted)."
+  def diff(previous) do
+    current = previous |> with_apps_to_start() |> compute_sync_beams()
+    old = previous.sync_beam_hashes
+
+    changed = for {path, hash} <- current.sync_beam_hashes, hash != old[path], do: path
+    deleted = for {path, _} <- old, not Map.has_key?(current.sync_beam_hashes, path), do: path
 
     %{
-      id: id,
-      archive: if(files != [], do: archive(files, apply_mfa(tmp_dir), id, compress?)),
-      compressed?: compress?,
-      tmp_dir: tmp_dir,
-      extract_dir: Keyword.get(opts, :extract_dir, {Function, :identity, ["/"]}),
-      apps: apps
+      current
+      | changed_paths: changed,
+        deleted_paths: deleted,
+        purge_modules: Enum.map(deleted, &String.to_atom(Path.basename(&1, ".beam"))),
+        apps_to_start: []
     }
   end
 
-  @doc "Unpacks `package` on the runner; returns the extraction directory, or `nil`."
-  def extract(%{archive: nil} = package) do
-    start_apps(package.apps)
-    nil
-  end
+  def package_to_stream(code) do
+    stream =
+      if code.changed_paths != [] do
+        if code.verbose, do: verbose("packaging #{inspect(code.changed_paths)}")
+        archive = Path.join(eval(code.tmp_dir), "flame_parent_code_sync_#{code.id}.tar.gz")
+        compressed = if code.compress, do: [:compressed], else: []
+        {:ok, tar} = :erl_tar.open(String.to_charlist(archive), [:write | compressed])
 
-  def extract(package) do
-    dir = apply_mfa(package.extract_dir)
-    tar = Path.join(apply_mfa(package.tmp_dir), "flame_child_code_sync_#{package.id}.tar")
-    File.write!(tar, package.archive)
-    compressed = if package.compressed?, do: [:compressed], else: []
+        for path <- Enum.uniq(code.changed_paths) do
+          name = String.trim_leading(path, "/")
+          :ok = :erl_tar.add(tar, String.to_charlist(path), String.to_charlist(name), [:dereference])
+        end
 
-    try do
-      case :erl_tar.extract(
-             String.to_charlist(tar),
-             [{:cwd, String.to_charlist(dir)}] ++ compressed
-           ) do
-        :ok -> :ok
-        {:error, reason} -> raise "code sync: cannot extract into #{dir}: #{inspect(reason)}"
+        :ok = :erl_tar.close(tar)
+        File.stream!(archive, [], code.chunk_size)
       end
 
-      {:ok, entries} = :erl_tar.table(String.to_charlist(tar), compressed)
-      load(dir, Enum.map(entries, &to_string/1))
-    after
-      File.rm(tar)
+    %PackagedStream{
+      stream: stream,
+      id: code.id,
+      tmp_dir: code.tmp_dir,
+      extract_dir: code.extract_dir,
+      apps_to_start: code.apps_to_start,
+      changed_paths: code.changed_paths,
+      sync_beam_hashes: code.sync_beam_hashes,
+      deleted_paths: code.deleted_paths,
+      purge_modules: code.purge_modules,
+      verbose: code.verbose,
+      compress: code.compress,
+      chunk_size: code.chunk_size
+    }
+  end
+
+  @doc "On the runner: extracts `package`; returns the extraction directory, or `nil`."
+  def extract_packaged_stream(%PackagedStream{} = package) do
+    dir = if package.stream, do: extract(package)
+
+    if package.apps_to_start != [] do
+      {:ok, started} = Application.ensure_all_started(package.apps_to_start)
+      if package.verbose, do: verbose("started #{inspect(started)}")
     end
 
-    start_apps(package.apps)
     dir
   end
 
-  defp load(dir, entries) do
-    beams = Enum.filter(entries, &String.ends_with?(&1, ".beam"))
+  defp extract(package) do
+    dir = eval(package.extract_dir)
+    local = Path.join(eval(package.tmp_dir), "flame_child_code_sync_#{package.id}.tar.gz")
+    Enum.into(package.stream, File.stream!(local))
+    compressed = if package.compress, do: [:compressed], else: []
+    :ok = :erl_tar.extract(String.to_charlist(local), [{:cwd, String.to_charlist(dir)} | compressed])
+    add_code_paths(package, dir)
+    File.rm(local)
 
-    for ebin <- Enum.uniq(Enum.map(beams, &Path.dirname/1)) do
-      true = :code.add_patha(String.to_charlist(Path.join(dir, ebin)))
+    for module <- package.purge_modules do
+      :code.purge(module)
+      :code.delete(module)
     end
 
-    for beam <- beams do
-      module = String.to_atom(Path.basename(beam, ".beam"))
-      _ = :code.purge(module)
-      {:module, ^module} = :code.load_file(module)
-    end
-  end
-
-  defp start_apps(apps), do: Enum.each(apps, &({:ok, _} = Application.ensure_all_started(&1)))
-
-  defp archive(files, tmp_dir, id, compress?) do
-    path = Path.join(tmp_dir, "flame_parent_code_sync_#{id}.tar")
-
-    entries =
-      Enum.map(files, &{String.to_charlist(String.trim_leading(&1, "/")), String.to_charlist(&1)})
-
-    :ok =
-      :erl_tar.create(
-        String.to_charlist(path),
-        entries,
-        if(compress?, do: [:compressed], else: [])
-      )
-
-    try do
-      File.read!(path)
-    after
+    for path <- package.deleted_paths do
       File.rm(path)
+      ebin = Path.dirname(path)
+
+      if File.ls!(ebin) == [] do
+        File.rm_rf(ebin)
+        :code.del_path(String.to_charlist(ebin))
+      end
     end
+
+    dir
   end
 
-  # Application code outside OTP and Elixir: each ebin's whole application directory (priv too).
+  # Extracted directories go first in the code path: consolidated protocols (reloaded now),
+  # then the :sync_beams directories (uncached), after the other ones.
+  defp add_code_paths(package, dir) do
+    {consolidated, beams, regular, reload} =
+      package.changed_paths
+      |> Enum.uniq()
+      |> Enum.reduce({[], [], [], []}, fn path, {cons, beams, regular, reload} ->
+        parent = Path.dirname(Path.join(dir, path))
+        module = if Path.extname(path) == ".beam", do: Module.concat([Path.basename(path, ".beam")])
+        if module, do: :code.purge(module) && :code.delete(module)
+
+        cond do
+          Path.basename(parent) == "consolidated" ->
+            {[parent | cons], beams, regular, if(module, do: [module | reload], else: reload)}
+
+          Map.has_key?(package.sync_beam_hashes, path) ->
+            {cons, [parent | beams], regular, reload}
+
+          true ->
+            {cons, beams, [parent | regular], reload}
+        end
+      end)
+
+    Code.prepend_paths(Enum.uniq(regular), cache: true)
+    Code.prepend_paths(Enum.uniq(consolidated), cache: true)
+    Code.prepend_paths(Enum.uniq(beams))
+    Enum.each(reload, &:code.load_file/1)
+  end
+
+  def rm_packaged_stream(%PackagedStream{stream: nil}), do: :ok
+
+  def rm_packaged_stream(%PackagedStream{stream: stream}) do
+    File.rm(stream.path)
+    :ok
+  end
+
+  defp beam_files(dirs),
+    do: dirs |> Enum.flat_map(&Path.wildcard(Path.join(&1, "**/*.beam"))) |> Enum.uniq()
+
   defp app_files(get_path) do
-    otp = to_string(:code.root_dir())
-    elixir = Path.dirname(to_string(:code.lib_dir(:elixir)))
+    otp_lib = to_string(:code.lib_dir())
+
+    skipped =
+      for app <- @not_copied, lib = :code.lib_dir(app), is_list(lib),
+          do: to_string(:filename.join(lib, ~c"ebin"))
 
     get_path.()
     |> Enum.map(&to_string/1)
-    |> Enum.reject(
-      &(&1 == "." or String.starts_with?(&1, otp) or String.starts_with?(&1, elixir))
-    )
-    |> Enum.flat_map(fn path ->
+    |> Kernel.--(["." | skipped])
+    |> Enum.reject(&String.starts_with?(&1, otp_lib))
+    |> Enum.map(fn path ->
       if Path.basename(path) == "ebin",
-        do: Path.wildcard(Path.join(Path.dirname(path), "**/*")),
-        else: Path.wildcard(Path.join(path, "*"))
+        do: Path.join(Path.dirname(path), "**/*"),
+        else: Path.join(path, "*")
     end)
-    |> Enum.filter(&File.regular?/1)
+    |> Enum.uniq()
+    |> Enum.flat_map(&Path.wildcard/1)
+    |> Enum.uniq()
+    |> Enum.filter(&File.regular?(&1, [:raw]))
   end
 
-  defp copy_path_files(false), do: []
-
-  defp copy_path_files(paths) when is_list(paths) do
-    Enum.flat_map(paths, fn path ->
-      if File.regular?(path),
+  defp copied_files(paths) do
+    paths
+    |> Enum.flat_map(fn path ->
+      if File.regular?(path, [:raw]),
         do: [path],
-        else: Enum.filter(Path.wildcard(Path.join(path, "**"), match_dot: true), &File.regular?/1)
+        else: Path.wildcard(Path.join(path, "**"), match_dot: true)
     end)
+    |> Enum.uniq()
+    |> Enum.filter(&File.regular?(&1, [:raw]))
   end
 
-  defp beam_files(dirs), do: Enum.flat_map(dirs, &Path.wildcard(Path.join(&1, "**/*.beam")))
+  defp verbose(message), do: Logger.info("[CodeSync #{inspect(node())}] #{message}")
 
-  defp apply_mfa({module, function, args}), do: apply(module, function, args)
+  defp eval({module, function, args}), do: apply(module, function, args)
 end

@@ -2,7 +2,8 @@ defmodule FLAME.Parent do
   @moduledoc """
   The parent's identity as a runner sees it, carried in the `FLAME_PARENT` environment
   variable: Base64 of `:erlang.term_to_binary/1` of a map with the keys `ref`, `pid`,
-  `backend`, `flame_vsn`, `backend_app`, `backend_vsn`, `node_base`, `host_env`.
+  `backend`, `flame_vsn`, `backend_app`, `backend_vsn`, `node_base`, `host_env` (as FLAME
+  0.5.3's).
   """
 
   @flame_vsn Mix.Project.config()[:version]
@@ -39,14 +40,17 @@ defmodule FLAME.Parent do
     |> Base.encode64()
   end
 
+  @doc "The parent, or `nil` without `FLAME_PARENT`; a value that does not decode raises."
   def get do
-    with {:ok, encoded} <- System.fetch_env("FLAME_PARENT"),
-         {:ok, binary} <- Base.decode64(encoded),
-         %{ref: ref, pid: pid, backend: backend, node_base: base, host_env: host_env} <-
-           :erlang.binary_to_term(binary) do
-      new(ref, pid, backend, base, host_env)
-    else
-      _ -> nil
+    case System.fetch_env("FLAME_PARENT") do
+      {:ok, encoded} ->
+        %{ref: ref, pid: pid, backend: backend, node_base: base, host_env: host_env} =
+          encoded |> Base.decode64!() |> :erlang.binary_to_term()
+
+        new(ref, pid, backend, base, host_env)
+
+      :error ->
+        nil
     end
   end
 end
