@@ -170,7 +170,9 @@ defmodule FLAME.CodeSync do
 
         for path <- Enum.uniq(code.changed_paths) do
           name = String.trim_leading(path, "/")
-          :ok = :erl_tar.add(tar, String.to_charlist(path), String.to_charlist(name), [:dereference])
+
+          :ok =
+            :erl_tar.add(tar, String.to_charlist(path), String.to_charlist(name), [:dereference])
         end
 
         :ok = :erl_tar.close(tar)
@@ -210,7 +212,10 @@ defmodule FLAME.CodeSync do
     local = Path.join(eval(package.tmp_dir), "flame_child_code_sync_#{package.id}.tar.gz")
     Enum.into(package.stream, File.stream!(local))
     compressed = if package.compress, do: [:compressed], else: []
-    :ok = :erl_tar.extract(String.to_charlist(local), [{:cwd, String.to_charlist(dir)} | compressed])
+
+    :ok =
+      :erl_tar.extract(String.to_charlist(local), [{:cwd, String.to_charlist(dir)} | compressed])
+
     add_code_paths(package, dir)
     File.rm(local)
 
@@ -240,7 +245,10 @@ defmodule FLAME.CodeSync do
       |> Enum.uniq()
       |> Enum.reduce({[], [], [], []}, fn path, {cons, beams, regular, reload} ->
         parent = Path.dirname(Path.join(dir, path))
-        module = if Path.extname(path) == ".beam", do: Module.concat([Path.basename(path, ".beam")])
+
+        module =
+          if Path.extname(path) == ".beam", do: Module.concat([Path.basename(path, ".beam")])
+
         if module, do: :code.purge(module) && :code.delete(module)
 
         cond do
@@ -275,7 +283,9 @@ defmodule FLAME.CodeSync do
     otp_lib = to_string(:code.lib_dir())
 
     skipped =
-      for app <- @not_copied, lib = :code.lib_dir(app), is_list(lib),
+      for app <- @not_copied,
+          lib = :code.lib_dir(app),
+          is_list(lib),
           do: to_string(:filename.join(lib, ~c"ebin"))
 
     get_path.()

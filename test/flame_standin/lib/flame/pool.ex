@@ -93,7 +93,9 @@ defmodule FLAME.Pool do
 
   defp do_call(name, func, caller, opts) do
     checkout!(name, opts, :call, [name, func, opts], fn runner, remaining, track? ->
-      opts = opts |> Keyword.put_new(:timeout, remaining) |> Keyword.put_new(:track_resources, track?)
+      opts =
+        opts |> Keyword.put_new(:timeout, remaining) |> Keyword.put_new(:track_resources, track?)
+
       {:cancel, :ok, Runner.call(runner, caller, func, opts)}
     end)
   end
@@ -109,7 +111,9 @@ defmodule FLAME.Pool do
       :ok
     end
 
-    {:ok, _pid} = Task.Supervisor.start_child(task_sup, fn -> do_call(name, fun, caller, opts) end)
+    {:ok, _pid} =
+      Task.Supervisor.start_child(task_sup, fn -> do_call(name, fun, caller, opts) end)
+
     :ok
   end
 
@@ -208,7 +212,10 @@ defmodule FLAME.Pool do
     base_package =
       if code_sync = opts[:code_sync] do
         package =
-          code_sync |> CodeSync.new() |> CodeSync.compute_changed_paths() |> CodeSync.package_to_stream()
+          code_sync
+          |> CodeSync.new()
+          |> CodeSync.compute_changed_paths()
+          |> CodeSync.package_to_stream()
 
         # No archive (nothing to copy) has no path: this raises, as in FLAME 0.5.3.
         :ok = FLAME.Pool.Cleaner.watch_path(cleaner, package.stream.path)
@@ -320,9 +327,10 @@ defmodule FLAME.Pool do
 
       runner_count(state) < state.max ->
         # One boot serves max_concurrency waiting callers; a retry already scheduled waits.
-        if state.retry_timer || map_size(state.pending) * state.max_concurrency > length(state.waiting),
-          do: wait(state, deadline, from),
-          else: state |> boot_async() |> wait(deadline, from)
+        if state.retry_timer ||
+             map_size(state.pending) * state.max_concurrency > length(state.waiting),
+           do: wait(state, deadline, from),
+           else: state |> boot_async() |> wait(deadline, from)
 
       true ->
         wait(state, deadline, from)
@@ -410,7 +418,8 @@ defmodule FLAME.Pool do
         drop_waiting(state, caller_pid)
 
       %{} ->
-        raise ArgumentError, "expected to checkin runner for #{inspect(caller_pid)} that does not exist"
+        raise ArgumentError,
+              "expected to checkin runner for #{inspect(caller_pid)} that does not exist"
     end
   end
 
@@ -444,7 +453,8 @@ defmodule FLAME.Pool do
     state
   end
 
-  defp drop_waiting(state, pid), do: %{state | waiting: Enum.reject(state.waiting, &(&1.pid == pid))}
+  defp drop_waiting(state, pid),
+    do: %{state | waiting: Enum.reject(state.waiting, &(&1.pid == pid))}
 
   # The first waiting caller still alive and within its deadline.
   defp next_waiting(%{waiting: []} = state), do: {nil, state}
@@ -541,7 +551,8 @@ defmodule FLAME.Pool.Cleaner do
   # makes that raise, as in FLAME 0.5.3).
   use GenServer
 
-  def start_link(opts), do: GenServer.start_link(__MODULE__, opts, name: Keyword.fetch!(opts, :name))
+  def start_link(opts),
+    do: GenServer.start_link(__MODULE__, opts, name: Keyword.fetch!(opts, :name))
 
   def watch_path(cleaner, path), do: GenServer.call(cleaner, {:watch, path})
 

@@ -135,8 +135,11 @@ defmodule FLAME.Runner do
       end)
 
     receive do
-      {^ref, :ok} -> {:stop, :normal, :ok, state}
-      {:DOWN, ^monitor, :process, ^pid, reason} -> {:stop, {:shutdown, reason}, {:error, reason}, state}
+      {^ref, :ok} ->
+        {:stop, :normal, :ok, state}
+
+      {:DOWN, ^monitor, :process, ^pid, reason} ->
+        {:stop, {:shutdown, reason}, {:error, reason}, state}
     after
       timeout -> exit(:timeout)
     end

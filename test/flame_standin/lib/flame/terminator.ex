@@ -124,7 +124,8 @@ defmodule FLAME.Terminator do
           calls: %{},
           watchers: %{},
           paths: [],
-          failsafe: Process.send_after(self(), :failsafe_shutdown, opts[:failsafe_timeout] || 20_000),
+          failsafe:
+            Process.send_after(self(), :failsafe_shutdown, opts[:failsafe_timeout] || 20_000),
           connect_timer: nil,
           idle_after: nil,
           idle_check: nil,
@@ -356,7 +357,8 @@ defmodule FLAME.Terminator.Supervisor do
     child_placement_sup_name(name)
   end
 
-  def child_placement_sup_name(name) when is_atom(name), do: Module.concat(name, "ChildPlacementSup")
+  def child_placement_sup_name(name) when is_atom(name),
+    do: Module.concat(name, "ChildPlacementSup")
 
   @impl true
   def init(opts) do
@@ -367,7 +369,9 @@ defmodule FLAME.Terminator.Supervisor do
       {DynamicSupervisor, name: placement_sup, strategy: :one_for_one},
       %{
         id: FLAME.Terminator,
-        start: {FLAME.Terminator, :start_link, [Keyword.put(opts, :child_placement_sup, placement_sup)]},
+        start:
+          {FLAME.Terminator, :start_link,
+           [Keyword.put(opts, :child_placement_sup, placement_sup)]},
         shutdown: shutdown
       }
     ]
