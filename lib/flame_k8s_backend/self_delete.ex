@@ -11,6 +11,13 @@ defmodule FLAMEK8sBackend.SelfDelete do
 
   Best effort and bounded: the parent deletes them too when it sees the runner go down, so a
   runner without credentials (or without RBAC for it) simply skips this.
+
+  It runs inside FLAME's terminator, which traps exits and crashes on any message it does not
+  expect; a crash there makes FLAME start a new terminator, which stops the system (and so
+  deletes the pod) a second time. So the deletes run in a process of its own that is neither
+  linked nor left behind: `run/0` returns once that process is gone, leaving no message in
+  the caller's mailbox, and FLAME's terminator (which calls `system_shutdown/0` once) makes it
+  one DELETE per runner.
   """
   require Logger
 
@@ -21,12 +28,24 @@ defmodule FLAMEK8sBackend.SelfDelete do
   # timeout: stay well inside it, whatever the API server does.
   @budget 1_500
 
-  @doc "Deletes the runner's pod (and secret) if running in a cluster; always returns `:ok`."
+  @doc """
+  Deletes the runner's pod (and secret) if running in a cluster; always returns `:ok`, within
+  the budget, with the process that did it gone and nothing sent to the caller.
+  """
   @spec run() :: :ok
   def run do
-    task = Task.async(&delete_own/0)
-    _ = Task.yield(task, @budget) || Task.shutdown(task, :brutal_kill)
-    :ok
+    {pid, monitor} = spawn_monitor(&delete_own/0)
+
+    receive do
+      {:DOWN, ^monitor, :process, ^pid, _reason} -> :ok
+    after
+      @budget ->
+        Process.exit(pid, :kill)
+
+        receive do
+          {:DOWN, ^monitor, :process, ^pid, _reason} -> :ok
+        end
+    end
   end
 
   @typedoc """
