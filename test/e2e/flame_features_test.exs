@@ -1,6 +1,6 @@
 defmodule FLAMEK8sBackend.FlameFeaturesE2ETest do
   # FLAME's pool features with this backend, end to end against the local control plane:
-  # code_sync on a runner that may not write to its root, single_use, min pools,
+  # code_sync on a runner whose root filesystem is read-only, single_use, min pools,
   # FLAME.place_child/3, a sidecar next to the runner, a fixed distribution port, and the
   # pure-Elixir backend's :app_container_name + :secret_env combination. Runner pods are BEAM
   # nodes started by the simulated kubelet from the runner manifest as built.
@@ -11,14 +11,6 @@ defmodule FLAMEK8sBackend.FlameFeaturesE2ETest do
 
   alias FLAMEK8sBackend.Test.RemoteFuns
 
-  # Real FLAME's code sync calls Code.prepend_paths/2 (Elixir 1.15+): with FLAME_PATH on an
-  # older Elixir, FLAME itself cannot sync code, whatever the backend does.
-  @code_sync_skip if System.get_env("FLAME_PATH") &&
-                       Version.match?(System.version(), "< 1.15.0"),
-                     do: "real FLAME's code_sync needs Elixir 1.15+ (Code.prepend_paths/2)"
-
-  # The user nobody: the runner runs as a non-root user, to whom the root directory is not
-  # writable, as a read-only root filesystem would be to anyone.
   @nobody 65_534
 
   setup :parent_setup
@@ -35,6 +27,24 @@ defmodule FLAMEK8sBackend.FlameFeaturesE2ETest do
 
   defp env_value(container, name),
     do: Enum.find_value(container["env"], &(&1["name"] == name && &1["value"]))
+
+  # The runner's command with a read-only root filesystem, as `readOnlyRootFilesystem: true`
+  # gives it, and one writable directory, as an emptyDir mounted there would be: in a mount
+  # namespace of its own, every mount is made read-only but `writable`. (The simulated
+  # kubelet mounts no volumes and sets no user; the VM runs as this test's user, root, which
+  # reads the Elixir it runs and this clone's build wherever they are.)
+  defp read_only_root(writable) do
+    script = """
+    mount --bind "$1" "$1" || exit 1
+    findmnt -rn -o TARGET | while read -r mount; do
+      [ "$mount" = "$1" ] || mount -o remount,bind,ro "$mount" 2>/dev/null || true
+    done
+    exec "$2"
+    """
+
+    ["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c", script] ++
+      ["sh", writable, LocalCluster.info().runner_entrypoint]
+  end
 
   # A directory as an emptyDir is: writable by any user. (The simulated kubelet mounts no
   # volumes: the runner process sees the host's directory at the mount path.)
@@ -55,11 +65,8 @@ defmodule FLAMEK8sBackend.FlameFeaturesE2ETest do
     source = """
     defmodule #{inspect(module)} do
       def run do
-        {uid, 0} = System.cmd("id", ["-u"])
-
         %{
           node: node(),
-          uid: String.to_integer(String.trim(uid)),
           loaded_from: List.to_string(:code.which(__MODULE__)),
           tmp_dir: System.tmp_dir(),
           write_to_root: File.write("/flame-k8s-code-sync-probe", "")
@@ -74,10 +81,17 @@ defmodule FLAMEK8sBackend.FlameFeaturesE2ETest do
     module
   end
 
-  describe "code_sync" do
-    @describetag skip: @code_sync_skip
+  # FLAME 0.5.3's pool packages what :copy_apps and :copy_paths select when it starts, and its
+  # start raises when that is nothing (KeyError, key :path not found in: nil): :sync_beams
+  # alone is not enough. So the probe's ebin is copied at boot (:copy_paths) and synced
+  # (:sync_beams), as Livebook's start_apps: true + sync_beams does with the whole app.
+  defp code_sync(probe_ebin, extra \\ []) do
+    [start_apps: false, copy_apps: false, copy_paths: [probe_ebin], sync_beams: [probe_ebin]] ++
+      extra
+  end
 
-    test "a non-root runner that may not write to / writes and loads synced code in :tmp_dir",
+  describe "code_sync" do
+    test "a runner with a read-only root writes and loads synced code in :tmp_dir",
          %{kube: kube, namespace: ns, opts: opts} do
       tmp_dir = empty_dir!("flame-tmp")
       probe_ebin = Path.join(empty_dir!("probe"), "ebin")
@@ -100,37 +114,23 @@ defmodule FLAMEK8sBackend.FlameFeaturesE2ETest do
           }
         })
 
-      # What the simulated kubelet cannot do, the command does: the runner VM as nobody.
-      user = [
-        "setpriv",
-        "--reuid=#{@nobody}",
-        "--regid=#{@nobody}",
-        "--clear-groups",
-        LocalCluster.info().runner_entrypoint
-      ]
-
+      # What the simulated kubelet cannot do, the command does.
       backend_opts =
         Keyword.merge(opts,
           parent_pod: {ns, "ro-parent"},
           tmp_dir: tmp_dir,
-          manifest: %{"spec" => %{"containers" => [%{"command" => user}]}}
+          manifest: %{"spec" => %{"containers" => [%{"command" => read_only_root(tmp_dir)}]}}
         )
 
       pool =
         start_pool!(backend_opts,
-          code_sync: [
-            start_apps: false,
-            copy_apps: false,
-            sync_beams: [probe_ebin],
-            extract_dir: {System, :tmp_dir!, []}
-          ]
+          code_sync: code_sync(probe_ebin, extract_dir: {System, :tmp_dir!, []})
         )
 
       result = FLAME.call(pool, Function.capture(probe, :run, 0))
 
       assert result.node != node()
-      assert result.uid == @nobody
-      assert result.write_to_root == {:error, :eacces}
+      assert result.write_to_root == {:error, :erofs}
       assert result.tmp_dir == tmp_dir
       assert String.starts_with?(result.loaded_from, tmp_dir <> "/")
 
@@ -147,48 +147,69 @@ defmodule FLAMEK8sBackend.FlameFeaturesE2ETest do
          %{kube: kube, namespace: ns, opts: opts} do
       probe_ebin = Path.join(empty_dir!("probe"), "ebin")
       probe = probe_module!(probe_ebin)
-
-      user = [
-        "setpriv",
-        "--reuid=#{@nobody}",
-        "--regid=#{@nobody}",
-        "--clear-groups",
-        LocalCluster.info().runner_entrypoint
-      ]
+      tmp_dir = empty_dir!("flame-tmp")
 
       backend_opts =
         Keyword.merge(opts,
-          tmp_dir: empty_dir!("flame-tmp"),
-          manifest: %{"spec" => %{"containers" => [%{"command" => user}]}}
+          tmp_dir: tmp_dir,
+          manifest: %{"spec" => %{"containers" => [%{"command" => read_only_root(tmp_dir)}]}}
         )
+
+      # FLAME tells only on_grow_end why a boot failed (its callers just wait, then time out).
+      test = self()
 
       pool =
         start_pool!(backend_opts,
-          code_sync: [start_apps: false, copy_apps: false, sync_beams: [probe_ebin]]
+          code_sync: code_sync(probe_ebin),
+          on_grow_end: fn result, _meta -> send(test, {:grow_end, result}) end
         )
 
-      # The caller must not go down with the failed boot: a process of its own.
       {caller, monitor} =
         spawn_monitor(fn ->
-          FLAME.call(pool, Function.capture(probe, :run, 0), timeout: 20_000)
+          FLAME.call(pool, Function.capture(probe, :run, 0), timeout: 60_000)
         end)
 
-      assert_receive {:DOWN, ^monitor, :process, ^caller, reason} when reason != :normal, 60_000
+      # The runner could not extract the archive under "/".
+      assert_receive {:grow_end, {:exit, reason}}, 60_000
+      assert inspect(reason) =~ ":erofs"
+
+      # Nobody waits any more: FLAME's pool stops booting again, and no runner pod is left.
+      Process.exit(caller, :kill)
+      assert_receive {:DOWN, ^monitor, :process, ^caller, :killed}
       eventually(fn -> runner_pods(kube, ns) == [] end, 20_000)
     end
+  end
+
+  # FLAME 0.5.3 checks a runner in with a GenServer call once the function has returned, and a
+  # single-use runner stops itself as soon as the function's process ends: the check-in may
+  # find the FLAME Runner gone, and the call exits (noproc) although the function ran. So the
+  # function's result comes back as a message, and the call's own outcome does not count.
+  defp single_use_call(pool) do
+    test = self()
+    {caller, monitor} = spawn_monitor(fn -> FLAME.call(pool, RemoteFuns.rendezvous(test)) end)
+    assert_receive {:arrived, runner, remote}, 30_000
+    info = :erpc.call(runner, RemoteFuns, :whereami, [])
+    send(remote, :go)
+    assert_receive {:DOWN, ^monitor, :process, ^caller, reason}, 30_000
+
+    assert reason == :normal or
+             match?({:noproc, {GenServer, :call, [_, {:checkin, _, _}, _]}}, reason),
+           inspect(reason)
+
+    info
   end
 
   test "single_use: the runner stops after its call and its pod goes; the next call boots anew",
        %{kube: kube, namespace: ns, opts: opts} do
     pool = start_pool!(opts, single_use: true)
 
-    first = FLAME.call(pool, &RemoteFuns.whereami/0)
+    first = single_use_call(pool)
     runner = first.node
     Node.monitor(runner, true)
     assert_receive {:nodedown, ^runner}, 30_000
     eventually(fn -> gone?(kube, ns, first.pod_name) end, 20_000)
 
-    second = FLAME.call(pool, &RemoteFuns.whereami/0)
+    second = single_use_call(pool)
     assert second.node != runner
     assert second.pod_name != first.pod_name
     eventually(fn -> gone?(kube, ns, second.pod_name) end, 20_000)
