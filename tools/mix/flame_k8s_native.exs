@@ -113,7 +113,9 @@ defmodule FLAMEK8sNative do
     with {:ok, text} <- File.read(manifest),
          [_ | _] = versions <- Regex.scan(~r/"nif_version_(\d+)_(\d+)"/, text) do
       versions
-      |> Enum.map(fn [_, major, minor] -> {String.to_integer(major), String.to_integer(minor)} end)
+      |> Enum.map(fn [_, major, minor] ->
+        {String.to_integer(major), String.to_integer(minor)}
+      end)
       |> Enum.max()
       |> then(fn {major, minor} -> "#{major}.#{minor}" end)
     else
