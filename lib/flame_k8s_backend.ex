@@ -66,7 +66,7 @@ defmodule FLAMEK8sBackend do
   ## Pools: `min`, `single_use`, `place_child`
 
     * `min: 1` (or more): FLAME boots these runners before the pool has started (a boot
-      failure fails the pool's start, with the `FLAMEK8sBackend.BootError` as the reason) and
+      failure fails the pool's start; its reason holds the `FLAMEK8sBackend.BootError`) and
       keeps them, whatever `:idle_shutdown_after` says (`:min_idle_shutdown_after` defaults
       to `:infinity`), until the pool stops: their pods are deleted then.
     * `single_use: true`: every call boots a runner pod of its own, which is deleted once the
@@ -104,6 +104,37 @@ defmodule FLAMEK8sBackend do
   pod may have existed, the error also carries its latest Events and, for a container that
   exited or a runner that never connected, the last lines of its log (or why they could not
   be read). The pod and its secret are deleted before the error is returned.
+
+  What reaches you is FLAME's to decide. Under FLAME 0.5.3 (and 0.4):
+
+    * **`FLAME.call/3` never returns or raises the error.** FLAME's pool boots a runner in a
+      task of its own; a caller waits for a runner up to its `:timeout` (default: the pool's
+      `:boot_timeout`) and then exits with `{:timeout, {FLAME.Pool, :call, _}}`. While
+      callers wait, the pool tries again about a second after each failure (a new pod each
+      time, cleaned up the same way).
+    * **The pool's `:on_grow_end`** gets `{:exit, reason}` for each failed boot:
+      `{{:shutdown, %FLAMEK8sBackend.BootError{}}, {GenServer, :call, _}}` when
+      `remote_boot/1` failed, `{{:badmatch, {:error, %FLAMEK8sBackend.BootError{}}}, _}` when
+      `init/1` did (phases `:connect`, `:parent_pod`, `:manifest`):
+
+          on_grow_end: fn
+            {:exit, {{:shutdown, %FLAMEK8sBackend.BootError{} = error}, _call}}, _meta ->
+              Logger.error(Exception.message(error))
+
+            {:exit, {{:badmatch, {:error, %FLAMEK8sBackend.BootError{} = error}}, _}}, _meta ->
+              Logger.error(Exception.message(error))
+
+            _result, _meta ->
+              :ok
+          end
+
+    * **Telemetry**: each failed `remote_boot/1` is a `[:flame_k8s_backend, :boot, :exception]`
+      event whose metadata holds the error (`:error`), its `:phase` and `:reason`, whoever
+      called it; `init/1` failures emit no event.
+    * **Logs**: with `:log` set (see Options: the pool's `:log` or the config), each failed
+      boot's message at `:warning`. FLAME itself logs the crash of its boot task at `:error`,
+      with the error inspected.
+    * **`min:` runners**: the pool's start fails; its reason holds the same as above.
 
   ## Cleanup
 

@@ -90,8 +90,12 @@ defmodule FLAMEK8sBackend.Options do
       type: :log,
       default: false,
       doc: """
-      `false` or a Logger level for boot progress. FLAME's pool passes its own `:log` \
-      (default `false`); a `false` never hides a level set here or in config.\
+      `false` or a Logger level: each boot's progress (pod running, runner up) at that \
+      level, a failed boot's error at `:warning`, the reaper's deletes at that level. FLAME's \
+      pool (0.4, 0.5) puts its own `:log` (default `false`) over the options of \
+      `{FLAMEK8sBackend, opts}`, so a `log:` there never arrives: set the pool's `:log` \
+      (`{FLAME.Pool, log: :info, ...}`, which turns on FLAME's own runner logs too) or \
+      `config :flame, FLAMEK8sBackend, log: :info` (a pool's `false` never hides it).\
       """
     ],
     parent_pod: [
@@ -236,8 +240,8 @@ defmodule FLAMEK8sBackend.Options do
 
   @doc """
   Merges `config :flame, FLAMEK8sBackend` (lowest) with the options FLAME passes, then
-  validates. FLAME's pool always passes its own `log: false` default: a `false` never hides a
-  level configured elsewhere.
+  validates. FLAME's pool always passes its own `:log` (default `false`, over any `log:` in
+  `{FLAMEK8sBackend, opts}`): a `false` never hides the level configured in the config.
 
       iex> FLAMEK8sBackend.Options.from([boot_timeout: 1_000, log: :info], log: false).log
       :info

@@ -1,6 +1,6 @@
 defmodule FLAMEK8sBackend.FlameFeaturesE2ETest do
   # FLAME's pool features with this backend, end to end against the local control plane:
-  # code_sync on a runner whose root filesystem is read-only, single_use, min pools,
+  # code_sync on a runner that may not write to its root, single_use, min pools,
   # FLAME.place_child/3, a sidecar next to the runner, a fixed distribution port, and the
   # pure-Elixir backend's :app_container_name + :secret_env combination. Runner pods are BEAM
   # nodes started by the simulated kubelet from the runner manifest as built.
@@ -9,8 +9,11 @@ defmodule FLAMEK8sBackend.FlameFeaturesE2ETest do
   @moduletag :e2e
   @moduletag timeout: 120_000
 
+  alias FLAMEK8sBackend.BootError
   alias FLAMEK8sBackend.Test.RemoteFuns
 
+  # The user nobody: the runner runs as a non-root user, to whom the root directory is not
+  # writable, as a read-only root filesystem would be to anyone.
   @nobody 65_534
 
   setup :parent_setup
@@ -23,27 +26,38 @@ defmodule FLAMEK8sBackend.FlameFeaturesE2ETest do
       )
   end
 
+  # Stops the pool and waits until its runners' pods and secrets are gone: FLAME boots again
+  # while callers wait, so a boot may still be under way, and this test's cleanup must be over
+  # before the next tests (requests_per_boot counts the whole API server's requests).
+  defp stop_pool_and_await_cleanup!(pool, kube, ns) do
+    :ok = stop_supervised(pool)
+
+    eventually(
+      fn ->
+        {:ok, %{"items" => secrets}} =
+          Kube.request(kube, "GET", "/api/v1/namespaces/#{ns}/secrets")
+
+        runner_pods(kube, ns) == [] and secrets == []
+      end,
+      20_000
+    )
+  end
+
   defp app_container(pod), do: hd(pod["spec"]["containers"])
 
   defp env_value(container, name),
     do: Enum.find_value(container["env"], &(&1["name"] == name && &1["value"]))
 
-  # The runner's command with a read-only root filesystem, as `readOnlyRootFilesystem: true`
-  # gives it, and one writable directory, as an emptyDir mounted there would be: in a mount
-  # namespace of its own, every mount is made read-only but `writable`. (The simulated
-  # kubelet mounts no volumes and sets no user; the VM runs as this test's user, root, which
-  # reads the Elixir it runs and this clone's build wherever they are.)
-  defp read_only_root(writable) do
-    script = """
-    mount --bind "$1" "$1" || exit 1
-    findmnt -rn -o TARGET | while read -r mount; do
-      [ "$mount" = "$1" ] || mount -o remount,bind,ro "$mount" 2>/dev/null || true
-    done
-    exec "$2"
-    """
-
-    ["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c", script] ++
-      ["sh", writable, LocalCluster.info().runner_entrypoint]
+  # What the simulated kubelet cannot do, the command does: the runner VM as nobody, to whom
+  # the root directory is not writable, as a read-only root filesystem would be to anyone.
+  defp as_nobody do
+    [
+      "setpriv",
+      "--reuid=#{@nobody}",
+      "--regid=#{@nobody}",
+      "--clear-groups",
+      LocalCluster.info().runner_entrypoint
+    ]
   end
 
   # A directory as an emptyDir is: writable by any user. (The simulated kubelet mounts no
@@ -65,8 +79,11 @@ defmodule FLAMEK8sBackend.FlameFeaturesE2ETest do
     source = """
     defmodule #{inspect(module)} do
       def run do
+        {uid, 0} = System.cmd("id", ["-u"])
+
         %{
           node: node(),
+          uid: String.to_integer(String.trim(uid)),
           loaded_from: List.to_string(:code.which(__MODULE__)),
           tmp_dir: System.tmp_dir(),
           write_to_root: File.write("/flame-k8s-code-sync-probe", "")
@@ -91,7 +108,7 @@ defmodule FLAMEK8sBackend.FlameFeaturesE2ETest do
   end
 
   describe "code_sync" do
-    test "a runner with a read-only root writes and loads synced code in :tmp_dir",
+    test "a non-root runner that may not write to / writes and loads synced code in :tmp_dir",
          %{kube: kube, namespace: ns, opts: opts} do
       tmp_dir = empty_dir!("flame-tmp")
       probe_ebin = Path.join(empty_dir!("probe"), "ebin")
@@ -114,12 +131,11 @@ defmodule FLAMEK8sBackend.FlameFeaturesE2ETest do
           }
         })
 
-      # What the simulated kubelet cannot do, the command does.
       backend_opts =
         Keyword.merge(opts,
           parent_pod: {ns, "ro-parent"},
           tmp_dir: tmp_dir,
-          manifest: %{"spec" => %{"containers" => [%{"command" => read_only_root(tmp_dir)}]}}
+          manifest: %{"spec" => %{"containers" => [%{"command" => as_nobody()}]}}
         )
 
       pool =
@@ -130,7 +146,8 @@ defmodule FLAMEK8sBackend.FlameFeaturesE2ETest do
       result = FLAME.call(pool, Function.capture(probe, :run, 0))
 
       assert result.node != node()
-      assert result.write_to_root == {:error, :erofs}
+      assert result.uid == @nobody
+      assert result.write_to_root == {:error, :eacces}
       assert result.tmp_dir == tmp_dir
       assert String.starts_with?(result.loaded_from, tmp_dir <> "/")
 
@@ -141,18 +158,18 @@ defmodule FLAMEK8sBackend.FlameFeaturesE2ETest do
       assert env_value(container, "TMPDIR") == tmp_dir
       assert container["securityContext"] == %{"readOnlyRootFilesystem" => true}
       assert pod["spec"]["securityContext"]["runAsUser"] == @nobody
+      stop_pool_and_await_cleanup!(pool, kube, ns)
     end
 
     test "the same runner with FLAME's default extract_dir (/) cannot boot: :tmp_dir is needed",
          %{kube: kube, namespace: ns, opts: opts} do
       probe_ebin = Path.join(empty_dir!("probe"), "ebin")
       probe = probe_module!(probe_ebin)
-      tmp_dir = empty_dir!("flame-tmp")
 
       backend_opts =
         Keyword.merge(opts,
-          tmp_dir: tmp_dir,
-          manifest: %{"spec" => %{"containers" => [%{"command" => read_only_root(tmp_dir)}]}}
+          tmp_dir: empty_dir!("flame-tmp"),
+          manifest: %{"spec" => %{"containers" => [%{"command" => as_nobody()}]}}
         )
 
       # FLAME tells only on_grow_end why a boot failed (its callers just wait, then time out).
@@ -169,15 +186,131 @@ defmodule FLAMEK8sBackend.FlameFeaturesE2ETest do
           FLAME.call(pool, Function.capture(probe, :run, 0), timeout: 60_000)
         end)
 
-      # The runner could not extract the archive under "/".
+      # The runner, as nobody, could not extract the archive under "/".
       assert_receive {:grow_end, {:exit, reason}}, 60_000
-      assert inspect(reason) =~ ":erofs"
+      assert inspect(reason) =~ ":eacces"
 
-      # Nobody waits any more: FLAME's pool stops booting again, and no runner pod is left.
       Process.exit(caller, :kill)
       assert_receive {:DOWN, ^monitor, :process, ^caller, :killed}
-      eventually(fn -> runner_pods(kube, ns) == [] end, 20_000)
+      stop_pool_and_await_cleanup!(pool, kube, ns)
     end
+  end
+
+  # What the README and FLAMEK8sBackend's moduledoc tell users about failed boots under FLAME
+  # 0.5.3: the caller only times out; on_grow_end, the :exception event and the :warning log
+  # carry the BootError.
+  describe "a failed boot reaches" do
+    setup %{namespace: ns} do
+      test = self()
+      id = {__MODULE__, make_ref()}
+
+      :ok =
+        :telemetry.attach(
+          id,
+          [:flame_k8s_backend, :boot, :exception],
+          fn _event, _measurements, meta, _config ->
+            if meta.namespace == ns, do: send(test, {:boot_exception, meta})
+          end,
+          nil
+        )
+
+      on_exit(fn -> :telemetry.detach(id) end)
+      %{on_grow_end: fn result, meta -> send(test, {:grow_end, result, meta}) end}
+    end
+
+    test "on_grow_end, telemetry and the log (remote_boot/1); the caller only times out", %{
+      kube: kube,
+      namespace: ns,
+      opts: opts,
+      on_grow_end: on_grow_end
+    } do
+      image = "flame-k8s.invalid/no-such-image:1"
+
+      backend_opts =
+        Keyword.put(opts, :manifest, %{"spec" => %{"containers" => [%{"image" => image}]}})
+
+      log =
+        ExUnit.CaptureLog.capture_log(fn ->
+          pool = start_pool!(backend_opts, on_grow_end: on_grow_end, log: :info)
+
+          {caller, monitor} =
+            spawn_monitor(fn -> FLAME.call(pool, fn -> :ok end, timeout: 5_000) end)
+
+          assert_receive {:grow_end, {:exit, reason}, %{name: ^pool}}, 30_000
+
+          assert {{:shutdown, %BootError{phase: :container_start} = error}, {GenServer, :call, _}} =
+                   reason
+
+          assert {:image_pull, %{image: ^image}} = error.reason
+          assert_receive {:boot_exception, %{error: %BootError{phase: :container_start}}}
+
+          assert_receive {:DOWN, ^monitor, :process, ^caller,
+                          {:timeout, {FLAME.Pool, :call, [^pool, _, _]}}},
+                         30_000
+
+          stop_pool_and_await_cleanup!(pool, kube, ns)
+        end)
+
+      assert log =~ "[warning]"
+      assert log =~ ~s(cannot pull image "#{image}")
+    end
+
+    test "on_grow_end (init/1): a MatchError on the BootError; no telemetry", %{
+      opts: opts,
+      namespace: ns,
+      on_grow_end: on_grow_end
+    } do
+      backend_opts = Keyword.put(opts, :parent_pod, {ns, "no-such-parent"})
+
+      ExUnit.CaptureLog.capture_log(fn ->
+        pool = start_pool!(backend_opts, on_grow_end: on_grow_end)
+
+        {caller, monitor} =
+          spawn_monitor(fn -> FLAME.call(pool, fn -> :ok end, timeout: 5_000) end)
+
+        assert_receive {:grow_end, {:exit, reason}, %{name: ^pool}}, 30_000
+
+        assert {{:badmatch, {:error, %BootError{phase: :parent_pod} = error}}, _stacktrace} =
+                 reason
+
+        assert error.reason == {:parent_pod_not_found, "#{ns}/no-such-parent"}
+        Process.exit(caller, :kill)
+        assert_receive {:DOWN, ^monitor, :process, ^caller, :killed}
+        :ok = stop_supervised(pool)
+      end)
+
+      refute_received {:boot_exception, _}
+    end
+  end
+
+  # FLAME's pool puts its own :log over the backend's options: the documented way to turn on
+  # the backend's logs is the pool's :log (or the config, see the options tests).
+  test ":log: the pool's reaches the backend, one in {FLAMEK8sBackend, opts} does not", %{
+    kube: kube,
+    namespace: ns,
+    opts: opts
+  } do
+    quiet =
+      ExUnit.CaptureLog.capture_log(fn ->
+        pool = start_pool!(Keyword.put(opts, :log, :info))
+        info = FLAME.call(pool, &RemoteFuns.whereami/0)
+        stop_pool_and_await_cleanup!(pool, kube, ns)
+        send(self(), {:node, info.node})
+      end)
+
+    assert_received {:node, quiet_node}
+    refute quiet =~ "runner #{quiet_node} up in"
+
+    logged =
+      ExUnit.CaptureLog.capture_log(fn ->
+        pool = start_pool!(opts, log: :info)
+        info = FLAME.call(pool, &RemoteFuns.whereami/0)
+        stop_pool_and_await_cleanup!(pool, kube, ns)
+        send(self(), {:node, info.node})
+      end)
+
+    assert_received {:node, logged_node}
+    assert logged =~ "runner #{logged_node} up in"
   end
 
   # FLAME 0.5.3 checks a runner in with a GenServer call once the function has returned, and a
@@ -286,7 +419,11 @@ defmodule FLAMEK8sBackend.FlameFeaturesE2ETest do
     eventually(fn -> gone?(kube, ns, info.pod_name) end, 20_000)
   end
 
-  test "dist_port: the runner's Erlang distribution listens on that port", %{opts: opts} do
+  test "dist_port: the runner's Erlang distribution listens on that port", %{
+    kube: kube,
+    namespace: ns,
+    opts: opts
+  } do
     {:ok, socket} = :gen_tcp.listen(0, [])
     {:ok, port} = :inet.port(socket)
     :ok = :gen_tcp.close(socket)
@@ -297,6 +434,7 @@ defmodule FLAMEK8sBackend.FlameFeaturesE2ETest do
     [name, host] = info.node |> Atom.to_string() |> String.split("@")
     {:ok, ip} = :inet.parse_address(String.to_charlist(host))
     assert {:port, ^port, _version} = :erl_epmd.port_please(String.to_charlist(name), ip)
+    stop_pool_and_await_cleanup!(pool, kube, ns)
   end
 
   test "a parent container other than the first, with :secret_env: the runner gets the secret",
@@ -320,11 +458,13 @@ defmodule FLAMEK8sBackend.FlameFeaturesE2ETest do
         secret_env: %{"SECRET_SETTING" => "s3cr3t"}
       )
 
-    info = FLAME.call(start_pool!(opts), &RemoteFuns.whereami/0)
+    pool = start_pool!(opts)
+    info = FLAME.call(pool, &RemoteFuns.whereami/0)
     assert info.secret == "s3cr3t"
     assert info.cookie_set?
 
     {:ok, pod} = Kube.get_pod(kube, ns, info.pod_name)
     assert [%{"name" => "app"}] = pod["spec"]["containers"]
+    stop_pool_and_await_cleanup!(pool, kube, ns)
   end
 end
