@@ -26,7 +26,9 @@ defmodule FlameDemo.Application do
       # them too; they never get the Deployment's `app` label (see deployment.yaml).
       {FLAME.Pool,
        name: FlameDemo.Runner,
-       backend: {FLAMEK8sBackend, labels: %{"excluster" => "flame"}, log: :info},
+       backend: {FLAMEK8sBackend, labels: %{"excluster" => "flame"}},
+       # The pool's :log is the backend's too (FLAME puts it over the backend's options).
+       log: :info,
        min: 0,
        max: 2,
        max_concurrency: 10,
