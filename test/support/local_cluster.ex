@@ -19,7 +19,10 @@ defmodule FLAMEK8sBackend.Test.LocalCluster do
   @doc "Starts the control plane once per test run; returns its info."
   def start! do
     state_dir =
-      Path.join(System.tmp_dir!(), "flame-k8s-test-#{System.unique_integer([:positive])}")
+      Path.join(
+        System.tmp_dir!(),
+        "flame-k8s-test-#{System.pid()}-#{System.unique_integer([:positive])}"
+      )
 
     File.mkdir_p!(state_dir)
     build_started = System.monotonic_time(:millisecond)
