@@ -747,9 +747,12 @@ defmodule FLAMEK8sBackend.RealNodeParentTest do
 
     pool =
       start_pool!(parent, [manifest: manifest],
+        # :copy_paths too: FLAME 0.5.3's pool start raises when it has nothing to copy (see
+        # test/e2e/flame_features_test.exs).
         code_sync: [
           start_apps: false,
           copy_apps: false,
+          copy_paths: [ebin],
           sync_beams: [ebin],
           extract_dir: {System, :tmp_dir!, []}
         ]
