@@ -335,4 +335,33 @@ defmodule FLAMEK8sBackend.ReaperTest do
     assert log =~ "could not delete runner pod prod/web-1-flame-x7k2p: API error 403 Forbidden"
     refute log =~ @token
   end
+
+  test "an unexpected message is ignored: the reaper still deletes when the Runner goes down" do
+    owner = runner()
+    {reaper, monitor} = start_reaper!(kube!(), owner)
+
+    send(reaper, {:some, :stray, "message"})
+    send(reaper, :stray)
+    send(owner, :stop)
+
+    assert_receive {:api_request, "DELETE", @pod_path, _}, 5_000
+    assert_receive {:api_request, "DELETE", @secret_path, _}, 5_000
+    assert_receive {:DOWN, ^monitor, :process, ^reaper, :normal}, 5_000
+  end
+
+  test "a reaper that crashes hands its runner on: the pod and secret are still deleted" do
+    owner = runner()
+    {reaper, monitor} = start_reaper!(kube!(), owner)
+
+    # A call no clause of the reaper handles crashes it.
+    capture_log(fn ->
+      catch_exit(GenServer.call(reaper, :no_such_call))
+      assert_receive {:DOWN, ^monitor, :process, ^reaper, {%FunctionClauseError{}, _}}, 5_000
+    end)
+
+    send(owner, :stop)
+
+    assert_receive {:api_request, "DELETE", @pod_path, _}, 5_000
+    assert_receive {:api_request, "DELETE", @secret_path, _}, 5_000
+  end
 end
