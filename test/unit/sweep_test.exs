@@ -97,7 +97,7 @@ defmodule FLAMEK8sBackend.SweepTest do
   # A FLAME Runner stand-in and a live reaper of this VM tracking the pod and secret `name`.
   defp tracked!(kube, name) do
     owner = spawn(fn -> Process.sleep(:infinity) end)
-    {:ok, reaper} = Reaper.start(kube, "sweep-ns", owner, false)
+    {:ok, reaper} = Reaper.start(kube, "sweep-ns", owner, false, 60_000)
     :ok = Reaper.track(reaper, :secret, name)
     :ok = Reaper.track(reaper, :pod, name)
 
