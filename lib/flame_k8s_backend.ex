@@ -278,6 +278,7 @@ defmodule FLAMEK8sBackend do
 
   defp boot_or_clean_up(state) do
     deadline = now() + state.boot_timeout
+
     {:ok, reaper} =
       Reaper.start(
         state.kube,
@@ -521,7 +522,10 @@ defmodule FLAMEK8sBackend do
   defp create(state, reaper, kind, manifest, deadline) do
     :ok = Reaper.track(reaper, kind, state.runner_name)
     create_fun = if kind == :pod, do: &Kube.create_pod/4, else: &Kube.create_secret/4
-    result = create_fun.(state.kube, state.namespace, manifest, queue_timeout: remaining(deadline))
+
+    result =
+      create_fun.(state.kube, state.namespace, manifest, queue_timeout: remaining(deadline))
+
     :ok = Reaper.created(reaper, kind, result)
 
     # A 409 on the name this backend chose is this very create, committed by an earlier try.

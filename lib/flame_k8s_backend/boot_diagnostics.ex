@@ -220,7 +220,9 @@ defmodule FLAMEK8sBackend.BootDiagnostics do
   # Every text in a reason, however deep (a map's keys are atoms of ours).
   defp redact_term(term, []), do: term
   defp redact_term(text, secrets) when is_binary(text), do: scrub(text, secrets)
-  defp redact_term([head | tail], secrets), do: [redact_term(head, secrets) | redact_term(tail, secrets)]
+
+  defp redact_term([head | tail], secrets),
+    do: [redact_term(head, secrets) | redact_term(tail, secrets)]
 
   defp redact_term(tuple, secrets) when is_tuple(tuple),
     do: tuple |> Tuple.to_list() |> redact_term(secrets) |> List.to_tuple()

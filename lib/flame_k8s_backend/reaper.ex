@@ -181,7 +181,8 @@ defmodule FLAMEK8sBackend.Reaper do
 
   @doc "Whether a live reaper of this VM tracks the `kind` named `name` in `namespace`."
   @spec tracked?(String.t(), :pod | :secret, String.t()) :: boolean()
-  def tracked?(namespace, kind, name), do: Registry.lookup(@registry, {namespace, kind, name}) != []
+  def tracked?(namespace, kind, name),
+    do: Registry.lookup(@registry, {namespace, kind, name}) != []
 
   @impl true
   def init(%__MODULE__{generation: 0} = state) do
@@ -316,10 +317,12 @@ defmodule FLAMEK8sBackend.Reaper do
     :ok
   end
 
-  defp abnormal?(reason), do: reason not in [:normal, :shutdown] and not match?({:shutdown, _}, reason)
+  defp abnormal?(reason),
+    do: reason not in [:normal, :shutdown] and not match?({:shutdown, _}, reason)
 
-  defp shape(message) when is_tuple(message) and tuple_size(message) > 0 and is_atom(elem(message, 0)),
-    do: "a #{tuple_size(message)}-tuple tagged #{inspect(elem(message, 0))}"
+  defp shape(message)
+       when is_tuple(message) and tuple_size(message) > 0 and is_atom(elem(message, 0)),
+       do: "a #{tuple_size(message)}-tuple tagged #{inspect(elem(message, 0))}"
 
   defp shape(message) when is_atom(message), do: inspect(message)
   defp shape(message) when is_tuple(message), do: "a #{tuple_size(message)}-tuple"
@@ -408,7 +411,11 @@ defmodule FLAMEK8sBackend.Reaper do
   defp attempted(%{reaping: reaping} = state, results) do
     now = now()
     giving_up? = now >= reaping.give_up_at
-    outcomes = for {kind, name, result} <- results, do: {kind, name, outcome(state, kind, name, result, now, giving_up?)}
+
+    outcomes =
+      for {kind, name, result} <- results,
+          do: {kind, name, outcome(state, kind, name, result, now, giving_up?)}
+
     pending = for {kind, name, outcome} <- outcomes, outcome != :settled, do: {kind, name}
     retry? = Enum.any?(outcomes, &match?({_, _, :retry}, &1))
     reaping = %{reaping | pending: pending, worker: nil}
@@ -455,11 +462,20 @@ defmodule FLAMEK8sBackend.Reaper do
     until = state.objects[kind][:until]
 
     case result do
-      :ok when is_integer(until) and now < until -> :follow_up
-      :ok -> settle(state, kind, name, result)
-      {:error, {:api, status, _, _}} when status in [401, 403] -> settle(state, kind, name, result)
-      {:error, _} when giving_up? -> settle(state, kind, name, result)
-      {:error, _} -> :retry
+      :ok when is_integer(until) and now < until ->
+        :follow_up
+
+      :ok ->
+        settle(state, kind, name, result)
+
+      {:error, {:api, status, _, _}} when status in [401, 403] ->
+        settle(state, kind, name, result)
+
+      {:error, _} when giving_up? ->
+        settle(state, kind, name, result)
+
+      {:error, _} ->
+        :retry
     end
   end
 

@@ -711,7 +711,10 @@ defmodule FLAMEK8sBackend.RunnerPod do
   # Reads one word: its value (iodata) and how many bytes it takes, within `quote` (nil, ?" or ?').
   defp word(<<>>, value, n, _quote), do: {value, n}
   defp word(<<c, _::binary>>, value, n, nil) when c in ~c" \t\n\r", do: {value, n}
-  defp word(<<q, rest::binary>>, value, n, nil) when q in [?", ?'], do: word(rest, value, n + 1, q)
+
+  defp word(<<q, rest::binary>>, value, n, nil) when q in [?", ?'],
+    do: word(rest, value, n + 1, q)
+
   defp word(<<q, rest::binary>>, value, n, q), do: word(rest, value, n + 1, nil)
 
   defp word(<<?\\, c, rest::binary>>, value, n, quote) when quote != ?',

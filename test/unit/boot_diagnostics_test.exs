@@ -203,4 +203,3 @@ defmodule FLAMEK8sBackend.BootDiagnosticsTest do
               %{container: "web", exit_code: 1, reason: "Error", message: "bad cookie [redacted]"}}
   end
 end
-

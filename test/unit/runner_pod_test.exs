@@ -633,7 +633,11 @@ defmodule FLAMEK8sBackend.RunnerPodTest do
       end
 
       pod =
-        build!(%{app_container_name: "app", secret_env: %{"API_KEY" => "k3y"}, manifest: manifest})
+        build!(%{
+          app_container_name: "app",
+          secret_env: %{"API_KEY" => "k3y"},
+          manifest: manifest
+        })
 
       assert Enum.map(pod["spec"]["containers"], & &1["name"]) == ["sidecar", "app"]
 
@@ -882,9 +886,14 @@ defmodule FLAMEK8sBackend.RunnerPodTest do
     test "strip_cookie_flags/1 reads flags as erlexec does: quotes, several values, no match inside a word" do
       assert RunnerPod.strip_cookie_flags(~s(-a 1 -setcookie "x y" 'z' -b)) == "-a 1 -b"
       assert RunnerPod.strip_cookie_flags("-setcookie c +A 4") == "+A 4"
-      assert RunnerPod.strip_cookie_flags("-nosetcookie -xsetcookie x") == "-nosetcookie -xsetcookie x"
+
+      assert RunnerPod.strip_cookie_flags("-nosetcookie -xsetcookie x") ==
+               "-nosetcookie -xsetcookie x"
+
       assert RunnerPod.strip_cookie_flags("-setcookie") == ""
-      assert RunnerPod.strip_cookie_flags("-s mod -extra -setcookie x") == "-s mod -extra -setcookie x"
+
+      assert RunnerPod.strip_cookie_flags("-s mod -extra -setcookie x") ==
+               "-s mod -extra -setcookie x"
     end
   end
 
@@ -896,4 +905,3 @@ defmodule FLAMEK8sBackend.RunnerPodTest do
     assert secret["metadata"]["annotations"]["flame-k8s-backend.io/boot-timeout-ms"] == "45000"
   end
 end
-

@@ -33,7 +33,7 @@ defmodule FLAMEK8sBackend.SweepTest do
     test "its own boot timeout (its annotation) counts, not the sweeping pool's" do
       # Created by a pool with a boot timeout of 10 minutes, swept by one of 30 s.
       pod =
-        "Pending"
+        "Succeeded"
         |> pod("2025-01-01T11:50:00Z")
         |> put_in(["metadata", "annotations"], %{@boot_timeout_annotation => "600000"})
 
@@ -74,10 +74,17 @@ defmodule FLAMEK8sBackend.SweepTest do
   # paths in `forbidden` are refused, all others work.
   defp sweep_server!(pods, secrets, forbidden \\ []) do
     FakeApiServer.start!(self(), fn
-      "GET", "/api/v1/namespaces/sweep-ns/pods" -> {200, list_json(pods)}
-      "GET", "/api/v1/namespaces/sweep-ns/secrets" when is_list(secrets) -> {200, list_json(secrets)}
-      "GET", "/api/v1/namespaces/sweep-ns/secrets" -> {403, @forbidden}
-      "DELETE", path -> if path in forbidden, do: {403, @forbidden}, else: {200, @status_ok}
+      "GET", "/api/v1/namespaces/sweep-ns/pods" ->
+        {200, list_json(pods)}
+
+      "GET", "/api/v1/namespaces/sweep-ns/secrets" when is_list(secrets) ->
+        {200, list_json(secrets)}
+
+      "GET", "/api/v1/namespaces/sweep-ns/secrets" ->
+        {403, @forbidden}
+
+      "DELETE", path ->
+        if path in forbidden, do: {403, @forbidden}, else: {200, @status_ok}
     end)
   end
 
@@ -115,7 +122,12 @@ defmodule FLAMEK8sBackend.SweepTest do
 
     pods = [
       # With a secret of its own, which goes too.
-      pod_json("done-1", "Succeeded", @long_ago, ~s({"name":"app","envFrom":[{"secretRef":{"name":"done-1"}}]})),
+      pod_json(
+        "done-1",
+        "Succeeded",
+        @long_ago,
+        ~s({"name":"app","envFrom":[{"secretRef":{"name":"done-1"}}]})
+      ),
       # Stuck since: never finished (an image that cannot be pulled, a missing secret).
       pod_json("stuck-1", "Pending", @long_ago),
       pod_json("runs-1", "Running", @long_ago),
@@ -159,7 +171,11 @@ defmodule FLAMEK8sBackend.SweepTest do
   end
 
   test "run/4 never deletes what a live reaper of this VM tracks, however old" do
-    url = sweep_server!([pod_json("booted-1", "Running", @long_ago)], [object_json("booted-1", @long_ago)])
+    url =
+      sweep_server!([pod_json("booted-1", "Succeeded", @long_ago)], [
+        object_json("booted-1", @long_ago)
+      ])
+
     {:ok, kube} = Kube.connect(url: url, token: "t")
     tracked!(kube, "booted-1")
 
@@ -170,7 +186,12 @@ defmodule FLAMEK8sBackend.SweepTest do
 
   test "run/4 without list on secrets: a swept pod's own secret still goes" do
     pods = [
-      pod_json("done-2", "Failed", @long_ago, ~s({"name":"app","envFrom":[{"secretRef":{"name":"done-2"}}]})),
+      pod_json(
+        "done-2",
+        "Failed",
+        @long_ago,
+        ~s({"name":"app","envFrom":[{"secretRef":{"name":"done-2"}}]})
+      ),
       # Its cookie comes from the parent's Secret: no secret of its own to delete.
       pod_json("done-3", "Failed", @long_ago, ~s({"name":"app"}))
     ]
