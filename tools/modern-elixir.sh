@@ -52,7 +52,8 @@ ensure_modern_elixir() {
   export PATH="$ELIXIR_HOME/host/erlang/bin:$ELIXIR_HOME/host/elixir/bin:$PATH"
 }
 
-modern_elixir_mirror() {
+# The Debian mirror of apt's own sources (any suite: they all live there), or DEBIAN_MIRROR.
+debian_mirror() {
   if [ -n "${DEBIAN_MIRROR:-}" ]; then echo "$DEBIAN_MIRROR"; return; fi
   local mirror
   mirror="$(sed -n 's/^URIs: *\([^ ]*\).*/\1/p' /etc/apt/sources.list.d/*.sources 2>/dev/null |
@@ -78,7 +79,7 @@ install_modern_elixir() {
     rm -rf "$root" "$host"
     mkdir -p "$ELIXIR_HOME/debs"
     debootstrap --variant=minbase --cache-dir="$ELIXIR_HOME/debs" "$MODERN_ELIXIR_SUITE" "$root" \
-      "$(modern_elixir_mirror)"
+      "$(debian_mirror)"
     cp /etc/resolv.conf "$root/etc/resolv.conf"
     # shellcheck disable=SC2086
     chroot "$root" sh -c "apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
