@@ -14,18 +14,20 @@
 #
 # A host that already has Elixir >= 1.15 on PATH keeps its own (FLAME_K8S_ELIXIR=trixie forces
 # this one). Needs root (debootstrap, chroot) and patchelf for the first install; later calls only
-# put it on PATH. Env: FLAME_K8S_CACHE, DEBIAN_MIRROR.
+# put it on PATH. Env: FLAME_K8S_ELIXIR_DIR (default /opt/flame_k8s_backend/elixir), DEBIAN_MIRROR.
 
 MODERN_ELIXIR_SUITE=trixie
 MODERN_ELIXIR_PACKAGES="elixir erlang-dev erlang-dialyzer erlang-proper"
 # Bump when the recipe below changes (the suite and packages are part of the key already).
 MODERN_ELIXIR_RECIPE=1
 
+# Not under ~/.cache: the tests run some runner VMs as another user (nobody), who must reach
+# Elixir, OTP and the root's glibc, and root's home is closed to others.
 modern_elixir_home() {
   local key
   key="$(printf '%s\n' "$MODERN_ELIXIR_SUITE $MODERN_ELIXIR_PACKAGES recipe=$MODERN_ELIXIR_RECIPE" |
     sha256sum | cut -c1-12)"
-  echo "${FLAME_K8S_CACHE:-$HOME/.cache/flame_k8s_backend}/elixir/$MODERN_ELIXIR_SUITE-$key"
+  echo "${FLAME_K8S_ELIXIR_DIR:-/opt/flame_k8s_backend/elixir}/$MODERN_ELIXIR_SUITE-$key"
 }
 
 # True when `elixir` on PATH is >= 1.15 (without starting a VM: `elixir --version` does).

@@ -438,10 +438,19 @@ defmodule FLAMEK8sBackend.Test.LocalCluster do
 
   # The runner image: a BEAM node with this project's test build on its code path. It starts
   # the FLAME application, whose terminator reads FLAME_PARENT and connects to the parent.
+  # Runners may run as another user (the non-root code_sync scenario): they load a copy of the
+  # compiled apps (priv's links followed) in the state dir, which anyone may read, rather than
+  # the build in the clone, whose parent may be closed to others (mode 0700, as under mktemp -d).
   defp write_runner_entrypoint!(state_dir) do
     elixir = System.find_executable("elixir") || raise "elixir is not on PATH"
-    ebins = Path.wildcard(Path.join(Mix.Project.build_path(), "lib/*/ebin"))
-    pa = Enum.map_join(ebins, " ", &"-pa #{&1}")
+    apps = Path.join(state_dir, "runner-lib")
+    File.mkdir_p!(apps)
+
+    for app <- Path.wildcard(Path.join(Mix.Project.build_path(), "lib/*")) do
+      {_, 0} = System.cmd("cp", ["-RL", app, apps])
+    end
+
+    pa = Enum.map_join(Path.wildcard(Path.join(apps, "*/ebin")), " ", &"-pa #{&1}")
 
     script = """
     #!/bin/sh

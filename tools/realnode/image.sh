@@ -248,12 +248,12 @@ cp -a "$ROOTFS" "$TREE"
 mkdir "$TREE/app"
 cp -a "$REL/." "$TREE/app/"
 # With Debian's Elixir from tools/modern-elixir.sh, the release's ERTS and OTP libraries are the
-# host copies, patched to load through $ELIXIR_HOME/root's glibc: the image gets that root's own,
-# unpatched files, which load through the image's (the same suite's) glibc.
+# host copies, patched to load through $ELIXIR_HOME/root's glibc: each file that names that place
+# becomes the root's own, unpatched file, which loads through the image's (the same suite's) glibc.
 if [ -n "${ELIXIR_HOME:-}" ]; then
   (
     cd "$TREE/app"
-    find erts-* lib -type f \( -name '*.so' -o -perm -u+x \) -print | while read -r file; do
+    grep -rlF "$ELIXIR_HOME" erts-* lib | while read -r file; do
       pristine="$ELIXIR_HOME/root/usr/lib/erlang/$file"
       if [ -f "$pristine" ]; then cp "$pristine" "$file"; fi
     done
