@@ -315,6 +315,9 @@ defmodule FLAMEK8sBackend.Reaper do
     end
 
     :ok
+  catch
+    # The application is stopping (its supervisor with it): nobody to hand on to.
+    :exit, _ -> :ok
   end
 
   defp abnormal?(reason),
