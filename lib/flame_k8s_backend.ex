@@ -111,11 +111,12 @@ defmodule FLAMEK8sBackend do
   FLAME Runner process goes down (`FLAMEK8sBackend.Reaper`), on every boot failure, by the
   runner itself in `system_shutdown/0` when its service account may delete pods, by a
   sweep when runners are initialised (at most once a minute per parent), and by
-  Kubernetes' garbage collector with the parent pod. A
-  create whose answer was lost is deleted even when the API server commits it later. The
-  sweep is the safety net: it deletes this parent's runner pods and secrets, whatever their
-  phase, once they are older than the boot timeout they were created with plus a minute and
-  no reaper of this VM looks after them (a parent VM that was killed, a reaper that gave up).
+  Kubernetes' garbage collector with the parent pod. A create whose answer was lost is
+  deleted even when the API server commits it later. The sweep is the safety net: it deletes
+  this parent's runner pods and secrets that no reaper of this VM looks after (a parent VM
+  that was killed, a reaper that gave up), whatever their phase once they are older than the
+  boot timeout they were created with plus 30 s, and a finished pod (with its secret) once it
+  is older than a boot timeout.
   With `:active_deadline_seconds`, Kubernetes also stops a runner that outlived that bound.
 
   ## Telemetry
@@ -330,7 +331,8 @@ defmodule FLAMEK8sBackend do
   them. The pod lacks one variable `remote_boot/1` adds, `FLAME_K8S_REAPER`: a runner created
   from it deletes its own pod at shutdown (when its service account may) but tells no reaper,
   and no reaper looks after what you created: delete the pod and secret yourself. The sweep
-  of a later `init/1` deletes them once they are older than `:boot_timeout` plus a minute.
+  of a later `init/1` deletes them once they are older than `:boot_timeout` plus 30 s (a
+  finished pod, with its secret, once it is older than `:boot_timeout`).
 
   The runner's `remote_up` comes to the process that called `init/1`, as
   `{state.parent_ref, {:remote_up, terminator_pid}}`. A state returned by a successful

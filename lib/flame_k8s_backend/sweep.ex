@@ -6,12 +6,15 @@ defmodule FLAMEK8sBackend.Sweep do
   # or CreateContainerConfigError), objects a reaper gave up on (an API server down for ten
   # minutes, a 403), a reaper that crashed for good.
   #
-  # An object is swept once it is older than the boot timeout it was created with (its
-  # annotation, so pools with other boot timeouts never cut each other's boots short) plus a
-  # margin, and no live reaper of this VM tracks it (a booted runner's, or one whose create is
-  # still being followed up). At most once a minute per parent, so a burst of boots does not
-  # list pods and Secrets once each. One try per object and sweep: the next sweep tries
-  # again. Never fails a boot. Each delete is a cleanup telemetry event (trigger :orphaned).
+  # Never what a live reaper of this VM tracks (a boot in flight, a booted runner, a create
+  # still being followed up), whatever its age. Of the rest, an object is swept once it is
+  # older than the boot timeout it was created with (its annotation, so pools with other boot
+  # timeouts never cut each other's boots short) plus a margin, whatever its phase; a finished
+  # pod (its phase, or its app container terminated while a sidecar runs on) already once it
+  # is older than this pool's boot timeout, with its own Secret: nothing needs it any more.
+  # At most once a minute per parent, so a burst of boots does not list pods and Secrets once
+  # each. One try per object and sweep: the next sweep tries again. Never fails a boot. Each
+  # delete is a cleanup telemetry event (trigger :orphaned).
   #
   # Listing Secrets needs `list` on `secrets`; without it, a swept pod's own Secret is still
   # deleted, but a Secret whose pod was never created is not found.
@@ -23,7 +26,7 @@ defmodule FLAMEK8sBackend.Sweep do
   @interval_ms 60_000
   # Over an object's own boot timeout: clock skew between this VM and the API server (which
   # sets creationTimestamp), and a boot's last cleanup.
-  @margin_ms 60_000
+  @margin_ms 30_000
 
   @doc """
   Sweeps the runner pods and Secrets of `parent_pod` in `namespace` that no reaper looks
@@ -51,15 +54,19 @@ defmodule FLAMEK8sBackend.Sweep do
     now = DateTime.utc_now()
     swept? = &swept?(namespace, &1, &2, opts.boot_timeout, now)
     pods = Enum.filter(pods, &swept?.(:pod, &1))
+    # The Secrets of the pods swept go with them, however young.
+    of_pods = for pod <- pods, own_secret?(pod, name(pod)), do: name(pod)
 
     secret_names =
       case secrets do
         {:ok, secrets} ->
-          for secret <- secrets, swept?.(:secret, secret), do: name(secret)
+          listed = MapSet.new(secrets, &name/1)
+          aged = for secret <- secrets, swept?.(:secret, secret), do: name(secret)
+          Enum.uniq(aged ++ Enum.filter(of_pods, &MapSet.member?(listed, &1)))
 
         # Not listable: at least the Secrets of the pods swept.
         :error ->
-          for pod <- pods, own_secret?(pod, name(pod)), do: name(pod)
+          of_pods
       end
 
     Enum.each(pods, &delete(kube, namespace, :pod, name(&1), opts.log))
@@ -78,19 +85,41 @@ defmodule FLAMEK8sBackend.Sweep do
   @doc """
   Whether runner `object` (a pod or a Secret) is old enough to sweep at `now`: created more
   than its own boot timeout (its `flame-k8s-backend.io/boot-timeout-ms` annotation; without
-  it, `boot_timeout` ms) plus a minute ago, whatever its phase. The sweep also spares what a
-  live reaper tracks.
+  it, `boot_timeout` ms) plus 30 s ago, whatever its phase; a finished pod (its phase, or its
+  app container terminated while a sidecar runs on) once it is older than `boot_timeout`. The
+  sweep also spares what a live reaper tracks.
 
       iex> pod = %{"metadata" => %{"creationTimestamp" => "2025-01-01T12:00:00Z"},
       ...>   "status" => %{"phase" => "Pending"}}
-      iex> FLAMEK8sBackend.Sweep.leftover?(pod, 30_000, ~U[2025-01-01 12:01:31Z])
+      iex> FLAMEK8sBackend.Sweep.leftover?(pod, 30_000, ~U[2025-01-01 12:01:01Z])
       true
-      iex> FLAMEK8sBackend.Sweep.leftover?(pod, 30_000, ~U[2025-01-01 12:01:29Z])
+      iex> FLAMEK8sBackend.Sweep.leftover?(pod, 30_000, ~U[2025-01-01 12:00:59Z])
       false
+      iex> FLAMEK8sBackend.Sweep.leftover?(put_in(pod["status"]["phase"], "Failed"), 30_000,
+      ...>   ~U[2025-01-01 12:00:31Z])
+      true
   """
   @spec leftover?(map(), pos_integer(), DateTime.t()) :: boolean()
   def leftover?(object, boot_timeout, now) do
-    older_than?(object, (RunnerPod.boot_timeout(object) || boot_timeout) + @margin_ms, now)
+    (finished?(object) and older_than?(object, boot_timeout, now)) or
+      older_than?(object, (RunnerPod.boot_timeout(object) || boot_timeout) + @margin_ms, now)
+  end
+
+  defp finished?(object) do
+    get_in(object, ["status", "phase"]) in ["Succeeded", "Failed"] or
+      app_container_terminated?(object)
+  end
+
+  defp app_container_terminated?(pod) do
+    name = RunnerPod.app_container_name(pod)
+    statuses = get_in(pod, ["status", "containerStatuses"])
+
+    is_binary(name) and is_list(statuses) and
+      Enum.any?(
+        statuses,
+        &(is_map(&1) and &1["name"] == name and is_map(&1["state"]) and
+            is_map(&1["state"]["terminated"]))
+      )
   end
 
   defp older_than?(object, ms, now) do

@@ -18,23 +18,32 @@ defmodule FLAMEK8sBackend.SweepTest do
   @boot_timeout_annotation "flame-k8s-backend.io/boot-timeout-ms"
 
   describe "leftover?/3" do
-    # The sweep's margin over a boot timeout is a minute: 30 s + 60 s = 90 s.
+    # The sweep's margin over an object's own boot timeout is 30 s: 30 s + 30 s = 60 s.
     test "a runner object older than its boot timeout and the margin, whatever its phase" do
       for phase <- ["Pending", "Running", "Succeeded", "Failed"] do
-        assert Sweep.leftover?(pod(phase, "2025-01-01T11:59:29Z"), 30_000, @now)
-        refute Sweep.leftover?(pod(phase, "2025-01-01T11:59:31Z"), 30_000, @now)
+        assert Sweep.leftover?(pod(phase, "2025-01-01T11:59:59Z"), 30_000, @now)
+      end
+
+      for phase <- ["Pending", "Running"] do
+        refute Sweep.leftover?(pod(phase, "2025-01-01T12:00:01Z"), 30_000, @now)
       end
 
       # A Secret has no phase.
-      secret = %{"metadata" => %{"creationTimestamp" => "2025-01-01T11:59:29Z"}}
+      secret = %{"metadata" => %{"creationTimestamp" => "2025-01-01T11:59:59Z"}}
       assert Sweep.leftover?(secret, 30_000, @now)
+
+      refute Sweep.leftover?(
+               put_in(secret, ["metadata", "creationTimestamp"], "2025-01-01T12:00:01Z"),
+               30_000,
+               @now
+             )
     end
 
-    test "its own boot timeout (its annotation) counts, not the sweeping pool's" do
+    test "an unfinished object's own boot timeout (its annotation) counts, not the sweeping pool's" do
       # Created by a pool with a boot timeout of 10 minutes, swept by one of 30 s.
       pod =
-        "Succeeded"
-        |> pod("2025-01-01T11:50:00Z")
+        "Pending"
+        |> pod("2025-01-01T11:50:30Z")
         |> put_in(["metadata", "annotations"], %{@boot_timeout_annotation => "600000"})
 
       refute Sweep.leftover?(pod, 30_000, @now)
@@ -43,6 +52,30 @@ defmodule FLAMEK8sBackend.SweepTest do
       # Created by a pool with a boot timeout of 1 s, swept by one of 10 minutes.
       quick = put_in(pod, ["metadata", "annotations", @boot_timeout_annotation], "1000")
       assert Sweep.leftover?(quick, 600_000, @now)
+    end
+
+    test "a finished pod once it is older than a boot timeout: nothing but a boot in flight, which a reaper tracks, still needs it" do
+      for phase <- ["Succeeded", "Failed"] do
+        assert Sweep.leftover?(pod(phase, "2025-01-01T12:00:29Z"), 30_000, @now)
+        refute Sweep.leftover?(pod(phase, "2025-01-01T12:00:31Z"), 30_000, @now)
+      end
+
+      # A sidecar (a service mesh) keeps the pod Running after the runner VM exited.
+      pod =
+        "Running"
+        |> pod("2025-01-01T12:00:00Z")
+        |> put_in(["metadata", "annotations"], %{"flame-k8s-backend.io/app-container" => "web"})
+        |> put_in(["status", "containerStatuses"], [
+          %{"name" => "istio-proxy", "state" => %{"running" => %{}}},
+          %{"name" => "web", "state" => %{"terminated" => %{"exitCode" => 0}}}
+        ])
+
+      assert Sweep.leftover?(pod, 30_000, @now)
+
+      running =
+        put_in(pod, ["status", "containerStatuses", Access.at(1), "state"], %{"running" => %{}})
+
+      refute Sweep.leftover?(running, 30_000, @now)
     end
 
     test "never one of unknown age" do
@@ -182,6 +215,17 @@ defmodule FLAMEK8sBackend.SweepTest do
     sweep!(url)
 
     assert sent_deletes() == []
+  end
+
+  test "run/4: a finished pod older than a boot timeout goes, with its secret however young" do
+    ago = &DateTime.to_iso8601(DateTime.add(DateTime.utc_now(), -&1, :second))
+    own_secret = ~s({"name":"app","envFrom":[{"secretRef":{"name":"ended-1"}}]})
+    pods = [pod_json("ended-1", "Succeeded", ago.(40), own_secret)]
+    secrets = [object_json("ended-1", ago.(41)), object_json("young-2", ago.(41))]
+
+    sweep!(sweep_server!(pods, secrets))
+
+    assert Enum.sort(sent_deletes()) == ["pods/ended-1", "secrets/ended-1"]
   end
 
   test "run/4 without list on secrets: a swept pod's own secret still goes" do
