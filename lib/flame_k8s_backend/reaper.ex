@@ -193,7 +193,7 @@ defmodule FLAMEK8sBackend.Reaper do
   # A successor: the crashed reaper's runner, carried on from where it was.
   def init(%__MODULE__{} = state) do
     Process.monitor(state.owner)
-    if state.terminator, do: Process.monitor(state.terminator)
+    _ = if state.terminator, do: Process.monitor(state.terminator)
     Enum.each(state.objects, fn {kind, object} -> register(state, kind, object.name) end)
 
     cond do
@@ -309,10 +309,11 @@ defmodule FLAMEK8sBackend.Reaper do
   # that crashed again and again (then the sweep is left).
   @impl true
   def terminate(reason, state) do
-    if abnormal?(reason) and state.generation < @max_generations do
-      successor = %{state | generation: state.generation + 1, caller: nil}
-      _ = DynamicSupervisor.start_child(FLAMEK8sBackend.ReaperSupervisor, {__MODULE__, successor})
-    end
+    _ =
+      if abnormal?(reason) and state.generation < @max_generations do
+        successor = %{state | generation: state.generation + 1, caller: nil}
+        DynamicSupervisor.start_child(FLAMEK8sBackend.ReaperSupervisor, {__MODULE__, successor})
+      end
 
     :ok
   catch
@@ -335,8 +336,10 @@ defmodule FLAMEK8sBackend.Reaper do
 
   defp register(state, kind, name) do
     # One registration per object and reaper: a name tracked again is still the one entry.
-    if Registry.values(@registry, {state.namespace, kind, name}, self()) == [],
-      do: {:ok, _} = Registry.register(@registry, {state.namespace, kind, name}, nil)
+    key = {state.namespace, kind, name}
+
+    _ =
+      if Registry.values(@registry, key, self()) == [], do: Registry.register(@registry, key, nil)
 
     :ok
   end
