@@ -216,6 +216,8 @@ python3 "$HERE/sync_tree.py" "$INCOMING" "$SRC" priv _build deps >&2
 rm -rf "$INCOMING"
 
 REL="$BUILD/rel"
+# Assembled anew each time: `mix release --overwrite` keeps ERTS files of an earlier assembly.
+rm -rf "$REL"
 log "mix release (MIX_ENV=prod, FLAME_DEMO_OFFLINE=1${FLAME_PATH:+, FLAME_PATH=$FLAME_PATH}; log: $BUILD/mix.log)"
 if ! (
   cd "$SRC/examples/kind/$APP"
