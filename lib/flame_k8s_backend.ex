@@ -83,8 +83,8 @@ defmodule FLAMEK8sBackend do
   (`examples/kubernetes/network-policy.yaml`); fix the parent's with
   `ERL_AFLAGS="-kernel inet_dist_listen_min 9000 inet_dist_listen_max 9000"` (or `vm.args`).
   A service mesh's sidecar keeps a runner pod running after its VM has exited: the parent
-  deletes the pod when the runner's node goes down, and the sweep counts a runner whose app
-  container terminated as finished. Opt runners out of injection in `:manifest`: Istio reads
+  deletes the pod when the runner's node goes down (and the sweep, once no reaper looks after
+  it, whatever its phase). Opt runners out of injection in `:manifest`: Istio reads
   `sidecar.istio.io/inject` as a pod label (and, deprecated, as an annotation; the label
   wins), Linkerd reads `linkerd.io/inject` as an annotation:
 
@@ -141,9 +141,14 @@ defmodule FLAMEK8sBackend do
   A runner's pod and secret are deleted: by the parent when the runner's terminator or its
   FLAME Runner process goes down (`FLAMEK8sBackend.Reaper`), on every boot failure, by the
   runner itself in `system_shutdown/0` when its service account may delete pods, by a
-  sweep of this parent's finished runner pods when runners are initialised (at most once a
-  minute per parent), and by Kubernetes' garbage collector with the parent pod. With
-  `:active_deadline_seconds`, Kubernetes also stops a runner that outlived that bound.
+  sweep when runners are initialised (at most once a minute per parent), and by
+  Kubernetes' garbage collector with the parent pod. A create whose answer was lost is
+  deleted even when the API server commits it later. The sweep is the safety net: it deletes
+  this parent's runner pods and secrets that no reaper of this VM looks after (a parent VM
+  that was killed, a reaper that gave up), whatever their phase once they are older than the
+  boot timeout they were created with plus 30 s, and a finished pod (with its secret) once it
+  is older than a boot timeout.
+  With `:active_deadline_seconds`, Kubernetes also stops a runner that outlived that bound.
 
   ## Telemetry
 
@@ -186,6 +191,7 @@ defmodule FLAMEK8sBackend do
     :runner_selector,
     :app_container,
     :boot_timeout,
+    :api_server_request_timeout,
     :unschedulable,
     :log,
     :runner_node_name,
@@ -230,6 +236,7 @@ defmodule FLAMEK8sBackend do
           runner_selector: String.t(),
           app_container: String.t() | nil,
           boot_timeout: pos_integer(),
+          api_server_request_timeout: pos_integer(),
           unschedulable: :wait | :fail,
           log: false | Logger.level(),
           runner_node_name: node() | nil,
@@ -239,7 +246,8 @@ defmodule FLAMEK8sBackend do
 
   @doc """
   `FLAME.Backend` callback: validates the options, connects, reads the parent pod (once per
-  VM), sweeps this parent's finished runner pods and prepares the runner manifest. No pod is
+  VM), sweeps the runner pods and secrets this parent left behind and prepares the runner
+  manifest. No pod is
   created yet.
 
       {:ok, state} = FLAMEK8sBackend.init(boot_timeout: 30_000, env: %{"ROLE" => "runner"})
@@ -273,6 +281,7 @@ defmodule FLAMEK8sBackend do
          runner_selector: RunnerPod.selector(parent_pod),
          app_container: RunnerPod.app_container_name(pod_manifest),
          boot_timeout: opts.boot_timeout,
+         api_server_request_timeout: opts.api_server_request_timeout,
          unschedulable: opts.unschedulable,
          log: opts.log
        }}
@@ -301,7 +310,15 @@ defmodule FLAMEK8sBackend do
 
   defp boot_or_clean_up(state) do
     deadline = now() + state.boot_timeout
-    {:ok, reaper} = Reaper.start(state.kube, state.namespace, self(), state.log)
+
+    {:ok, reaper} =
+      Reaper.start(
+        state.kube,
+        state.namespace,
+        self(),
+        state.log,
+        state.api_server_request_timeout
+      )
 
     case boot(state, reaper, deadline) do
       {:ok, terminator, state} ->
@@ -344,7 +361,9 @@ defmodule FLAMEK8sBackend do
   `FLAME_PARENT` (which lets the runner connect back to this parent). Never log or inspect
   them. The pod lacks one variable `remote_boot/1` adds, `FLAME_K8S_REAPER`: a runner created
   from it deletes its own pod at shutdown (when its service account may) but tells no reaper,
-  and nothing else deletes what you created: delete the pod and secret yourself.
+  and no reaper looks after what you created: delete the pod and secret yourself. The sweep
+  of a later `init/1` deletes them once they are older than `:boot_timeout` plus 30 s (a
+  finished pod, with its secret, once it is older than `:boot_timeout`).
 
   The runner's `remote_up` comes to the process that called `init/1`, as
   `{state.parent_ref, {:remote_up, terminator_pid}}`. A state returned by a successful
@@ -438,6 +457,7 @@ defmodule FLAMEK8sBackend do
       flame_parent: flame_parent(parent_ref, basename),
       app_container_name: opts.app_container_name,
       manifest: opts.manifest,
+      boot_timeout: opts.boot_timeout,
       env: opts.env,
       secret_env: opts.secret_env,
       labels: opts.labels,
@@ -484,7 +504,8 @@ defmodule FLAMEK8sBackend do
   ## remote_boot
 
   # The pod and its secret get a name chosen in init/1 rather than by generateName, so that
-  # even a create whose answer was lost (a timeout) is known to the reaper and deleted.
+  # even a create whose answer was lost (a timeout) is known to the reaper and deleted, however
+  # late the API server commits it (see FLAMEK8sBackend.Reaper).
   defp boot(state, reaper, deadline) do
     started = now()
     progress = BootProgress.new(pod_id(state), node())
@@ -498,11 +519,8 @@ defmodule FLAMEK8sBackend do
         SelfDelete.encode_reaper(reaper)
       )
 
-    if secret_manifest, do: :ok = Reaper.track(reaper, :secret, state.runner_name)
-    :ok = Reaper.track(reaper, :pod, state.runner_name)
-
-    with :ok <- create_secret(state, secret_manifest, deadline),
-         :ok <- create(state, :create_pod, &Kube.create_pod/4, pod_manifest, deadline),
+    with :ok <- create_secret(state, reaper, secret_manifest, deadline),
+         :ok <- create(state, reaper, :pod, pod_manifest, deadline),
          progress = BootProgress.reached(progress, :created, now() - started),
          :ok <- time_left(state, deadline, progress),
          log(
@@ -525,17 +543,32 @@ defmodule FLAMEK8sBackend do
   end
 
   # A runner that takes its cookie from the parent's Secret has none of its own.
-  defp create_secret(_state, nil, _deadline), do: :ok
+  defp create_secret(_state, _reaper, nil, _deadline), do: :ok
 
-  defp create_secret(state, manifest, deadline),
-    do: create(state, :create_secret, &Kube.create_secret/4, manifest, deadline)
+  defp create_secret(state, reaper, manifest, deadline),
+    do: create(state, reaper, :secret, manifest, deadline)
 
-  # In a burst a create may wait for one of the client's create slots for what is left of the
-  # boot, not just a request timeout; the request itself then has its own timeout.
-  defp create(state, phase, create_fun, manifest, deadline) do
-    case create_fun.(state.kube, state.namespace, manifest, queue_timeout: remaining(deadline)) do
-      {:ok, _} -> :ok
-      {:error, reason} -> {:error, %BootError{phase: phase, reason: reason, pod: pod_id(state)}}
+  # The reaper tracks the object from before its create is sent, and learns what the result
+  # says about its existence. In a burst a create may wait for one of the client's create
+  # slots for what is left of the boot, not just a request timeout; the request itself then
+  # has its own timeout.
+  defp create(state, reaper, kind, manifest, deadline) do
+    :ok = Reaper.track(reaper, kind, state.runner_name)
+    create_fun = if kind == :pod, do: &Kube.create_pod/4, else: &Kube.create_secret/4
+
+    result =
+      create_fun.(state.kube, state.namespace, manifest, queue_timeout: remaining(deadline))
+
+    :ok = Reaper.created(reaper, kind, result)
+
+    # A 409 on the name this backend chose is this very create, committed by an earlier try.
+    case {Reaper.create_outcome(result), result} do
+      {:created, _} ->
+        :ok
+
+      {_, {:error, reason}} ->
+        phase = if kind == :pod, do: :create_pod, else: :create_secret
+        {:error, %BootError{phase: phase, reason: reason, pod: pod_id(state)}}
     end
   end
 

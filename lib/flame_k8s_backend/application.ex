@@ -5,6 +5,9 @@ defmodule FLAMEK8sBackend.Application do
   @impl true
   def start(_type, _args) do
     children = [
+      # The names each reaper tracks, which the sweep leaves alone.
+      {Registry, keys: :duplicate, name: FLAMEK8sBackend.ReaperRegistry},
+      {Registry, keys: :unique, name: FLAMEK8sBackend.SingleFlightRegistry},
       {DynamicSupervisor, name: FLAMEK8sBackend.ReaperSupervisor, strategy: :one_for_one}
     ]
 

@@ -9,7 +9,9 @@ defmodule FLAMEK8sBackend.BootDiagnostics do
   `list` on `events` or `get` on `pods/log`, an API server that does not answer in time) is
   said so in the error (`{:unreadable, why}`). Both requests run at once, within a budget of a
   few seconds, before the pod is deleted (its log goes with it). Known secret values (the
-  cookie, `:secret_env`) are replaced by `[redacted]` in everything read.
+  cookie, `:secret_env`) are replaced by `[redacted]` in everything read, and in the error's
+  own `:reason` (a container's termination message, the waiting detail, the API server's
+  message), whether or not the pod may exist.
 
       error = FLAMEK8sBackend.BootDiagnostics.add(kube, error,
         namespace: "prod", pod: "web-1-flame-x7k2p", app_container: "web", redact: [cookie])
@@ -37,16 +39,18 @@ defmodule FLAMEK8sBackend.BootDiagnostics do
         }
 
   @doc """
-  Adds `:events` and (when a container log tells more) `:log` to `error`, if the pod may
-  exist. Options: `:namespace`, `:pod` (its name), `:app_container`, `:redact` (strings never
-  to show), `:budget` (ms, default #{@budget_ms}).
+  Redacts `error`'s reason and adds `:events` and (when a container log tells more) `:log` to
+  it, if the pod may exist. Options: `:namespace`, `:pod` (its name), `:app_container`,
+  `:redact` (strings never to show), `:budget` (ms, default #{@budget_ms}).
   """
   @spec add(Kube.t(), BootError.t(), keyword()) :: BootError.t()
   def add(kube, %BootError{} = error, opts) do
+    redact = opts |> Keyword.get(:redact, []) |> Enum.filter(&(byte_size(&1) >= @min_redacted))
+    error = %{error | reason: redact_term(error.reason, redact)}
+
     if pod_may_exist?(error) do
       container = log_container(error, opts[:app_container])
       budget = Keyword.get(opts, :budget, @budget_ms)
-      redact = opts |> Keyword.get(:redact, []) |> Enum.filter(&(byte_size(&1) >= @min_redacted))
 
       reads =
         [events: fn -> events(kube, opts[:namespace], opts[:pod]) end] ++
@@ -212,6 +216,21 @@ defmodule FLAMEK8sBackend.BootDiagnostics do
   defp redact(events, secrets) when is_list(events) do
     Enum.map(events, fn event -> Map.update!(event, :message, &scrub(&1, secrets)) end)
   end
+
+  # Every text in a reason, however deep (a map's keys are atoms of ours).
+  defp redact_term(term, []), do: term
+  defp redact_term(text, secrets) when is_binary(text), do: scrub(text, secrets)
+
+  defp redact_term([head | tail], secrets),
+    do: [redact_term(head, secrets) | redact_term(tail, secrets)]
+
+  defp redact_term(tuple, secrets) when is_tuple(tuple),
+    do: tuple |> Tuple.to_list() |> redact_term(secrets) |> List.to_tuple()
+
+  defp redact_term(map, secrets) when is_map(map) and not is_struct(map),
+    do: Map.new(map, fn {key, value} -> {key, redact_term(value, secrets)} end)
+
+  defp redact_term(other, _secrets), do: other
 
   defp scrub(text, secrets) when is_binary(text), do: String.replace(text, secrets, "[redacted]")
   defp scrub(other, _secrets), do: other

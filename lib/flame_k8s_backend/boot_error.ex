@@ -33,7 +33,8 @@ defmodule FLAMEK8sBackend.BootError do
       `pods/log`); otherwise `nil`
 
   `:events` and `:log` are best effort (`FLAMEK8sBackend.BootDiagnostics`): whether they could
-  be read never changes `:phase` or `:reason`. Secret values never appear in them.
+  be read never changes `:phase` or `:reason`. Secret values (the cookie, `:secret_env`) never
+  appear in them, nor in `:reason`.
 
   ## Example
 

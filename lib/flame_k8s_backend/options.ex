@@ -125,6 +125,18 @@ defmodule FLAMEK8sBackend.Options do
       default: 15_000,
       doc: "ms per Kubernetes API request."
     ],
+    api_server_request_timeout: [
+      type: :milliseconds,
+      # kube-apiserver's default --request-timeout (1m0s).
+      default: 60_000,
+      doc: """
+      ms the API server itself gives a request before it abandons it: its \
+      `--request-timeout` (kube-apiserver's default is 60 s). A create whose answer was lost \
+      (`:request_timeout` passed first, the connection broke) may still be committed until \
+      then, so the parent deletes such a runner pod or secret again once that much time \
+      has passed. Raise it for an API server run with a longer `--request-timeout`.\
+      """
+    ],
     tmp_dir: [
       type: :tmp_dir,
       default: "/tmp/flame",
@@ -231,6 +243,7 @@ defmodule FLAMEK8sBackend.Options do
           kubeconfig: String.t() | nil,
           context: String.t() | nil,
           request_timeout: pos_integer(),
+          api_server_request_timeout: pos_integer(),
           tmp_dir: String.t() | false,
           dist_port: 1..65_535 | nil,
           active_deadline_seconds: pos_integer() | nil,

@@ -6,7 +6,7 @@ defmodule FLAMEK8sBackend.ParentPod do
   # runners take from it (image, env, volumes, service account, uid) cannot change while this
   # VM runs in it, and a GET per init/1 was one API request per boot.
 
-  alias FLAMEK8sBackend.{BootError, Kube}
+  alias FLAMEK8sBackend.{BootError, Kube, SingleFlight}
 
   @type id :: {namespace :: String.t(), name :: String.t()}
 
@@ -42,19 +42,17 @@ defmodule FLAMEK8sBackend.ParentPod do
   @doc """
   The parent pod as first read by this VM through a client with `client_key` (its connection
   settings): read with `fetch/2` on the first call, from memory on later ones. Errors are not
-  kept, so the next call reads again. Concurrent first calls read once.
+  kept, so the next call reads again. Concurrent first calls share one read and its result,
+  an error too: against an API server that does not answer, they all return after one
+  request timeout, not one after the other.
   """
   @spec fetch_once(Kube.t(), id(), term()) :: {:ok, Kube.pod()} | {:error, BootError.t()}
   def fetch_once(kube, id, client_key) do
     key = {__MODULE__, id, client_key}
 
     case :persistent_term.get(key, nil) do
-      %{} = pod ->
-        {:ok, pod}
-
-      nil ->
-        # Whoever holds the lock reads; the others find the pod it kept.
-        :global.trans({key, self()}, fn -> read_and_keep(kube, id, key) end, [node()])
+      %{} = pod -> {:ok, pod}
+      nil -> SingleFlight.run(key, fn -> read_and_keep(kube, id, key) end)
     end
   end
 

@@ -9,7 +9,17 @@ defmodule FLAMEK8sBackend.RunnerPod do
   envFrom, resources, volume mounts and working dir, and the pod's service account, image pull
   secrets, volumes, node selector, tolerations and security context. It never takes the
   parent's labels (a Deployment's selector would adopt the runner and its ReplicaSet would
-  delete it), probes, ports or node name.
+  delete it), probes, ports or node name, nor a service-account token volume of the parent
+  (below).
+
+  **Service-account tokens.** The parent's volumes that carry a service-account token, and
+  their mounts, are never copied: a projected volume with a `serviceAccountToken` source
+  (what the ServiceAccount admission plugin injects as `kube-api-access-*`, or one of the
+  parent's own), and a legacy token Secret (`<account>-token-xxxxx`, or whatever is mounted
+  at `/var/run/secrets/kubernetes.io/serviceaccount`). Copied, it would give the runner a
+  token even under `automountServiceAccountToken: false`. The API server injects the runner's
+  own token (of `:service_account_name`, else the parent's account), or none. A runner that
+  needs such a volume gets it from `:manifest`.
 
   Then, in order:
 
@@ -39,7 +49,11 @@ defmodule FLAMEK8sBackend.RunnerPod do
        `:cookie_secret_ref`) and there is no `:secret_env`, the runner references that same
        key instead and gets no secret of its own. At boot, `FLAMEK8sBackend` adds
        `FLAME_K8S_REAPER` (the parent's reaper for this runner, see
-       `FLAMEK8sBackend.SelfDelete`) with `put_env/4`;
+       `FLAMEK8sBackend.SelfDelete`) with `put_env/4`.
+       A `-setcookie` in `ERL_AFLAGS`, `ERL_FLAGS` or `ERL_ZFLAGS` (whoever set them: a
+       release's `env.sh` puts it in the parent VM's flags, which are forwarded) is left out
+       with its values (`strip_cookie_flags/1`): the runner gets the cookie from its secret,
+       as `RELEASE_COOKIE`, never as plain pod env;
     5. with `:dist_port`, `-kernel inet_dist_listen_min P inet_dist_listen_max P` in front of
        the final `ERL_AFLAGS` (the first setting of a kernel parameter wins, so neither the
        parent's forwarded flags nor the release's `vm.args` can move the port);
@@ -54,8 +68,10 @@ defmodule FLAMEK8sBackend.RunnerPod do
 
   Identifying labels: `app.kubernetes.io/managed-by=flame_k8s_backend` and
   `flame-k8s-backend.io/parent-uid=<parent pod uid>`; the annotations
-  `flame-k8s-backend.io/parent-pod` (the parent's name) and
-  `flame-k8s-backend.io/app-container` (the app container's name, which the sweep reads).
+  `flame-k8s-backend.io/parent-pod` (the parent's name),
+  `flame-k8s-backend.io/app-container` (the app container's name) and, on the pod and its
+  secret, `flame-k8s-backend.io/boot-timeout-ms` (the `:boot_timeout` it was created with,
+  which the sweep at `FLAMEK8sBackend.init/1` reads).
   """
 
   alias FLAMEK8sBackend.RunnerPod.Spec
@@ -65,7 +81,12 @@ defmodule FLAMEK8sBackend.RunnerPod do
   @parent_uid_label "flame-k8s-backend.io/parent-uid"
   @parent_annotation "flame-k8s-backend.io/parent-pod"
   @app_container_annotation "flame-k8s-backend.io/app-container"
+  @boot_timeout_annotation "flame-k8s-backend.io/boot-timeout-ms"
   @tmp_volume "flame-tmp"
+  # Where the ServiceAccount admission plugin mounts a pod's token.
+  @service_account_path "/var/run/secrets/kubernetes.io/serviceaccount"
+  # Every variable the emulator reads flags from.
+  @flag_vars ~w(ERL_AFLAGS ERL_FLAGS ERL_ZFLAGS)
 
   @fixed_first ~w(POD_NAME POD_NAMESPACE POD_IP)
   @secret_only ~w(RELEASE_COOKIE)
@@ -92,6 +113,25 @@ defmodule FLAMEK8sBackend.RunnerPod do
   @spec app_container_name(map()) :: String.t() | nil
   def app_container_name(pod),
     do: get_in(pod, ["metadata", "annotations", @app_container_annotation])
+
+  @doc """
+  The `:boot_timeout` (ms) a runner pod or secret was created with, as its annotation records
+  it (`nil` for one without it, or with a value that is not a positive integer).
+
+      iex> FLAMEK8sBackend.RunnerPod.boot_timeout(%{"metadata" =>
+      ...>   %{"annotations" => %{"flame-k8s-backend.io/boot-timeout-ms" => "45000"}}})
+      45000
+  """
+  @spec boot_timeout(map()) :: pos_integer() | nil
+  def boot_timeout(object) do
+    with value when is_binary(value) <-
+           get_in(object, ["metadata", "annotations", @boot_timeout_annotation]),
+         {ms, ""} when ms > 0 <- Integer.parse(value) do
+      ms
+    else
+      _ -> nil
+    end
+  end
 
   @doc """
   The runner secret, named like the runner pod: the cookie plus `:secret_env`, labelled like
@@ -153,6 +193,7 @@ defmodule FLAMEK8sBackend.RunnerPod do
   defp build_secret(parent_pod, spec, cookie) do
     metadata =
       %{"name" => spec.runner_name, "labels" => identifying_labels(parent_pod)}
+      |> put_if(spec.boot_timeout, "annotations", boot_timeout_annotation(spec))
       |> owner_references(parent_pod, spec)
 
     %{
@@ -242,7 +283,13 @@ defmodule FLAMEK8sBackend.RunnerPod do
       fun when is_function(fun, 2) ->
         case fun.(parent_pod, app) do
           %{} = pod ->
-            {:ok, pod |> stringify() |> without_parent_identity(parent_pod)}
+            pod =
+              pod
+              |> stringify()
+              |> without_parent_identity(parent_pod)
+              |> without_volumes(token_volumes(parent_pod))
+
+            {:ok, pod}
 
           other ->
             {:error,
@@ -256,22 +303,88 @@ defmodule FLAMEK8sBackend.RunnerPod do
           |> Map.take(@container_keys)
           |> Map.update("env", [], &drop_parent_env/1)
 
-        pod = %{
-          "apiVersion" => "v1",
-          "kind" => "Pod",
-          "metadata" => %{},
-          "spec" =>
-            parent_pod
-            |> Map.get("spec", %{})
-            |> Map.take(@pod_spec_keys)
-            |> Map.put("containers", [container])
-        }
+        pod =
+          without_volumes(
+            %{
+              "apiVersion" => "v1",
+              "kind" => "Pod",
+              "metadata" => %{},
+              "spec" =>
+                parent_pod
+                |> Map.get("spec", %{})
+                |> Map.take(@pod_spec_keys)
+                |> Map.put("containers", [container])
+            },
+            token_volumes(parent_pod)
+          )
 
         manifest = stringify(manifest || %{})
 
         with :ok <- validate_manifest_containers(manifest, container["name"]) do
           {:ok, merge_manifest(pod, manifest, container["name"])}
         end
+    end
+  end
+
+  # The names of the parent's volumes that carry a service-account token: a projected volume
+  # with a serviceAccountToken source, a legacy token Secret of its account, anything mounted
+  # where the admission plugin mounts the token.
+  defp token_volumes(parent_pod) do
+    spec = parent_pod["spec"] || %{}
+    account = spec["serviceAccountName"] || spec["serviceAccount"] || "default"
+    legacy = ~r/\A#{Regex.escape(account)}-token-[a-z0-9]{5}\z/
+
+    at_token_path =
+      for container <- List.wrap(spec["containers"]) ++ List.wrap(spec["initContainers"]),
+          is_map(container),
+          mount <- List.wrap(container["volumeMounts"]),
+          is_map(mount) and is_binary(mount["mountPath"]),
+          String.trim_trailing(mount["mountPath"], "/") == @service_account_path,
+          do: mount["name"]
+
+    for %{"name" => name} = volume <- List.wrap(spec["volumes"]),
+        projected_token?(volume) or name in at_token_path or legacy_token?(volume, legacy),
+        into: MapSet.new(),
+        do: name
+  end
+
+  defp projected_token?(%{"projected" => %{"sources" => sources}}) when is_list(sources),
+    do: Enum.any?(sources, &(is_map(&1) and Map.has_key?(&1, "serviceAccountToken")))
+
+  defp projected_token?(_volume), do: false
+
+  defp legacy_token?(%{"name" => name, "secret" => %{"secretName" => name}}, legacy)
+       when is_binary(name),
+       do: name =~ legacy
+
+  defp legacy_token?(_volume, _legacy), do: false
+
+  # `pod` without the volumes named in `names`, and without their mounts in any container.
+  defp without_volumes(pod, names) do
+    if Enum.empty?(names) or not is_map(pod["spec"]) do
+      pod
+    else
+      keep? = &(not (is_map(&1) and MapSet.member?(names, &1["name"])))
+
+      spec =
+        pod["spec"]
+        |> update_list("volumes", &Enum.filter(&1, keep?))
+        |> update_list("containers", &Enum.map(&1, fn c -> without_mounts(c, keep?) end))
+        |> update_list("initContainers", &Enum.map(&1, fn c -> without_mounts(c, keep?) end))
+
+      Map.put(pod, "spec", spec)
+    end
+  end
+
+  defp without_mounts(%{"volumeMounts" => mounts} = container, keep?) when is_list(mounts),
+    do: Map.put(container, "volumeMounts", Enum.filter(mounts, keep?))
+
+  defp without_mounts(container, _keep?), do: container
+
+  defp update_list(map, key, fun) do
+    case map do
+      %{^key => list} when is_list(list) -> Map.put(map, key, fun.(list))
+      _ -> map
     end
   end
 
@@ -400,7 +513,7 @@ defmodule FLAMEK8sBackend.RunnerPod do
   defp finish(pod, index, parent_pod, app, spec) do
     namespace = get_in(parent_pod, ["metadata", "namespace"])
     app_name = get_in(pod, ["spec", "containers", Access.at(index), "name"])
-    annotations = annotations(parent_pod, app_name)
+    annotations = annotations(parent_pod, app_name, spec)
 
     metadata =
       (pod["metadata"] || %{})
@@ -507,7 +620,7 @@ defmodule FLAMEK8sBackend.RunnerPod do
       [tmp_env, parent_env, defaults, manifest_env, user_env, fixed, last]
       |> Enum.reduce(%{order: [], by_name: %{}}, &merge_env/2)
 
-    with {:ok, merged} <- put_dist_port(merged, spec.dist_port) do
+    with {:ok, merged} <- merged |> without_cookie_flags() |> put_dist_port(spec.dist_port) do
       fixed_names = Enum.map(fixed ++ last, & &1["name"])
       # A plain env var would win over the secret's envFrom value of the same name.
       secret_only = @secret_only ++ Map.keys(spec.secret_env)
@@ -532,6 +645,82 @@ defmodule FLAMEK8sBackend.RunnerPod do
        |> Map.drop(~w(ports livenessProbe readinessProbe startupProbe lifecycle))}
     end
   end
+
+  # A cookie in the emulator's flags would be readable by anyone who may read pods: left out,
+  # and the variable with it when nothing else was in it.
+  defp without_cookie_flags(merged) do
+    Enum.reduce(@flag_vars, merged, fn name, acc ->
+      case acc.by_name[name] do
+        %{"value" => value} = var when is_binary(value) ->
+          case strip_cookie_flags(value) do
+            ^value ->
+              acc
+
+            "" ->
+              %{acc | order: List.delete(acc.order, name), by_name: Map.delete(acc.by_name, name)}
+
+            stripped ->
+              %{acc | by_name: Map.put(acc.by_name, name, Map.put(var, "value", stripped))}
+          end
+
+        _ ->
+          acc
+      end
+    end)
+  end
+
+  @doc """
+  Emulator flags (as in `ERL_AFLAGS`) without `-setcookie` and its values, read as `erl` reads
+  them: words split at white space, `"..."` and `'...'` quoting, `\\` escapes; a flag's values
+  run up to the next word that starts with `-` or `+`; nothing after `-extra` is a flag. The
+  other words are kept, separated by one space; flags without `-setcookie` come back as they
+  are.
+
+      iex> FLAMEK8sBackend.RunnerPod.strip_cookie_flags("-kernel shell_history enabled -setcookie s3cr3t +S 2")
+      "-kernel shell_history enabled +S 2"
+      iex> FLAMEK8sBackend.RunnerPod.strip_cookie_flags("-setcookie web@10.0.0.1 'my cookie'")
+      ""
+  """
+  @spec strip_cookie_flags(String.t()) :: String.t()
+  def strip_cookie_flags(flags) do
+    words = words(flags, [])
+    kept = drop_setcookie(words)
+    if kept == words, do: flags, else: Enum.map_join(kept, " ", fn {_value, raw} -> raw end)
+  end
+
+  defp drop_setcookie([]), do: []
+  defp drop_setcookie([{"-extra", _} | _] = plain), do: plain
+
+  defp drop_setcookie([{"-setcookie", _} | rest]),
+    do: rest |> Enum.drop_while(fn {value, _} -> not flag?(value) end) |> drop_setcookie()
+
+  defp drop_setcookie([word | rest]), do: [word | drop_setcookie(rest)]
+
+  defp flag?(value), do: String.starts_with?(value, ["-", "+"])
+
+  # The words of `flags`, each as {its value, its text as written}.
+  defp words(<<c, rest::binary>>, acc) when c in ~c" \t\n\r", do: words(rest, acc)
+  defp words(<<>>, acc), do: Enum.reverse(acc)
+
+  defp words(flags, acc) do
+    {value, length} = word(flags, [], 0, nil)
+    <<raw::binary-size(length), rest::binary>> = flags
+    words(rest, [{IO.iodata_to_binary(value), raw} | acc])
+  end
+
+  # Reads one word: its value (iodata) and how many bytes it takes, within `quote` (nil, ?" or ?').
+  defp word(<<>>, value, n, _quote), do: {value, n}
+  defp word(<<c, _::binary>>, value, n, nil) when c in ~c" \t\n\r", do: {value, n}
+
+  defp word(<<q, rest::binary>>, value, n, nil) when q in [?", ?'],
+    do: word(rest, value, n + 1, q)
+
+  defp word(<<q, rest::binary>>, value, n, q), do: word(rest, value, n + 1, nil)
+
+  defp word(<<?\\, c, rest::binary>>, value, n, quote) when quote != ?',
+    do: word(rest, [value, c], n + 2, quote)
+
+  defp word(<<c, rest::binary>>, value, n, quote), do: word(rest, [value, c], n + 1, quote)
 
   # Erlang takes the first setting of a kernel parameter: in front of ERL_AFLAGS (which comes
   # before the command line and ERL_ZFLAGS), the port wins over anything else that sets it.
@@ -604,8 +793,17 @@ defmodule FLAMEK8sBackend.RunnerPod do
   defp identifying_labels(parent_pod),
     do: %{@managed_by_label => @managed_by, @parent_uid_label => uid(parent_pod)}
 
-  defp annotations(parent_pod, app_name),
-    do: %{@parent_annotation => name(parent_pod), @app_container_annotation => app_name}
+  defp annotations(parent_pod, app_name, spec) do
+    Map.merge(
+      %{@parent_annotation => name(parent_pod), @app_container_annotation => app_name},
+      boot_timeout_annotation(spec)
+    )
+  end
+
+  defp boot_timeout_annotation(%Spec{boot_timeout: ms}) when is_integer(ms),
+    do: %{@boot_timeout_annotation => Integer.to_string(ms)}
+
+  defp boot_timeout_annotation(_spec), do: %{}
 
   defp owner_references(metadata, _parent_pod, %Spec{omit_owner_reference: true}), do: metadata
 

@@ -3,10 +3,11 @@ defmodule FLAMEK8sBackend.SharedClient do
   # One Kubernetes client per connection settings for the whole VM: the runners then share its
   # connection pool (no TLS handshake per boot), and the NIF's memory stays that of one client.
   # Clients are kept in :persistent_term: written once per settings, read on every init/1.
-  # The first connect per settings is serialized (a lock local to this node), so concurrent
-  # first boots share one client instead of each connecting and all but the last being lost.
+  # Concurrent first connects per settings share one (FLAMEK8sBackend.SingleFlight), so
+  # concurrent first boots share one client instead of each connecting and all but the last
+  # being lost.
 
-  alias FLAMEK8sBackend.{BootError, Kube, Options}
+  alias FLAMEK8sBackend.{BootError, Kube, Options, SingleFlight}
 
   @doc """
   The VM's client for the connection settings in `opts`, connected on first use. Errors are
@@ -19,11 +20,11 @@ defmodule FLAMEK8sBackend.SharedClient do
 
     case :persistent_term.get(key, nil) do
       %Kube{} = kube -> {:ok, kube}
-      nil -> :global.trans({key, self()}, fn -> connect_once(key, settings) end, [node()])
+      nil -> SingleFlight.run(key, fn -> connect_once(key, settings) end)
     end
   end
 
-  # Another caller may have connected while this one waited for the lock.
+  # An earlier run may have connected just before this one started.
   defp connect_once(key, settings) do
     case :persistent_term.get(key, nil) do
       %Kube{} = kube -> {:ok, kube}

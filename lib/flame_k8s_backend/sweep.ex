@@ -1,20 +1,37 @@
 defmodule FLAMEK8sBackend.Sweep do
   @moduledoc false
-  # Deletes this parent's finished runner pods (and their own secrets) left behind when an earlier
-  # reaper could not delete them: the parent VM was killed, the API server was unreachable.
-  # Finished means the pod's phase, or its app container having terminated: a sidecar (a
-  # service mesh's proxy) keeps a pod Running after the runner VM is gone.
-  # Only pods older than a boot timeout, so a sibling boot that just failed keeps its pod for
-  # its own report; and at most once a minute per parent, so a burst of boots does not list
-  # pods once each. Never fails a boot. Each delete is a cleanup telemetry event.
+  # The safety net under the reapers: deletes this parent's runner pods and Secrets that no
+  # reaper looks after any more, whatever their phase. What it finds there: a parent VM killed
+  # in a burst (Secrets whose pod create was still queued, pods Pending, in ImagePullBackOff
+  # or CreateContainerConfigError), objects a reaper gave up on (an API server down for ten
+  # minutes, a 403), a reaper that crashed for good.
+  #
+  # Never what a live reaper of this VM tracks (a boot in flight, a booted runner, a create
+  # still being followed up), whatever its age. Of the rest, an object is swept once it is
+  # older than the boot timeout it was created with (its annotation, so pools with other boot
+  # timeouts never cut each other's boots short) plus a margin, whatever its phase; a finished
+  # pod (its phase, or its app container terminated while a sidecar runs on) already once it
+  # is older than this pool's boot timeout, with its own Secret: nothing needs it any more.
+  # At most once a minute per parent, so a burst of boots does not list pods and Secrets once
+  # each. One try per object and sweep: the next sweep tries again. Never fails a boot. Each
+  # delete is a cleanup telemetry event (trigger :orphaned).
+  #
+  # Listing Secrets needs `list` on `secrets`; without it, a swept pod's own Secret is still
+  # deleted, but a Secret whose pod was never created is not found.
 
   require Logger
 
-  alias FLAMEK8sBackend.{Kube, Options, RunnerPod, Telemetry}
+  alias FLAMEK8sBackend.{Kube, Options, Reaper, RunnerPod, Telemetry}
 
   @interval_ms 60_000
+  # Over an object's own boot timeout: clock skew between this VM and the API server (which
+  # sets creationTimestamp), and a boot's last cleanup.
+  @margin_ms 30_000
 
-  @doc "Sweeps the finished runner pods of `parent_pod` in `namespace`, when due. Always `:ok`."
+  @doc """
+  Sweeps the runner pods and Secrets of `parent_pod` in `namespace` that no reaper looks
+  after, when due. Always `:ok`.
+  """
   @spec run(Kube.t(), String.t(), Kube.pod(), Options.t()) :: :ok
   def run(kube, namespace, parent_pod, %Options{} = opts) do
     if due?(parent_pod) do
@@ -22,11 +39,7 @@ defmodule FLAMEK8sBackend.Sweep do
 
       case Kube.list_pods(kube, namespace, label_selector: selector) do
         {:ok, pods} ->
-          now = DateTime.utc_now()
-
-          pods
-          |> Enum.filter(&leftover?(&1, opts.boot_timeout, now))
-          |> Enum.each(&delete(kube, namespace, &1, opts.log))
+          sweep(kube, namespace, pods, list_secrets(kube, namespace, selector), opts)
 
         # The sweep is housekeeping: the next one, a minute on, tries again.
         {:error, _reason} ->
@@ -37,24 +50,64 @@ defmodule FLAMEK8sBackend.Sweep do
     :ok
   end
 
-  @doc """
-  Whether `pod` is a runner to sweep at `now`: finished (its phase, or its app container
-  terminated while a sidecar runs on), and created more than `boot_timeout` ms ago.
+  defp sweep(kube, namespace, pods, secrets, opts) do
+    now = DateTime.utc_now()
+    swept? = &swept?(namespace, &1, &2, opts.boot_timeout, now)
+    pods = Enum.filter(pods, &swept?.(:pod, &1))
+    # The Secrets of the pods swept go with them, however young.
+    of_pods = for pod <- pods, own_secret?(pod, name(pod)), do: name(pod)
 
-      iex> pod = %{"metadata" => %{"creationTimestamp" => "2025-01-01T12:00:00Z"},
-      ...>   "status" => %{"phase" => "Failed"}}
-      iex> FLAMEK8sBackend.Sweep.leftover?(pod, 30_000, ~U[2025-01-01 12:01:00Z])
-      true
-      iex> FLAMEK8sBackend.Sweep.leftover?(pod, 90_000, ~U[2025-01-01 12:01:00Z])
-      false
-  """
-  @spec leftover?(Kube.pod(), pos_integer(), DateTime.t()) :: boolean()
-  def leftover?(pod, boot_timeout, now) do
-    finished?(pod) and older_than?(pod, boot_timeout, now)
+    secret_names =
+      case secrets do
+        {:ok, secrets} ->
+          listed = MapSet.new(secrets, &name/1)
+          aged = for secret <- secrets, swept?.(:secret, secret), do: name(secret)
+          Enum.uniq(aged ++ Enum.filter(of_pods, &MapSet.member?(listed, &1)))
+
+        # Not listable: at least the Secrets of the pods swept.
+        :error ->
+          of_pods
+      end
+
+    Enum.each(pods, &delete(kube, namespace, :pod, name(&1), opts.log))
+    Enum.each(secret_names, &delete(kube, namespace, :secret, &1, opts.log))
   end
 
-  defp finished?(pod) do
-    get_in(pod, ["status", "phase"]) in ["Succeeded", "Failed"] or app_container_terminated?(pod)
+  defp swept?(namespace, kind, object, boot_timeout, now) do
+    name = name(object)
+
+    is_binary(name) and leftover?(object, boot_timeout, now) and
+      not Reaper.tracked?(namespace, kind, name)
+  end
+
+  defp name(object), do: get_in(object, ["metadata", "name"])
+
+  @doc """
+  Whether runner `object` (a pod or a Secret) is old enough to sweep at `now`: created more
+  than its own boot timeout (its `flame-k8s-backend.io/boot-timeout-ms` annotation; without
+  it, `boot_timeout` ms) plus 30 s ago, whatever its phase; a finished pod (its phase, or its
+  app container terminated while a sidecar runs on) once it is older than `boot_timeout`. The
+  sweep also spares what a live reaper tracks.
+
+      iex> pod = %{"metadata" => %{"creationTimestamp" => "2025-01-01T12:00:00Z"},
+      ...>   "status" => %{"phase" => "Pending"}}
+      iex> FLAMEK8sBackend.Sweep.leftover?(pod, 30_000, ~U[2025-01-01 12:01:01Z])
+      true
+      iex> FLAMEK8sBackend.Sweep.leftover?(pod, 30_000, ~U[2025-01-01 12:00:59Z])
+      false
+      iex> FLAMEK8sBackend.Sweep.leftover?(put_in(pod["status"]["phase"], "Failed"), 30_000,
+      ...>   ~U[2025-01-01 12:00:31Z])
+      true
+  """
+  @spec leftover?(map(), pos_integer(), DateTime.t()) :: boolean()
+  def leftover?(object, boot_timeout, now) do
+    (finished?(object) and older_than?(object, boot_timeout, now)) or
+      older_than?(object, (RunnerPod.boot_timeout(object) || boot_timeout) + @margin_ms, now)
+  end
+
+  defp finished?(object) do
+    get_in(object, ["status", "phase"]) in ["Succeeded", "Failed"] or
+      app_container_terminated?(object)
   end
 
   defp app_container_terminated?(pod) do
@@ -69,8 +122,8 @@ defmodule FLAMEK8sBackend.Sweep do
       )
   end
 
-  defp older_than?(pod, ms, now) do
-    with created when is_binary(created) <- get_in(pod, ["metadata", "creationTimestamp"]),
+  defp older_than?(object, ms, now) do
+    with created when is_binary(created) <- get_in(object, ["metadata", "creationTimestamp"]),
          {:ok, created, _offset} <- DateTime.from_iso8601(created) do
       DateTime.diff(now, created, :millisecond) > ms
     else
@@ -100,6 +153,39 @@ defmodule FLAMEK8sBackend.Sweep do
       end)
   end
 
+  # The runner Secrets' metadata, or :error (no `list` on secrets, the server did not answer).
+  # The list holds their values too: it is read in a process of its own, which keeps only
+  # names, creation times and annotations, so that no value reaches the caller (a FLAME
+  # Runner, whose state and crash reports must never show one).
+  defp list_secrets(kube, namespace, selector) do
+    caller = self()
+    ref = make_ref()
+    path = "/api/v1/namespaces/#{namespace}/secrets?" <> URI.encode_query(labelSelector: selector)
+
+    {pid, monitor} =
+      spawn_monitor(fn ->
+        send(caller, {ref, secrets_metadata(Kube.request(kube, "GET", path))})
+      end)
+
+    receive do
+      {^ref, result} ->
+        Process.demonitor(monitor, [:flush])
+        result
+
+      {:DOWN, ^monitor, :process, ^pid, _reason} ->
+        :error
+    end
+  end
+
+  defp secrets_metadata({:ok, %{"items" => items}}) when is_list(items) do
+    {:ok,
+     for %{"metadata" => %{} = metadata} <- items do
+       %{"metadata" => Map.take(metadata, ["name", "creationTimestamp", "annotations"])}
+     end}
+  end
+
+  defp secrets_metadata(_other), do: :error
+
   # Marks the sweep as done now when it is due, so that concurrent boots mostly skip it.
   defp due?(parent_pod) do
     key = {__MODULE__, get_in(parent_pod, ["metadata", "uid"])}
@@ -114,22 +200,20 @@ defmodule FLAMEK8sBackend.Sweep do
     end
   end
 
-  defp delete(kube, namespace, pod, log) do
-    name = get_in(pod, ["metadata", "name"])
-    meta = %{deleter: :sweep, trigger: :finished, namespace: namespace, name: name}
+  defp delete(kube, namespace, kind, name, log) do
+    meta = %{deleter: :sweep, trigger: :orphaned, kind: kind, namespace: namespace, name: name}
 
     _ =
-      Telemetry.cleanup(Map.put(meta, :kind, :pod), fn ->
-        {Kube.delete_pod(kube, namespace, name, grace_period: 0), 1}
+      Telemetry.cleanup(meta, fn ->
+        result =
+          case kind do
+            :pod -> Kube.delete_pod(kube, namespace, name, grace_period: 0)
+            :secret -> Kube.delete_secret(kube, namespace, name)
+          end
+
+        {result, 1}
       end)
 
-    _ =
-      if own_secret?(pod, name) do
-        Telemetry.cleanup(Map.put(meta, :kind, :secret), fn ->
-          {Kube.delete_secret(kube, namespace, name), 1}
-        end)
-      end
-
-    if log, do: Logger.log(log, "swept finished runner pod #{namespace}/#{name}")
+    if log, do: Logger.log(log, "swept runner #{kind} #{namespace}/#{name}")
   end
 end

@@ -3,10 +3,14 @@ defmodule FLAMEK8sBackend.SecretsScanE2ETest do
   # every log event kept (Elixir's formatted output, and the raw :logger events with SASL and
   # crash reports), boots with a cookie, a ServiceAccount token and :secret_env values — a
   # successful one, a killed runner, failing ones, a crash with the backend state in it — and
-  # then a scan of all that output, of `inspect` of every struct and process state, and of
-  # every error message, for the cookie, the tokens and the :secret_env values.
+  # then a scan of all that output, of `inspect` of every struct and process state, of every
+  # error message, and of the runner pods as the API server keeps them, for the cookie, the
+  # tokens and the :secret_env values. The parent VM's ERL_AFLAGS and ERL_ZFLAGS carry the
+  # cookie too (`-setcookie`, as a release's env.sh may set it): runners get those flags, never
+  # the cookie in them.
   #
-  # Not async: it turns the log level up for the whole VM and adds a :logger handler.
+  # Not async: it turns the log level up for the whole VM, adds a :logger handler and sets
+  # ERL_AFLAGS and ERL_ZFLAGS in the VM's environment.
   use FLAMEK8sBackend.Test.ClusterCase, async: false
 
   import ExUnit.CaptureLog
@@ -50,11 +54,18 @@ defmodule FLAMEK8sBackend.SecretsScanE2ETest do
     :ok = :logger.add_handler(:secrets_scan, Capture, %{level: :all, config: %{table: table}})
     Logger.configure(level: :debug)
     :ok = :logger.set_primary_config(:level, :all)
+    cookie = Atom.to_string(Node.get_cookie())
+    flags = for name <- ~w(ERL_AFLAGS ERL_ZFLAGS), do: {name, System.get_env(name)}
+    System.put_env("ERL_AFLAGS", "-setcookie #{cookie} -kernel shell_history disabled")
+    System.put_env("ERL_ZFLAGS", "+sbwt none -setcookie #{Node.self()} #{cookie}")
 
     on_exit(fn ->
       :logger.remove_handler(:secrets_scan)
       :logger.set_primary_config(:level, primary.level)
       Logger.configure(level: level)
+
+      for {name, value} <- flags,
+          do: if(value, do: System.put_env(name, value), else: System.delete_env(name))
     end)
 
     %{events: table}
@@ -149,6 +160,7 @@ defmodule FLAMEK8sBackend.SecretsScanE2ETest do
     pool = start_debug_pool!(opts)
     assert {_runner, 49} = FLAME.call(pool, RemoteFuns.square(7))
     show_all_states(show, "with a runner up")
+    show_runner_pods(show, kube, ns, "a pool's runner pod")
 
     # 2. The runner VM killed: the reaper cleans up.
     {caller, monitor} = spawn_monitor(fn -> FLAME.call(pool, RemoteFuns.halt_vm()) end)
@@ -163,6 +175,7 @@ defmodule FLAMEK8sBackend.SecretsScanE2ETest do
     {:ok, terminator, booted} = FLAMEK8sBackend.remote_boot(state)
     show_inspect.("backend state after the boot", booted)
     show_all_states(show, "with a booted runner")
+    show_runner_pods(show, kube, ns, "a booted runner's pod")
     # The runner VM stops: the reaper (watching the terminator) deletes pod and secret.
     :erpc.cast(node(terminator), System, :halt, [1])
     eventually(fn -> runner_pods(kube, ns) == [] end, 30_000)
@@ -261,6 +274,15 @@ defmodule FLAMEK8sBackend.SecretsScanE2ETest do
     end
 
     Agent.get(shown_agent, & &1)
+  end
+
+  # The runner pods as the API server keeps them: what anyone who may read pods sees.
+  defp show_runner_pods(show, kube, ns, what) do
+    pods = runner_pods(kube, ns)
+    assert pods != []
+
+    for pod <- pods,
+        do: show.(what, inspect(pod, limit: :infinity, printable_limit: :infinity))
   end
 
   # `inspect` of the state of every process of the library, and of FLAME's Runner and

@@ -149,4 +149,57 @@ defmodule FLAMEK8sBackend.BootDiagnosticsTest do
     assert BootDiagnostics.add(kube, forbidden, @opts) == forbidden
     refute_received {:api_request, _, _, _}
   end
+
+  test "the reason's own texts are redacted like the events: a termination message, a waiting detail, an API message" do
+    kube =
+      kube!(fn
+        "GET", @events_path -> {200, ~s({"items":[]})}
+        "GET", @log_path -> {200, "text/plain", ""}
+      end)
+
+    exited = %{
+      @exited
+      | reason:
+          {:container_exited,
+           %{container: "web", exit_code: 1, reason: "Error", message: "bad cookie c00kie-s3cret"}}
+    }
+
+    config = %BootError{
+      phase: :container_start,
+      pod: "prod/#{@pod}",
+      reason:
+        {:container_config,
+         %{
+           reason: "CreateContainerConfigError",
+           container: "web",
+           message: "couldn't find key k3y-s3cr3t in Secret prod/web"
+         }}
+    }
+
+    waiting = %BootError{
+      phase: :container_start,
+      pod: "prod/#{@pod}",
+      reason: {:timeout, %{waited_ms: 30_000, detail: "ErrImagePull: registry k3y-s3cr3t"}}
+    }
+
+    # No pod was created, so nothing is read; the API server's message is still redacted.
+    rejected = %BootError{
+      phase: :create_secret,
+      reason: {:api, 422, "Invalid", "data[API_KEY]: Invalid value: \"c00kie-s3cret\""}
+    }
+
+    for error <- [exited, config, waiting, rejected] do
+      redacted = BootDiagnostics.add(kube, error, @opts)
+      text = inspect(redacted.reason) <> Exception.message(redacted)
+
+      refute text =~ "c00kie-s3cret"
+      refute text =~ "k3y-s3cr3t"
+      assert text =~ "[redacted]"
+      assert redacted.phase == error.phase
+    end
+
+    assert BootDiagnostics.add(kube, exited, @opts).reason ==
+             {:container_exited,
+              %{container: "web", exit_code: 1, reason: "Error", message: "bad cookie [redacted]"}}
+  end
 end

@@ -56,8 +56,9 @@ defmodule FLAMEK8sBackend.CrashReportTest do
         "GET", "/api/v1/namespaces/prod/pods/web-1" ->
           {200, parent_json()}
 
-        "GET", "/api/v1/namespaces/prod/pods" ->
-          {200, ~s({"kind":"PodList","apiVersion":"v1","metadata":{},"items":[]})}
+        # The sweep's lists of runner pods and secrets.
+        "GET", "/api/v1/namespaces/prod/" <> kind when kind in ["pods", "secrets"] ->
+          {200, ~s({"kind":"List","apiVersion":"v1","metadata":{},"items":[]})}
       end)
 
     kubeconfig = FakeApiServer.kubeconfig!(dir, url)

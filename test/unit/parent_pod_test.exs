@@ -129,10 +129,11 @@ defmodule FLAMEK8sBackend.ParentPodTest do
     opts = [parent_pod: {"prod", name}, kubeconfig: FakeApiServer.kubeconfig!(dir, url)]
 
     assert {:ok, first} = FLAMEK8sBackend.init(opts)
-    # The parent pod, then the sweep's list of this parent's runner pods.
+    # The parent pod, then the sweep's lists of this parent's runner pods and secrets.
     assert requests() == [
              {"GET", "/api/v1/namespaces/prod/pods/#{name}"},
-             {"GET", "/api/v1/namespaces/prod/pods"}
+             {"GET", "/api/v1/namespaces/prod/pods"},
+             {"GET", "/api/v1/namespaces/prod/secrets"}
            ]
 
     # The fake server reports each request before it answers, and init/1 returns only after
@@ -140,5 +141,48 @@ defmodule FLAMEK8sBackend.ParentPodTest do
     assert {:ok, second} = FLAMEK8sBackend.init(opts)
     refute_received {:api_request, _method, _path, _body}
     assert second.runner_name != first.runner_name
+  end
+
+  test "concurrent first inits against an API server that never answers share one read and its failure",
+       %{tmp_dir: dir} do
+    test = self()
+
+    # Accepts every request and never answers (until the test is over).
+    url =
+      FakeApiServer.start!(test, fn _method, _path ->
+        monitor = Process.monitor(test)
+
+        receive do
+          {:DOWN, ^monitor, :process, _, _} -> exit(:normal)
+        end
+      end)
+
+    name = "web-#{System.unique_integer([:positive])}"
+
+    opts = [
+      parent_pod: {"prod", name},
+      kubeconfig: FakeApiServer.kubeconfig!(dir, url),
+      request_timeout: 1_000
+    ]
+
+    tasks =
+      for _ <- 1..4 do
+        Task.async(fn ->
+          send(test, {:ready, self()})
+
+          receive do
+            :go -> FLAMEK8sBackend.init(opts)
+          end
+        end)
+      end
+
+    pids = for _ <- tasks, do: assert_receive({:ready, pid}) && pid
+    Enum.each(pids, &send(&1, :go))
+    results = Enum.map(tasks, &Task.await(&1, 60_000))
+
+    assert [{:error, %BootError{phase: :parent_pod, reason: {:timeout, _}}}] =
+             Enum.uniq(results)
+
+    assert parent_reads("/api/v1/namespaces/prod/pods/#{name}") == 1
   end
 end

@@ -40,10 +40,15 @@ defmodule FLAMEK8sBackend.ReaperTest do
     end)
   end
 
+  # A reaper of a runner whose secret and pod were created.
   defp start_reaper!(kube, owner, log \\ false) do
-    {:ok, reaper} = Reaper.start(kube, @ns, owner, log)
-    :ok = Reaper.track(reaper, :secret, "web-1-flame-x7k2p")
-    :ok = Reaper.track(reaper, :pod, "web-1-flame-x7k2p")
+    {:ok, reaper} = Reaper.start(kube, @ns, owner, log, 60_000)
+
+    for kind <- [:secret, :pod] do
+      :ok = Reaper.track(reaper, kind, "web-1-flame-x7k2p")
+      :ok = Reaper.created(reaper, kind, {:ok, %{}})
+    end
+
     {reaper, Process.monitor(reaper)}
   end
 
@@ -226,13 +231,38 @@ defmodule FLAMEK8sBackend.ReaperTest do
 
   test "what was never tracked is never deleted" do
     owner = runner()
-    {:ok, reaper} = Reaper.start(kube!(), @ns, owner, false)
+    {:ok, reaper} = Reaper.start(kube!(), @ns, owner, false, 60_000)
     monitor = Process.monitor(reaper)
 
     send(owner, :stop)
 
     assert_receive {:DOWN, ^monitor, :process, ^reaper, :normal}, 5_000
     refute_received {:api_request, _, _, _}
+  end
+
+  test "what the API server refused to create (a 4xx but 409) is never deleted; a 409 is ours" do
+    {:ok, reaper} = Reaper.start(kube!(), @ns, runner(), false, 60_000)
+    monitor = Process.monitor(reaper)
+    :ok = Reaper.track(reaper, :secret, "web-1-flame-x7k2p")
+    :ok = Reaper.created(reaper, :secret, {:error, {:api, 409, "AlreadyExists", "exists"}})
+    :ok = Reaper.track(reaper, :pod, "web-1-flame-x7k2p")
+    :ok = Reaper.created(reaper, :pod, {:error, {:api, 422, "Invalid", "no"}})
+
+    assert Reaper.reap_now(reaper) == :ok
+
+    assert_received {:api_request, "DELETE", @secret_path, _}
+    refute_received {:api_request, "DELETE", @pod_path, _}
+    assert_receive {:DOWN, ^monitor, :process, ^reaper, :normal}, 5_000
+  end
+
+  test "what it tracks is registered for the sweep while it lives" do
+    {reaper, monitor} = start_reaper!(kube!(), runner())
+    assert Reaper.tracked?(@ns, :pod, "web-1-flame-x7k2p")
+    assert Reaper.tracked?(@ns, :secret, "web-1-flame-x7k2p")
+    refute Reaper.tracked?(@ns, :pod, "web-1-flame-other")
+
+    assert Reaper.reap_now(reaper) == :ok
+    assert_receive {:DOWN, ^monitor, :process, ^reaper, :normal}, 5_000
   end
 
   # A client whose pod DELETEs fail (500) `failures` times, then succeed; and their counter.
@@ -334,5 +364,50 @@ defmodule FLAMEK8sBackend.ReaperTest do
     refute_received {:api_request, "DELETE", @pod_path, _}
     assert log =~ "could not delete runner pod prod/web-1-flame-x7k2p: API error 403 Forbidden"
     refute log =~ @token
+  end
+
+  test "an unexpected message is ignored: the reaper still deletes when the Runner goes down" do
+    owner = runner()
+    {reaper, monitor} = start_reaper!(kube!(), owner)
+
+    log =
+      capture_log([level: :debug], fn ->
+        send(reaper, {:some, :stray, "message with s3cr3t-stuff"})
+        send(reaper, :stray)
+        send(owner, :stop)
+
+        assert_receive {:api_request, "DELETE", @pod_path, _}, 5_000
+        assert_receive {:api_request, "DELETE", @secret_path, _}, 5_000
+        assert_receive {:DOWN, ^monitor, :process, ^reaper, :normal}, 5_000
+      end)
+
+    # Logged by its shape only: a stray message may hold anything.
+    assert log =~ "reaper ignored an unexpected message: a 3-tuple tagged :some"
+    refute log =~ "s3cr3t-stuff"
+  end
+
+  test "a reaper that crashes hands its runner on: the pod and secret are still deleted" do
+    owner = runner()
+    {reaper, monitor} = start_reaper!(kube!(), owner)
+
+    # A call no clause of the reaper handles crashes it.
+    capture_log(fn ->
+      catch_exit(GenServer.call(reaper, :no_such_call))
+      assert_receive {:DOWN, ^monitor, :process, ^reaper, {:function_clause, _}}, 5_000
+    end)
+
+    # Its successor, registered for the sweep before the crashed one was gone.
+    [successor] =
+      for {pid, _} <-
+            Registry.lookup(FLAMEK8sBackend.ReaperRegistry, {@ns, :pod, "web-1-flame-x7k2p"}),
+          pid != reaper,
+          do: pid
+
+    successor_monitor = Process.monitor(successor)
+    send(owner, :stop)
+
+    assert_receive {:api_request, "DELETE", @pod_path, _}, 5_000
+    assert_receive {:api_request, "DELETE", @secret_path, _}, 5_000
+    assert_receive {:DOWN, ^successor_monitor, :process, ^successor, :normal}, 5_000
   end
 end

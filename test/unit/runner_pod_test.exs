@@ -688,4 +688,220 @@ defmodule FLAMEK8sBackend.RunnerPodTest do
              ] == "prod"
     end
   end
+
+  describe "service-account tokens (the parent's are never copied)" do
+    @sa_path "/var/run/secrets/kubernetes.io/serviceaccount"
+
+    # What the ServiceAccount admission plugin adds to every pod that automounts a token.
+    @injected %{
+      "name" => "kube-api-access-x2k9p",
+      "projected" => %{
+        "defaultMode" => 420,
+        "sources" => [
+          %{"serviceAccountToken" => %{"expirationSeconds" => 3607, "path" => "token"}},
+          %{
+            "configMap" => %{
+              "name" => "kube-root-ca.crt",
+              "items" => [%{"key" => "ca.crt", "path" => "ca.crt"}]
+            }
+          },
+          %{
+            "downwardAPI" => %{
+              "items" => [
+                %{
+                  "path" => "namespace",
+                  "fieldRef" => %{"apiVersion" => "v1", "fieldPath" => "metadata.namespace"}
+                }
+              ]
+            }
+          }
+        ]
+      }
+    }
+
+    @certs %{"name" => "certs", "secret" => %{"secretName" => "web-certs"}}
+    @config %{
+      "name" => "config",
+      "projected" => %{"sources" => [%{"configMap" => %{"name" => "web-config"}}]}
+    }
+
+    defp token_parent(volumes, app_mounts) do
+      @parent
+      |> put_in(["spec", "volumes"], volumes)
+      |> update_in(["spec", "containers"], fn [sidecar, app] ->
+        [
+          Map.put(sidecar, "volumeMounts", [
+            %{"name" => "kube-api-access-x2k9p", "mountPath" => @sa_path, "readOnly" => true}
+          ]),
+          Map.put(app, "volumeMounts", app_mounts)
+        ]
+      end)
+    end
+
+    defp volume_names(pod), do: Enum.map(pod["spec"]["volumes"] || [], & &1["name"])
+
+    defp mount_names(pod),
+      do: Enum.map(app_container(pod)["volumeMounts"] || [], & &1["name"])
+
+    test "the admission-injected kube-api-access volume and its mount are left out; the others stay" do
+      parent =
+        token_parent([@certs, @injected, @config], [
+          %{"name" => "certs", "mountPath" => "/certs"},
+          %{"name" => "kube-api-access-x2k9p", "mountPath" => @sa_path, "readOnly" => true},
+          %{"name" => "config", "mountPath" => "/config"}
+        ])
+
+      pod = build!(%{}, parent)
+
+      assert volume_names(pod) == ["certs", "config"]
+      assert mount_names(pod) == ["certs", "config"]
+      refute inspect(pod, limit: :infinity) =~ "serviceAccountToken"
+      refute inspect(pod, limit: :infinity) =~ @sa_path
+    end
+
+    test "whatever its name: any projected volume with a serviceAccountToken source" do
+      vault = %{
+        "name" => "vault-token",
+        "projected" => %{
+          "sources" => [
+            %{"serviceAccountToken" => %{"audience" => "vault", "path" => "token"}}
+          ]
+        }
+      }
+
+      parent =
+        token_parent([vault, @certs], [
+          %{"name" => "vault-token", "mountPath" => "/var/run/secrets/vault"},
+          %{"name" => "certs", "mountPath" => "/certs"}
+        ])
+
+      pod = build!(%{}, parent)
+      assert volume_names(pod) == ["certs"]
+      assert mount_names(pod) == ["certs"]
+    end
+
+    test "a legacy token Secret (<account>-token-xxxxx at the service-account path) is left out" do
+      legacy = %{
+        "name" => "web-token-7f9kq",
+        "secret" => %{"secretName" => "web-token-7f9kq", "defaultMode" => 420}
+      }
+
+      parent =
+        token_parent([legacy, @certs], [
+          %{"name" => "web-token-7f9kq", "mountPath" => @sa_path, "readOnly" => true},
+          %{"name" => "certs", "mountPath" => "/certs"}
+        ])
+
+      pod = build!(%{}, parent)
+      assert volume_names(pod) == ["certs"]
+      assert mount_names(pod) == ["certs"]
+    end
+
+    test "a function manifest that copies the parent's pod: its token volume and mounts go too" do
+      parent =
+        token_parent([@injected, @certs], [
+          %{"name" => "kube-api-access-x2k9p", "mountPath" => @sa_path, "readOnly" => true},
+          %{"name" => "certs", "mountPath" => "/certs"}
+        ])
+
+      pod = build!(%{manifest: fn parent, _app -> parent end}, parent)
+
+      assert volume_names(pod) == ["certs"]
+
+      for container <- pod["spec"]["containers"],
+          mount <- container["volumeMounts"] || [],
+          do: refute(mount["mountPath"] == @sa_path)
+    end
+
+    test "a token volume the :manifest asks for is the user's choice, and stays" do
+      own = %{
+        "name" => "runner-token",
+        "projected" => %{
+          "sources" => [%{"serviceAccountToken" => %{"audience" => "vault", "path" => "t"}}]
+        }
+      }
+
+      manifest = %{
+        "spec" => %{
+          "volumes" => [own],
+          "containers" => [
+            %{"volumeMounts" => [%{"name" => "runner-token", "mountPath" => "/vault"}]}
+          ]
+        }
+      }
+
+      pod = build!(%{manifest: manifest}, token_parent([@injected], []))
+      assert volume_names(pod) == ["runner-token"]
+      assert mount_names(pod) == ["runner-token"]
+    end
+  end
+
+  describe "a cookie in ERL_AFLAGS / ERL_ZFLAGS (-setcookie) never becomes pod env" do
+    defp all_text(pod), do: inspect(pod, limit: :infinity, printable_limit: :infinity)
+
+    test "the forwarded flags lose -setcookie and its values, and keep the rest" do
+      pod =
+        build!(%{
+          forwarded_env: %{
+            "ERL_AFLAGS" => "-kernel shell_history enabled -setcookie s3cr3t-c00kie +S 2",
+            "ERL_ZFLAGS" => "-setcookie other@host 0th3r-c00kie -proto_dist inet6_tcp"
+          }
+        })
+
+      env = env_map(app_container(pod))
+      assert env["ERL_AFLAGS"] == "-kernel shell_history enabled +S 2"
+      assert env["ERL_ZFLAGS"] == "-proto_dist inet6_tcp"
+      refute all_text(pod) =~ "c00kie"
+    end
+
+    test "flags that held nothing but the cookie are not set at all" do
+      pod = build!(%{forwarded_env: %{"ERL_AFLAGS" => "  -setcookie 'a c00kie with spaces' "}})
+      refute "ERL_AFLAGS" in env_names(app_container(pod))
+      refute all_text(pod) =~ "c00kie"
+    end
+
+    test "whoever set them: the parent container's env, the manifest, :env" do
+      parent =
+        update_in(@parent, ["spec", "containers", Access.at(1), "env"], fn env ->
+          env ++ [%{"name" => "ERL_ZFLAGS", "value" => "-setcookie p4r3nt-c00kie"}]
+        end)
+
+      pod = build!(%{env: %{"ERL_AFLAGS" => "+S 2 -setcookie \"us3r c00kie\""}}, parent)
+      env = env_map(app_container(pod))
+      assert env["ERL_AFLAGS"] == "+S 2"
+      refute Map.has_key?(env, "ERL_ZFLAGS")
+      refute all_text(pod) =~ "c00kie"
+    end
+
+    test "with :dist_port the port still goes in front" do
+      env =
+        build!(%{dist_port: 9000, forwarded_env: %{"ERL_AFLAGS" => "-setcookie c00kie +S 2"}})
+        |> app_container()
+        |> env_map()
+
+      assert env["ERL_AFLAGS"] ==
+               "-kernel inet_dist_listen_min 9000 inet_dist_listen_max 9000 +S 2"
+    end
+
+    test "strip_cookie_flags/1 reads flags as erlexec does: quotes, several values, no match inside a word" do
+      assert RunnerPod.strip_cookie_flags(~s(-a 1 -setcookie "x y" 'z' -b)) == "-a 1 -b"
+      assert RunnerPod.strip_cookie_flags("-setcookie c +A 4") == "+A 4"
+
+      assert RunnerPod.strip_cookie_flags("-nosetcookie -xsetcookie x") ==
+               "-nosetcookie -xsetcookie x"
+
+      assert RunnerPod.strip_cookie_flags("-setcookie") == ""
+
+      assert RunnerPod.strip_cookie_flags("-s mod -extra -setcookie x") ==
+               "-s mod -extra -setcookie x"
+    end
+  end
+
+  test "the pod and its secret record the boot timeout they were made for (the sweep reads it)" do
+    pod = build!(%{boot_timeout: 45_000})
+    assert pod["metadata"]["annotations"]["flame-k8s-backend.io/boot-timeout-ms"] == "45000"
+
+    secret = RunnerPod.secret(@parent, spec(%{boot_timeout: 45_000}), "c00kie")
+    assert secret["metadata"]["annotations"]["flame-k8s-backend.io/boot-timeout-ms"] == "45000"
+  end
 end

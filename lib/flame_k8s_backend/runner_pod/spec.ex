@@ -21,6 +21,7 @@ defmodule FLAMEK8sBackend.RunnerPod.Spec do
     :flame_parent,
     app_container_name: nil,
     manifest: nil,
+    boot_timeout: nil,
     env: %{},
     secret_env: %{},
     labels: %{},
@@ -39,8 +40,11 @@ defmodule FLAMEK8sBackend.RunnerPod.Spec do
     * `:flame_parent` - the encoded `FLAME.Parent`, the runner's `FLAME_PARENT`
     * `:app_container_name` - the parent container the runner is made from; `nil`: the first
     * `:manifest`, `:env`, `:labels`, `:omit_owner_reference` - as the backend's options
+    * `:boot_timeout` - the backend's `:boot_timeout` (ms), recorded on the pod and secret for
+      the sweep; `nil`: not recorded
     * `:secret_env` - variables the runner gets through its secret only
-    * `:forwarded_env` - the parent VM's `ERL_AFLAGS`/`ERL_ZFLAGS`, passed on at the defaults level
+    * `:forwarded_env` - the parent VM's `ERL_AFLAGS`/`ERL_ZFLAGS`, passed on at the defaults
+      level (without a `-setcookie`)
     * `:tmp_dir` - where the app container gets a writable `emptyDir` (and `TMPDIR`), or `false`
     * `:dist_port` - the runner's fixed Erlang distribution port, or `nil`
     * `:active_deadline_seconds` - the pod's `activeDeadlineSeconds`, or `nil` for none
@@ -54,6 +58,7 @@ defmodule FLAMEK8sBackend.RunnerPod.Spec do
           flame_parent: String.t(),
           app_container_name: String.t() | nil,
           manifest: map() | (map(), map() -> map()) | nil,
+          boot_timeout: pos_integer() | nil,
           env: %{String.t() => String.t() | map()},
           secret_env: %{String.t() => String.t()},
           labels: %{String.t() => String.t()},
