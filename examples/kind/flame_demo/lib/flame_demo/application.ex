@@ -24,16 +24,18 @@ defmodule FlameDemo.Application do
     [
       # The pool the app uses. Runner pods get the headless Service's label so DNSCluster finds
       # them too; they never get the Deployment's `app` label (see deployment.yaml).
-      {FLAME.Pool,
-       name: FlameDemo.Runner,
-       backend: {FLAMEK8sBackend, labels: %{"excluster" => "flame"}},
-       # The pool's :log is the backend's too (FLAME puts it over the backend's options).
-       log: :info,
-       min: 0,
-       max: 2,
-       max_concurrency: 10,
-       boot_timeout: 120_000,
-       idle_shutdown_after: Application.fetch_env!(:flame_demo, :idle_shutdown_after)},
+      {
+        FLAME.Pool,
+        # The pool's :log is the backend's too (FLAME puts it over the backend's options).
+        name: FlameDemo.Runner,
+        backend: {FLAMEK8sBackend, labels: %{"excluster" => "flame"}},
+        log: :info,
+        min: 0,
+        max: 2,
+        max_concurrency: 10,
+        boot_timeout: 120_000,
+        idle_shutdown_after: Application.fetch_env!(:flame_demo, :idle_shutdown_after)
+      },
       # A pool whose runners can never start: its image does not exist. FLAME retries a failed
       # boot while callers wait and only tells on_grow_end why, so the reason is kept there.
       {FLAME.Pool,
