@@ -60,17 +60,6 @@ defmodule FLAME.Pool do
     :track_resources
   ]
 
-  @runner_keys [
-    :backend,
-    :log,
-    :single_use,
-    :timeout,
-    :boot_timeout,
-    :shutdown_timeout,
-    :idle_shutdown_after,
-    :code_sync
-  ]
-
   @retry_boot_after 1_000
 
   def child_spec(opts) do
@@ -248,7 +237,7 @@ defmodule FLAME.Pool do
 
   defp runner_opts(opts, terminator_sup) do
     pool_defaults = [terminator_sup: terminator_sup, log: Keyword.get(opts, :log, false)]
-    runner_opts = Keyword.take(opts, @runner_keys)
+    runner_opts = Keyword.take(opts, FLAME.Runner.keys())
 
     backend =
       case Keyword.fetch(opts, :backend) do

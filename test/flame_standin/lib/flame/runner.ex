@@ -36,6 +36,10 @@ defmodule FLAME.Runner do
     :code_sync
   ]
 
+  @doc false
+  # The options a runner takes: the pool hands each runner these of its own.
+  def keys, do: @keys
+
   def start_link(opts \\ []), do: GenServer.start_link(__MODULE__, opts)
 
   def shutdown(runner, timeout \\ nil) when is_pid(runner),
