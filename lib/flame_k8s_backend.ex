@@ -500,9 +500,12 @@ defmodule FLAMEK8sBackend do
     do: create(state, :create_secret, &Kube.create_secret/4, manifest, deadline)
 
   # In a burst a create may wait for one of the client's create slots for what is left of the
-  # boot, not just a request timeout; the request itself then has its own timeout.
+  # boot, not just a request timeout; the request itself then has its own timeout. The names
+  # were chosen in init/1 for this runner alone: the create is idempotent (a 409 is ours).
   defp create(state, phase, create_fun, manifest, deadline) do
-    case create_fun.(state.kube, state.namespace, manifest, queue_timeout: remaining(deadline)) do
+    opts = [queue_timeout: remaining(deadline), idempotent: true]
+
+    case create_fun.(state.kube, state.namespace, manifest, opts) do
       {:ok, _} -> :ok
       {:error, reason} -> {:error, %BootError{phase: phase, reason: reason, pod: pod_id(state)}}
     end

@@ -185,7 +185,8 @@ impl Subscription {
         self.rx.recv().await
     }
 
-    /// The watch's current trouble (retriable errors), cleared by its next successful event.
+    /// The watch's current trouble (retriable errors), cleared by its next event that came
+    /// from the server (not the `Init` of the next attempt).
     pub fn transport_error(&self) -> Option<String> {
         lock(&self.shared.state).transport_error.clone()
     }
@@ -310,7 +311,10 @@ impl Shared {
         let mut st = lock(&self.state);
         match item {
             Ok(event) => {
-                st.transport_error = None;
+                // `Init` comes before the list is requested: it proves nothing works yet.
+                if !matches!(event, Event::Init) {
+                    st.transport_error = None;
+                }
                 st.apply(event);
                 Ok(())
             }
@@ -656,6 +660,24 @@ pub(crate) mod tests {
         assert_eq!(a.transport_error(), None);
         assert_eq!(phase(a.next().await), "Pending");
         assert_eq!(phase(a.next().await), "gone");
+    }
+
+    /// The `Init` of the next attempt comes before its list is even requested: the trouble
+    /// stays reported until the server has answered.
+    #[tokio::test(start_paused = true)]
+    async fn the_next_attempts_init_does_not_clear_the_watchs_trouble() {
+        let (tx, s) = channel();
+        let hub = Hub::new(Script::new(vec![s]));
+        let a = hub.subscribe(key(), "a").unwrap();
+        let io = std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer");
+        let failed = watcher::Error::InitialListFailed(kube::Error::Service(Box::new(io)));
+        tx.unbounded_send(Err(failed)).unwrap();
+        tx.unbounded_send(Ok(Event::Init)).unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(a.transport_error().as_deref(), Some("no answer"));
+        tx.unbounded_send(Ok(Event::InitDone)).unwrap();
+        settle().await;
+        assert_eq!(a.transport_error(), None);
     }
 
     #[tokio::test(start_paused = true)]
