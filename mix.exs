@@ -15,7 +15,7 @@ defmodule FLAMEK8sBackend.MixProject do
     [
       app: :flame_k8s_backend,
       version: @version,
-      elixir: "~> 1.14",
+      elixir: "~> 1.15",
       # The NIF first: the Elixir compiler loads FLAMEK8sBackend.Native, whose @on_load keeps the
       # result of a load that found no library, and `mix test` runs in that same VM.
       compilers: [:flame_k8s_native | Mix.compilers()],
@@ -36,18 +36,10 @@ defmodule FLAMEK8sBackend.MixProject do
              .formatter.exs README.md LICENSE CHANGELOG.md)
       ],
       docs: [main: "FLAMEK8sBackend", extras: ["README.md", "CHANGELOG.md"]]
-    ] ++ legacy_preferred_envs()
+    ]
   end
 
-  # Elixir >= 1.15 reads the preferred envs from cli/0 (and then ignores project/0's); 1.14 only
-  # from project/0's :preferred_cli_env.
   def cli, do: [preferred_envs: @preferred_envs]
-
-  defp legacy_preferred_envs do
-    if Version.match?(System.version(), "< 1.15.0"),
-      do: [preferred_cli_env: @preferred_envs],
-      else: []
-  end
 
   def application do
     [

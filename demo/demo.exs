@@ -187,15 +187,21 @@ if mode == :local do
   Demo.say()
   Demo.say("FLAME.call through a FLAME.Pool backed by FLAMEK8sBackend ...")
 
+  # As an app does it: the pool's child spec under a supervisor (FLAME.Pool.start_link/1 alone
+  # lacks the runner and task supervisors the child spec starts with it).
   {:ok, _} =
-    FLAME.Pool.start_link(
-      name: DemoPool,
-      backend: {FLAMEK8sBackend, backend_opts},
-      min: 0,
-      max: 1,
-      max_concurrency: 10,
-      boot_timeout: 60_000,
-      idle_shutdown_after: 1_000
+    Supervisor.start_link(
+      [
+        {FLAME.Pool,
+         name: DemoPool,
+         backend: {FLAMEK8sBackend, backend_opts},
+         min: 0,
+         max: 1,
+         max_concurrency: 10,
+         boot_timeout: 60_000,
+         idle_shutdown_after: 1_000}
+      ],
+      strategy: :one_for_one
     )
 
   started = System.monotonic_time(:millisecond)

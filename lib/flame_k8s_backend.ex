@@ -194,7 +194,7 @@ defmodule FLAMEK8sBackend do
           kube: Kube.t(),
           namespace: String.t(),
           parent_ref: reference(),
-          sealed: (() -> sealed()) | nil,
+          sealed: (-> sealed()) | nil,
           runner_name: String.t(),
           runner_selector: String.t(),
           app_container: String.t() | nil,
@@ -345,7 +345,7 @@ defmodule FLAMEK8sBackend do
   runner node and monitors it.
   """
   @impl true
-  @spec remote_spawn_monitor(t(), (() -> any()) | {module(), atom(), list()}) ::
+  @spec remote_spawn_monitor(t(), (-> any()) | {module(), atom(), list()}) ::
           {:ok, {pid(), reference()}}
   def remote_spawn_monitor(%__MODULE__{runner_node_name: node} = _state, term) do
     case term do

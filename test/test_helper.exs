@@ -1,5 +1,9 @@
 alias FLAMEK8sBackend.Test.{LocalCluster, RealNode}
 
+# Mix prunes the code paths of OTP applications the project does not list; the tests use these
+# (TLS servers and downloads in the install-path tests).
+Enum.each([:inets, :ssl, :public_key], &Mix.ensure_application!/1)
+
 # The ExUnit VM is the FLAME parent: a distributed node that runner pods (local BEAM nodes on
 # 127.0.0.x) connect back to.
 {_, 0} =

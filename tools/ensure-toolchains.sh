@@ -1,6 +1,10 @@
-# Sourced by bin/test, bin/demo and .ci/run: puts the toolchains on PATH, installs Elixir and the
-# Erlang headers from apt when they are missing, and keeps build caches outside the clone.
+# Sourced by bin/test, bin/demo and .ci/run: puts the toolchains on PATH (Elixir >= 1.15, from
+# Debian trixie when the host has none: tools/modern-elixir.sh), installs the few host tools the
+# tests use from apt, and keeps build caches outside the clone.
 # shellcheck shell=bash
+
+# shellcheck source=modern-elixir.sh
+. "$(dirname "${BASH_SOURCE[0]}")/modern-elixir.sh"
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/flame_k8s_backend/target}"
 export GOTOOLCHAIN=local
@@ -9,17 +13,13 @@ for dir in "$HOME/.cargo/bin" /usr/local/go/bin; do
 done
 
 ensure_toolchains() {
+  ensure_modern_elixir || return 1
   local missing=()
-  command -v elixir >/dev/null 2>&1 || missing+=(elixir)
-  [ -n "$(find /usr/lib/erlang -name erl_nif.h 2>/dev/null | head -1)" ] || missing+=(erlang-dev)
   # The tests lint the example scripts with it.
   command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
-  command -v dialyzer >/dev/null 2>&1 || missing+=(erlang-dialyzer)
-  # The hostile-input property tests use PropEr.
-  ls -d /usr/lib/erlang/lib/proper-* >/dev/null 2>&1 || missing+=(erlang-proper)
   if [ "${#missing[@]}" -gt 0 ]; then
     if [ "$(id -u)" != 0 ]; then
-      echo "missing: ${missing[*]} (install them: sudo apt-get install elixir erlang-dev)" >&2
+      echo "missing: ${missing[*]} (install them: sudo apt-get install ${missing[*]})" >&2
       return 1
     fi
     echo "installing from apt: ${missing[*]}" >&2

@@ -663,7 +663,7 @@ defmodule FLAMEK8sBackend.Kube do
   # `:queue_timeout` of 0 (`min` 0) means not to wait for a create slot at all.
   defp timeout!(opts, key, default, min \\ 1) do
     case Keyword.get(opts, key, default) do
-      value when is_integer(value) and value in min..@max_timeout ->
+      value when is_integer(value) and value >= min and value <= @max_timeout ->
         value
 
       other ->

@@ -78,7 +78,7 @@ defmodule FLAMEK8sBackend.Telemetry do
   as a span: `:start`, then `:stop` or `:exception` with the metadata of `meta`. `timings`
   reads the milestones (ms since the start) out of a successful result.
   """
-  @spec boot_span(map(), (() -> result), (result -> map())) :: result when result: term()
+  @spec boot_span(map(), (-> result), (result -> map())) :: result when result: term()
   def boot_span(meta, fun, timings) do
     start = System.monotonic_time()
     meta = Map.put(meta, :telemetry_span_context, make_ref())
@@ -164,7 +164,7 @@ defmodule FLAMEK8sBackend.Telemetry do
   `fun` returns `{result, attempts}`, where `result` is `:ok` or `{:error, reason}`; `meta`
   has `:deleter`, `:trigger`, `:kind`, `:namespace` and `:name`. Returns `result`.
   """
-  @spec cleanup(map(), (() -> {:ok | {:error, term()}, pos_integer()})) :: :ok | {:error, term()}
+  @spec cleanup(map(), (-> {:ok | {:error, term()}, pos_integer()})) :: :ok | {:error, term()}
   def cleanup(meta, fun) do
     start = System.monotonic_time()
     {result, attempts} = fun.()

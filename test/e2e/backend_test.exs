@@ -227,7 +227,9 @@ defmodule FLAMEK8sBackend.BackendE2ETest do
 
   test "a runner that is OOMKilled", %{opts: opts} do
     opts =
-      Keyword.merge(opts, manifest: %{"metadata" => %{"labels" => %{"sim-kubelet/fail" => "oom"}}})
+      Keyword.merge(opts,
+        manifest: %{"metadata" => %{"labels" => %{"sim-kubelet/fail" => "oom"}}}
+      )
 
     assert %BootError{reason: {:container_exited, %{reason: "OOMKilled", exit_code: 137}}} =
              boot_error!(opts)

@@ -160,7 +160,11 @@ defmodule FLAMEK8sBackend.RealNodeTest do
 
       # The backend deleted its pod and secret itself (audit log: the kubeconfig's user).
       assert [%{"code" => 200}] =
-               RealNode.audit_events(%{"verb" => "delete", "resource" => "pods", "name" => runner})
+               RealNode.audit_events(%{
+                 "verb" => "delete",
+                 "resource" => "pods",
+                 "name" => runner
+               })
 
       assert [%{"user" => "flame-realnode-admin"}] =
                RealNode.audit_events(%{

@@ -10,7 +10,7 @@ defmodule FLAME.Checkout.MixProject do
     [
       app: :flame,
       version: flame_version(),
-      elixir: "~> 1.14",
+      elixir: "~> 1.15",
       elixirc_paths: [Path.join(@flame_path, "lib")],
       deps: []
     ]

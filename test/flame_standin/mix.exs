@@ -5,7 +5,7 @@ defmodule FLAME.StandIn.MixProject do
   # contract described in ../../../shared/DESIGN.md §3 and nothing more; set FLAME_PATH to a
   # real FLAME checkout to run the same suite against the real thing.
   def project do
-    [app: :flame, version: "0.5.3", elixir: "~> 1.14", deps: []]
+    [app: :flame, version: "0.5.3", elixir: "~> 1.15", deps: []]
   end
 
   def application do

@@ -773,7 +773,9 @@ defmodule FLAMEK8sBackend.PrecompiledNifTest do
   # (no _build, no priv/native), with their modification times (cargo's freshness check).
   defp copy_working_tree(root, dir) do
     {files, 0} =
-      System.cmd("git", ["ls-files", "-z", "--cached", "--others", "--exclude-standard"], cd: root)
+      System.cmd("git", ["ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cd: root
+      )
 
     for file <- files |> String.split(<<0>>, trim: true) |> Enum.uniq(),
         source = Path.join(root, file),

@@ -7,7 +7,7 @@ defmodule Telemetry.StandIn.MixProject do
   # emits; a handler that raises is detached). FLAMEK8sBackend does not depend on :telemetry:
   # it emits only when the module is there.
   def project do
-    [app: :telemetry, version: "1.3.0", elixir: "~> 1.14", deps: []]
+    [app: :telemetry, version: "1.3.0", elixir: "~> 1.15", deps: []]
   end
 
   def application do

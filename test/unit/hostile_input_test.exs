@@ -1,4 +1,6 @@
 Code.require_file("../support/proper_helper.exs", __DIR__)
+# Before the module compiles: its calls into PropEr resolve at compile time.
+FLAMEK8sBackend.Test.Proper.ensure_loaded!()
 
 defmodule FLAMEK8sBackend.HostileInputTest do
   # Property-based tests with PropEr: generated hostile terms into every NIF of

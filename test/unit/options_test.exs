@@ -56,7 +56,9 @@ defmodule FLAMEK8sBackend.OptionsTest do
 
   test "a bad secret_env value is rejected without echoing it" do
     error =
-      assert_raise ArgumentError, fn -> Options.validate!(secret_env: %{"TOKEN" => 'hunter2'}) end
+      assert_raise ArgumentError, fn ->
+        Options.validate!(secret_env: %{"TOKEN" => ~c"hunter2"})
+      end
 
     assert error.message =~ "TOKEN"
     refute error.message =~ "hunter2"

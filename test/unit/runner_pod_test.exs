@@ -633,7 +633,11 @@ defmodule FLAMEK8sBackend.RunnerPodTest do
       end
 
       pod =
-        build!(%{app_container_name: "app", secret_env: %{"API_KEY" => "k3y"}, manifest: manifest})
+        build!(%{
+          app_container_name: "app",
+          secret_env: %{"API_KEY" => "k3y"},
+          manifest: manifest
+        })
 
       assert Enum.map(pod["spec"]["containers"], & &1["name"]) == ["sidecar", "app"]
 

@@ -165,9 +165,10 @@ defmodule Mix.Tasks.Compile.FlameK8sNative do
     end
   end
 
-  # Mix compiles a dependency inside Mix.Dep.in_dependency/3, which sets :app_path (the app's
-  # _build/<env>/lib/<dep>) in the dependency's config; the top-level project never has it.
-  defp dependency?(config), do: config[:app_path] != nil
+  # Mix compiles a dependency inside Mix.Dep.in_dependency/3, which puts the app's
+  # _build/<env>/lib/<dep> into the dependency's config: as :deps_app_path (Elixir 1.18), as
+  # :app_path before. The top-level project never has either.
+  defp dependency?(config), do: config[:deps_app_path] != nil or config[:app_path] != nil
 
   ## Precompiled
 

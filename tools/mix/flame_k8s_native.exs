@@ -113,7 +113,9 @@ defmodule FLAMEK8sNative do
     with {:ok, text} <- File.read(manifest),
          [_ | _] = versions <- Regex.scan(~r/"nif_version_(\d+)_(\d+)"/, text) do
       versions
-      |> Enum.map(fn [_, major, minor] -> {String.to_integer(major), String.to_integer(minor)} end)
+      |> Enum.map(fn [_, major, minor] ->
+        {String.to_integer(major), String.to_integer(minor)}
+      end)
       |> Enum.max()
       |> then(fn {major, minor} -> "#{major}.#{minor}" end)
     else
@@ -178,16 +180,11 @@ defmodule FLAMEK8sNative do
   end
 
   @doc """
-  Puts an OTP application on the code path of the Mix VM: since Elixir 1.15 Mix prunes the paths
-  of applications a project does not list, and Mix tasks call `Mix.ensure_application!/1` to get
-  one back (Elixir 1.14 prunes nothing and has no such function).
+  Puts an OTP application on the code path of the Mix VM: Mix prunes the paths of applications a
+  project does not list, and Mix tasks get one back with `Mix.ensure_application!/1`.
   """
   def ensure_otp_app(app) do
-    if function_exported?(Mix, :ensure_application!, 1) do
-      # Through apply/3: Elixir 1.14 would warn about an undefined function.
-      apply(Mix, :ensure_application!, [app])
-    end
-
+    Mix.ensure_application!(app)
     :ok
   end
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the flame_demo image for the real node, without Docker or a registry: a `mix release`
 # (MIX_ENV=prod, ERTS included) of examples/kind/flame_demo with this library and its NIF in the
-# release's priv/, on a Debian bookworm minbase rootfs, packed as a one-layer OCI archive that
+# release's priv/, on a Debian trixie minbase rootfs (the Debian suite whose Elixir and OTP the
+# tools use: tools/modern-elixir.sh), packed as a one-layer OCI archive that
 # `ctr -n k8s.io images import` accepts. The same image runs the parent pod and the runner pods.
 #
 #   tools/realnode/image.sh [--rev REV] [--force] [--no-check]
@@ -44,11 +45,11 @@ IMAGES="$CACHE/images"
 BUILD="$IMAGES/build"
 NAME=flame-demo
 APP=flame_demo
-SUITE=bookworm
-# crypto.so links libcrypto.so.3 (libssl3); everything else ERTS and the NIF link (libc, libm,
+SUITE=trixie
+# crypto.so links libcrypto.so.3 (libssl3t64); everything else ERTS and the NIF link (libc, libm,
 # libtinfo6, zlib1g, libstdc++6, libgcc-s1, and libsystemd0 for epmd) is in minbase already.
 # Checked on every build: each ELF file of the release must resolve all its libraries.
-ROOTFS_PACKAGES=libssl3
+ROOTFS_PACKAGES=libssl3t64
 # Bump when the rootfs recipe below changes (the package list is part of the key already).
 ROOTFS_RECIPE=1
 APP_UID=1000
@@ -155,20 +156,6 @@ log "building $REF from ${REV:+git $REV of }$ROOT ($versions)"
 # ---- rootfs: debootstrap minbase + libraries, cached per recipe -------------------------------
 ROOTFS="$IMAGES/rootfs/$SUITE-minbase-$ROOTFS_KEY"
 
-debian_mirror() {
-  if [ -n "${DEBIAN_MIRROR:-}" ]; then echo "$DEBIAN_MIRROR"; return; fi
-  local mirror=""
-  # deb822 sources (*.sources): the first URIs of a stanza whose Suites has "$SUITE" itself.
-  mirror="$(awk -v suite="$SUITE" '
-    /^URIs:/ { uris = $2 }
-    /^Suites:/ { for (i = 2; i <= NF; i++) if ($i == suite) { print uris; exit } }
-  ' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -1)"
-  if [ -z "$mirror" ] && [ -f /etc/apt/sources.list ]; then
-    mirror="$(awk -v suite="$SUITE" '$1 == "deb" && $3 == suite { print $2; exit }' /etc/apt/sources.list)"
-  fi
-  echo "${mirror:-http://deb.debian.org/debian}"
-}
-
 build_rootfs() {
   local tmp="$ROOTFS.tmp" mirror
   mirror="$(debian_mirror)"
@@ -260,6 +247,20 @@ rm -rf "$TREE"
 cp -a "$ROOTFS" "$TREE"
 mkdir "$TREE/app"
 cp -a "$REL/." "$TREE/app/"
+# With Debian's Elixir from tools/modern-elixir.sh, the release's ERTS and OTP libraries are the
+# host copies, patched to load through $ELIXIR_HOME/root's glibc: each file that names that place
+# becomes the root's own, unpatched file, which loads through the image's (the same suite's) glibc.
+if [ -n "${ELIXIR_HOME:-}" ]; then
+  (
+    cd "$TREE/app"
+    grep -rlF "$ELIXIR_HOME" erts-* lib | while read -r file; do
+      pristine="$ELIXIR_HOME/root/usr/lib/erlang/$file"
+      if [ -f "$pristine" ]; then cp "$pristine" "$file"; fi
+    done
+  )
+  leftover="$(grep -rlF "$ELIXIR_HOME" "$TREE/app" || true)"
+  [ -z "$leftover" ] || die "the release still refers to the host's Elixir in $ELIXIR_HOME: $leftover"
+fi
 chown -R "$APP_UID:$APP_UID" "$TREE/app"
 
 loader=""

@@ -13,8 +13,7 @@ defmodule FlameDemo.MixProject do
     [
       app: :flame_demo,
       version: "0.1.0",
-      # FLAME from hex needs Elixir ~> 1.15 and says so itself; the stand-in runs on 1.14.
-      elixir: "~> 1.14",
+      elixir: "~> 1.15",
       start_permanent: Mix.env() == :prod,
       deps: deps(),
       releases: [

@@ -12,14 +12,14 @@ defmodule FLAME do
   """
 
   @doc "Runs `func` on a runner of `pool` and returns its result."
-  @spec call(atom(), (() -> any()), keyword()) :: any()
+  @spec call(atom(), (-> any()), keyword()) :: any()
   def call(pool, func, opts \\ [])
       when is_atom(pool) and is_function(func, 0) and is_list(opts) do
     FLAME.Pool.call(pool, func, opts)
   end
 
   @doc "Runs `func` on a runner of `pool` without waiting for it. Returns `:ok`."
-  @spec cast(atom(), (() -> any()), keyword()) :: :ok
+  @spec cast(atom(), (-> any()), keyword()) :: :ok
   def cast(pool, func, opts \\ [])
       when is_atom(pool) and is_function(func, 0) and is_list(opts) do
     FLAME.Pool.cast(pool, func, opts)
