@@ -42,6 +42,7 @@ defmodule FLAMEK8sBackend.Native do
   def open_watches(_client), do: not_loaded()
   def get_pod(_client, _namespace, _name, _ref), do: not_loaded()
   def list_pods(_client, _namespace, _label_selector, _ref), do: not_loaded()
+
   def create(_client, _kind, _namespace, _manifest, _queue_ms, _idempotent, _ref),
     do: not_loaded()
 

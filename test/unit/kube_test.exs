@@ -741,7 +741,7 @@ defmodule FLAMEK8sBackend.KubeTaskTest do
                %{reason: {:api, 504, "Timeout", "request did not complete"}, settled_at: at}}} =
                Kube.create_pod(kube, "d", @pod)
 
-      assert at - before in 19_000..20_500
+      assert (at - before) in 19_000..20_500
       assert posts_received() == 1
 
       # The generic request: the server's answer, sent once.
@@ -787,8 +787,9 @@ defmodule FLAMEK8sBackend.KubeTaskTest do
       assert {:error, {:outcome_unknown, %{reason: {:timeout, 500}, settled_at: at}}} =
                Kube.create_pod(kube, "d", @pod, idempotent: true)
 
-      assert at - before in 15_400..16_500
-      assert Kube.create_settled_at(kube) - System.monotonic_time(:millisecond) in 15_400..15_500
+      assert (at - before) in 15_400..16_500
+
+      assert (Kube.create_settled_at(kube) - System.monotonic_time(:millisecond)) in 15_400..15_500
     end
   end
 
