@@ -225,12 +225,19 @@ struct KubeSource {
 
 impl Source for KubeSource {
     /// kube-runtime's watcher: list + watch from the list's resourceVersion, bookmarks, a
-    /// relist after 410 Gone; the list is a consistent read (`MostRecent`, the default), which
-    /// the shared watch relies on to call a missing pod gone. Each watch call ends after
-    /// `WATCH_TIMEOUT_SECS` on the server's side and resumes from the last resourceVersion.
+    /// relist after 410 Gone. The list is served from the API server's watch cache (`Any`:
+    /// `resourceVersion=0`), not read consistently (the default, `MostRecent`: a quorum read
+    /// of etcd at each start of the watch); the shared watch does not take a pod missing from
+    /// it for gone (see `watch`). Each watch call ends after `WATCH_TIMEOUT_SECS` on the
+    /// server's side and resumes from the last resourceVersion.
     fn watch(&self, key: &WatchKey) -> EventStream {
         let api: kube::Api<Pod> = kube::Api::namespaced(self.watch_client.clone(), &key.namespace);
-        let config = watcher::Config::default().timeout(WATCH_TIMEOUT_SECS);
+        let mut config = watcher::Config::default()
+            .timeout(WATCH_TIMEOUT_SECS)
+            .any_semantic();
+        // kube-rs leaves `resourceVersion=0` out of a list with a limit (which makes it a
+        // consistent read again): the list is one page, the pods of one selector.
+        config.page_size = None;
         let config = match &key.selection {
             Selection::Labels(selector) => config.labels(selector),
             Selection::Name(name) => config.fields(&format!("metadata.name={name}")),
@@ -1037,6 +1044,51 @@ users:
         assert!(requests
             .iter()
             .all(|r| r.contains("labelSelector=excluster")));
+    }
+
+    /// The watch's lists are served from the API server's watch cache (`resourceVersion=0`,
+    /// `resourceVersionMatch=NotOlderThan`), not a consistent read (none: a quorum read of
+    /// etcd for each watch start), and it watches from the list's resourceVersion.
+    #[tokio::test]
+    async fn the_watch_lists_from_the_servers_cache() {
+        use crate::test_server::{start, Conn, Reply};
+        let pods = ready_pods();
+        let server = start(move |_| {
+            let pods = pods.clone();
+            Conn::Serve(Arc::new(move |path: &str| {
+                if path.contains("watch=true") {
+                    Reply::Open
+                } else {
+                    Reply::Json(pods.clone())
+                }
+            }))
+        })
+        .await;
+        let h = connect_blocking(&explicit(&server.url, 5000)).unwrap();
+        let outcome = crate::await_pod::await_pod(
+            &h,
+            "flame",
+            NAME,
+            Some("excluster=flame"),
+            crate::await_pod::AwaitOptions {
+                report_ready: false,
+                ..await_options(Duration::from_secs(1))
+            },
+            |_| {},
+        )
+        .await;
+        assert!(
+            matches!(outcome, crate::await_pod::AwaitOutcome::Timeout { .. }),
+            "{outcome:?}"
+        );
+        let requests = server.requests();
+        let list = requests.first().unwrap();
+        assert!(!list.contains("watch=true"), "{requests:?}");
+        assert!(list.contains("resourceVersion=0&"), "{list}");
+        assert!(list.contains("resourceVersionMatch=NotOlderThan"), "{list}");
+        let watch = requests.get(1).unwrap();
+        assert!(watch.contains("watch=true"), "{requests:?}");
+        assert!(watch.contains("resourceVersion=4212"), "{watch}");
     }
 
     /// A server that takes every request and answers none: the await's timeout names the
