@@ -28,8 +28,9 @@ defmodule FLAMEK8sBackend.Kube do
     * `{:internal, message}` - a bug in this library (e.g. a caught panic); please report it
     * `{:outcome_unknown, %{reason: reason, settled_at: ms}}` - only from `create_pod/4` and
       `create_secret/4`: the create was sent and may still take effect, though no answer says
-      so (`reason`, one of the above: `{:timeout, ms}`, a `{:connect, message}` after the
-      request went out, or `{:api, status, _, _}` with status 500, 502, 503 or 504). The
+      so. `reason` is one of the above, what the last attempt got: `{:timeout, ms}`, a
+      `{:connect, message}` after the request went out, `{:api, status, _, _}` with status
+      500, 502, 503 or 504, or any error after an earlier attempt that got one of those. The
       server gives it up by `settled_at` (a `System.monotonic_time(:millisecond)`): until then
       a read or a delete that finds nothing does not prove that the object will not appear;
       after it, it does. See `create_settled_at/1`.
