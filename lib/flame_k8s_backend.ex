@@ -551,13 +551,17 @@ defmodule FLAMEK8sBackend do
   # The reaper tracks the object from before its create is sent, and learns what the result
   # says about its existence. In a burst a create may wait for one of the client's create
   # slots for what is left of the boot, not just a request timeout; the request itself then
-  # has its own timeout.
+  # has its own timeout. The names were chosen in init/1 for this runner alone: the create is
+  # idempotent (a 409 is ours).
   defp create(state, reaper, kind, manifest, deadline) do
     :ok = Reaper.track(reaper, kind, state.runner_name)
     create_fun = if kind == :pod, do: &Kube.create_pod/4, else: &Kube.create_secret/4
 
     result =
-      create_fun.(state.kube, state.namespace, manifest, queue_timeout: remaining(deadline))
+      create_fun.(state.kube, state.namespace, manifest,
+        queue_timeout: remaining(deadline),
+        idempotent: true
+      )
 
     :ok = Reaper.created(reaper, kind, result)
 

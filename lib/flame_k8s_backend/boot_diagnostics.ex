@@ -84,6 +84,7 @@ defmodule FLAMEK8sBackend.BootDiagnostics do
 
   # A create whose answer did not come in time may well have created the pod.
   def pod_may_exist?(%BootError{phase: :create_pod, reason: {:timeout, _}}), do: true
+  def pod_may_exist?(%BootError{phase: :create_pod, reason: {:outcome_unknown, _}}), do: true
   def pod_may_exist?(%BootError{}), do: false
 
   # Whose log tells more: a container that exited, or the runner VM that ran but never said

@@ -26,6 +26,14 @@ defmodule FLAMEK8sBackend.Kube do
       that cannot be read, a token no HTTP header can hold)
     * `{:decode, message}` - the server's answer was not what Kubernetes sends
     * `{:internal, message}` - a bug in this library (e.g. a caught panic); please report it
+    * `{:outcome_unknown, %{reason: reason, settled_at: ms}}` - only from `create_pod/4` and
+      `create_secret/4`: the create was sent and may still take effect, though no answer says
+      so. `reason` is one of the above, what the last attempt got: `{:timeout, ms}`, a
+      `{:connect, message}` after the request went out, `{:api, status, _, _}` with status
+      500, 502, 503 or 504, or any error after an earlier attempt that got one of those. The
+      server gives it up by `settled_at` (a `System.monotonic_time(:millisecond)`): until then
+      a read or a delete that finds nothing does not prove that the object will not appear;
+      after it, it does. See `create_settled_at/1`.
 
   ## Arguments
 
@@ -48,14 +56,15 @@ defmodule FLAMEK8sBackend.Kube do
   alias FLAMEK8sBackend.Native
 
   @enforce_keys [:resource, :server]
-  defstruct [:resource, :server, :default_namespace, :request_timeout]
+  defstruct [:resource, :server, :default_namespace, :request_timeout, :create_settle_ms]
 
   @typedoc "A connection to one API server. `inspect/1` never shows credentials."
   @type t :: %__MODULE__{
           resource: reference(),
           server: String.t(),
           default_namespace: String.t() | nil,
-          request_timeout: pos_integer()
+          request_timeout: pos_integer(),
+          create_settle_ms: pos_integer()
         }
 
   @type error ::
@@ -66,6 +75,7 @@ defmodule FLAMEK8sBackend.Kube do
           | {:config, String.t()}
           | {:decode, String.t()}
           | {:internal, String.t()}
+          | {:outcome_unknown, %{reason: error(), settled_at: integer()}}
 
   @type manifest :: %{optional(String.t() | atom()) => term()}
   @type pod :: %{String.t() => term()}
@@ -110,7 +120,10 @@ defmodule FLAMEK8sBackend.Kube do
       else the kubeconfig; inside a pod a stray kubeconfig is never picked unless asked for.
     * `:kubeconfig` - path of a kubeconfig file (default: `$KUBECONFIG`, then `~/.kube/config`)
     * `:context` - kubeconfig context (default: the current context)
-    * `:url`, `:ca_cert_pem`, `:token` - explicit server URL, CA certificate (PEM) and bearer token
+    * `:url`, `:ca_cert_pem`, `:token` - explicit server URL, CA certificate (PEM) and bearer
+      token. A token (or any credential, from a kubeconfig too) is never sent over plain
+      `http://`, except to a loopback address (`127.0.0.1`, `[::1]`): connecting so is
+      `{:error, {:config, message}}` naming the URL
     * `:insecure_skip_tls_verify` - default `false`
     * `:request_timeout` - milliseconds per request, default #{@default_request_timeout}
     * `:max_concurrent_creates` - creates (`create_pod/4`, `create_secret/4`) in flight at
@@ -120,7 +133,9 @@ defmodule FLAMEK8sBackend.Kube do
       connections, instead of all at once. A create the server
       pushes back (429, or 503/504) is retried after its `Retry-After` while the request
       timeout allows, holding its slot; when the wait would end past the timeout, the server's
-      answer is returned at once (`{:api, 429, "TooManyRequests", message}`).
+      answer is returned at once (`{:api, 429, "TooManyRequests", message}`). A create that
+      may have been carried out already (503, 504) is sent again only when it is idempotent
+      (see `create_pod/4`).
 
   A token read from a file (the in-cluster service account token, a kubeconfig's `tokenFile`)
   is read again every minute, and at once when the API server refuses it (401): if the file
@@ -162,7 +177,8 @@ defmodule FLAMEK8sBackend.Kube do
          resource: resource,
          server: info.server,
          default_namespace: info.default_namespace,
-         request_timeout: info.request_timeout_ms
+         request_timeout: info.request_timeout_ms,
+         create_settle_ms: info.create_settle_ms
        }}
     end
   end
@@ -183,15 +199,28 @@ defmodule FLAMEK8sBackend.Kube do
   @doc """
   Creates a pod from a manifest map (string or atom keys) in `namespace`.
 
-  Options: `:queue_timeout` - ms the create may wait for one of the connection's create
-  slots (see `:max_concurrent_creates` in `connect/1`) before it is sent; default: the request
-  timeout. A create still waiting then is `{:error, {:timeout, ms}}` and was never sent.
+  Options:
+
+    * `:queue_timeout` - ms the create may wait for one of the connection's create slots (see
+      `:max_concurrent_creates` in `connect/1`) before it is sent; default: the request
+      timeout. A create still waiting then is `{:error, {:timeout, ms}}` and was never sent.
+    * `:idempotent` - `true` when the manifest's `metadata.name` was chosen for this object
+      alone (with a random part, say), so that sending the create again is harmless; default
+      `false`, and it needs a `metadata.name` (not `generateName`). The create is then sent
+      again after an answer that leaves its outcome open (503, 504, a connection lost after
+      it went out), and `409 AlreadyExists` means it (or an earlier attempt whose answer was
+      lost) created the object: `{:ok, :already_exists}`.
+
+  The create is sent with the request timeout as its server-side `timeout`, so the API server
+  gives it up when the client does. One that went out and may still take effect is
+  `{:error, {:outcome_unknown, %{reason: reason, settled_at: ms}}}` (see "Results" above).
 
       manifest = %{"metadata" => %{"generateName" => "runner-"},
                    "spec" => %{"containers" => [%{"name" => "app", "image" => "app:1"}]}}
       {:ok, %{"metadata" => %{"name" => "runner-x7k2p"}}} = FLAMEK8sBackend.Kube.create_pod(kube, "default", manifest)
   """
-  @spec create_pod(t(), String.t(), manifest(), keyword()) :: {:ok, pod()} | {:error, error()}
+  @spec create_pod(t(), String.t(), manifest(), keyword()) ::
+          {:ok, pod() | :already_exists} | {:error, error()}
   def create_pod(%__MODULE__{} = kube, namespace, manifest, opts \\ []),
     do: create(kube, :pod, namespace, manifest, opts)
 
@@ -232,7 +261,8 @@ defmodule FLAMEK8sBackend.Kube do
 
   @doc """
   Creates a secret. Returns only the created secret's metadata: secret values never travel back.
-  Options: `:queue_timeout`, as for `create_pod/4`.
+  Options and results as for `create_pod/4` (`:queue_timeout`, `:idempotent`,
+  `{:ok, :already_exists}`, `{:outcome_unknown, _}`).
 
       {:ok, %{"name" => "runner-cookie-abc"}} =
         FLAMEK8sBackend.Kube.create_secret(kube, "default", %{
@@ -240,7 +270,8 @@ defmodule FLAMEK8sBackend.Kube do
           "stringData" => %{"RELEASE_COOKIE" => "..."}
         })
   """
-  @spec create_secret(t(), String.t(), manifest(), keyword()) :: {:ok, map()} | {:error, error()}
+  @spec create_secret(t(), String.t(), manifest(), keyword()) ::
+          {:ok, map() | :already_exists} | {:error, error()}
   def create_secret(%__MODULE__{} = kube, namespace, manifest, opts \\ []),
     do: create(kube, :secret, namespace, manifest, opts)
 
@@ -253,14 +284,49 @@ defmodule FLAMEK8sBackend.Kube do
   def delete_secret(%__MODULE__{} = kube, namespace, name),
     do: delete(kube, :secret, namespace, name, nil)
 
+  @doc """
+  The monotonic time (`System.monotonic_time(:millisecond)`) by which every create sent on
+  this connection until now has settled: the API server can no longer carry it out (its
+  deadline for the request, the request timeout, has passed, plus 15 s for a write it had
+  already handed to etcd). For a create whose answer never came back to you at all (its caller
+  was killed mid-request), as `settled_at` of `{:outcome_unknown, _}` is for one that
+  returned: until then, a read or delete of its name that finds nothing is not final.
+
+      iex> {:ok, kube} = FLAMEK8sBackend.Kube.connect(url: "https://127.0.0.1:1", request_timeout: 5_000)
+      iex> FLAMEK8sBackend.Kube.create_settled_at(kube) - System.monotonic_time(:millisecond) in 19_000..20_000
+      true
+  """
+  @spec create_settled_at(t()) :: integer()
+  def create_settled_at(%__MODULE__{create_settle_ms: ms}) when is_integer(ms),
+    do: System.monotonic_time(:millisecond) + ms
+
   defp create(kube, kind, namespace, manifest, opts) do
-    opts = validate_keyword!(opts, [:queue_timeout], "create options")
+    opts = validate_keyword!(opts, [:queue_timeout, :idempotent], "create options")
     queue = timeout!(opts, :queue_timeout, kube.request_timeout, 0)
+    idempotent = boolean!(opts, :idempotent, false)
     namespace = name!(namespace, "namespace")
     manifest = map!(manifest, "manifest")
     timeout = min(kube.request_timeout + queue, @max_timeout)
-    call(timeout, &Native.create(kube.resource, kind, namespace, manifest, queue, &1))
+
+    timeout
+    |> call(
+      &Native.create(kube.resource, kind, namespace, manifest, queue, idempotent, &1),
+      fn waited -> {:error, unknown({:timeout, waited}, kube.create_settle_ms)} end
+    )
+    |> case do
+      {:error, {:outcome_unknown, %{reason: reason, settle_ms: ms}}} ->
+        {:error, unknown(reason, ms)}
+
+      other ->
+        other
+    end
   end
+
+  # The NIF says how long from now the create settles; callers get a point in time.
+  defp unknown(reason, settle_ms),
+    do:
+      {:outcome_unknown,
+       %{reason: reason, settled_at: System.monotonic_time(:millisecond) + settle_ms}}
 
   defp delete(kube, kind, namespace, name, grace) do
     namespace = name!(namespace, "namespace")
@@ -277,6 +343,11 @@ defmodule FLAMEK8sBackend.Kube do
 
   Options: `:body` (a map, sent as JSON) and `:content_type` (default `application/json`;
   `application/merge-patch+json` for PATCH).
+
+  A request the server pushes back is retried within the request timeout: after 429 always,
+  after 503 and 504 only for GET, PUT and DELETE. A POST or PATCH answered 503 or 504 may
+  have been carried out already, so that answer is returned as it is (sending it again could
+  do it twice, or fail with a 409 for what the first one created).
 
       {:ok, %{"kind" => "Namespace"}} =
         FLAMEK8sBackend.Kube.request(kube, "POST", "/api/v1/namespaces",
@@ -435,7 +506,9 @@ defmodule FLAMEK8sBackend.Kube do
   # matters if the NIF's runtime were too busy to answer in time. Giving up cancels the task,
   # so nothing keeps working for a caller that stopped waiting (a caller that exits is covered
   # by the NIF's monitor).
-  defp call(timeout, start) do
+  #
+  # `lost.(timeout)` is the result when no reply came (`{:error, {:timeout, ms}}` by default).
+  defp call(timeout, start, lost \\ &{:error, {:timeout, &1}}) do
     ref = make_ref()
 
     case start.(ref) do
@@ -443,7 +516,7 @@ defmodule FLAMEK8sBackend.Kube do
         receive do
           {:flame_k8s, ^ref, reply} -> reply
         after
-          timeout + @reply_margin -> give_up(handle, ref, timeout)
+          timeout + @reply_margin -> give_up(handle, ref, timeout, lost)
         end
 
       {:error, _} = error ->
@@ -454,16 +527,16 @@ defmodule FLAMEK8sBackend.Kube do
   # The NIF decides atomically whether the cancel or the task's reply came first, so no reply
   # is left behind in the caller's mailbox: if the task got there first, its reply is the
   # answer after all (the pod may exist).
-  defp give_up(handle, ref, timeout) do
+  defp give_up(handle, ref, timeout, lost) do
     case Native.cancel(handle) do
       :ok ->
-        {:error, {:timeout, timeout}}
+        lost.(timeout)
 
       :sent ->
         receive do
           {:flame_k8s, ^ref, reply} -> reply
         after
-          @reply_margin -> {:error, {:timeout, timeout}}
+          @reply_margin -> lost.(timeout)
         end
     end
   end

@@ -42,7 +42,10 @@ defmodule FLAMEK8sBackend.Native do
   def open_watches(_client), do: not_loaded()
   def get_pod(_client, _namespace, _name, _ref), do: not_loaded()
   def list_pods(_client, _namespace, _label_selector, _ref), do: not_loaded()
-  def create(_client, _kind, _namespace, _manifest, _queue_ms, _ref), do: not_loaded()
+
+  def create(_client, _kind, _namespace, _manifest, _queue_ms, _idempotent, _ref),
+    do: not_loaded()
+
   def delete(_client, _kind, _namespace, _name, _grace_period_seconds, _ref), do: not_loaded()
   def request(_client, _method, _path, _body, _content_type, _ref), do: not_loaded()
   def await_pod(_client, _namespace, _name, _opts, _ref), do: not_loaded()

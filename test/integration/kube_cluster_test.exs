@@ -5,7 +5,7 @@ defmodule FLAMEK8sBackend.KubeClusterTest do
 
   @moduletag :integration
 
-  alias FLAMEK8sBackend.Test.TcpProxy
+  alias FLAMEK8sBackend.Test.{HalfOpenProxy, TcpProxy}
 
   # The final result of an await; with report_ready: false the interim {:running, pod} that
   # may precede it is skipped.
@@ -56,6 +56,27 @@ defmodule FLAMEK8sBackend.KubeClusterTest do
       assert :ok = Kube.delete_pod(kube, ns, "web", grace_period: 0)
       assert :ok = Kube.delete_pod(kube, ns, "web")
       assert :ok = Kube.delete_pod(kube, ns, "never-existed")
+    end
+
+    # The real server's 409 for a name taken is what an idempotent create reads as "created";
+    # and it accepts the create's server-side timeout (timeout=<ms>ms, a Go duration).
+    test "an idempotent create of a name that exists counts as created", %{
+      kube: kube,
+      namespace: ns
+    } do
+      manifest = LocalCluster.pod_manifest("twice", "sleeper:test", args: ["300"])
+
+      assert {:ok, %{"metadata" => %{"name" => "twice", "uid" => uid}}} =
+               Kube.create_pod(kube, ns, manifest, idempotent: true)
+
+      assert {:ok, :already_exists} = Kube.create_pod(kube, ns, manifest, idempotent: true)
+      assert {:error, {:api, 409, "AlreadyExists", message}} = Kube.create_pod(kube, ns, manifest)
+      assert message =~ ~s(pods "twice" already exists)
+      assert {:ok, %{"metadata" => %{"uid" => ^uid}}} = Kube.get_pod(kube, ns, "twice")
+
+      secret = %{"metadata" => %{"name" => "twice"}, "stringData" => %{"K" => "v"}}
+      assert {:ok, %{"name" => "twice"}} = Kube.create_secret(kube, ns, secret, idempotent: true)
+      assert {:ok, :already_exists} = Kube.create_secret(kube, ns, secret, idempotent: true)
     end
 
     test "a missing pod is a 404 with the server's message", %{kube: kube, namespace: ns} do
@@ -529,6 +550,73 @@ defmodule FLAMEK8sBackend.KubeClusterTest do
       end
     end
 
+    # A connection that took the watch's LIST and will never answer (half-open once its TLS
+    # handshake is done): the LIST gives up after the request timeout, the watcher lists
+    # again on a new connection, and the await gets its pod. Without a client-side bound on
+    # the LIST, it waits forever and every await on the watch times out.
+    test "a half-open connection that took the watch's list does not hang the watch", %{
+      kube: kube,
+      namespace: ns
+    } do
+      rules = [
+        %{"apiGroups" => [""], "resources" => ["pods"], "verbs" => ["get", "list", "watch"]}
+      ]
+
+      token = LocalCluster.service_account_token!(kube, ns, "watcher", rules)
+      proxy = HalfOpenProxy.start!(URI.parse(LocalCluster.info().server).port)
+
+      {:ok, via_proxy} =
+        Kube.connect(
+          url: proxy.url,
+          ca_cert_pem: LocalCluster.info().ca_pem,
+          token: token,
+          request_timeout: 2_000
+        )
+
+      labels = %{"flame-test/role" => "half-open"}
+
+      {:ok, _} =
+        Kube.create_pod(
+          kube,
+          ns,
+          LocalCluster.pod_manifest("p", "sleeper:test", args: ["300"], labels: labels)
+        )
+
+      assert {:ready, %{"metadata" => %{"name" => "p"}}} =
+               await!(via_proxy, ns, "p",
+                 timeout: 20_000,
+                 label_selector: "flame-test/role=half-open"
+               )
+
+      assert HalfOpenProxy.connections(proxy) >= 2
+    end
+
+    # Every connection goes half-open: the await's timeout says why, not just where.
+    test "a watch that is never answered names the trouble when its await times out", %{
+      kube: kube,
+      namespace: ns
+    } do
+      rules = [
+        %{"apiGroups" => [""], "resources" => ["pods"], "verbs" => ["get", "list", "watch"]}
+      ]
+
+      token = LocalCluster.service_account_token!(kube, ns, "watcher", rules)
+      proxy = HalfOpenProxy.start!(URI.parse(LocalCluster.info().server).port, 1_000)
+
+      {:ok, via_proxy} =
+        Kube.connect(
+          url: proxy.url,
+          ca_cert_pem: LocalCluster.info().ca_pem,
+          token: token,
+          request_timeout: 1_000
+        )
+
+      assert {:timeout, %{phase: :scheduling, detail: detail}} =
+               await!(via_proxy, ns, "p", timeout: 4_000, label_selector: "flame-test/role=x")
+
+      assert detail =~ "no answer from the API server within 1000 ms (the request timeout)"
+    end
+
     test "the await reports the lost connection and never hangs past its timeout", %{
       kube: kube,
       namespace: ns
@@ -642,5 +730,94 @@ defmodule FLAMEK8sBackend.KubeClusterWatchCountTest do
         "(beyond the #{base} of the simulated kubelet): one per await #{@awaits}, " <>
         "with a label selector 1"
     )
+  end
+end
+
+defmodule FLAMEK8sBackend.KubeClusterWatchStartTest do
+  # What one start of a shared watch costs the API server, as boots one after another start
+  # it: each boot's await is then the watch's only one, so each starts it (list, then watch
+  # from the list's resourceVersion) and its end stops it. Counted where it lands, in the API
+  # server's /metrics: the LISTs, the consistent reads among them (a list without a
+  # resourceVersion: the API server first reads etcd's current revision, a quorum read, then
+  # waits for its watch cache to reach it), and the API server's reads of etcd for pods (that
+  # revision read is an etcd "get"). Not async: the counters are the whole server's.
+  use FLAMEK8sBackend.Test.ClusterCase, async: false
+
+  @moduletag :integration
+
+  @starts 5
+  @selector "flame-test/role=one-after-another"
+
+  # Sum of the samples of `metric` whose labels include every pair of `labels`.
+  defp sum(text, metric, labels) do
+    for line <- String.split(text, "\n"),
+        String.starts_with?(line, metric <> "{"),
+        Enum.all?(labels, fn {k, v} -> line =~ ~s(#{k}="#{v}") end),
+        reduce: 0 do
+      acc ->
+        {value, _} = line |> String.split(" ") |> List.last() |> Float.parse()
+        acc + round(value)
+    end
+  end
+
+  defp counters(kube) do
+    {:ok, text} = Kube.request(kube, "GET", "/metrics")
+
+    %{
+      lists: sum(text, "apiserver_request_total", verb: "LIST", resource: "pods"),
+      consistent_reads:
+        sum(text, "apiserver_watch_cache_consistent_read_total", resource: "pods"),
+      etcd_reads:
+        Enum.sum(
+          for op <- ["get", "list", "listWithCount"],
+              do: sum(text, "etcd_requests_total", operation: op, resource: "pods")
+        )
+    }
+  end
+
+  test "boots one after another: each watch start lists from the API server's cache, without a quorum read",
+       %{kube: admin, namespace: ns} do
+    for i <- 1..@starts do
+      manifest =
+        LocalCluster.pod_manifest("s#{i}", "sleeper:test",
+          args: ["300"],
+          labels: %{"flame-test/role" => "one-after-another"}
+        )
+
+      {:ok, _} = Kube.create_pod(admin, ns, manifest)
+    end
+
+    # The simulated kubelet's status updates are done before counting starts.
+    eventually(
+      fn ->
+        {:ok, pods} = Kube.list_pods(admin, ns)
+        Enum.all?(pods, &(&1["status"]["phase"] == "Running"))
+      end,
+      30_000
+    )
+
+    kube = LocalCluster.kube!()
+    before = counters(admin)
+
+    for i <- 1..@starts do
+      {:ok, %{ref: ref}} =
+        Kube.await_pod(kube, ns, "s#{i}", timeout: 30_000, label_selector: @selector)
+
+      assert_receive {:flame_k8s, ^ref, {:ready, _pod}}, 30_000
+      # The watch ended with its only await: the next await starts a new one.
+      eventually(fn -> Kube.open_watches(kube) == 0 end)
+    end
+
+    after_starts = counters(admin)
+    delta = Map.new(after_starts, fn {k, v} -> {k, v - before[k]} end)
+
+    IO.puts(
+      "\n#{@starts} watch starts one after another: LIST pods #{delta.lists}, consistent " <>
+        "reads of pods #{delta.consistent_reads}, etcd reads for pods #{delta.etcd_reads}"
+    )
+
+    assert delta.lists == @starts
+    assert delta.consistent_reads == 0
+    assert delta.etcd_reads == 0
   end
 end

@@ -93,15 +93,16 @@ defmodule FLAMEK8sBackend.HostileInputTest do
          {:selector, "a=b", ["label_selector:"]},
          {:ref, ref, ["ref:"]}
        ], &Native.list_pods/4},
-      {"Native.create/6", :native,
+      {"Native.create/7", :native,
        [
          {:client, c, ["client:"]},
          {:kind, :pod, ["kind:"]},
          {:ns, "d", ["namespace:"]},
          {:manifest, @pod, ["manifest:"]},
          {:queue, 0, ["queue_ms:"]},
+         {:idempotent, false, ["idempotent:"]},
          {:ref, ref, ["ref:"]}
-       ], &Native.create/6},
+       ], &Native.create/7},
       {"Native.delete/6", :native,
        [
          {:client, c, ["client:"]},
@@ -141,7 +142,7 @@ defmodule FLAMEK8sBackend.HostileInputTest do
          {:kube, kube, []},
          {:ns, "d", ["namespace:"]},
          {:manifest, @pod, ["manifest:"]},
-         {:opts, [queue_timeout: 0], ["create options:", ":queue_timeout:"]}
+         {:opts, [queue_timeout: 0], ["create options:", ":queue_timeout:", ":idempotent:"]}
        ], &Kube.create_pod/4},
       {"Kube.delete_pod/4", :kube,
        [
@@ -161,7 +162,7 @@ defmodule FLAMEK8sBackend.HostileInputTest do
          {:kube, kube, []},
          {:ns, "d", ["namespace:"]},
          {:manifest, %{"stringData" => %{"K" => "v"}}, ["manifest:"]},
-         {:opts, [queue_timeout: 0], ["create options:", ":queue_timeout:"]}
+         {:opts, [queue_timeout: 0], ["create options:", ":queue_timeout:", ":idempotent:"]}
        ], &Kube.create_secret/4},
       {"Kube.delete_secret/3", :kube,
        [{:kube, kube, []}, {:ns, "d", ["namespace:"]}, {:name, "s", ["name:"]}],
@@ -797,7 +798,7 @@ defmodule FLAMEK8sBackend.HostileInputTest do
       fn -> Kube.await_pod(kube, "d", "p", timeout: 1, unschedulable: u) end,
       fn -> Kube.create_pod(kube, "d", %{u => u, "metadata" => %{u => [u]}}) end,
       fn -> Kube.create_secret(kube, "d", %{"stringData" => %{u => u}, u => %{u => u}}) end,
-      fn -> Native.create(c, u, "d", %{}, 0, ref) end,
+      fn -> Native.create(c, u, "d", %{}, 0, false, ref) end,
       fn -> Native.request(c, u, "/", nil, nil, ref) end,
       fn -> Native.connect(%{connect_opts_map() | mode: u}, ref) end,
       fn -> Native.await_pod(c, "d", "p", %{@await_opts | unschedulable: u}, ref) end,

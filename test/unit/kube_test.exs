@@ -69,6 +69,37 @@ defmodule FLAMEK8sBackend.KubeTest do
       refute inspect(kube) =~ @token
     end
 
+    # A bearer token never travels in cleartext over a network: refused, naming the URL (and
+    # never the token), whether the URL and token are given or come from a kubeconfig.
+    test "credentials are never sent over plain http://, except to a loopback address" do
+      for url <- ["http://10.0.0.1:8080", "http://kube.example.com"] do
+        assert {:error, {:config, message}} = Kube.connect(url: url, token: @token)
+        assert message =~ ~s("#{url}" is plain http)
+        assert message =~ "https://"
+        refute message =~ @token
+      end
+
+      path = Path.join(System.tmp_dir!(), "kubeconfig-#{System.unique_integer([:positive])}")
+
+      File.write!(path, """
+      apiVersion: v1
+      kind: Config
+      clusters: [{name: c, cluster: {server: "http://10.0.0.1:8080"}}]
+      users: [{name: u, user: {token: #{@token}}}]
+      contexts: [{name: ctx, context: {cluster: c, user: u}}]
+      current-context: ctx
+      """)
+
+      assert {:error, {:config, message}} = Kube.connect(kubeconfig: path)
+      assert message =~ ~s("http://10.0.0.1:8080")
+      refute message =~ @token
+
+      # Nothing secret to send (a kubectl proxy), or a connection that never leaves the host.
+      assert {:ok, _} = Kube.connect(url: "http://10.0.0.1:8080")
+      assert {:ok, _} = Kube.connect(url: "http://127.0.0.1:8001", token: @token)
+      assert {:ok, _} = Kube.connect(url: "http://[::1]:8001", token: @token)
+    end
+
     test "bad options raise ArgumentError naming the option" do
       assert_raise ArgumentError, ~r/unknown option\(s\) \[:urll\]/, fn ->
         Kube.connect(urll: "x")
@@ -200,6 +231,27 @@ defmodule FLAMEK8sBackend.KubeTest do
     end
   end
 
+  describe "idempotent creates" do
+    test "need a metadata.name of their own, not generateName" do
+      kube = refused_kube()
+      generated = put_in(@pod, ["metadata"], %{"generateName" => "p-"})
+
+      assert {:error, {:invalid_manifest, "metadata.name: " <> _}} =
+               Kube.create_pod(kube, "d", generated, idempotent: true)
+
+      # Without it, generateName is fine (and reaches the network step).
+      assert {:error, {:connect, _}} = Kube.create_pod(kube, "d", generated)
+    end
+
+    test "a create refused before it went out is a plain error: nothing to follow up" do
+      kube = refused_kube()
+
+      for idempotent <- [false, true] do
+        assert {:error, {:connect, _}} = Kube.create_pod(kube, "d", @pod, idempotent: idempotent)
+      end
+    end
+  end
+
   describe "arguments" do
     test "wrong types raise ArgumentError naming the argument" do
       kube = refused_kube()
@@ -217,6 +269,10 @@ defmodule FLAMEK8sBackend.KubeTest do
 
       assert_raise ArgumentError, ~r/create options: .*:queue/, fn ->
         Kube.create_secret(kube, "d", %{}, queue: 1)
+      end
+
+      assert_raise ArgumentError, ~r/:idempotent: expected a boolean/, fn ->
+        Kube.create_pod(kube, "d", @pod, idempotent: :yes)
       end
 
       assert_raise ArgumentError, ~r/:label_selector/, fn ->
@@ -390,10 +446,11 @@ defmodule FLAMEK8sBackend.KubeTest do
         fn g -> Native.get_pod(g, g, g, g) end,
         fn g -> Native.get_pod(kube.resource, g, "p", ref) end,
         fn g -> Native.get_pod(kube.resource, "d", "p", g) end,
-        fn g -> Native.create(kube.resource, :pod, "d", g, 0, ref) end,
-        fn g -> Native.create(kube.resource, g, "d", %{}, 0, ref) end,
-        fn g -> Native.create(kube.resource, :pod, "d", %{}, g, ref) end,
-        fn g -> Native.create(g, g, g, g, g, g) end,
+        fn g -> Native.create(kube.resource, :pod, "d", g, 0, false, ref) end,
+        fn g -> Native.create(kube.resource, g, "d", %{}, 0, false, ref) end,
+        fn g -> Native.create(kube.resource, :pod, "d", %{}, g, false, ref) end,
+        fn g -> Native.create(kube.resource, :pod, "d", %{}, 0, g, ref) end,
+        fn g -> Native.create(g, g, g, g, g, g, g) end,
         fn g -> Native.delete(kube.resource, :pod, "d", "p", g, ref) end,
         fn g -> Native.delete(g, :secret, "d", "s", nil, ref) end,
         fn g -> Native.list_pods(kube.resource, "d", g, ref) end,
@@ -643,6 +700,96 @@ defmodule FLAMEK8sBackend.KubeTaskTest do
       eventually(fn -> Kube.open_watches(kube) == 1 end)
       Kube.cancel_await(again)
       eventually(fn -> Kube.open_watches(kube) == 0 end)
+    end
+  end
+
+  describe "creates whose answer leaves the outcome open" do
+    @exists ~s({"kind":"Status","status":"Failure","reason":"AlreadyExists","code":409,"message":"pods \\"p\\" already exists"})
+    @gateway_timeout ~s({"kind":"Status","status":"Failure","reason":"Timeout","code":504,"message":"request did not complete"})
+    @pod %{
+      "metadata" => %{"name" => "p"},
+      "spec" => %{"containers" => [%{"name" => "c", "image" => "i"}]}
+    }
+
+    # Answers in order, the last one for every request after.
+    defp scripted(answers) do
+      agent = start_supervised!({Agent, fn -> answers end})
+
+      fn _method, _path ->
+        Agent.get_and_update(agent, fn
+          [last] -> {last, [last]}
+          [next | rest] -> {next, rest}
+        end)
+      end
+    end
+
+    defp posts_received do
+      receive do
+        {:api_request, "POST", _, _} -> 1 + posts_received()
+      after
+        0 -> 0
+      end
+    end
+
+    test "a POST answered 504 is not sent again: the create is an outcome unknown, settled a request timeout and a margin later" do
+      url = FakeApiServer.start!(self(), scripted([{504, @gateway_timeout}]))
+      {:ok, kube} = Kube.connect(url: url, token: "t", request_timeout: 5_000)
+      before = System.monotonic_time(:millisecond)
+
+      assert {:error,
+              {:outcome_unknown,
+               %{reason: {:api, 504, "Timeout", "request did not complete"}, settled_at: at}}} =
+               Kube.create_pod(kube, "d", @pod)
+
+      assert (at - before) in 19_000..20_500
+      assert posts_received() == 1
+
+      # The generic request: the server's answer, sent once.
+      for method <- ["POST", "PATCH"] do
+        assert {:error, {:api, 504, "Timeout", _}} =
+                 Kube.request(kube, method, "/api/v1/namespaces/d/pods", body: %{})
+      end
+
+      assert posts_received() == 1
+    end
+
+    test "an idempotent create is sent again after a 504, and the 409 then means it was created" do
+      url = FakeApiServer.start!(self(), scripted([{504, @gateway_timeout}, {409, @exists}]))
+      {:ok, kube} = Kube.connect(url: url, token: "t", request_timeout: 5_000)
+      assert {:ok, :already_exists} = Kube.create_pod(kube, "d", @pod, idempotent: true)
+      assert posts_received() == 2
+
+      assert {:ok, :already_exists} =
+               Kube.create_secret(kube, "d", %{"metadata" => %{"name" => "s"}}, idempotent: true)
+
+      # Without :idempotent the name may be anybody's: the 409 is the answer.
+      assert {:error, {:api, 409, "AlreadyExists", _}} = Kube.create_pod(kube, "d", @pod)
+    end
+
+    test "creates tell the server their timeout" do
+      test = self()
+
+      answer = fn "POST", _path, query ->
+        send(test, {:query, query})
+        {201, ~s({"kind":"Pod","metadata":{"name":"p"}})}
+      end
+
+      url = FakeApiServer.start!(self(), answer)
+      {:ok, kube} = Kube.connect(url: url, token: "t", request_timeout: 4_500)
+      assert {:ok, %{"kind" => "Pod"}} = Kube.create_pod(kube, "d", @pod, idempotent: true)
+      assert_received {:query, %{"timeout" => "4500ms", "fieldValidation" => "Strict"}}
+    end
+
+    test "a create whose answer never comes is an outcome unknown" do
+      kube = silent_kube(500)
+      before = System.monotonic_time(:millisecond)
+
+      assert {:error, {:outcome_unknown, %{reason: {:timeout, 500}, settled_at: at}}} =
+               Kube.create_pod(kube, "d", @pod, idempotent: true)
+
+      assert (at - before) in 15_400..16_500
+
+      assert (Kube.create_settled_at(kube) - System.monotonic_time(:millisecond)) in 15_400..15_500
     end
   end
 

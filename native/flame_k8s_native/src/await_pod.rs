@@ -85,13 +85,13 @@ impl Progress {
     }
 }
 
-/// How long an await whose pod the shared watch has not shown waits for it before reading it
-/// once. Only an await that subscribed after the watch's last list began needs this (a list
-/// settles the others): its pod is normally shown within milliseconds by its creation event.
-/// The read settles the rest: a pod deleted before the watch showed it (gone, as a list would
-/// have said) and a pod whose labels the watch's selector does not match (an error: the watch
-/// would never show it). Long enough that a watch lagging under a burst does not turn into a
-/// read per boot.
+/// How long an await whose pod the shared watch has not shown (or a list no longer showed)
+/// waits for it before reading it once. The watch's lists come from the API server's cache
+/// and may be behind, so they settle nothing: a pod created just before the list, or after it,
+/// is normally shown within milliseconds by its own event. The read settles the rest: a pod
+/// deleted before the watch showed it, or while it was away (gone), and a pod whose labels the
+/// watch's selector does not match (an error: the watch would never show it). Long enough that
+/// a watch lagging under a burst does not turn into a read per boot.
 pub const CONFIRM_UNSEEN_AFTER: Duration = Duration::from_secs(5);
 
 /// Watch `namespace/name` until a decisive event or `opts.timeout`. With a label selector (that
@@ -196,6 +196,12 @@ where
             }
             Next::Update(Some(Update::Failed(e))) => return AwaitOutcome::Error(e),
             Next::Update(Some(Update::Gone)) => return AwaitOutcome::Deleted(name.to_string()),
+            // A list that lacks the pod proves nothing (see `watch`): its own event settles
+            // it, or the read.
+            Next::Update(Some(Update::Unlisted)) => {
+                confirm_at.get_or_insert_with(|| Instant::now() + confirm_delay);
+                continue;
+            }
             Next::Update(Some(Update::Pod(pod))) => pod,
             Next::Confirm => match sub.get().await {
                 Ok(None) => return AwaitOutcome::Deleted(name.to_string()),
@@ -563,13 +569,46 @@ mod tests {
         }
     }
 
+    /// A pod missing from the watch's first list: the list (from the API server's cache) may
+    /// be behind, so the pod is read once, after `CONFIRM_UNSEEN_AFTER`: not found is deleted.
     #[tokio::test(start_paused = true)]
-    async fn missing_at_start_is_deleted() {
-        let s = events(vec![Ok(Event::Init), Ok(Event::InitDone)]);
+    async fn missing_at_start_is_read_once_and_deleted() {
+        let (tx, s) = channel();
+        let script = Script::new(vec![s]);
+        let hub = Hub::new(script.clone());
+        let sub = hub.subscribe(key(), "p").unwrap();
+        tx.unbounded_send(Ok(Event::Init)).unwrap();
+        tx.unbounded_send(Ok(Event::InitDone)).unwrap();
+        let t0 = Instant::now();
         assert_eq!(
-            await_on_stream(s, "p", opts(1000, UnschedulablePolicy::Fail), never).await,
+            await_subscription(sub, "p", opts(60_000, UnschedulablePolicy::Fail), never).await,
             AwaitOutcome::Deleted("p".into())
         );
+        assert_eq!(t0.elapsed(), CONFIRM_UNSEEN_AFTER);
+        assert_eq!(script.gets.load(Ordering::SeqCst), 1);
+    }
+
+    /// A list from a cache that has not seen the pod yet: the pod's own event comes from the
+    /// watch soon after, and no read is needed.
+    #[tokio::test(start_paused = true)]
+    async fn a_pod_the_list_missed_is_shown_by_its_event_without_a_read() {
+        let (tx, s) = channel();
+        let script = Script::new(vec![s]);
+        let hub = Hub::new(script.clone());
+        let sub = hub.subscribe(key(), "p").unwrap();
+        let feed = async move {
+            tx.unbounded_send(Ok(Event::Init)).unwrap();
+            tx.unbounded_send(Ok(Event::InitDone)).unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            tx.unbounded_send(Ok(Event::Apply(ready()))).unwrap();
+            tx
+        };
+        let (r, _tx) = tokio::join!(
+            await_subscription(sub, "p", opts(60_000, UnschedulablePolicy::Fail), never),
+            feed
+        );
+        assert!(matches!(r, AwaitOutcome::Ready(_)), "{r:?}");
+        assert_eq!(script.gets.load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -671,7 +710,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn gone_after_relist() {
-        // 410 Gone is retried; the relist no longer contains the pod.
+        // 410 Gone is retried; the relist no longer contains the pod: read, not found.
         let mut gone = Status::failure("too old resource version", "Expired");
         gone.code = 410;
         let s = events(vec![
@@ -686,6 +725,33 @@ mod tests {
             await_on_stream(s, "p", opts(10_000, UnschedulablePolicy::Fail), never).await,
             AwaitOutcome::Deleted("p".into())
         );
+    }
+
+    /// A relist from a cache behind the watch (another API server, say) that lacks a pod the
+    /// watch has shown: the read finds it, and the await goes on.
+    #[tokio::test(start_paused = true)]
+    async fn a_pod_a_stale_relist_lacks_is_read_and_watched_on() {
+        let (tx, s) = channel();
+        let listed = named(creating(), "p", &[("app", "runner")]);
+        let script = Script::with_answers(vec![s], vec![Ok(Some(listed))]);
+        let hub = Hub::new(script.clone());
+        let sub = hub.subscribe(key(), "p").unwrap();
+        let feed = async move {
+            tx.unbounded_send(Ok(Event::Init)).unwrap();
+            tx.unbounded_send(Ok(Event::InitApply(creating()))).unwrap();
+            tx.unbounded_send(Ok(Event::InitDone)).unwrap();
+            tx.unbounded_send(Ok(Event::Init)).unwrap();
+            tx.unbounded_send(Ok(Event::InitDone)).unwrap();
+            tokio::time::sleep(CONFIRM_UNSEEN_AFTER * 2).await;
+            tx.unbounded_send(Ok(Event::Apply(ready()))).unwrap();
+            tx
+        };
+        let (r, _tx) = tokio::join!(
+            await_subscription(sub, "p", opts(60_000, UnschedulablePolicy::Fail), never),
+            feed
+        );
+        assert!(matches!(r, AwaitOutcome::Ready(_)), "{r:?}");
+        assert_eq!(script.gets.load(Ordering::SeqCst), 1);
     }
 
     fn named(mut p: Pod, name: &str, labels: &[(&str, &str)]) -> Pod {

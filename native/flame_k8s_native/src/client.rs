@@ -17,6 +17,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tower::{BoxError, ServiceBuilder};
 
+use crate::bound::BoundLayer;
 use crate::error::{error_chain, Error, Result};
 use crate::runtime::{runtime, with_timeout};
 use crate::watch::{EventStream, Hub, Selection, Source, WatchKey};
@@ -136,6 +137,8 @@ pub struct ClientInfo {
     pub default_namespace: Option<String>,
     pub request_timeout_ms: u64,
     pub max_concurrent_creates: u32,
+    /// `ClientHandle::create_settle` in milliseconds.
+    pub create_settle_ms: u64,
 }
 
 impl ClientHandle {
@@ -171,6 +174,12 @@ impl ClientHandle {
         self.request_timeout
     }
 
+    /// How long after it was sent a create on this connection may still take effect on the
+    /// server (see `pods::SETTLE_MARGIN`).
+    pub fn create_settle(&self) -> Duration {
+        self.request_timeout + crate::pods::SETTLE_MARGIN
+    }
+
     /// The pod watches of this connection, shared by its awaits.
     pub fn watches(&self) -> &Hub {
         &self.watches
@@ -192,6 +201,7 @@ impl ClientHandle {
             default_namespace: self.default_namespace.clone(),
             request_timeout_ms: u64::try_from(self.request_timeout.as_millis()).unwrap_or(u64::MAX),
             max_concurrent_creates: self.max_concurrent_creates,
+            create_settle_ms: u64::try_from(self.create_settle().as_millis()).unwrap_or(u64::MAX),
         }
     }
 
@@ -215,12 +225,19 @@ struct KubeSource {
 
 impl Source for KubeSource {
     /// kube-runtime's watcher: list + watch from the list's resourceVersion, bookmarks, a
-    /// relist after 410 Gone; the list is a consistent read (`MostRecent`, the default), which
-    /// the shared watch relies on to call a missing pod gone. Each watch call ends after
-    /// `WATCH_TIMEOUT_SECS` on the server's side and resumes from the last resourceVersion.
+    /// relist after 410 Gone. The list is served from the API server's watch cache (`Any`:
+    /// `resourceVersion=0`), not read consistently (the default, `MostRecent`: a quorum read
+    /// of etcd at each start of the watch); the shared watch does not take a pod missing from
+    /// it for gone (see `watch`). Each watch call ends after `WATCH_TIMEOUT_SECS` on the
+    /// server's side and resumes from the last resourceVersion.
     fn watch(&self, key: &WatchKey) -> EventStream {
         let api: kube::Api<Pod> = kube::Api::namespaced(self.watch_client.clone(), &key.namespace);
-        let config = watcher::Config::default().timeout(WATCH_TIMEOUT_SECS);
+        let mut config = watcher::Config::default()
+            .timeout(WATCH_TIMEOUT_SECS)
+            .any_semantic();
+        // kube-rs leaves `resourceVersion=0` out of a list with a limit (which makes it a
+        // consistent read again): the list is one page, the pods of one selector.
+        config.page_size = None;
         let config = match &key.selection {
             Selection::Labels(selector) => config.labels(selector),
             Selection::Name(name) => config.fields(&format!("metadata.name={name}")),
@@ -288,6 +305,7 @@ pub fn resolve(opts: &ConnectOptions) -> Result<Resolved> {
         ));
     }
     check_token(&resolved.config)?;
+    check_cleartext(&resolved.config)?;
     resolved.max_concurrent_creates = opts.max_concurrent_creates;
     resolved.request_timeout = timeout;
     resolved.config.connect_timeout = Some(timeout + CONNECTION_TIMEOUT_MARGIN);
@@ -341,8 +359,9 @@ fn build(resolved: Resolved) -> Result<ClientHandle> {
         }
         other => other,
     };
-    let client = make_client(&config).map_err(to_config_error)?;
-    let watch_client = make_client(&watch_config).map_err(to_config_error)?;
+    let client = make_client(&config, None).map_err(to_config_error)?;
+    let watch_client =
+        make_client(&watch_config, Some(request_timeout)).map_err(to_config_error)?;
     let mut handle = ClientHandle::new(
         client,
         watch_client,
@@ -375,6 +394,47 @@ fn check_token(config: &kube::Config) -> Result<()> {
     }
 }
 
+/// Credentials never travel in cleartext over a network: a server reached over plain
+/// `http://` gets none, in any mode (an explicit `:url` and `:token`, a kubeconfig's server and
+/// user), unless it is a loopback address written as such (`127.0.0.1`, `[::1]`), where the
+/// connection never leaves the host (a local proxy, a test's fake server). The message names
+/// the URL and which credential, never its value. Plain http without credentials (a `kubectl
+/// proxy`) is left alone: it sends nothing secret.
+fn check_cleartext(config: &kube::Config) -> Result<()> {
+    let url = &config.cluster_url;
+    let plain = url
+        .scheme_str()
+        .is_some_and(|s| s.eq_ignore_ascii_case("http"));
+    let loopback = url
+        .host()
+        .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+        .and_then(|h| h.parse::<std::net::IpAddr>().ok())
+        .is_some_and(|ip| ip.is_loopback());
+    if !plain || loopback {
+        return Ok(());
+    }
+    let auth = &config.auth_info;
+    let credential = if auth.token.is_some() {
+        Some("a bearer token")
+    } else if auth.token_file.is_some() {
+        Some("a bearer token (from a token file)")
+    } else if auth.password.is_some() {
+        Some("a password")
+    } else if auth.exec.is_some() || auth.auth_provider.is_some() {
+        Some("a token from an exec or auth-provider plugin")
+    } else {
+        None
+    };
+    match credential {
+        None => Ok(()),
+        Some(what) => Err(Error::Config(format!(
+            "server {:?} is plain http: {what} would be sent in cleartext, which is never \
+             done; use the server's https:// URL",
+            server_string(url)
+        ))),
+    }
+}
+
 /// The token file kube would read for `config` (a kubeconfig's `tokenFile`, the in-cluster
 /// token), opened here instead: `auth::TokenFileLayer` re-reads it on a 401. Credentials that
 /// take precedence over a token file in kube (an auth provider, basic auth, a token) leave it
@@ -404,7 +464,11 @@ fn token_file(config: &kube::Config) -> Result<Option<crate::auth::TokenFileLaye
 /// the watcher. A token file is read by `auth::TokenFileLayer` instead of kube's auth layer
 /// (which re-reads it at most once a minute, and not on a 401). A proxy URL goes to kube's own
 /// builder, which refuses it (the proxy features are off) with its usual error.
-fn make_client(config: &kube::Config) -> Result<kube::Client> {
+///
+/// `bound`: each request must be answered within it (`bound::Bound`); the watch client's, whose
+/// requests the watcher makes itself. The request client's are bounded as a whole by their
+/// callers (`runtime::with_timeout`).
+fn make_client(config: &kube::Config, bound: Option<Duration>) -> Result<kube::Client> {
     if config.proxy_url.is_some() {
         return Ok(kube::Client::try_from(config.clone())?);
     }
@@ -422,14 +486,25 @@ fn make_client(config: &kube::Config) -> Result<kube::Client> {
     connector.set_connect_timeout(config.connect_timeout);
     let http_client: hyper_util::client::legacy::Client<_, kube::client::Body> =
         hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(connector);
-    let service = ServiceBuilder::new()
+    let stack = ServiceBuilder::new()
         .layer(config.base_uri_layer())
         .option_layer(kube_auth)
         .option_layer(file_auth)
-        .layer(config.extra_headers_layer()?)
-        .map_err(BoxError::from)
-        .service(http_client);
-    Ok(kube::Client::new(service, config.default_namespace.clone()))
+        .layer(config.extra_headers_layer()?);
+    let namespace = config.default_namespace.clone();
+    Ok(match bound {
+        Some(limit) => kube::Client::new(
+            stack
+                .map_err(BoxError::from)
+                .layer(BoundLayer(limit))
+                .service(http_client),
+            namespace,
+        ),
+        None => kube::Client::new(
+            stack.map_err(BoxError::from).service(http_client),
+            namespace,
+        ),
+    })
 }
 
 fn server_string(uri: &http::Uri) -> String {
@@ -671,7 +746,8 @@ users:
                 server: "https://127.0.0.1:6443".into(),
                 default_namespace: Some("flame".into()),
                 request_timeout_ms: 5000,
-                max_concurrent_creates: 32
+                max_concurrent_creates: 32,
+                create_settle_ms: 20_000,
             }
         );
         let dbg = format!("{h:?}");
@@ -775,6 +851,65 @@ users:
         assert!(matches!(resolve(&o).unwrap_err(), Error::Config(_)));
     }
 
+    /// A bearer token (or any credential) over plain http would travel in cleartext: refused
+    /// at resolve, naming the URL and never the token, in explicit mode and from a kubeconfig,
+    /// unless the server is a loopback address. Without credentials plain http stays possible
+    /// (`kubectl proxy`).
+    #[test]
+    fn credentials_are_never_sent_over_plain_http() {
+        let mut o = opts(Mode::Explicit);
+        o.url = Some("http://10.0.0.1:8080".into());
+        o.token = Some("tok-123456789".into());
+        match resolve(&o) {
+            Err(Error::Config(m)) => {
+                assert!(m.contains("\"http://10.0.0.1:8080\""), "{m}");
+                assert!(m.contains("https://"), "{m}");
+                assert!(!m.contains("tok-123456789"), "{m}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(connect_blocking(&o).is_err());
+        o.url = Some("HTTP://10.0.0.1:8080".into());
+        assert!(matches!(resolve(&o), Err(Error::Config(_))));
+        // A name is not an address: it may resolve anywhere.
+        o.url = Some("http://localhost:8080".into());
+        assert!(matches!(resolve(&o), Err(Error::Config(_))));
+        // Loopback: the token never leaves the host.
+        for url in [
+            "http://127.0.0.1:8001",
+            "http://127.9.9.9:8001",
+            "http://[::1]:8001",
+        ] {
+            o.url = Some(url.into());
+            assert!(resolve(&o).is_ok(), "{url}");
+        }
+        o.token = None;
+        o.url = Some("http://10.0.0.1:8001".into());
+        assert!(resolve(&o).is_ok());
+
+        for user in [
+            "{token: super-secret-token}",
+            "{tokenFile: /var/run/secrets/token}",
+            "{username: u, password: super-secret-pw}",
+        ] {
+            let (_p, path) = kubeconfig_file(
+                &KUBECONFIG
+                    .replace("https://127.0.0.1:6443", "http://10.1.1.1:8080")
+                    .replace("{token: super-secret-token}", user),
+            );
+            let mut o = opts(Mode::Kubeconfig);
+            o.kubeconfig = Some(path);
+            match resolve(&o) {
+                Err(Error::Config(m)) => {
+                    assert!(m.contains("\"http://10.1.1.1:8080\""), "{m}");
+                    assert!(!m.contains("super-secret"), "{m}");
+                }
+                Ok(_) => panic!("{user}: resolved"),
+                Err(e) => panic!("{user}: {e:?}"),
+            }
+        }
+    }
+
     // kube's auth layer panics on a token no header can hold: refused before it is built.
     #[test]
     fn a_token_no_header_can_hold_is_a_config_error_without_the_token() {
@@ -840,5 +975,146 @@ users:
         assert_eq!(parse_pem_certificates(pem).unwrap(), vec![vec![0u8, 1, 2]]);
         let key = "-----BEGIN PRIVATE KEY-----\nAAEC\n-----END PRIVATE KEY-----\n";
         assert!(parse_pem_certificates(key).is_err());
+    }
+
+    fn explicit(url: &str, request_timeout_ms: u64) -> ConnectOptions {
+        ConnectOptions {
+            url: Some(url.to_string()),
+            request_timeout_ms,
+            ..opts(Mode::Explicit)
+        }
+    }
+
+    fn ready_pods() -> String {
+        let path = format!("{}/tests/fixtures/ready.json", env!("CARGO_MANIFEST_DIR"));
+        let pod: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        serde_json::json!({"kind": "PodList", "apiVersion": "v1",
+            "metadata": {"resourceVersion": "4212"}, "items": [pod]})
+        .to_string()
+    }
+
+    const NAME: &str = "flame-runner-7x2kq";
+
+    fn await_options(timeout: Duration) -> crate::await_pod::AwaitOptions {
+        crate::await_pod::AwaitOptions {
+            timeout,
+            unschedulable: crate::readiness::UnschedulablePolicy::Fail,
+            report_ready: true,
+        }
+    }
+
+    /// A half-open connection (it took the watch's LIST and will never answer) must not hang
+    /// the shared watch: the LIST gives up after the request timeout, and the watcher lists
+    /// again on a new connection, where the pod is.
+    #[tokio::test]
+    async fn a_watch_whose_list_is_never_answered_lists_again_on_a_new_connection() {
+        use crate::test_server::{start, Conn, Reply};
+        let pods = ready_pods();
+        let server = start(move |n| match n {
+            0 => Conn::Silent,
+            _ => {
+                let pods = pods.clone();
+                Conn::Serve(Arc::new(move |path: &str| {
+                    if path.contains("watch=true") {
+                        Reply::Open
+                    } else {
+                        Reply::Json(pods.clone())
+                    }
+                }))
+            }
+        })
+        .await;
+        let h = connect_blocking(&explicit(&server.url, 1000)).unwrap();
+        let outcome = crate::await_pod::await_pod(
+            &h,
+            "flame",
+            NAME,
+            Some("excluster=flame"),
+            await_options(Duration::from_secs(20)),
+            |_| {},
+        )
+        .await;
+        assert!(
+            matches!(outcome, crate::await_pod::AwaitOutcome::Ready(_)),
+            "{outcome:?}"
+        );
+        let requests = server.requests();
+        assert!(requests.len() >= 2, "{requests:?}");
+        assert!(requests
+            .iter()
+            .all(|r| r.contains("labelSelector=excluster")));
+    }
+
+    /// The watch's lists are served from the API server's watch cache (`resourceVersion=0`,
+    /// `resourceVersionMatch=NotOlderThan`), not a consistent read (none: a quorum read of
+    /// etcd for each watch start), and it watches from the list's resourceVersion.
+    #[tokio::test]
+    async fn the_watch_lists_from_the_servers_cache() {
+        use crate::test_server::{start, Conn, Reply};
+        let pods = ready_pods();
+        let server = start(move |_| {
+            let pods = pods.clone();
+            Conn::Serve(Arc::new(move |path: &str| {
+                if path.contains("watch=true") {
+                    Reply::Open
+                } else {
+                    Reply::Json(pods.clone())
+                }
+            }))
+        })
+        .await;
+        let h = connect_blocking(&explicit(&server.url, 5000)).unwrap();
+        let outcome = crate::await_pod::await_pod(
+            &h,
+            "flame",
+            NAME,
+            Some("excluster=flame"),
+            crate::await_pod::AwaitOptions {
+                report_ready: false,
+                ..await_options(Duration::from_secs(1))
+            },
+            |_| {},
+        )
+        .await;
+        assert!(
+            matches!(outcome, crate::await_pod::AwaitOutcome::Timeout { .. }),
+            "{outcome:?}"
+        );
+        let requests = server.requests();
+        let list = requests.first().unwrap();
+        assert!(!list.contains("watch=true"), "{requests:?}");
+        assert!(list.contains("resourceVersion=0&"), "{list}");
+        assert!(list.contains("resourceVersionMatch=NotOlderThan"), "{list}");
+        let watch = requests.get(1).unwrap();
+        assert!(watch.contains("watch=true"), "{requests:?}");
+        assert!(watch.contains("resourceVersion=4212"), "{watch}");
+    }
+
+    /// A server that takes every request and answers none: the await's timeout names the
+    /// watch's trouble, not just a phase.
+    #[tokio::test]
+    async fn a_watch_that_is_never_answered_says_why_when_its_await_times_out() {
+        use crate::test_server::{start, Conn};
+        let server = start(|_| Conn::Silent).await;
+        let h = connect_blocking(&explicit(&server.url, 1000)).unwrap();
+        let outcome = crate::await_pod::await_pod(
+            &h,
+            "flame",
+            NAME,
+            Some("excluster=flame"),
+            await_options(Duration::from_secs(3)),
+            |_| {},
+        )
+        .await;
+        match outcome {
+            crate::await_pod::AwaitOutcome::Timeout {
+                phase: crate::await_pod::Phase::Scheduling,
+                detail: Some(detail),
+                ..
+            } => assert!(detail.contains("no answer"), "{detail}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(server.connections.load(std::sync::atomic::Ordering::SeqCst) >= 2);
     }
 }

@@ -11,8 +11,11 @@
 //! | `Config`           | `{:config, message}`                          |
 //! | `Decode`           | `{:decode, message}`                          |
 //! | `Internal`         | `{:internal, message}`                        |
+//! | `OutcomeUnknown`   | `{:outcome_unknown, %{reason: reason, settle_ms: ms}}` |
 
 use std::fmt;
+
+use tokio::time::Instant;
 
 /// Errors surfaced to Elixir as `{:error, reason}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +38,15 @@ pub enum Error {
     Decode(String),
     /// A bug: a caught panic or an impossible state.
     Internal(String),
+    /// A create that went out and may still take effect on the server: its answer was lost
+    /// (the request timeout, a connection lost after the request was sent) or says nothing
+    /// either way (500, 502, 503, 504). `cause` is what the client saw. From `settled_at` on,
+    /// the API server can no longer commit it (its own deadline for the request has passed):
+    /// only then does a read or delete that finds nothing prove it will not appear.
+    OutcomeUnknown {
+        cause: Box<Error>,
+        settled_at: Instant,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -67,6 +79,12 @@ impl fmt::Display for Error {
             Error::Config(m) => write!(f, "configuration error: {m}"),
             Error::Decode(m) => write!(f, "unexpected response: {m}"),
             Error::Internal(m) => write!(f, "internal error: {m}"),
+            Error::OutcomeUnknown { cause, .. } => {
+                write!(
+                    f,
+                    "outcome unknown (the request may still take effect): {cause}"
+                )
+            }
         }
     }
 }
@@ -93,6 +111,10 @@ impl Error {
             Error::Config(m) => Error::Config(f(m)),
             Error::Decode(m) => Error::Decode(f(m)),
             Error::Internal(m) => Error::Internal(f(m)),
+            Error::OutcomeUnknown { cause, settled_at } => Error::OutcomeUnknown {
+                cause: Box::new(cause.redacted(secret)),
+                settled_at,
+            },
         }
     }
 
@@ -110,7 +132,19 @@ impl Error {
             | Error::Config(m)
             | Error::Decode(m)
             | Error::Internal(m) => m.clone(),
+            Error::OutcomeUnknown { cause, .. } => {
+                format!(
+                    "outcome unknown (the request may still take effect): {}",
+                    cause.message()
+                )
+            }
         }
+    }
+
+    /// Milliseconds from now until `settled_at` of an `OutcomeUnknown` (0 once it has passed).
+    pub fn settle_ms(settled_at: Instant) -> u64 {
+        let left = settled_at.saturating_duration_since(Instant::now());
+        u64::try_from(left.as_millis()).unwrap_or(u64::MAX)
     }
 
     /// The message of a caught panic payload.
@@ -277,6 +311,7 @@ pub fn is_retriable(err: &Error) -> bool {
         Error::Api { code, .. } => !matches!(code, 400 | 401 | 403 | 404 | 405 | 406 | 415 | 422),
         Error::Connect(_) | Error::Timeout(_) | Error::Decode(_) => true,
         Error::InvalidManifest(_) | Error::Config(_) | Error::Internal(_) => false,
+        Error::OutcomeUnknown { cause, .. } => is_retriable(cause),
     }
 }
 

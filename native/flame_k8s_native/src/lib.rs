@@ -18,6 +18,7 @@
 
 pub mod auth;
 pub mod await_pod;
+pub mod bound;
 pub mod client;
 pub mod error;
 pub mod manifest;
@@ -28,6 +29,8 @@ pub mod readiness;
 pub mod runtime;
 pub mod selector;
 pub mod task;
+#[cfg(test)]
+mod test_server;
 pub mod watch;
 
 // The NIF layer references `enif_*` symbols that only the BEAM provides, so the unit-test

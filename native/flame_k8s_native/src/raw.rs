@@ -24,59 +24,204 @@ const RETRY_MIN: Duration = Duration::from_millis(200);
 /// ...up to this.
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
+/// After which answers a request may be sent again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Repeat {
+    /// Only after 429 (refused before anything was done). For POST and PATCH: after a 503 or
+    /// 504, or a connection lost once the request was sent, the server may have done it, and
+    /// doing it again is not harmless.
+    Refused,
+    /// GET, PUT, DELETE: doing them again changes nothing the first one did not. Also after
+    /// 503 and 504.
+    Idempotent,
+    /// A create of a name chosen for it alone: as `Idempotent`, and also after a connection
+    /// lost once the request was sent. A repeat that finds the object (409 AlreadyExists)
+    /// tells its caller that it exists.
+    NamedCreate,
+}
+
+impl Repeat {
+    /// What an `http::Method` allows.
+    pub fn for_method(method: &http::Method) -> Self {
+        if method == http::Method::POST || method == http::Method::PATCH {
+            Repeat::Refused
+        } else {
+            Repeat::Idempotent
+        }
+    }
+
+    fn after_status(self, status: http::StatusCode) -> bool {
+        match status {
+            http::StatusCode::TOO_MANY_REQUESTS => true,
+            http::StatusCode::SERVICE_UNAVAILABLE | http::StatusCode::GATEWAY_TIMEOUT => {
+                self != Repeat::Refused
+            }
+            _ => false,
+        }
+    }
+
+    fn after_lost(self) -> bool {
+        self == Repeat::NamedCreate
+    }
+}
+
+/// What `send_tracked` did, for a caller that must know whether a request that failed may
+/// still take effect: read it after the call returned or was dropped (a timeout).
+#[derive(Debug, Default)]
+pub struct Sent {
+    /// When the last attempt started.
+    pub last: Option<Instant>,
+    /// An attempt that finished may have taken effect.
+    open_before: bool,
+    /// An attempt is under way: a call dropped now leaves it open.
+    in_flight: bool,
+}
+
+impl Sent {
+    /// Whether the request may have taken effect although no answer says it did.
+    pub fn open(&self) -> bool {
+        self.open_before || self.in_flight
+    }
+}
+
 /// Send a request; a non-2xx status becomes `Error::Api` with the server's message verbatim.
-///
-/// 429 Too Many Requests (the server refused the request before doing anything: always safe to
-/// repeat), 503 and 504 are retried after the server's `Retry-After` (seconds; with up to a
-/// fifth more at random, so that a burst the server pushed back does not return as one
-/// burst), else after a doubling delay, and only while the retry would still start before
-/// `deadline` (the caller's request timeout). Past it, the server's answer is the error
-/// (`{:api, 429, "TooManyRequests", message}`), at once: a caller learns why rather than
-/// waiting out its timeout for a `{:timeout, ms}`.
+/// Retries as `Repeat::for_method` of its method allows (see `send_tracked`).
 pub async fn send(
     client: &kube::Client,
     req: http::Request<Vec<u8>>,
     deadline: Instant,
 ) -> Result<Response> {
+    let repeat = Repeat::for_method(req.method());
+    send_tracked(client, req, deadline, repeat, &mut Sent::default()).await
+}
+
+/// One attempt's result short of success.
+enum Failed {
+    /// The server answered with this status.
+    Status {
+        status: http::StatusCode,
+        retry_after: Option<Duration>,
+        error: Error,
+    },
+    /// No (whole) answer; `went_out`: the request may have reached the server.
+    Lost { error: Error, went_out: bool },
+}
+
+/// Send a request, recording in `sent` when it went out and whether it may have taken effect.
+///
+/// 429 Too Many Requests (the server refused the request before doing anything: always safe
+/// to repeat) is retried, and so are 503 and 504 unless `repeat` is `Refused` (a POST or a
+/// PATCH the server may have done before it answered), and a connection lost after the
+/// request went out when `repeat` is `NamedCreate`. A retry waits for the server's
+/// `Retry-After` (seconds; with up to a fifth more at random, so that a burst the server
+/// pushed back does not return as one burst), else a doubling delay, and is made only while
+/// it would still start before `deadline` (the caller's request timeout). Past it, the last
+/// answer is the error (`{:api, 429, "TooManyRequests", message}`), at once: a caller learns
+/// why rather than waiting out its timeout for a `{:timeout, ms}`.
+pub async fn send_tracked(
+    client: &kube::Client,
+    req: http::Request<Vec<u8>>,
+    deadline: Instant,
+    repeat: Repeat,
+    sent: &mut Sent,
+) -> Result<Response> {
     let mut attempt = 0;
     loop {
-        let res = client
-            .send(copy(&req).map(kube::client::Body::from))
-            .await?;
-        let status = res.status();
-        let retry_after = retry_after(res.headers());
-        let content_type = res
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let body = res.into_body().collect_bytes().await?.to_vec();
-        if status.is_success() || status.is_informational() || status.is_redirection() {
-            return Ok(Response { content_type, body });
-        }
-        let err = api_error(status.as_u16(), &body);
-        if !retriable_status(status) || attempt >= MAX_RETRIES {
-            return Err(err);
+        sent.last = Some(Instant::now());
+        sent.in_flight = true;
+        let result = attempt_once(client, &req).await;
+        sent.in_flight = false;
+        let (error, retry_after, again) = match result {
+            Ok(response) => return Ok(response),
+            Err(Failed::Status {
+                status,
+                retry_after,
+                error,
+            }) => {
+                sent.open_before |= leaves_open(status);
+                (error, retry_after, repeat.after_status(status))
+            }
+            Err(Failed::Lost { error, went_out }) => {
+                sent.open_before |= went_out;
+                (error, None, went_out && repeat.after_lost())
+            }
+        };
+        if !again || attempt >= MAX_RETRIES {
+            return Err(error);
         }
         let delay = match retry_after {
             Some(server) => server + jitter(server / 5),
             None => backoff(attempt),
         };
         if Instant::now() + delay >= deadline {
-            return Err(err);
+            return Err(error);
         }
         tokio::time::sleep(delay).await;
         attempt += 1;
     }
 }
 
-fn retriable_status(status: http::StatusCode) -> bool {
-    matches!(
+async fn attempt_once(
+    client: &kube::Client,
+    req: &http::Request<Vec<u8>>,
+) -> std::result::Result<Response, Failed> {
+    let res = client
+        .send(copy(req).map(kube::client::Body::from))
+        .await
+        .map_err(|e| Failed::Lost {
+            went_out: went_out(&e),
+            error: e.into(),
+        })?;
+    let status = res.status();
+    let retry_after = retry_after(res.headers());
+    let content_type = res
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    // A body cut short: whatever the status said, the answer is not whole.
+    let body = match res.into_body().collect_bytes().await {
+        Ok(bytes) => bytes.to_vec(),
+        Err(e) => {
+            return Err(Failed::Lost {
+                error: e.into(),
+                went_out: true,
+            })
+        }
+    };
+    if status.is_success() || status.is_informational() || status.is_redirection() {
+        return Ok(Response { content_type, body });
+    }
+    Err(Failed::Status {
         status,
-        http::StatusCode::TOO_MANY_REQUESTS
-            | http::StatusCode::SERVICE_UNAVAILABLE
-            | http::StatusCode::GATEWAY_TIMEOUT
-    )
+        retry_after,
+        error: api_error(status.as_u16(), &body),
+    })
+}
+
+/// Answers that leave open whether the server did the request: an error it did not classify
+/// (500: etcd's own timeout is one), and what a proxy or the server's deadline says in its
+/// place (502, 503, 504).
+fn leaves_open(status: http::StatusCode) -> bool {
+    matches!(status.as_u16(), 500 | 502 | 503 | 504)
+}
+
+/// Whether a request that failed with `err` may have reached the server: anything but a
+/// failed connect (TCP, TLS, the connect timeout) or credentials that could not be sent.
+fn went_out(err: &kube::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if let Some(h) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
+            if h.is_connect() {
+                return false;
+            }
+        }
+        if e.is::<crate::error::Credentials>() {
+            return false;
+        }
+        source = e.source();
+    }
+    true
 }
 
 /// `Retry-After` in seconds, as the API server sends it (an HTTP date is not understood and
@@ -279,7 +424,7 @@ fn decode_response(res: Response) -> Result<Value> {
 #[cfg(test)]
 pub(crate) mod fake {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
+    use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
     pub struct Answer {
@@ -287,6 +432,8 @@ pub(crate) mod fake {
         pub retry_after: Option<&'static str>,
         pub body: String,
         pub after: Duration,
+        /// No answer: the connection is lost after the request went out.
+        pub lost: bool,
     }
 
     impl Answer {
@@ -296,6 +443,15 @@ pub(crate) mod fake {
                 retry_after: None,
                 body: body.to_string(),
                 after: Duration::ZERO,
+                lost: false,
+            }
+        }
+
+        /// The connection breaks once the request is sent (after the delay).
+        pub fn lost() -> Self {
+            Answer {
+                lost: true,
+                ..Answer::new(0, "")
             }
         }
 
@@ -310,12 +466,19 @@ pub(crate) mod fake {
         }
     }
 
-    /// Requests seen, and the most that were in flight at once.
+    /// Requests seen (method and path with query, in order), and the most in flight at once.
     #[derive(Default)]
     pub struct Seen {
         pub requests: AtomicUsize,
         pub in_flight: AtomicUsize,
         pub max_in_flight: AtomicUsize,
+        pub uris: Mutex<Vec<String>>,
+    }
+
+    impl Seen {
+        pub fn uris(&self) -> Vec<String> {
+            self.uris.lock().unwrap().clone()
+        }
     }
 
     pub fn client<F>(answer: F) -> (kube::Client, Arc<Seen>)
@@ -325,8 +488,12 @@ pub(crate) mod fake {
         let seen = Arc::new(Seen::default());
         let answer = Arc::new(answer);
         let counters = seen.clone();
-        let service = tower::service_fn(move |_req: http::Request<kube::client::Body>| {
+        let service = tower::service_fn(move |req: http::Request<kube::client::Body>| {
             let (answer, seen) = (answer.clone(), counters.clone());
+            seen.uris
+                .lock()
+                .unwrap()
+                .push(format!("{} {}", req.method(), req.uri()));
             async move {
                 let n = seen.requests.fetch_add(1, Ordering::SeqCst);
                 let now = seen.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
@@ -334,13 +501,20 @@ pub(crate) mod fake {
                 let a = answer(n);
                 tokio::time::sleep(a.after).await;
                 seen.in_flight.fetch_sub(1, Ordering::SeqCst);
+                if a.lost {
+                    let reset = std::io::Error::new(
+                        std::io::ErrorKind::ConnectionReset,
+                        "connection reset by peer",
+                    );
+                    return Err(tower::BoxError::from(reset));
+                }
                 let mut res = http::Response::builder()
                     .status(a.status)
                     .header(http::header::CONTENT_TYPE, "application/json");
                 if let Some(secs) = a.retry_after {
                     res = res.header(http::header::RETRY_AFTER, secs);
                 }
-                res.body(kube::client::Body::from(a.body.into_bytes()))
+                Ok(res.body(kube::client::Body::from(a.body.into_bytes()))?)
             }
         });
         (kube::Client::new(service, "default"), seen)
@@ -431,6 +605,169 @@ mod tests {
             assert!(matches!(r, Err(Error::Api { code, .. }) if code == status));
             assert_eq!(seen.requests.load(Ordering::SeqCst), 1);
         }
+    }
+
+    fn post() -> http::Request<Vec<u8>> {
+        build_request(
+            Method::Post,
+            "/api/v1/namespaces/d/pods",
+            Some(&json!({})),
+            None,
+        )
+        .unwrap()
+    }
+
+    fn patch() -> http::Request<Vec<u8>> {
+        build_request(
+            Method::Patch,
+            "/api/v1/namespaces/d/pods/p",
+            Some(&json!({})),
+            None,
+        )
+        .unwrap()
+    }
+
+    /// A 503 or 504 may come after the server did what was asked: a POST or PATCH sent again
+    /// would do it twice (or get a 409 for what the first one created).
+    #[tokio::test(start_paused = true)]
+    async fn posts_and_patches_are_not_sent_again_after_503_or_504() {
+        for (name, req) in [("POST", post as fn() -> _), ("PATCH", patch)] {
+            for status in [503, 504] {
+                let (client, seen) =
+                    fake::client(move |_| Answer::new(status, "{}").retry_after("1"));
+                let r = send(&client, req(), Instant::now() + Duration::from_secs(15)).await;
+                assert!(
+                    matches!(r, Err(Error::Api { code, .. }) if code == status),
+                    "{name} {status}"
+                );
+                assert_eq!(seen.requests.load(Ordering::SeqCst), 1, "{name} {status}");
+            }
+        }
+    }
+
+    /// A 429 is the server refusing before it did anything: any request may go again.
+    #[tokio::test(start_paused = true)]
+    async fn posts_and_patches_are_sent_again_after_429() {
+        for req in [post as fn() -> _, patch] {
+            let (client, seen) = fake::client(|n| match n {
+                0 => Answer::new(429, TOO_MANY).retry_after("1"),
+                _ => Answer::new(201, "{}"),
+            });
+            let r = send(&client, req(), Instant::now() + Duration::from_secs(15)).await;
+            assert!(r.is_ok());
+            assert_eq!(seen.requests.load(Ordering::SeqCst), 2);
+        }
+    }
+
+    /// GET, PUT and DELETE change nothing the first time did not: they go again after 503/504.
+    #[tokio::test(start_paused = true)]
+    async fn idempotent_methods_are_sent_again_after_503_and_504() {
+        for method in [Method::Get, Method::Put, Method::Delete] {
+            let (client, seen) = fake::client(|n| match n {
+                0 => Answer::new(503, "{}").retry_after("1"),
+                1 => Answer::new(504, "{}").retry_after("1"),
+                _ => Answer::new(200, "{}"),
+            });
+            let req = build_request(method, "/api/v1/namespaces/d/pods/p", None, None).unwrap();
+            let r = send(&client, req, Instant::now() + Duration::from_secs(15)).await;
+            assert!(r.is_ok(), "{method:?}");
+            assert_eq!(seen.requests.load(Ordering::SeqCst), 3, "{method:?}");
+        }
+    }
+
+    /// What `Sent` says after each kind of failure: whether the request may have taken effect.
+    #[tokio::test(start_paused = true)]
+    async fn sent_tells_whether_a_failed_request_may_have_taken_effect() {
+        let cases: Vec<(Repeat, Vec<u16>, bool)> = vec![
+            // Answers that say it was not done.
+            (Repeat::Refused, vec![403], false),
+            (Repeat::Refused, vec![422], false),
+            (Repeat::Refused, vec![409], false),
+            // Answers that say nothing either way.
+            (Repeat::Refused, vec![500], true),
+            (Repeat::Refused, vec![502], true),
+            (Repeat::Refused, vec![503], true),
+            (Repeat::Refused, vec![504], true),
+            // A later refusal does not undo an earlier attempt that may have been done.
+            (Repeat::NamedCreate, vec![504, 403], true),
+            (Repeat::NamedCreate, vec![429, 403], false),
+        ];
+        for (repeat, statuses, open) in cases {
+            let answers = statuses.clone();
+            let (client, seen) = fake::client(move |n| {
+                let status = answers[n.min(answers.len() - 1)];
+                Answer::new(status, "{}").retry_after("1")
+            });
+            let mut sent = Sent::default();
+            let t0 = Instant::now();
+            let r = send_tracked(
+                &client,
+                post(),
+                t0 + Duration::from_secs(15),
+                repeat,
+                &mut sent,
+            )
+            .await;
+            assert!(r.is_err());
+            assert_eq!(
+                seen.requests.load(Ordering::SeqCst),
+                statuses.len(),
+                "{statuses:?}"
+            );
+            assert_eq!(sent.open(), open, "{repeat:?} {statuses:?}");
+            assert!(sent.last.is_some_and(|at| at >= t0), "{statuses:?}");
+        }
+    }
+
+    /// A connection lost once the request went out: it may have been done. A create of a name
+    /// of its own goes again (a 409 then tells it exists); a POST otherwise does not.
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_lost_after_sending_leaves_the_outcome_open() {
+        let (client, seen) = fake::client(|_| Answer::lost());
+        let mut sent = Sent::default();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let r = send_tracked(&client, post(), deadline, Repeat::Refused, &mut sent).await;
+        assert!(
+            matches!(r, Err(Error::Connect(ref m)) if m.contains("reset")),
+            "{:?}",
+            r.err()
+        );
+        assert!(sent.open());
+        assert_eq!(seen.requests.load(Ordering::SeqCst), 1);
+
+        let (client, seen) = fake::client(|n| match n {
+            0 => Answer::lost(),
+            _ => Answer::new(
+                409,
+                r#"{"kind":"Status","reason":"AlreadyExists","code":409}"#,
+            ),
+        });
+        let mut sent = Sent::default();
+        let r = send_tracked(&client, post(), deadline, Repeat::NamedCreate, &mut sent).await;
+        assert!(
+            matches!(r, Err(Error::Api { code: 409, .. })),
+            "{:?}",
+            r.err()
+        );
+        assert_eq!(seen.requests.load(Ordering::SeqCst), 2);
+    }
+
+    /// A request dropped while it waits for its answer (the caller's timeout) may have been
+    /// done; one dropped before it went out was not.
+    #[tokio::test(start_paused = true)]
+    async fn a_request_dropped_in_flight_leaves_the_outcome_open() {
+        let (client, _seen) =
+            fake::client(|_| Answer::new(201, "{}").after(Duration::from_secs(60)));
+        let mut sent = Sent::default();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let r = tokio::time::timeout(
+            Duration::from_secs(5),
+            send_tracked(&client, post(), deadline, Repeat::Refused, &mut sent),
+        )
+        .await;
+        assert!(r.is_err());
+        assert!(sent.open());
+        assert!(!Sent::default().open());
     }
 
     #[test]

@@ -14,15 +14,19 @@
 //! error (403, 404, ...) ends it for everyone subscribed; the next subscriber starts a new one,
 //! which tries again from scratch as a fresh await did before.
 //!
-//! "Gone" is decided as it was for one watch per pod: a delete event, a pod being deleted, or
-//! a completed (re)list that does not contain the pod. The last one needs care once the watch
-//! is shared: a list only proves a pod absent if the list was requested after the pod existed.
-//! A subscriber's pod existed when it subscribed (it is created first), and the watcher
-//! requests a list only after it has emitted `Init` and been polled again, so a list counts
-//! against a subscriber that registered before that list's `Init` was processed, or whose pod
-//! was already shown (it existed before the list). A subscriber that registered after the
-//! last list began and has not seen its pod yet waits for its events; see `await_pod` for the
-//! one read that settles a pod that never shows up.
+//! "Gone" is a delete event or a pod being deleted. The watch's lists are served from the API
+//! server's watch cache (`resourceVersion=0`, `resourceVersionMatch=NotOlderThan`) rather than
+//! read consistently (no resourceVersion), which would cost a quorum read of etcd, and a wait
+//! for the cache to catch up, at every start of the watch: with boots one after another, each
+//! boot starts it. A list from the cache may be behind, so a pod it lacks is not proven gone:
+//! the pod may be newer than the cache (its event follows), or, on a relist from another API
+//! server, older than what the watch has shown. Those that await such a pod and would have
+//! been told "gone" by a consistent list are told `Unlisted` instead, and read it unless its
+//! own event settles it first (`await_pod::CONFIRM_UNSEEN_AFTER`): a subscriber that
+//! registered before the list's `Init` was processed (its pod existed when it subscribed, and
+//! the watcher requests a list only after it has emitted `Init` and been polled again), or
+//! whose pod was already shown. A subscriber that registered after the last list began and has
+//! not seen its pod yet waits for its events and that same read.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -69,8 +73,10 @@ pub trait Source: Send + Sync + 'static {
 pub enum Update {
     /// The pod's latest state (in order: every event, none merged).
     Pod(Arc<Pod>),
-    /// Deleted, or absent from a list that proves it gone.
+    /// Deleted (a delete event, or a pod being deleted: see `readiness`).
     Gone,
+    /// Absent from a list it would have been in had it still existed: read it to know.
+    Unlisted,
     /// The watch ended with this (non-retriable) error.
     Failed(Error),
 }
@@ -185,7 +191,8 @@ impl Subscription {
         self.rx.recv().await
     }
 
-    /// The watch's current trouble (retriable errors), cleared by its next successful event.
+    /// The watch's current trouble (retriable errors), cleared by its next event that came
+    /// from the server (not the `Init` of the next attempt).
     pub fn transport_error(&self) -> Option<String> {
         lock(&self.shared.state).transport_error.clone()
     }
@@ -310,7 +317,10 @@ impl Shared {
         let mut st = lock(&self.state);
         match item {
             Ok(event) => {
-                st.transport_error = None;
+                // `Init` comes before the list is requested: it proves nothing works yet.
+                if !matches!(event, Event::Init) {
+                    st.transport_error = None;
+                }
                 st.apply(event);
                 Ok(())
             }
@@ -364,7 +374,7 @@ impl State {
                     }
                     for s in subs.iter_mut() {
                         if s.seen || s.generation < generation {
-                            let _ = s.tx.send(Update::Gone);
+                            let _ = s.tx.send(Update::Unlisted);
                         }
                     }
                 }
@@ -544,6 +554,7 @@ pub(crate) mod tests {
         match u {
             Some(Update::Pod(p)) => p.status.as_ref().unwrap().phase.clone().unwrap(),
             Some(Update::Gone) => "gone".into(),
+            Some(Update::Unlisted) => "unlisted".into(),
             Some(Update::Failed(e)) => format!("failed: {e}"),
             None => "closed".into(),
         }
@@ -605,11 +616,14 @@ pub(crate) mod tests {
         assert!(unseen.registered_after_a_list());
     }
 
+    /// The watch's lists come from the API server's cache (`resourceVersion=0`), which may be
+    /// behind: a pod missing from one is not gone. Those that await it and would have been
+    /// told "gone" by a consistent list (it existed before the list: subscribed before it, or
+    /// shown already) are told to read it instead.
     #[tokio::test(start_paused = true)]
-    async fn a_list_proves_gone_only_the_pods_that_existed_before_it() {
+    async fn a_list_without_a_pod_asks_its_awaits_to_read_it() {
         let (tx, s) = channel();
         let hub = Hub::new(Script::new(vec![s]));
-        // Before the first list: absent from it = gone.
         let mut early = hub.subscribe(key(), "early").unwrap();
         let mut shown = hub.subscribe(key(), "shown").unwrap();
         tx.unbounded_send(Ok(Event::Init)).unwrap();
@@ -620,7 +634,7 @@ pub(crate) mod tests {
         let mut during = hub.subscribe(key(), "during").unwrap();
         tx.unbounded_send(Ok(Event::InitDone)).unwrap();
         settle().await;
-        assert_eq!(phase(early.next().await), "gone");
+        assert_eq!(phase(early.next().await), "unlisted");
         assert_eq!(phase(shown.next().await), "Pending");
         assert_eq!(try_phase(&mut shown), "nothing");
         assert_eq!(try_phase(&mut during), "nothing");
@@ -631,7 +645,12 @@ pub(crate) mod tests {
         tx.unbounded_send(Ok(Event::InitDone)).unwrap();
         settle().await;
         assert_eq!(phase(during.next().await), "Pending");
-        assert_eq!(phase(during.next().await), "gone");
+        assert_eq!(phase(during.next().await), "unlisted");
+        assert_eq!(phase(shown.next().await), "unlisted");
+        // A delete event is proof.
+        tx.unbounded_send(Ok(Event::Delete(pod("shown", "Pending"))))
+            .unwrap();
+        settle().await;
         assert_eq!(phase(shown.next().await), "gone");
     }
 
@@ -656,6 +675,24 @@ pub(crate) mod tests {
         assert_eq!(a.transport_error(), None);
         assert_eq!(phase(a.next().await), "Pending");
         assert_eq!(phase(a.next().await), "gone");
+    }
+
+    /// The `Init` of the next attempt comes before its list is even requested: the trouble
+    /// stays reported until the server has answered.
+    #[tokio::test(start_paused = true)]
+    async fn the_next_attempts_init_does_not_clear_the_watchs_trouble() {
+        let (tx, s) = channel();
+        let hub = Hub::new(Script::new(vec![s]));
+        let a = hub.subscribe(key(), "a").unwrap();
+        let io = std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer");
+        let failed = watcher::Error::InitialListFailed(kube::Error::Service(Box::new(io)));
+        tx.unbounded_send(Err(failed)).unwrap();
+        tx.unbounded_send(Ok(Event::Init)).unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(a.transport_error().as_deref(), Some("no answer"));
+        tx.unbounded_send(Ok(Event::InitDone)).unwrap();
+        settle().await;
+        assert_eq!(a.transport_error(), None);
     }
 
     #[tokio::test(start_paused = true)]

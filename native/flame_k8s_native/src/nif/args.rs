@@ -59,6 +59,8 @@ arguments! {
     Grace(Option<u32>) = "grace_period_seconds: expected a non-negative integer or nil";
     /// Milliseconds a create may wait for a create slot.
     QueueMs(u64) = "queue_ms: expected a non-negative integer";
+    /// Whether a create's name is its object's alone (see `pods::create`).
+    Idempotent(bool) = "idempotent: expected a boolean";
     ContentType(Option<String>) = "content_type: expected a UTF-8 binary or nil";
     KindArg(Kind) = "kind: expected :pod or :secret";
     MethodArg(Method) = "method: expected :get, :post, :put, :patch or :delete";

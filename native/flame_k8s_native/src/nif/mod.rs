@@ -17,8 +17,8 @@ use rustler::{Atom, Encoder, Env, Term};
 use serde_json::Value;
 
 use args::{
-    ApiPath, Await, Body, Client, Connect, ContentType, Grace, Handle, KindArg, Manifest,
-    MethodArg, Name, Namespace, QueueMs, Ref, Selector,
+    ApiPath, Await, Body, Client, Connect, ContentType, Grace, Handle, Idempotent, KindArg,
+    Manifest, MethodArg, Name, Namespace, QueueMs, Ref, Selector,
 };
 use reply::{Answer, Replier};
 use tasks::{start, ClientResource};
@@ -106,8 +106,10 @@ fn list_pods<'a>(
 }
 
 /// Creates a pod or a secret (`kind`), after waiting at most `queue_ms` for one of the client's
-/// create slots. The manifest is converted to JSON in the task.
+/// create slots. The manifest is converted to JSON in the task. `idempotent`: the manifest's
+/// name is this object's alone (`pods::create`).
 #[rustler::nif]
+#[allow(clippy::too_many_arguments)]
 fn create<'a>(
     env: Env<'a>,
     client: Client,
@@ -115,6 +117,7 @@ fn create<'a>(
     namespace: Namespace,
     manifest: Manifest,
     queue_ms: QueueMs,
+    idempotent: Idempotent,
     reference: Ref<'a>,
 ) -> Term<'a> {
     // `Kube` allows at most 4,000,000,000 ms; a direct call with more must not overflow the clock.
@@ -127,10 +130,14 @@ fn create<'a>(
         queue,
         move |c, _deadline| async move {
             let manifest = manifest.0.into_json("manifest")?;
+            let (kind, ns) = (kind.0, &namespace.0);
             let created =
-                crate::pods::create(&c.handle, kind.0, &namespace.0, manifest, slot_deadline)
+                crate::pods::create(&c.handle, kind, ns, manifest, slot_deadline, idempotent.0)
                     .await?;
-            Ok(Answer::Json(created))
+            Ok(match created {
+                crate::pods::Created::Object(v) => Answer::Json(v),
+                crate::pods::Created::AlreadyExists => Answer::AlreadyExists,
+            })
         },
     )
 }

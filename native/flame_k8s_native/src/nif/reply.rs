@@ -18,6 +18,7 @@ use crate::term::json_to_term;
 
 rustler::atoms! {
     flame_k8s,
+    already_exists,
 }
 
 /// The `reason` of `{:error, reason}` (the table in `error.rs`).
@@ -31,6 +32,10 @@ enum Reason<'e> {
     Config(&'e str),
     Decode(&'e str),
     Internal(&'e str),
+    OutcomeUnknown {
+        reason: Box<Reason<'e>>,
+        settle_ms: u64,
+    },
 }
 
 impl<'e> From<&'e Error> for Reason<'e> {
@@ -47,6 +52,10 @@ impl<'e> From<&'e Error> for Reason<'e> {
             Error::Config(m) => Reason::Config(m),
             Error::Decode(m) => Reason::Decode(m),
             Error::Internal(m) => Reason::Internal(m),
+            Error::OutcomeUnknown { cause, settled_at } => Reason::OutcomeUnknown {
+                reason: Box::new(Reason::from(cause.as_ref())),
+                settle_ms: Error::settle_ms(*settled_at),
+            },
         }
     }
 }
@@ -64,6 +73,8 @@ pub enum Answer {
     Json(Value),
     /// `{:ok, client}`
     Client(ResourceArc<ClientResource>),
+    /// `{:ok, :already_exists}`: an idempotent create found its object there.
+    AlreadyExists,
 }
 
 /// The reply of a request task.
@@ -73,6 +84,7 @@ pub fn answer<'a>(env: Env<'a>, result: Result<Answer, Error>) -> NifResult<Term
         Ok(Answer::Done) => ok.encode(env),
         Ok(Answer::Json(v)) => (ok, json_to_term(env, &v)?).encode(env),
         Ok(Answer::Client(c)) => (ok, c).encode(env),
+        Ok(Answer::AlreadyExists) => (ok, already_exists()).encode(env),
         Err(e) => error(env, &e),
     })
 }
