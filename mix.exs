@@ -35,7 +35,36 @@ defmodule FLAMEK8sBackend.MixProject do
           ~w(lib native tools/mix Cargo.toml Cargo.lock checksum-flame_k8s_native.sha256 mix.exs
              .formatter.exs README.md LICENSE CHANGELOG.md)
       ],
-      docs: [main: "FLAMEK8sBackend", extras: ["README.md", "CHANGELOG.md"]]
+      docs: [
+        main: "FLAMEK8sBackend",
+        extras: [
+          "README.md",
+          "guides/installation.md",
+          "guides/kubernetes-setup.md",
+          "guides/runner-pods.md",
+          "guides/failures-and-cleanup.md",
+          "guides/code-sync-and-networking.md",
+          "guides/telemetry.md",
+          "guides/migrating-from-0.7.md",
+          "guides/troubleshooting.md",
+          "CHANGELOG.md",
+          "CONTRIBUTING.md"
+        ],
+        groups_for_extras: [
+          Guides: ~r{^guides/},
+          About: ["CHANGELOG.md", "CONTRIBUTING.md"]
+        ],
+        groups_for_modules: [
+          Backend: [FLAMEK8sBackend, FLAMEK8sBackend.BootError, FLAMEK8sBackend.Telemetry],
+          "Runner pods and cleanup": [
+            ~r/^FLAMEK8sBackend\.RunnerPod/,
+            FLAMEK8sBackend.Reaper,
+            FLAMEK8sBackend.SelfDelete,
+            FLAMEK8sBackend.BootDiagnostics
+          ],
+          "Kubernetes client": [FLAMEK8sBackend.Kube]
+        ]
+      ]
     ]
   end
 
@@ -61,9 +90,9 @@ defmodule FLAMEK8sBackend.MixProject do
 
   # FLAMEK8sBackend implements FLAME.Backend, so FLAME must compile first: it is a dependency.
   #
-  # This project's own dev and test use the stand-in of FLAME's public API under test/ (hex.pm
-  # is unreachable where this is built), or the real FLAME checkout FLAME_PATH points at
-  # (compiled through test/flame_checkout).
+  # This project's own dev and test use the stand-in of FLAME's public API under test/ (see
+  # CONTRIBUTING.md), or the real FLAME checkout FLAME_PATH points at (compiled through
+  # test/flame_checkout).
   #
   # In an app that depends on this library (mix evaluates this file there with MIX_ENV=prod),
   # and in the package `mix hex.build` makes (in :prod, see @preferred_envs), FLAME is the

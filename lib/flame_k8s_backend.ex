@@ -21,15 +21,24 @@ defmodule FLAMEK8sBackend do
       FLAME.call(MyApp.Runner, fn -> :math.pi() end)
 
   The parent pod needs `POD_NAME` and `POD_NAMESPACE` from the downward API, must run as a
-  distributed node reachable at its pod IP (`RELEASE_DISTRIBUTION=name`,
-  `RELEASE_NODE=my_app@$(POD_IP)`), and its service account needs `get`, `list`, `watch`,
-  `create`, `delete` on `pods` and `create`, `delete` on `secrets` in its namespace (`secrets`
-  only for runners with a Secret of their own: with `:secret_env`, or when the parent's
-  `RELEASE_COOKIE` does not come from a Secret, which runners then reference); `list` on
-  `events` and `get` on `pods/log` are optional (they let a failed boot's error tell
-  Kubernetes' side of the story). Runners run as the parent's service account unless
-  `:service_account_name` names another; the least a runner's needs is `delete` on `pods`.
-  See the README and `examples/kubernetes/`.
+  distributed node reachable at its pod IP, and its service account needs RBAC on `pods` (and
+  `secrets` for runners with a Secret of their own): see the
+  [Kubernetes setup guide](kubernetes-setup.md).
+
+  ## Guides
+
+    * [Installation](installation.md): precompiled NIFs and building from source
+    * [Kubernetes setup](kubernetes-setup.md): Deployment, RBAC, clustering, the headless
+      Service and DNSCluster
+    * [Runner pods](runner-pods.md): what a runner takes from the parent; `min`, `single_use`
+      and `FLAME.place_child/3`
+    * [Failures and cleanup](failures-and-cleanup.md): where a failed boot reaches you, logging,
+      and how pods and Secrets are deleted
+    * [Code sync and networking](code-sync-and-networking.md)
+    * [Telemetry](telemetry.md): the events, in detail in `FLAMEK8sBackend.Telemetry`
+    * [Migrating from 0.7](migrating-from-0.7.md)
+    * [Troubleshooting](troubleshooting.md): what each `FLAMEK8sBackend.BootError` means and
+      what to do
 
   ## Options
 
@@ -38,123 +47,6 @@ defmodule FLAMEK8sBackend do
   the pure-Elixir `flame_k8s_backend` this backend spells differently says what to write.
 
   #{FLAMEK8sBackend.Options.docs()}
-  ## Code sync
-
-  FLAME's `:code_sync` pool option (Livebook's FLAME runtime always sets it) sends code from the
-  parent to each runner as it boots: the runner writes an archive under `:tmp_dir` (default
-  `{System, :tmp_dir!, []}`) and extracts it under `:extract_dir` (default `"/"`), both
-  evaluated on the runner. A runner with a read-only root filesystem or a non-root user (a
-  runner copies the parent's `securityContext`) cannot write to `/`, and its boot fails. So
-  every runner pod gets a writable `emptyDir` at this backend's `:tmp_dir` (default
-  `/tmp/flame`), with `TMPDIR` pointing at it: FLAME's archive lands there by default, and the
-  pool only has to extract there too:
-
-      {FLAME.Pool,
-       name: MyApp.Runner,
-       backend: FLAMEK8sBackend,
-       code_sync: [
-         start_apps: true,
-         sync_beams: [Path.join(System.tmp_dir!(), "livebook_runtime")],
-         extract_dir: {System, :tmp_dir!, []}
-       ],
-       min: 0, max: 5, max_concurrency: 10, idle_shutdown_after: 60_000}
-
-  The parent packs the archive in its own `System.tmp_dir!()`: with a read-only root it needs
-  a writable `TMPDIR` as well (an `emptyDir`). Runners copy the parent's volumes, and keep a
-  `TMPDIR` the parent sets.
-
-  ## Pools: `min`, `single_use`, `place_child`
-
-    * `min: 1` (or more): FLAME boots these runners before the pool has started (a boot
-      failure fails the pool's start; its reason holds the `FLAMEK8sBackend.BootError`) and
-      keeps them, whatever `:idle_shutdown_after` says (`:min_idle_shutdown_after` defaults
-      to `:infinity`), until the pool stops: their pods are deleted then.
-    * `single_use: true`: every call boots a runner pod of its own, which is deleted once the
-      call returns; each call pays a boot.
-    * `FLAME.place_child/3`: the child runs on a runner, which (with its pod) stays up as long
-      as the child lives, past `:idle_shutdown_after`, and idles down after it exits.
-
-  Leave `:active_deadline_seconds` unset for the long-lived runners of the first and last.
-
-  ## Networking
-
-  Runner and parent talk Erlang distribution: epmd (4369) and each node's distribution port.
-  `:dist_port` fixes the runner's port, so that a NetworkPolicy can admit exactly that
-  (`examples/kubernetes/network-policy.yaml`); fix the parent's with
-  `ERL_AFLAGS="-kernel inet_dist_listen_min 9000 inet_dist_listen_max 9000"` (or `vm.args`).
-  A service mesh's sidecar keeps a runner pod running after its VM has exited: the parent
-  deletes the pod when the runner's node goes down (and the sweep, once no reaper looks after
-  it, whatever its phase). Opt runners out of injection in `:manifest`: Istio reads
-  `sidecar.istio.io/inject` as a pod label (and, deprecated, as an annotation; the label
-  wins), Linkerd reads `linkerd.io/inject` as an annotation:
-
-      manifest: %{
-        "metadata" => %{
-          "labels" => %{"sidecar.istio.io/inject" => "false"},
-          "annotations" => %{"linkerd.io/inject" => "disabled"}
-        }
-      }
-
-  ## Failures
-
-  `remote_boot/1` returns `{:error, %FLAMEK8sBackend.BootError{}}` naming the phase and the
-  reason: image pull (with the image), unschedulable (with the scheduler's message), a
-  container that exited (code, `OOMKilled`), RBAC (the server's message names verb and
-  resource), an unreachable API server, or a timeout naming the phase it stopped in. When the
-  pod may have existed, the error also carries its latest Events and, for a container that
-  exited or a runner that never connected, the last lines of its log (or why they could not
-  be read). The pod and its secret are deleted before the error is returned.
-
-  What reaches you is FLAME's to decide. Under FLAME 0.5.3 (and 0.4):
-
-    * **`FLAME.call/3` never returns or raises the error.** FLAME's pool boots a runner in a
-      task of its own; a caller waits for a runner up to its `:timeout` (default: the pool's
-      `:boot_timeout`) and then exits with `{:timeout, {FLAME.Pool, :call, _}}`. While
-      callers wait, the pool tries again about a second after each failure (a new pod each
-      time, cleaned up the same way).
-    * **The pool's `:on_grow_end`** gets `{:exit, reason}` for each failed boot:
-      `{{:shutdown, %FLAMEK8sBackend.BootError{}}, {GenServer, :call, _}}` when
-      `remote_boot/1` failed, `{{:badmatch, {:error, %FLAMEK8sBackend.BootError{}}}, _}` when
-      `init/1` did (phases `:connect`, `:parent_pod`, `:manifest`):
-
-          on_grow_end: fn
-            {:exit, {{:shutdown, %FLAMEK8sBackend.BootError{} = error}, _call}}, _meta ->
-              Logger.error(Exception.message(error))
-
-            {:exit, {{:badmatch, {:error, %FLAMEK8sBackend.BootError{} = error}}, _}}, _meta ->
-              Logger.error(Exception.message(error))
-
-            _result, _meta ->
-              :ok
-          end
-
-    * **Telemetry**: each failed `remote_boot/1` is a `[:flame_k8s_backend, :boot, :exception]`
-      event whose metadata holds the error (`:error`), its `:phase` and `:reason`, whoever
-      called it; `init/1` failures emit no event.
-    * **Logs**: with `:log` set (see Options: the pool's `:log` or the config), each failed
-      boot's message at `:warning`. FLAME itself logs the crash of its boot task at `:error`,
-      with the error inspected.
-    * **`min:` runners**: the pool's start fails; its reason holds the same as above.
-
-  ## Cleanup
-
-  A runner's pod and secret are deleted: by the parent when the runner's terminator or its
-  FLAME Runner process goes down (`FLAMEK8sBackend.Reaper`), on every boot failure, by the
-  runner itself in `system_shutdown/0` when its service account may delete pods, by a
-  sweep when runners are initialised (at most once a minute per parent), and by
-  Kubernetes' garbage collector with the parent pod. A create whose answer was lost is
-  deleted even when the API server commits it later. The sweep is the safety net: it deletes
-  this parent's runner pods and secrets that no reaper of this VM looks after (a parent VM
-  that was killed, a reaper that gave up), whatever their phase once they are older than the
-  boot timeout they were created with plus 30 s, and a finished pod (with its secret) once it
-  is older than a boot timeout.
-  With `:active_deadline_seconds`, Kubernetes also stops a runner that outlived that bound.
-
-  ## Telemetry
-
-  Emitted when the `:telemetry` application is present (see `FLAMEK8sBackend.Telemetry`):
-
-  #{FLAMEK8sBackend.Telemetry.events_doc()}
   """
   @behaviour FLAME.Backend
 

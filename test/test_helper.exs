@@ -24,24 +24,34 @@ Node.set_cookie(
   |> String.to_atom()
 )
 
-exclude =
-  case System.get_env("FLAME_K8S_LOCAL_CLUSTER") do
-    "0" ->
-      IO.puts("FLAME_K8S_LOCAL_CLUSTER=0: tests against the local control plane are excluded")
-      [:cluster, :kind, :real_node]
+# Plain `mix test` runs only what needs nothing but this VM (the :unit tests). The slow suites
+# are opt-in tags, and bin/test includes them all:
+#
+#   :cluster      the local control plane (kube-apiserver + etcd, simulated kubelet)
+#   :integration  builds of apps that depend on this library, and the NIF's install paths
+#   :real_node    the real node (tools/realnode: kubelet, containerd, pods); changes the host
+#   :kind         a kind cluster made by examples/kind/kind.sh
+#
+# A service starts only when its tag is included, or for `mix test file:line`, which may pick
+# a test of any tag (the real node excepted: it changes the host's network).
+opt_in = [:cluster, :integration, :real_node, :kind]
+included = ExUnit.configuration()[:include]
+location? = Enum.any?(included, &match?({key, _} when key in [:line, :location], &1))
+wanted? = fn tag -> tag in included end
 
-    _ ->
-      LocalCluster.start!()
-      ExUnit.after_suite(fn _ -> LocalCluster.stop() end)
-      [:kind]
-  end
+if wanted?.(:cluster) or wanted?.(:integration) or location? do
+  LocalCluster.start!()
+  ExUnit.after_suite(fn _ -> LocalCluster.stop() end)
+end
+
+exclude = opt_in
 
 # The real node (tools/realnode): real kubelet, containerd and pods. A machine that cannot run
 # it (no root, no cgroups, FLAME_K8S_REAL_NODE=0) says so in one line and runs the rest, unless
 # FLAME_K8S_REAL_NODE=require (CI) makes that a failure; a machine that can but fails to start
 # it fails the run, as does a teardown that leaves the machine different from before.
 exclude =
-  with false <- :real_node in exclude,
+  with true <- wanted?.(:real_node),
        :ok <- RealNode.availability() do
     RealNode.start!()
 
@@ -58,7 +68,7 @@ exclude =
 
     exclude
   else
-    true ->
+    false ->
       exclude
 
     {:error, why} ->

@@ -162,9 +162,8 @@ done
 
 log "mix test --only kind"
 cd "$ROOT"
-# The tests talk to the kind cluster only: no local control plane (FLAME_K8S_LOCAL_CLUSTER=0).
-FLAME_K8S_LOCAL_CLUSTER=0 \
-  FLAME_DEMO_NAMESPACE="$NAMESPACE" \
+# The tests talk to the kind cluster only: --only kind starts no local control plane.
+FLAME_DEMO_NAMESPACE="$NAMESPACE" \
   FLAME_DEMO_DEPLOYMENT=flame-demo \
   FLAME_DEMO_BAD_IMAGE="$BAD_IMAGE" \
   mix test --only kind test/e2e/kind_test.exs

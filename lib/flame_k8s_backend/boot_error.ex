@@ -2,7 +2,8 @@ defmodule FLAMEK8sBackend.BootError do
   @moduledoc """
   Why a runner did not boot. `FLAMEK8sBackend.init/1` and `FLAMEK8sBackend.remote_boot/1`
   return `{:error, %FLAMEK8sBackend.BootError{}}`, FLAME stops the runner with it, and
-  `Exception.message/1` tells a person what happened.
+  `Exception.message/1` tells a person what happened. What each phase and reason means, and
+  what to do about it: [Troubleshooting](troubleshooting.md).
 
   Fields:
 

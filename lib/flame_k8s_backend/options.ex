@@ -157,7 +157,8 @@ defmodule FLAMEK8sBackend.Options do
       a fixed TCP port for the runner's Erlang distribution, so a NetworkPolicy can admit \
       exactly it (with epmd's 4369): `-kernel inet_dist_listen_min P inet_dist_listen_max P` \
       goes first in the runner's `ERL_AFLAGS`, where it wins over later settings of the same \
-      parameters. The parent's own port is the parent's setting (see the README).\
+      parameters. The parent's own port is the parent's setting (see \
+      [Networking](code-sync-and-networking.md#networking)).\
       """
     ],
     active_deadline_seconds: [
@@ -182,8 +183,8 @@ defmodule FLAMEK8sBackend.Options do
       the ServiceAccount the runner pods run as (their `spec.serviceAccountName`; it wins \
       over `:manifest`'s). Runners rarely need what the parent needs: give them an account \
       whose Role allows only `delete` on `pods`, so a runner can delete its own pod when it \
-      shuts down and nothing else (see the README's "Runner service account" and \
-      `examples/kubernetes/runner-rbac.yaml`).\
+      shuts down and nothing else (see \
+      [Runner service account](kubernetes-setup.md#runner-service-account)).\
       """
     ],
     # FLAME passes its own terminator supervisor; this backend has no use for it.

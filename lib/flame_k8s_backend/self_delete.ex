@@ -3,8 +3,8 @@ defmodule FLAMEK8sBackend.SelfDelete do
   Runs on a runner node in `FLAMEK8sBackend.system_shutdown/0`: deletes the runner's own pod,
   named `POD_NAME`, and its secret when it has one (named by `FLAME_K8S_RUNNER_SECRET`; a runner
   whose cookie comes from the parent's Secret has none), with the pod's service account, when
-  that account may. The least it needs is `delete` on `pods` (see the README's runner service
-  account). It then reports each delete it sent to the parent's reaper (`report/3`): the parent
+  that account may. The least it needs is `delete` on `pods` (see
+  [Runner service account](kubernetes-setup.md#runner-service-account)). It then reports each delete it sent to the parent's reaper (`report/3`): the parent
   sends no DELETE of its own for what the runner deleted (a boot costs one DELETE, not two),
   and emits the `[:flame_k8s_backend, :cleanup, :delete]` event of each (`deleter: :runner`,
   `trigger: :system_shutdown`), where the app's handlers are.

@@ -16,7 +16,6 @@ defmodule FLAMEK8sBackend.FreshCloneTest do
 
     env = [
       {"MIX_ENV", "test"},
-      {"FLAME_K8S_LOCAL_CLUSTER", "0"},
       {"FLAME_PATH", nil},
       {"CARGO_TARGET_DIR", System.get_env("CARGO_TARGET_DIR") || Path.join(root, "_build/cargo")}
     ]
