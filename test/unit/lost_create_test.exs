@@ -101,7 +101,7 @@ defmodule FLAMEK8sBackend.LostCreateTest do
       state = init!(dir, held)
       path = "/api/v1/namespaces/prod/#{plural(held)}/#{state.runner_name}"
 
-      assert {:error, %BootError{reason: {:timeout, _}} = error} =
+      assert {:error, %BootError{reason: {:outcome_unknown, %{reason: {:timeout, _}}}} = error} =
                FLAMEK8sBackend.remote_boot(state)
 
       assert error.phase == %{pod: :create_pod, secret: :create_secret}[held]
