@@ -23,6 +23,8 @@ defmodule FLAMEK8sBackend.BootError do
       * `{:app_container_not_found, name, available_names}` - the `:app_container_name` option
         names no container of the parent pod
       * `{:nif_not_loaded, message}` - the NIF library could not be loaded
+      * `{:outcome_unknown, %{reason: reason, settled_at: ms}}` - a create was sent but its
+        answer was lost; the API server may still commit it (the reaper deletes it then)
       * a `t:FLAMEK8sBackend.Kube.error/0` such as `{:api, 403, "Forbidden", message}`
     * `:pod` - `"namespace/name"` of the runner pod, when one was created
     * `:events` - when the pod may have existed, its latest Events, oldest first (maps with
@@ -177,6 +179,11 @@ defmodule FLAMEK8sBackend.BootError do
 
   def describe({:timeout, ms}) when is_integer(ms),
     do: "no answer from the API server within #{ms} ms"
+
+  def describe({:outcome_unknown, %{reason: reason}}),
+    do:
+      "the create was sent but its answer was lost (#{describe(reason)}); " <>
+        "the API server may still commit it, and it is deleted if it does"
 
   def describe({:invalid_manifest, message}), do: "invalid runner manifest: #{message}"
   def describe({:config, message}), do: "unusable Kubernetes connection settings: #{message}"

@@ -57,4 +57,12 @@ defmodule FLAMEK8sBackend.BootErrorTest do
     assert BootError.describe({:api, 403, "Forbidden", "pods is forbidden"}) ==
              "API error 403 Forbidden: pods is forbidden"
   end
+
+  test "a create whose answer was lost says so, with why, and that it is cleaned up" do
+    reason = {:outcome_unknown, %{reason: {:timeout, 15_000}, settled_at: 0}}
+    message = Exception.message(%{@base | phase: :create_pod, reason: reason})
+    assert message =~ "the create was sent but its answer was lost"
+    assert message =~ BootError.describe({:timeout, 15_000})
+    refute message =~ "settled_at"
+  end
 end
