@@ -1,38 +1,42 @@
 defmodule FLAMEK8sBackend.LostCreateE2ETest do
   # The lost-create race on a real API server: a mutating webhook that never answers
   # (failurePolicy: Ignore, timeoutSeconds: 10), as a slow webhook of a production cluster,
-  # holds the runner pod's create for 10 s; the client gives up after 2 s and the boot fails;
-  # the API server commits the pod afterwards, after the reaper's first DELETE found nothing.
-  # The parent must delete it all the same, once the API server's deadline for that create
-  # (`:api_server_request_timeout`) has passed.
+  # holds the runner pod's create for 10 s. The FLAME Runner that sent it is killed meanwhile,
+  # its request dropped with it; the reaper's DELETE finds nothing, and the API server commits
+  # the pod afterwards. The parent must delete it all the same, once the API server's deadline
+  # for that create (`:api_server_request_timeout`) has passed.
   #
   # The client reaches the API server over a network that loses a client's disconnect (the
   # link partitions as the client gives up: its TLS close_notify and FIN never arrive, so the
   # API server's connection stays open): a disconnect that reached the API server would cancel
-  # the request, webhook call and all.
+  # the request, webhook call and all. (A create that merely times out is cut by the API server
+  # itself at the same deadline: every create carries `timeout=` its request timeout.)
   use FLAMEK8sBackend.Test.ClusterCase, async: true
 
   @moduletag :e2e
   @moduletag timeout: 120_000
 
-  alias FLAMEK8sBackend.BootError
-
   @webhook_timeout_s 10
 
   # A webhook endpoint that accepts connections and never says a word: every call to it ends
-  # by its timeout.
+  # by its timeout. Tells the test of each call (the API server is admitting a create).
   defp black_hole! do
     {:ok, listen} = :gen_tcp.listen(0, [:binary, active: false, ip: {127, 0, 0, 1}])
     {:ok, port} = :inet.port(listen)
-    holder = spawn_link(fn -> hold(listen, []) end)
+    test = self()
+    holder = spawn_link(fn -> hold(listen, test, []) end)
     :ok = :gen_tcp.controlling_process(listen, holder)
     port
   end
 
-  defp hold(listen, held) do
+  defp hold(listen, test, held) do
     case :gen_tcp.accept(listen) do
-      {:ok, socket} -> hold(listen, [socket | held])
-      {:error, _} -> :ok
+      {:ok, socket} ->
+        send(test, :webhook_called)
+        hold(listen, test, [socket | held])
+
+      {:error, _} ->
+        :ok
     end
   end
 
@@ -127,24 +131,26 @@ defmodule FLAMEK8sBackend.LostCreateE2ETest do
 
   defp exists?(result), do: match?({:ok, _}, result)
 
-  test "a pod committed after its create timed out and the boot failed is deleted all the same",
+  test "a pod committed after its Runner was killed mid-create is deleted all the same",
        %{kube: kube, namespace: ns, opts: opts} do
     opts =
       Keyword.merge(opts,
         kubeconfig: LocalCluster.kubeconfig_via!(forgetful_proxy!()),
-        request_timeout: 2_000,
-        # The webhook's timeout bounds how late this API server commits a create.
-        api_server_request_timeout: (@webhook_timeout_s + 3) * 1_000,
+        # Longer than the webhook holds the create: the API server's own deadline for it.
+        request_timeout: (@webhook_timeout_s + 5) * 1_000,
+        api_server_request_timeout: (@webhook_timeout_s + 5) * 1_000,
         manifest: %{"metadata" => %{"labels" => %{"flame-test/slow-admission" => "true"}}}
       )
 
     {:ok, state} = FLAMEK8sBackend.init(opts)
+    {booter, monitor} = spawn_monitor(fn -> FLAMEK8sBackend.remote_boot(state) end)
 
-    assert {:error, %BootError{phase: :create_pod, reason: {:timeout, _}}} =
-             FLAMEK8sBackend.remote_boot(state)
+    # The pod's create is being admitted: the Runner goes, and its request with it.
+    assert_receive :webhook_called, 10_000
+    Process.exit(booter, :kill)
+    assert_receive {:DOWN, ^monitor, :process, ^booter, :killed}
 
-    # The boot is over, its secret deleted; the API server commits the pod afterwards.
-    refute exists?(Kube.get_pod(kube, ns, state.runner_name))
+    # The reaper's first DELETE found nothing; the API server commits the pod afterwards.
     eventually(fn -> exists?(Kube.get_pod(kube, ns, state.runner_name)) end, 15_000)
 
     # Once the API server's deadline for that create has passed, the parent deletes it.
