@@ -67,7 +67,10 @@ defmodule FLAMEK8sBackend.RealNodeSoakTest do
       path -> File.write!(path, report)
     end
 
-    assert length(outcomes) == boots
+    assert Enum.count(outcomes, &(&1.try == 1)) == boots
+    # Every kind got to its own outcome at least once, however the faults fell.
+    reached = outcomes |> Enum.filter(&Soak.expected?/1) |> MapSet.new(& &1.kind)
+    assert reached == MapSet.new(Soak.kinds()) or boots < 2 * length(Soak.kinds()), report
     assert leaks == :ok, report
 
     unexplained =
