@@ -635,6 +635,96 @@ defmodule FLAMEK8sBackend.RealNodeParentTest do
     end
   end
 
+  # --- the runner's ServiceAccount token (issue 18, item 3): its own, or none; never the
+  # parent's (the admission-injected kube-api-access-* volume is not copied)
+
+  @token_path "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+  # A FLAME call on a runner of a pool with `backend_opts`, evaluated in the parent (its closure
+  # is an erl_eval fun: the runner runs it without this VM's code). Returns the runner's pod
+  # name and File.read/1 of the token path there.
+  defp runner_token(parent, backend_opts) do
+    code = """
+    FlameDemo.call_with(backend_opts,
+      fun: fn -> {System.get_env("POD_NAME"), File.read(token_path)} end,
+      idle_shutdown_after: 1_000
+    )
+    """
+
+    {result, _} =
+      rpc(parent, Code, :eval_string, [
+        code,
+        [backend_opts: backend_opts, token_path: @token_path]
+      ])
+
+    assert {:ok, {pod, read}} = result
+    {pod, read}
+  end
+
+  # The JWT's claims (the token itself never reaches an assertion message).
+  defp token_claims(token) do
+    [_, payload, _] = String.split(token, ".")
+    payload |> Base.url_decode64!(padding: false) |> JSON.decode!()
+  end
+
+  defp token_review_user(ctx, token) do
+    {:ok, review} =
+      Kube.request(ctx.kube, "POST", "/apis/authentication.k8s.io/v1/tokenreviews",
+        body: %{"apiVersion" => "authentication.k8s.io/v1", "spec" => %{"token" => token}}
+      )
+
+    {review["status"]["authenticated"], review["status"]["user"]["username"]}
+  end
+
+  test "automountServiceAccountToken: false in :manifest: the runner has no token file", ctx do
+    parent = parent!(ctx)
+    # The parent has one (its Deployment mounts it): the runner would have copied it.
+    assert {:ok, _} = rpc(parent, File, :stat, [@token_path])
+
+    manifest = %{"spec" => %{"automountServiceAccountToken" => false}}
+    {pod, read} = runner_token(parent, manifest: manifest)
+    assert read == {:error, :enoent}
+    await_gone!(ctx, pod, 60_000)
+  end
+
+  test "a :service_account_name whose account sets automountServiceAccountToken: false: no token file",
+       ctx do
+    parent = parent!(ctx)
+    account = "no-token-#{System.unique_integer([:positive])}"
+
+    {:ok, _} =
+      Kube.request(ctx.kube, "POST", "/api/v1/namespaces/#{ctx.namespace}/serviceaccounts",
+        body: %{"metadata" => %{"name" => account}, "automountServiceAccountToken" => false}
+      )
+
+    {pod, read} = runner_token(parent, service_account_name: account)
+    assert read == {:error, :enoent}
+    await_gone!(ctx, pod, 60_000)
+  end
+
+  test "a runner's token belongs to its own :service_account_name and its own pod", ctx do
+    parent = parent!(ctx)
+    {pod, {:ok, token}} = runner_token(parent, service_account_name: "flame-demo-runner")
+    claims = token_claims(token)
+    assert claims["sub"] == "system:serviceaccount:#{ctx.namespace}:flame-demo-runner"
+    assert claims["kubernetes.io"]["serviceaccount"]["name"] == "flame-demo-runner"
+    assert claims["kubernetes.io"]["pod"]["name"] == pod
+
+    assert token_review_user(ctx, token) ==
+             {true, "system:serviceaccount:#{ctx.namespace}:flame-demo-runner"}
+
+    await_gone!(ctx, pod, 60_000)
+
+    # Without :service_account_name: the parent's account, but a token bound to the runner's
+    # own pod (the API server's, not the parent's copied volume).
+    {pod, {:ok, token}} = runner_token(parent, [])
+    claims = token_claims(token)
+    assert claims["sub"] == "system:serviceaccount:#{ctx.namespace}:flame-demo"
+    assert claims["kubernetes.io"]["pod"]["name"] == pod
+    refute claims["kubernetes.io"]["pod"]["name"] == parent.name
+    await_gone!(ctx, pod, 60_000)
+  end
+
   test "the runner's container is killed: the parent's reaper deletes its pod", ctx do
     parent = parent!(ctx)
     %{runner: runner} = rpc(parent, FlameDemo, :where, [])
