@@ -831,7 +831,14 @@ defmodule FLAMEK8sBackend.RealNodeParentTest do
     manifest = %{
       "spec" => %{
         "securityContext" => %{"runAsNonRoot" => true, "runAsUser" => 65_534},
-        "containers" => [%{"securityContext" => %{"readOnlyRootFilesystem" => true}}]
+        # A release loads modules on demand only in interactive mode (its default is embedded),
+        # and FLAME's code sync only adds the synced beams' directory to the code path.
+        "containers" => [
+          %{
+            "securityContext" => %{"readOnlyRootFilesystem" => true},
+            "env" => [%{"name" => "RELEASE_MODE", "value" => "interactive"}]
+          }
+        ]
       }
     }
 
