@@ -30,6 +30,7 @@ defmodule FLAMEK8sBackend.Test.LocalCluster do
     control_plane = run_script!("tools/control-plane/build.sh")
     localkube = run_script!("tools/localkube/build.sh")
     runner = write_runner_entrypoint!(state_dir)
+    audit_log = Path.join(state_dir, "audit.log")
     # The first run's builds take minutes: "ready in" counts only the start.
     started = System.monotonic_time(:millisecond)
     build_ms = started - build_started
@@ -48,6 +49,7 @@ defmodule FLAMEK8sBackend.Test.LocalCluster do
       "sleeper:test=/bin/sleep",
       "--image",
       "shell:test=/bin/sh"
+      | audit_args(state_dir, audit_log)
     ]
 
     # The port belongs to a process of its own that lives as long as the VM: the process that
@@ -98,6 +100,7 @@ defmodule FLAMEK8sBackend.Test.LocalCluster do
         owner: owner,
         ca_pem: File.read!(Path.join([state_dir, "pki", "ca.crt"])),
         runner_entrypoint: runner,
+        audit_log: audit_log,
         ready_ms: ready_ms,
         build_ms: build_ms
       })
@@ -225,7 +228,35 @@ defmodule FLAMEK8sBackend.Test.LocalCluster do
     end
   end
 
-  @doc "The running control plane's info (`:kubeconfig`, `:server`, `:state_dir`, `:kubelet_log`, `:ca_pem`)."
+  # Every request on pods and secrets, by whom and in which namespace: the server's metrics
+  # count the whole server, where a test's earlier neighbours may still be cleaning up.
+  defp audit_args(state_dir, audit_log) do
+    policy = Path.join(state_dir, "audit-policy.yaml")
+
+    File.write!(policy, """
+    apiVersion: audit.k8s.io/v1
+    kind: Policy
+    omitStages: [RequestReceived]
+    rules:
+    - level: Metadata
+      resources:
+      - group: ""
+        resources: [pods, secrets]
+    - level: None
+    """)
+
+    for arg <- [
+          "--audit-policy-file=#{policy}",
+          "--audit-log-path=#{audit_log}",
+          "--audit-log-format=json"
+        ],
+        do: "--apiserver-arg=#{arg}"
+  end
+
+  @doc """
+  The running control plane's info (`:kubeconfig`, `:server`, `:state_dir`, `:kubelet_log`,
+  `:audit_log`, `:ca_pem`).
+  """
   def info, do: :persistent_term.get(@key)
 
   @doc "Whether a control plane was started for this run."
@@ -427,6 +458,14 @@ defmodule FLAMEK8sBackend.Test.LocalCluster do
       }
     }
   end
+
+  @doc """
+  The API server's audit events on pods and secrets matching `filter` (see
+  `FLAMEK8sBackend.Test.AuditLog.events/2`). Tests and the simulated kubelet alike are
+  `"admin"`; the kubelet's user agent is `"localkube"`.
+  """
+  def audit_events(filter \\ %{}),
+    do: FLAMEK8sBackend.Test.AuditLog.events(info().audit_log, filter)
 
   @doc "The kubelet log lines about `namespace`."
   def kubelet_log(namespace) do

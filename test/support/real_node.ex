@@ -17,6 +17,7 @@ defmodule FLAMEK8sBackend.Test.RealNode do
   """
 
   alias FLAMEK8sBackend.Kube
+  alias FLAMEK8sBackend.Test.AuditLog
 
   @root Path.expand("../..", __DIR__)
   @key {__MODULE__, :info}
@@ -390,61 +391,9 @@ defmodule FLAMEK8sBackend.Test.RealNode do
   @doc """
   The API server's audit events (`info().audit_log`, policy: Metadata for create, update,
   patch and delete of pods and secrets, and for ServiceAccounts' get, list and watch of them)
-  matching `filter`, each a map with the keys `"verb"`, `"audit_id"`, `"stage"`,
-  `"user"` (username), `"resource"`, `"subresource"`, `"namespace"`, `"name"`, `"code"` (the
-  response status, an integer), `"time"` (when the request came), `"pod_name"` (the pod whose ServiceAccount token made the
-  request, else nil) and `"source_ips"`. `filter` is a map of some of those keys and their values.
+  matching `filter`: see `FLAMEK8sBackend.Test.AuditLog.events/2`.
   """
-  def audit_events(filter \\ %{}) do
-    case File.read(info().audit_log) do
-      {:ok, text} ->
-        text
-        |> String.split("\n", trim: true)
-        |> Enum.map(&audit_event/1)
-        |> Enum.filter(fn event -> Enum.all?(filter, fn {k, v} -> event[k] == v end) end)
-
-      {:error, :enoent} ->
-        []
-    end
-  end
-
-  # Audit lines are JSON as Go's encoding/json writes it (no spaces, fixed field order); OTP 25
-  # has no JSON decoder, and these fields are plain strings.
-  defp audit_event(line) do
-    object = capture(~r/"objectRef":\{([^}]*)\}/, line) || ""
-
-    %{
-      "verb" => capture(~r/"verb":"([^"]*)"/, line),
-      # A WATCH has two events (ResponseStarted, ResponseComplete) with one auditID.
-      "audit_id" => capture(~r/"auditID":"([^"]*)"/, line),
-      "stage" => capture(~r/"stage":"([^"]*)"/, line),
-      "time" => capture(~r/"requestReceivedTimestamp":"([^"]*)"/, line),
-      "user" => capture(~r/"user":\{"username":"([^"]*)"/, line),
-      "resource" => capture(~r/"resource":"([^"]*)"/, object),
-      "subresource" => capture(~r/"subresource":"([^"]*)"/, object),
-      "namespace" => capture(~r/"namespace":"([^"]*)"/, object),
-      "name" => capture(~r/"name":"([^"]*)"/, object),
-      # A pod's ServiceAccount token names the pod it was mounted into.
-      "pod_name" => capture(~r/"authentication.kubernetes.io\/pod-name":\["([^"]*)"/, line),
-      "source_ips" =>
-        case capture(~r/"sourceIPs":\[([^\]]*)\]/, line) do
-          nil -> []
-          ips -> ips |> String.split(",") |> Enum.map(&String.trim(&1, "\""))
-        end,
-      "code" =>
-        case capture(~r/"responseStatus":\{.*?"code":(\d+)/, line) do
-          nil -> nil
-          code -> String.to_integer(code)
-        end
-    }
-  end
-
-  defp capture(regex, text) do
-    case Regex.run(regex, text, capture: :all_but_first) do
-      [value] -> value
-      nil -> nil
-    end
-  end
+  def audit_events(filter \\ %{}), do: AuditLog.events(info().audit_log, filter)
 
   @doc "Runs `ctr -n k8s.io ARGS` against the node's containerd; returns `{output, status}`."
   def ctr(args) do
