@@ -114,7 +114,7 @@ defmodule FLAMEK8sBackend.BackendE2ETest do
     namespace: ns,
     opts: opts
   } do
-    pool = start_pool!(opts, idle_shutdown_after: 300)
+    pool = start_pool!(opts, idle_shutdown_after: short_idle_ms())
     info = FLAME.call(pool, &RemoteFuns.whereami/0)
     runner = info.node
     Node.monitor(runner, true)

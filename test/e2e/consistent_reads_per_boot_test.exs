@@ -43,7 +43,7 @@ defmodule FLAMEK8sBackend.ConsistentReadsPerBootE2ETest do
     # The first init reads the parent pod and sweeps (a consistent LIST): once per VM and per
     # minute, not per boot.
     {:ok, _} = FLAMEK8sBackend.init(opts(ns))
-    pool = start_pool!(opts(ns), idle_shutdown_after: 200)
+    pool = start_pool!(opts(ns), idle_shutdown_after: short_idle_ms())
     before = counters(kube)
 
     for _ <- 1..@boots do

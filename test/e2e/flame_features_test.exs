@@ -372,7 +372,7 @@ defmodule FLAMEK8sBackend.FlameFeaturesE2ETest do
     namespace: ns,
     opts: opts
   } do
-    pool = start_pool!(opts, idle_shutdown_after: 300)
+    pool = start_pool!(opts, idle_shutdown_after: short_idle_ms())
 
     {:ok, agent} =
       FLAME.place_child(pool, %{id: :counter, start: {Agent, :start_link, [Map, :new, []]}})
@@ -387,7 +387,7 @@ defmodule FLAMEK8sBackend.FlameFeaturesE2ETest do
 
     # Longer than idle_shutdown_after: the placed child keeps the runner busy.
     Node.monitor(runner, true)
-    refute_receive {:nodedown, ^runner}, 1_500
+    refute_receive {:nodedown, ^runner}, 2 * short_idle_ms()
 
     :ok = Agent.stop(agent)
     assert_receive {:nodedown, ^runner}, 30_000

@@ -67,7 +67,7 @@ defmodule FLAMEK8sBackend.RequestsPerBootE2ETest do
   defp measure_boots(ns) do
     # The first init reads the parent pod and sweeps: once per VM and per minute, not per boot.
     {:ok, _} = FLAMEK8sBackend.init(opts(ns))
-    pool = start_pool!(opts(ns), idle_shutdown_after: 200)
+    pool = start_pool!(opts(ns), idle_shutdown_after: short_idle_ms())
     before = requests(ns)
 
     errors =

@@ -70,6 +70,14 @@ defmodule FLAMEK8sBackend.Test.ClusterCase do
      |> Keyword.merge(pool_opts)}
   end
 
+  @doc """
+  The shortest `:idle_shutdown_after` a test's pool may use (ms). FLAME starts a runner's idle
+  timer when it boots, and a call that reaches the runner after the timer fired finds it
+  stopping: FLAME then kills the caller (the pool kills the callers of a runner that went
+  down). On a loaded 2-core machine a first call can take some hundred ms to get there.
+  """
+  def short_idle_ms, do: 1_000
+
   @doc "The runner pods in `namespace`."
   def runner_pods(kube, ns) do
     {:ok, pods} =

@@ -171,7 +171,11 @@ defmodule FLAMEK8sBackend.Test.Soak do
   defp boot(:idle_shutdown, _kube, _namespace, opts) do
     name = :"soak_pool_#{System.unique_integer([:positive])}"
 
-    pool = ClusterCase.pool_spec(name, opts, max_concurrency: 1, idle_shutdown_after: 200)
+    pool =
+      ClusterCase.pool_spec(name, opts,
+        max_concurrency: 1,
+        idle_shutdown_after: ClusterCase.short_idle_ms()
+      )
 
     {:ok, sup} = Supervisor.start_link([pool], strategy: :one_for_one)
     Process.unlink(sup)
