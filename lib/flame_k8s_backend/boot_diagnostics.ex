@@ -5,9 +5,11 @@ defmodule FLAMEK8sBackend.BootDiagnostics do
   container that exited (or a runner VM that ran but never connected), the last lines of its
   log.
 
-  Best effort, and it never changes the boot's result: what cannot be read (no RBAC for
-  `list` on `events` or `get` on `pods/log`, an API server that does not answer in time) is
-  said so in the error (`{:unreadable, why}`). Both requests run at once, within a budget of a
+  Best effort, and it never changes the boot's result. What RBAC does not let the parent read
+  (`list` on `events`, `get` on `pods/log`) is `:forbidden` in the error, which then says
+  nothing of it: a warning says so once per VM and namespace, naming the missing verb. What
+  could not be read for another reason (an API server that does not answer in time) is said so
+  in the error (`{:unreadable, why}`). Both requests run at once, within a budget of a
   few seconds, before the pod is deleted (its log goes with it). Known secret values (the
   cookie, `:secret_env`) are replaced by `[redacted]` in everything read, and in the error's
   own `:reason` (a container's termination message, the waiting detail, the API server's
@@ -18,6 +20,8 @@ defmodule FLAMEK8sBackend.BootDiagnostics do
       error.events
       #=> [%{type: "Warning", reason: "FailedScheduling", count: 3, message: "0/3 nodes ...", ...}]
   """
+
+  require Logger
 
   alias FLAMEK8sBackend.{BootError, Kube}
 
@@ -118,7 +122,8 @@ defmodule FLAMEK8sBackend.BootDiagnostics do
   ## Events
 
   @doc false
-  @spec events(Kube.t(), String.t(), String.t()) :: [event()] | {:unreadable, String.t()}
+  @spec events(Kube.t(), String.t(), String.t()) ::
+          [event()] | :forbidden | {:unreadable, String.t()}
   def events(kube, namespace, pod) do
     path =
       "/api/v1/namespaces/#{namespace}/events" <>
@@ -136,7 +141,7 @@ defmodule FLAMEK8sBackend.BootDiagnostics do
         {:unreadable, "the API server's answer is not an event list"}
 
       {:error, reason} ->
-        {:unreadable, unreadable(reason, ~s(the optional RBAC verb "list" on "events"))}
+        unreadable(reason, namespace, ~s(the RBAC verb "list" on "events"), "Kubernetes' events")
     end
   rescue
     error -> {:unreadable, Exception.message(error)}
@@ -171,7 +176,7 @@ defmodule FLAMEK8sBackend.BootDiagnostics do
 
   @doc false
   @spec log(Kube.t(), String.t(), String.t(), String.t()) ::
-          %{container: String.t(), lines: [String.t()]} | {:unreadable, String.t()}
+          %{container: String.t(), lines: [String.t()]} | :forbidden | {:unreadable, String.t()}
   def log(kube, namespace, pod, container) do
     path =
       "/api/v1/namespaces/#{namespace}/pods/#{pod}/log" <>
@@ -185,7 +190,7 @@ defmodule FLAMEK8sBackend.BootDiagnostics do
         %{container: container, lines: []}
 
       {:error, reason} ->
-        {:unreadable, unreadable(reason, ~s(the optional RBAC verb "get" on "pods/log"))}
+        unreadable(reason, namespace, ~s(the RBAC verb "get" on "pods/log"), "container logs")
     end
   rescue
     error -> {:unreadable, Exception.message(error)}
@@ -201,14 +206,29 @@ defmodule FLAMEK8sBackend.BootDiagnostics do
     |> Enum.take(-@tail_lines)
   end
 
-  defp unreadable({:api, 403, _, message}, rbac),
-    do: "forbidden, #{rbac} is missing: #{message}"
+  # Forbidden stays forbidden until someone changes the Role: said once, not in every error.
+  defp unreadable({:api, 403, _, message}, namespace, rbac, what) do
+    key = {__MODULE__, :forbidden, namespace, rbac}
 
-  defp unreadable(reason, _rbac), do: BootError.describe(reason)
+    if :persistent_term.get(key, false) == false do
+      :persistent_term.put(key, true)
+
+      Logger.warning(
+        "flame_k8s_backend: boot errors in namespace #{namespace} will not show #{what}: " <>
+          "#{rbac} is missing from the parent's Role (examples/kubernetes/rbac.yaml grants " <>
+          "it); the API server said: #{message}"
+      )
+    end
+
+    :forbidden
+  end
+
+  defp unreadable(reason, _namespace, _rbac, _what), do: {:unreadable, BootError.describe(reason)}
 
   ## Redaction
 
   defp redact(value, []), do: value
+  defp redact(:forbidden, _secrets), do: :forbidden
   defp redact({:unreadable, why}, secrets), do: {:unreadable, scrub(why, secrets)}
 
   defp redact(%{lines: lines} = log, secrets),

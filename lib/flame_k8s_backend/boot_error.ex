@@ -28,12 +28,13 @@ defmodule FLAMEK8sBackend.BootError do
       * a `t:FLAMEK8sBackend.Kube.error/0` such as `{:api, 403, "Forbidden", message}`
     * `:pod` - `"namespace/name"` of the runner pod, when one was created
     * `:events` - when the pod may have existed, its latest Events, oldest first (maps with
-      `:type`, `:reason`, `:message`, `:count`, `:last_seen`, `:source`), or
-      `{:unreadable, why}` (e.g. without the optional RBAC verb `list` on `events`); `nil`
-      when there was no pod to ask about
+      `:type`, `:reason`, `:message`, `:count`, `:last_seen`, `:source`),
+      `{:unreadable, why}` (e.g. the API server did not answer in time) or `:forbidden` (the
+      parent's Role lacks `list` on `events`: a warning said so once); `nil` when there was
+      no pod to ask about
     * `:log` - for a container that exited (or a runner VM that never connected),
-      `%{container: name, lines: last_lines}`, or `{:unreadable, why}` (e.g. without `get` on
-      `pods/log`); otherwise `nil`
+      `%{container: name, lines: last_lines}`, `{:unreadable, why}` or `:forbidden` (no `get`
+      on `pods/log`); otherwise `nil`
 
   `:events` and `:log` are best effort (`FLAMEK8sBackend.BootDiagnostics`): whether they could
   be read never changes `:phase` or `:reason`. Secret values (the cookie, `:secret_env`) never
@@ -65,8 +66,8 @@ defmodule FLAMEK8sBackend.BootError do
           phase: phase(),
           reason: term(),
           pod: String.t() | nil,
-          events: [map()] | unreadable() | nil,
-          log: %{container: String.t(), lines: [String.t()]} | unreadable() | nil
+          events: [map()] | unreadable() | :forbidden | nil,
+          log: %{container: String.t(), lines: [String.t()]} | unreadable() | :forbidden | nil
         }
 
   @doc """
@@ -75,12 +76,12 @@ defmodule FLAMEK8sBackend.BootError do
 
       iex> error = %FLAMEK8sBackend.BootError{phase: :container_start, pod: "prod/web-flame-x7k2p",
       ...>   reason: {:container_exited, %{container: "web", exit_code: 1, reason: "Error"}},
-      ...>   events: {:unreadable, "forbidden"},
+      ...>   events: {:unreadable, "no answer within 3000 ms"},
       ...>   log: %{container: "web", lines: ["** (RuntimeError) no DATABASE_URL"]}}
       iex> String.split(Exception.message(error), "\\n")
       [
         ~s{runner pod prod/web-flame-x7k2p failed while starting its container: container "web" exited with code 1 (Error)},
-        "  events: not readable (forbidden)",
+        "  events: not readable (no answer within 3000 ms)",
         ~s(  last log lines of container "web":),
         "    ** (RuntimeError) no DATABASE_URL"
       ]
@@ -95,6 +96,7 @@ defmodule FLAMEK8sBackend.BootError do
   end
 
   defp events_text(nil), do: ""
+  defp events_text(:forbidden), do: ""
   defp events_text([]), do: "\n  events: none"
   defp events_text({:unreadable, why}), do: "\n  events: not readable (#{why})"
 
@@ -107,6 +109,7 @@ defmodule FLAMEK8sBackend.BootError do
   end
 
   defp log_text(nil), do: ""
+  defp log_text(:forbidden), do: ""
   defp log_text({:unreadable, why}), do: "\n  log: not readable (#{why})"
 
   defp log_text(%{container: container, lines: []}),

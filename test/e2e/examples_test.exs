@@ -6,6 +6,7 @@ defmodule FLAMEK8sBackend.ExamplesTest do
 
   @moduletag :e2e
 
+  alias FLAMEK8sBackend.BootError
   alias FLAMEK8sBackend.Test.RemoteFuns
 
   # examples/kind/flame_demo is loaded at run time by one test (it cannot be compiled as a
@@ -100,7 +101,8 @@ defmodule FLAMEK8sBackend.ExamplesTest do
     assert mismatch_line =~ "`selector` does not match template `labels`"
   end
 
-  test "the Role in rbac.yaml is all a parent needs to boot, use and remove a runner", ctx do
+  test "the Role in rbac.yaml is all a parent needs to boot, use and remove a runner, and to tell why a boot failed",
+       ctx do
     %{kube: kube, namespace: ns} = ctx
 
     # The examples, for real, in this test's namespace.
@@ -116,7 +118,9 @@ defmodule FLAMEK8sBackend.ExamplesTest do
 
     assert Enum.map(role["rules"], &{&1["resources"], &1["verbs"]}) == [
              {["pods"], ["get", "list", "watch", "create", "delete"]},
-             {["secrets"], ["create", "delete"]}
+             {["secrets"], ["create", "delete"]},
+             {["events"], ["list"]},
+             {["pods/log"], ["get"]}
            ]
 
     # The parent pod is the example Deployment's pod template, as its ReplicaSet would create
@@ -144,14 +148,28 @@ defmodule FLAMEK8sBackend.ExamplesTest do
         body: %{"spec" => %{"expirationSeconds" => 600}}
       )
 
-    {:ok, state} =
-      FLAMEK8sBackend.init(
-        parent_pod: {ns, "parent"},
-        kubeconfig: LocalCluster.write_token_kubeconfig!(token),
-        labels: %{"excluster" => "flame"},
-        boot_timeout: 30_000
-      )
+    opts = [
+      parent_pod: {ns, "parent"},
+      kubeconfig: LocalCluster.write_token_kubeconfig!(token),
+      labels: %{"excluster" => "flame"},
+      boot_timeout: 30_000
+    ]
 
+    # A runner whose container exits: RBAC lets its error tell Kubernetes' side, its Events
+    # and its log lines (here none and not readable: the simulated kubelet writes no Events
+    # and serves no logs, so the API server's 500 stands for them).
+    exits = %{"name" => "app", "image" => "shell:test", "args" => ["-c", "echo bye; exit 3"]}
+
+    {:ok, failing} =
+      FLAMEK8sBackend.init(opts ++ [manifest: %{"spec" => %{"containers" => [exits]}}])
+
+    assert {:error, %BootError{reason: {:container_exited, %{exit_code: 3}}} = error} =
+             FLAMEK8sBackend.remote_boot(failing)
+
+    assert is_list(error.events)
+    assert {:unreadable, "API error 500" <> _} = error.log
+
+    {:ok, state} = FLAMEK8sBackend.init(opts)
     assert {:ok, terminator, state} = FLAMEK8sBackend.remote_boot(state)
     runner = node(terminator)
 
