@@ -1,6 +1,6 @@
 # The NIF's Mix compiler is kept in its own file; mix evaluates this one before compiling
 # anything, also when the project is a path or git dependency, so the compiler is defined first.
-Code.require_file("tools/mix/compile.flame_k8s_native.exs", __DIR__)
+Code.require_file("native/mix/compile.flame_k8s_native.exs", __DIR__)
 
 defmodule FLAMEK8sBackend.MixProject do
   use Mix.Project
@@ -32,7 +32,7 @@ defmodule FLAMEK8sBackend.MixProject do
         # Without these the package could not build its NIF; priv/native stays out so a locally
         # built library never ships.
         files:
-          ~w(lib native tools/mix Cargo.toml Cargo.lock checksum-flame_k8s_native.sha256 mix.exs
+          ~w(lib native Cargo.toml Cargo.lock checksum-flame_k8s_native.sha256 mix.exs
              .formatter.exs README.md LICENSE CHANGELOG.md)
       ],
       docs: [

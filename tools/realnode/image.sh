@@ -14,7 +14,7 @@
 #
 # Progress goes to stderr. The LAST line on stdout is `<image ref> <absolute path of the .tar>`,
 # e.g. `docker.io/library/flame-demo:0123456789ab /root/.cache/.../flame-demo-0123456789ab.tar`.
-# The tag is a hash of every input: lib/, native/, mix.exs, tools/mix/, Cargo.*, the FLAME used
+# The tag is a hash of every input: lib/, native/ (with native/mix/), mix.exs, Cargo.*, the FLAME used
 # (the stand-in in test/flame_standin, or $FLAME_PATH), the demo app's files, the Erlang, Elixir
 # and Rust versions, the rootfs recipe and these scripts. Same inputs, same tag: nothing is rebuilt.
 #
@@ -103,9 +103,9 @@ fi
 
 # ---- inputs: a snapshot of exactly the files the build reads, hashed ---------------------------
 INCOMING="$BUILD/incoming"
-# What `mix release` of the demo reads from this repository (tools/mix: the NIF's Mix compiler,
-# which mix.exs requires; absent in older revisions).
-CANDIDATES=(mix.exs Cargo.toml Cargo.lock lib native tools/mix test/flame_standin
+# What `mix release` of the demo reads from this repository (native/ holds the NIF crate and its
+# Mix compiler, which mix.exs requires).
+CANDIDATES=(mix.exs Cargo.toml Cargo.lock lib native test/flame_standin
   test/flame_checkout/mix.exs examples/kind/flame_demo)
 INPUTS=()
 rm -rf "$INCOMING"

@@ -20,7 +20,7 @@ defmodule FLAMEK8sNative do
 
   def crate, do: @crate
 
-  @doc "The project's root directory (this file sits in tools/mix/)."
+  @doc "The project's root directory (this file sits in native/mix/)."
   def root, do: Path.expand("../..", __DIR__)
 
   def installed_path(root), do: Path.join([root, "priv", "native", @lib])
