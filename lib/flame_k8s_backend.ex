@@ -60,7 +60,6 @@ defmodule FLAMEK8sBackend do
     Options,
     ParentPod,
     Reaper,
-    RunnerName,
     RunnerPod,
     SelfDelete,
     SharedClient,
@@ -157,10 +156,10 @@ defmodule FLAMEK8sBackend do
          :ok <- Sweep.run(kube, namespace, parent_pod, opts),
          parent_ref = make_ref(),
          cookie = Atom.to_string(Node.get_cookie()),
-         spec = runner_spec(parent_pod, parent_ref, cookie, opts),
-         {:ok, pod_manifest} <- build_pod(parent_pod, spec) do
-      secret_manifest = RunnerPod.secret(parent_pod, spec, cookie)
-      redact = [cookie | Map.values(spec.secret_env)]
+         runtime = RunnerPod.Runtime.new(parent_pod, opts, parent_ref, cookie),
+         {:ok, pod_manifest} <- build_pod(parent_pod, opts, runtime) do
+      secret_manifest = RunnerPod.secret(parent_pod, opts, runtime, cookie)
+      redact = [cookie | Map.values(opts.secret_env)]
 
       {:ok,
        %__MODULE__{
@@ -168,7 +167,7 @@ defmodule FLAMEK8sBackend do
          namespace: namespace,
          parent_ref: parent_ref,
          sealed: fn -> %{pod: pod_manifest, secret: secret_manifest, redact: redact} end,
-         runner_name: spec.runner_name,
+         runner_name: runtime.runner_name,
          # Every boot of this parent shares one watch of the parent's runner pods.
          runner_selector: RunnerPod.selector(parent_pod),
          app_container: RunnerPod.app_container_name(pod_manifest),
@@ -339,57 +338,10 @@ defmodule FLAMEK8sBackend do
     end
   end
 
-  defp runner_spec(parent_pod, parent_ref, cookie, %Options{} = opts) do
-    runner_name = RunnerName.new(parent_pod)
-    basename = opts.runner_node_basename || runner_name
-
-    %RunnerPod.Spec{
-      runner_name: runner_name,
-      node_basename: basename,
-      flame_parent: flame_parent(parent_ref, basename),
-      app_container_name: opts.app_container_name,
-      manifest: opts.manifest,
-      boot_timeout: opts.boot_timeout,
-      env: opts.env,
-      secret_env: opts.secret_env,
-      labels: opts.labels,
-      omit_owner_reference: opts.omit_owner_reference,
-      forwarded_env: forwarded_env(),
-      tmp_dir: opts.tmp_dir,
-      dist_port: opts.dist_port,
-      active_deadline_seconds: opts.active_deadline_seconds,
-      cookie_secret_ref: cookie_secret_ref(parent_pod, cookie, opts),
-      service_account_name: opts.service_account_name
-    }
-  end
-
-  # The runner may take the cookie from the parent's Secret only when that Secret's value is
-  # this VM's cookie: a release that sets its cookie otherwise (vm.args, env.sh, a COOKIE file)
-  # has RELEASE_COOKIE from the Secret in its environment but runs with another cookie.
-  defp cookie_secret_ref(parent_pod, cookie, opts) do
-    if System.get_env("RELEASE_COOKIE") == cookie,
-      do: RunnerPod.cookie_secret_ref(parent_pod, opts.app_container_name)
-  end
-
-  defp build_pod(parent_pod, spec) do
-    case RunnerPod.build(parent_pod, spec) do
+  defp build_pod(parent_pod, opts, runtime) do
+    case RunnerPod.build(parent_pod, opts, runtime) do
       {:ok, pod} -> {:ok, pod}
       {:error, reason} -> {:error, %BootError{phase: :manifest, reason: reason}}
-    end
-  end
-
-  defp flame_parent(parent_ref, basename) do
-    parent_ref
-    |> FLAME.Parent.new(self(), __MODULE__, basename, "POD_IP")
-    |> FLAME.Parent.encode()
-  end
-
-  defp forwarded_env do
-    for name <- ~w(ERL_AFLAGS ERL_ZFLAGS),
-        value = System.get_env(name),
-        value not in [nil, ""],
-        into: %{} do
-      {name, value}
     end
   end
 
