@@ -934,4 +934,19 @@ defmodule FLAMEK8sBackend.RunnerPodTest do
     secret = secret(%{boot_timeout: 45_000}, "c00kie")
     assert secret["metadata"]["annotations"]["flame-k8s-backend.io/boot-timeout-ms"] == "45000"
   end
+
+  test "Runtime.new/4: a fresh runner name, the node basename option, FLAME_PARENT kept from inspect" do
+    opts = Options.validate!(runner_node_basename: "worker")
+    runtime = Runtime.new(@parent, opts, make_ref(), "not-the-vm-environment-cookie")
+
+    assert runtime.runner_name =~ ~r/\Aweb-7d9f8b-x2k9p-flame-[a-z0-9]+\z/
+    assert Runtime.new(@parent, opts, make_ref(), "c").runner_name != runtime.runner_name
+    assert runtime.node_basename == "worker"
+    # Only a VM whose RELEASE_COOKIE is this very cookie may hand the runner its Secret.
+    assert runtime.cookie_secret_ref == nil
+    refute inspect(runtime) =~ runtime.flame_parent
+
+    default = Runtime.new(@parent, Options.validate!([]), make_ref(), "c")
+    assert default.node_basename == default.runner_name
+  end
 end
