@@ -159,7 +159,7 @@ defmodule FLAMEK8sBackend.Boot do
 
   @doc "The ms left until `deadline` (`now/0` time), never less than 0."
   @spec remaining(integer()) :: non_neg_integer()
-  def remaining(deadline), do: max(deadline - now(), 0)
+  def remaining(deadline) when is_integer(deadline), do: max(deadline - now(), 0)
 
   @doc "The runner pod of a backend state as `namespace/name`, how logs and errors name it."
   @spec pod_id(FLAMEK8sBackend.t()) :: String.t()
