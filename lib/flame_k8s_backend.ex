@@ -52,7 +52,10 @@ defmodule FLAMEK8sBackend do
 
   require Logger
 
+  import FLAMEK8sBackend.Boot, only: [log: 3, now: 0, pod_id: 1, remaining: 1]
+
   alias FLAMEK8sBackend.{
+    Boot,
     BootDiagnostics,
     BootError,
     BootProgress,
@@ -60,7 +63,6 @@ defmodule FLAMEK8sBackend do
     Options,
     ParentPod,
     Reaper,
-    RunnerName,
     RunnerPod,
     SelfDelete,
     SharedClient,
@@ -157,10 +159,10 @@ defmodule FLAMEK8sBackend do
          :ok <- Sweep.run(kube, namespace, parent_pod, opts),
          parent_ref = make_ref(),
          cookie = Atom.to_string(Node.get_cookie()),
-         spec = runner_spec(parent_pod, parent_ref, cookie, opts),
-         {:ok, pod_manifest} <- build_pod(parent_pod, spec) do
-      secret_manifest = RunnerPod.secret(parent_pod, spec, cookie)
-      redact = [cookie | Map.values(spec.secret_env)]
+         runtime = RunnerPod.Runtime.new(parent_pod, opts, parent_ref, cookie),
+         {:ok, pod_manifest} <- build_pod(parent_pod, opts, runtime) do
+      secret_manifest = RunnerPod.secret(parent_pod, opts, runtime, cookie)
+      redact = [cookie | Map.values(opts.secret_env)]
 
       {:ok,
        %__MODULE__{
@@ -168,7 +170,7 @@ defmodule FLAMEK8sBackend do
          namespace: namespace,
          parent_ref: parent_ref,
          sealed: fn -> %{pod: pod_manifest, secret: secret_manifest, redact: redact} end,
-         runner_name: spec.runner_name,
+         runner_name: runtime.runner_name,
          # Every boot of this parent shares one watch of the parent's runner pods.
          runner_selector: RunnerPod.selector(parent_pod),
          app_container: RunnerPod.app_container_name(pod_manifest),
@@ -212,7 +214,7 @@ defmodule FLAMEK8sBackend do
         state.api_server_request_timeout
       )
 
-    case boot(state, reaper, deadline) do
+    case Boot.run(state, reaper, deadline) do
       {:ok, terminator, state} ->
         :ok = Reaper.monitor(reaper, terminator)
         {:ok, terminator, state}
@@ -339,210 +341,10 @@ defmodule FLAMEK8sBackend do
     end
   end
 
-  defp runner_spec(parent_pod, parent_ref, cookie, %Options{} = opts) do
-    runner_name = RunnerName.new(parent_pod)
-    basename = opts.runner_node_basename || runner_name
-
-    %RunnerPod.Spec{
-      runner_name: runner_name,
-      node_basename: basename,
-      flame_parent: flame_parent(parent_ref, basename),
-      app_container_name: opts.app_container_name,
-      manifest: opts.manifest,
-      boot_timeout: opts.boot_timeout,
-      env: opts.env,
-      secret_env: opts.secret_env,
-      labels: opts.labels,
-      omit_owner_reference: opts.omit_owner_reference,
-      forwarded_env: forwarded_env(),
-      tmp_dir: opts.tmp_dir,
-      dist_port: opts.dist_port,
-      active_deadline_seconds: opts.active_deadline_seconds,
-      cookie_secret_ref: cookie_secret_ref(parent_pod, cookie, opts),
-      service_account_name: opts.service_account_name
-    }
-  end
-
-  # The runner may take the cookie from the parent's Secret only when that Secret's value is
-  # this VM's cookie: a release that sets its cookie otherwise (vm.args, env.sh, a COOKIE file)
-  # has RELEASE_COOKIE from the Secret in its environment but runs with another cookie.
-  defp cookie_secret_ref(parent_pod, cookie, opts) do
-    if System.get_env("RELEASE_COOKIE") == cookie,
-      do: RunnerPod.cookie_secret_ref(parent_pod, opts.app_container_name)
-  end
-
-  defp build_pod(parent_pod, spec) do
-    case RunnerPod.build(parent_pod, spec) do
+  defp build_pod(parent_pod, opts, runtime) do
+    case RunnerPod.build(parent_pod, opts, runtime) do
       {:ok, pod} -> {:ok, pod}
       {:error, reason} -> {:error, %BootError{phase: :manifest, reason: reason}}
     end
-  end
-
-  defp flame_parent(parent_ref, basename) do
-    parent_ref
-    |> FLAME.Parent.new(self(), __MODULE__, basename, "POD_IP")
-    |> FLAME.Parent.encode()
-  end
-
-  defp forwarded_env do
-    for name <- ~w(ERL_AFLAGS ERL_ZFLAGS),
-        value = System.get_env(name),
-        value not in [nil, ""],
-        into: %{} do
-      {name, value}
-    end
-  end
-
-  ## remote_boot
-
-  # The pod and its secret get a name chosen in init/1 rather than by generateName, so that
-  # even a create whose answer was lost (a timeout) is known to the reaper and deleted, however
-  # late the API server commits it (see FLAMEK8sBackend.Reaper).
-  defp boot(state, reaper, deadline) do
-    started = now()
-    progress = BootProgress.new(pod_id(state), node())
-    %{pod: pod_manifest, secret: secret_manifest} = state.sealed.()
-    # The runner tells its reaper what it deleted itself on shutdown (SelfDelete).
-    pod_manifest =
-      RunnerPod.put_env(
-        pod_manifest,
-        state.app_container,
-        "FLAME_K8S_REAPER",
-        SelfDelete.encode_reaper(reaper)
-      )
-
-    with :ok <- create_secret(state, reaper, secret_manifest, deadline),
-         :ok <- create(state, reaper, :pod, pod_manifest, deadline),
-         progress = BootProgress.reached(progress, :created, now() - started),
-         :ok <- time_left(state, deadline, progress),
-         log(
-           state,
-           :info,
-           "runner pod #{pod_id(state)} created in #{progress.timings.created} ms"
-         ),
-         {:ok, terminator, progress} <- await_boot(state, deadline, started, progress) do
-      log(state, :info, "runner #{node(terminator)} up in #{progress.timings.remote_up} ms")
-
-      {:ok, terminator,
-       %{
-         state
-         | remote_terminator_pid: terminator,
-           runner_node_name: node(terminator),
-           boot_timings: progress.timings,
-           sealed: nil
-       }}
-    end
-  end
-
-  # A runner that takes its cookie from the parent's Secret has none of its own.
-  defp create_secret(_state, _reaper, nil, _deadline), do: :ok
-
-  defp create_secret(state, reaper, manifest, deadline),
-    do: create(state, reaper, :secret, manifest, deadline)
-
-  # The reaper tracks the object from before its create is sent, and learns what the result
-  # says about its existence. In a burst a create may wait for one of the client's create
-  # slots for what is left of the boot, not just a request timeout; the request itself then
-  # has its own timeout. The names were chosen in init/1 for this runner alone: the create is
-  # idempotent (a 409 is ours).
-  defp create(state, reaper, kind, manifest, deadline) do
-    :ok = Reaper.track(reaper, kind, state.runner_name)
-    create_fun = if kind == :pod, do: &Kube.create_pod/4, else: &Kube.create_secret/4
-
-    result =
-      create_fun.(state.kube, state.namespace, manifest,
-        queue_timeout: remaining(deadline),
-        idempotent: true
-      )
-
-    :ok = Reaper.created(reaper, kind, result)
-
-    # A 409 on the name this backend chose is this very create, committed by an earlier try.
-    case {Reaper.create_outcome(result), result} do
-      {:created, _} ->
-        :ok
-
-      {_, {:error, reason}} ->
-        phase = if kind == :pod, do: :create_pod, else: :create_secret
-        {:error, %BootError{phase: phase, reason: reason, pod: pod_id(state)}}
-    end
-  end
-
-  # Slow API requests may have eaten the boot timeout before the pod could even be watched.
-  defp time_left(state, deadline, progress) do
-    if remaining(deadline) > 0 do
-      :ok
-    else
-      waited = progress.timings.created
-      reason = {:timeout, %{waited_ms: waited, detail: "creating the secret and pod"}}
-      {:error, %BootError{phase: :create_pod, reason: reason, pod: pod_id(state)}}
-    end
-  end
-
-  # One watch covers the whole boot: it reports failures (image pull, a crash of the runner VM
-  # even after the container started, deletion), when the pod runs, and the phase a timeout
-  # hit; the boot itself completes on the runner's remote_up, which may even arrive before the
-  # watch has seen the pod running.
-  defp await_boot(state, deadline, started, progress) do
-    case Kube.await_pod(state.kube, state.namespace, state.runner_name,
-           timeout: remaining(deadline),
-           unschedulable: state.unschedulable,
-           report_ready: false,
-           label_selector: state.runner_selector
-         ) do
-      {:ok, await} ->
-        receive_boot(state, await, deadline, started, progress)
-
-      {:error, reason} ->
-        {:error, %BootError{phase: :scheduling, reason: reason, pod: pod_id(state)}}
-    end
-  end
-
-  defp receive_boot(state, await, deadline, started, progress) do
-    %{parent_ref: parent_ref} = state
-    %{ref: ref} = await
-
-    receive do
-      {^parent_ref, {:remote_up, terminator}} ->
-        Kube.cancel_await(await)
-        flush_await(ref)
-        {:ok, terminator, BootProgress.reached(progress, :remote_up, now() - started)}
-
-      {:flame_k8s, ^ref, {:running, pod}} ->
-        progress = BootProgress.reached(progress, :running, now() - started)
-        ip = get_in(pod, ["status", "podIP"])
-        ms = progress.timings.running
-        log(state, :info, "runner pod #{pod_id(state)} running at #{ip} after #{ms} ms")
-        receive_boot(state, await, deadline, started, progress)
-
-      {:flame_k8s, ^ref, result} ->
-        {:error, BootProgress.error(progress, result)}
-    after
-      # The watch always answers by its timeout; this only guards against a lost message.
-      remaining(deadline) + 5_000 ->
-        Kube.cancel_await(await)
-        {:error, BootProgress.silent_watch_error(progress, state.boot_timeout)}
-    end
-  end
-
-  defp flush_await(ref) do
-    receive do
-      {:flame_k8s, ^ref, _} -> flush_await(ref)
-    after
-      0 -> :ok
-    end
-  end
-
-  defp now, do: System.monotonic_time(:millisecond)
-
-  defp remaining(deadline), do: max(deadline - now(), 0)
-
-  defp pod_id(%__MODULE__{namespace: namespace, runner_name: name}), do: "#{namespace}/#{name}"
-
-  defp log(%__MODULE__{log: false}, _kind, _message), do: :ok
-
-  defp log(%__MODULE__{log: level} = state, kind, message) do
-    level = if kind == :warning, do: :warning, else: level
-    Logger.log(level, message, pod: state.runner_name, namespace: state.namespace)
   end
 end

@@ -3,10 +3,13 @@ defmodule FLAMEK8sBackend.RunnerPodTest do
 
   @moduletag :unit
   doctest FLAMEK8sBackend.RunnerPod
-  doctest FLAMEK8sBackend.RunnerPod.Spec
+  doctest FLAMEK8sBackend.RunnerPod.Env
+  doctest FLAMEK8sBackend.RunnerPod.Manifest
+  doctest FLAMEK8sBackend.RunnerPod.Metadata
+  doctest FLAMEK8sBackend.RunnerPod.Runtime
 
-  alias FLAMEK8sBackend.RunnerPod
-  alias FLAMEK8sBackend.RunnerPod.Spec
+  alias FLAMEK8sBackend.{Options, RunnerPod}
+  alias FLAMEK8sBackend.RunnerPod.{Env, Runtime}
 
   @parent %{
     "metadata" => %{
@@ -45,21 +48,45 @@ defmodule FLAMEK8sBackend.RunnerPodTest do
     }
   }
 
-  defp spec(overrides \\ %{}) do
-    struct!(
-      %Spec{
-        app_container_name: "app",
-        node_basename: "web",
-        flame_parent: "ENCODED",
-        runner_name: "web-7d9f8b-x2k9p-flame-abcdefgh"
-      },
-      overrides
-    )
+  @runtime_keys [:runner_name, :node_basename, :flame_parent, :forwarded_env, :cookie_secret_ref]
+
+  # The validated options and the runtime values to build from, as init/1 has them; overrides
+  # of either kind in one map. Without a :tmp_dir unless a test gives one, so that the env
+  # other tests look at is only theirs.
+  defp inputs(overrides \\ %{}) do
+    {runtime, opts} = Map.split(overrides, @runtime_keys)
+
+    opts =
+      Options.validate!(
+        Keyword.merge([app_container_name: "app", tmp_dir: false], Enum.to_list(opts))
+      )
+
+    runtime =
+      struct!(
+        %Runtime{
+          node_basename: "web",
+          flame_parent: "ENCODED",
+          runner_name: "web-7d9f8b-x2k9p-flame-abcdefgh"
+        },
+        runtime
+      )
+
+    {opts, runtime}
+  end
+
+  defp build(overrides, parent \\ @parent) do
+    {opts, runtime} = inputs(overrides)
+    RunnerPod.build(parent, opts, runtime)
   end
 
   defp build!(overrides \\ %{}, parent \\ @parent) do
-    {:ok, pod} = RunnerPod.build(parent, spec(overrides))
+    {:ok, pod} = build(overrides, parent)
     pod
+  end
+
+  defp secret(overrides, cookie, parent \\ @parent) do
+    {opts, runtime} = inputs(overrides)
+    RunnerPod.secret(parent, opts, runtime, cookie)
   end
 
   defp app_container(pod, name \\ "app"),
@@ -98,7 +125,7 @@ defmodule FLAMEK8sBackend.RunnerPodTest do
 
   test "a missing app container is an error naming the available ones" do
     assert {:error, {:app_container_not_found, "nope", ["sidecar", "app"]}} =
-             RunnerPod.build(@parent, spec(%{app_container_name: "nope"}))
+             build(%{app_container_name: "nope"})
   end
 
   test "identifying labels, extra labels and an owner reference to the parent" do
@@ -174,7 +201,11 @@ defmodule FLAMEK8sBackend.RunnerPodTest do
   end
 
   test "RELEASE_COOKIE never appears as plain env; the secret comes in through envFrom" do
-    container = app_container(build!(%{env: %{"RELEASE_COOKIE" => "also-plain"}}))
+    # Options refuses RELEASE_COOKIE in :env; the builder holds the line on its own too.
+    {opts, runtime} = inputs()
+    opts = %{opts | env: %{"RELEASE_COOKIE" => "also-plain"}}
+    {:ok, pod} = RunnerPod.build(@parent, opts, runtime)
+    container = app_container(pod)
 
     refute "RELEASE_COOKIE" in env_names(container)
 
@@ -294,12 +325,12 @@ defmodule FLAMEK8sBackend.RunnerPodTest do
 
   test "a function manifest that returns no pod is an error" do
     assert {:error, {:invalid_manifest, message}} =
-             RunnerPod.build(@parent, spec(%{manifest: fn _, _ -> :nope end}))
+             build(%{manifest: fn _, _ -> :nope end})
 
     assert message =~ "returned :nope"
 
     assert {:error, {:invalid_manifest, "the runner pod has no spec.containers"}} =
-             RunnerPod.build(@parent, spec(%{manifest: fn _, _ -> %{"spec" => %{}} end}))
+             build(%{manifest: fn _, _ -> %{"spec" => %{}} end})
   end
 
   test "secret_env names never appear as plain env, whoever set them" do
@@ -315,27 +346,26 @@ defmodule FLAMEK8sBackend.RunnerPodTest do
   end
 
   test "the secret carries the same controller owner reference as the pod" do
-    secret = RunnerPod.secret(@parent, spec(), "c")
+    secret = secret(%{}, "c")
     assert [%{"uid" => "1111-2222", "controller" => true}] = secret["metadata"]["ownerReferences"]
 
     refute Map.has_key?(
-             RunnerPod.secret(@parent, spec(%{omit_owner_reference: true}), "c")["metadata"],
+             secret(%{omit_owner_reference: true}, "c")["metadata"],
              "ownerReferences"
            )
   end
 
   test "the secret is named like the pod and holds the cookie and :secret_env" do
-    spec = spec(%{secret_env: %{"API_KEY" => "k3y"}})
-    secret = RunnerPod.secret(@parent, spec, "cookie")
+    overrides = %{secret_env: %{"API_KEY" => "k3y"}}
+    secret = secret(overrides, "cookie")
 
-    assert secret["metadata"]["name"] ==
-             build!(%{secret_env: spec.secret_env})["metadata"]["name"]
+    assert secret["metadata"]["name"] == build!(overrides)["metadata"]["name"]
 
     assert secret["stringData"] == %{"API_KEY" => "k3y", "RELEASE_COOKIE" => "cookie"}
   end
 
-  test "inspecting a spec shows neither :secret_env values nor FLAME_PARENT" do
-    shown = inspect(spec(%{secret_env: %{"API_KEY" => "k3y"}}))
+  test "inspecting the inputs shows neither :secret_env values nor FLAME_PARENT" do
+    shown = inspect(inputs(%{secret_env: %{"API_KEY" => "k3y"}}))
     refute shown =~ "k3y"
     refute shown =~ "ENCODED"
     assert shown =~ "web-7d9f8b-x2k9p-flame-abcdefgh"
@@ -378,12 +408,12 @@ defmodule FLAMEK8sBackend.RunnerPodTest do
     manifest = %{"spec" => %{"containers" => [%{"name" => "app", "env" => [%{"value" => "x"}]}]}}
 
     assert {:error, {:invalid_manifest, "spec.containers[0].env[" <> _}} =
-             RunnerPod.build(@parent, spec(%{manifest: manifest}))
+             build(%{manifest: manifest})
 
     manifest = %{"spec" => %{"containers" => [%{"name" => "app", "env" => "A=1"}]}}
 
     assert {:error, {:invalid_manifest, "spec.containers[0].env: expected a list"}} =
-             RunnerPod.build(@parent, spec(%{manifest: manifest}))
+             build(%{manifest: manifest})
   end
 
   describe "a writable tmp_dir (code_sync on read-only-root and non-root runners)" do
@@ -506,7 +536,7 @@ defmodule FLAMEK8sBackend.RunnerPodTest do
       source = %{"valueFrom" => %{"configMapKeyRef" => %{"name" => "vm", "key" => "flags"}}}
 
       assert {:error, {:invalid_manifest, message}} =
-               RunnerPod.build(@parent, spec(%{dist_port: 9000, env: %{"ERL_AFLAGS" => source}}))
+               build(%{dist_port: 9000, env: %{"ERL_AFLAGS" => source}})
 
       assert message =~ "ERL_AFLAGS comes from valueFrom"
     end
@@ -543,17 +573,17 @@ defmodule FLAMEK8sBackend.RunnerPodTest do
     end
 
     test "the runner references the same key and gets no secret of its own" do
-      spec = spec(%{cookie_secret_ref: @cookie_ref})
-      {:ok, pod} = RunnerPod.build(secret_cookie_parent(), spec)
+      overrides = %{cookie_secret_ref: @cookie_ref}
+      {:ok, pod} = build(overrides, secret_cookie_parent())
       container = app_container(pod)
 
-      assert RunnerPod.secret(secret_cookie_parent(), spec, "cookie") == nil
+      assert secret(overrides, "cookie", secret_cookie_parent()) == nil
       assert env_map(container)["RELEASE_COOKIE"] == %{"secretKeyRef" => @cookie_ref}
       assert container["envFrom"] == [%{"configMapRef" => %{"name" => "web-config"}}]
       refute "FLAME_K8S_RUNNER_SECRET" in env_names(container)
       # :manifest and :env cannot put another cookie in front of it.
       manifest = %{"spec" => %{"containers" => [%{"env" => [env("RELEASE_COOKIE", "m")]}]}}
-      {:ok, pod} = RunnerPod.build(secret_cookie_parent(), %{spec | manifest: manifest})
+      {:ok, pod} = build(Map.put(overrides, :manifest, manifest), secret_cookie_parent())
 
       assert Enum.filter(app_container(pod)["env"], &(&1["name"] == "RELEASE_COOKIE")) == [
                %{"name" => "RELEASE_COOKIE", "valueFrom" => %{"secretKeyRef" => @cookie_ref}}
@@ -561,10 +591,10 @@ defmodule FLAMEK8sBackend.RunnerPodTest do
     end
 
     test "with :secret_env the runner has its secret, holding the cookie as before" do
-      spec = spec(%{cookie_secret_ref: @cookie_ref, secret_env: %{"API_KEY" => "k3y"}})
-      {:ok, pod} = RunnerPod.build(secret_cookie_parent(), spec)
+      overrides = %{cookie_secret_ref: @cookie_ref, secret_env: %{"API_KEY" => "k3y"}}
+      {:ok, pod} = build(overrides, secret_cookie_parent())
       container = app_container(pod)
-      secret = RunnerPod.secret(secret_cookie_parent(), spec, "cookie")
+      secret = secret(overrides, "cookie", secret_cookie_parent())
 
       assert secret["stringData"] == %{"API_KEY" => "k3y", "RELEASE_COOKIE" => "cookie"}
       refute "RELEASE_COOKIE" in env_names(container)
@@ -580,7 +610,7 @@ defmodule FLAMEK8sBackend.RunnerPodTest do
         env ++ [env("FLAME_K8S_RUNNER_SECRET", "the-parents-own")]
       end)
 
-    {:ok, pod} = RunnerPod.build(parent, spec())
+    {:ok, pod} = build(%{}, parent)
 
     assert Enum.filter(app_container(pod)["env"], &(&1["name"] == "FLAME_K8S_RUNNER_SECRET")) ==
              [env("FLAME_K8S_RUNNER_SECRET", "web-7d9f8b-x2k9p-flame-abcdefgh")]
@@ -669,7 +699,7 @@ defmodule FLAMEK8sBackend.RunnerPodTest do
       manifest = %{"spec" => %{"containers" => [%{"name" => "runner", "resources" => %{}}]}}
 
       assert {:error, {:invalid_manifest, message}} =
-               RunnerPod.build(@parent, spec(%{manifest: manifest}))
+               build(%{manifest: manifest})
 
       assert message =~ ~s(spec.containers[0] is named "runner")
       assert message =~ ~s{leave the name out (or write "app")}
@@ -679,7 +709,7 @@ defmodule FLAMEK8sBackend.RunnerPodTest do
       manifest = %{"metadata" => %{"namespace" => "elsewhere"}}
 
       assert {:error, {:invalid_manifest, message}} =
-               RunnerPod.build(@parent, spec(%{manifest: manifest}))
+               build(%{manifest: manifest})
 
       assert message =~ ~s{runner pods run in the parent pod's namespace ("prod")}
 
@@ -884,15 +914,15 @@ defmodule FLAMEK8sBackend.RunnerPodTest do
     end
 
     test "strip_cookie_flags/1 reads flags as erlexec does: quotes, several values, no match inside a word" do
-      assert RunnerPod.strip_cookie_flags(~s(-a 1 -setcookie "x y" 'z' -b)) == "-a 1 -b"
-      assert RunnerPod.strip_cookie_flags("-setcookie c +A 4") == "+A 4"
+      assert Env.strip_cookie_flags(~s(-a 1 -setcookie "x y" 'z' -b)) == "-a 1 -b"
+      assert Env.strip_cookie_flags("-setcookie c +A 4") == "+A 4"
 
-      assert RunnerPod.strip_cookie_flags("-nosetcookie -xsetcookie x") ==
+      assert Env.strip_cookie_flags("-nosetcookie -xsetcookie x") ==
                "-nosetcookie -xsetcookie x"
 
-      assert RunnerPod.strip_cookie_flags("-setcookie") == ""
+      assert Env.strip_cookie_flags("-setcookie") == ""
 
-      assert RunnerPod.strip_cookie_flags("-s mod -extra -setcookie x") ==
+      assert Env.strip_cookie_flags("-s mod -extra -setcookie x") ==
                "-s mod -extra -setcookie x"
     end
   end
@@ -901,7 +931,22 @@ defmodule FLAMEK8sBackend.RunnerPodTest do
     pod = build!(%{boot_timeout: 45_000})
     assert pod["metadata"]["annotations"]["flame-k8s-backend.io/boot-timeout-ms"] == "45000"
 
-    secret = RunnerPod.secret(@parent, spec(%{boot_timeout: 45_000}), "c00kie")
+    secret = secret(%{boot_timeout: 45_000}, "c00kie")
     assert secret["metadata"]["annotations"]["flame-k8s-backend.io/boot-timeout-ms"] == "45000"
+  end
+
+  test "Runtime.new/4: a fresh runner name, the node basename option, FLAME_PARENT kept from inspect" do
+    opts = Options.validate!(runner_node_basename: "worker")
+    runtime = Runtime.new(@parent, opts, make_ref(), "not-the-vm-environment-cookie")
+
+    assert runtime.runner_name =~ ~r/\Aweb-7d9f8b-x2k9p-flame-[a-z0-9]+\z/
+    assert Runtime.new(@parent, opts, make_ref(), "c").runner_name != runtime.runner_name
+    assert runtime.node_basename == "worker"
+    # Only a VM whose RELEASE_COOKIE is this very cookie may hand the runner its Secret.
+    assert runtime.cookie_secret_ref == nil
+    refute inspect(runtime) =~ runtime.flame_parent
+
+    default = Runtime.new(@parent, Options.validate!([]), make_ref(), "c")
+    assert default.node_basename == default.runner_name
   end
 end
