@@ -7,9 +7,9 @@ defmodule FLAMEK8sBackend.Options do
 
   alias FLAMEK8sBackend.Options.Types
 
-  # Each option: its type (checked by Types.check/3), its default, and its documentation. `doc: false`
-  # hides an option FLAME passes but this backend does not use. A `nil` default means the
-  # option may be left unset, and `default_doc` then says what happens.
+  # Each option: its type (checked by Types.check/3), its default, and its documentation.
+  # `doc: false` hides an option FLAME passes but this backend does not use. A `nil` default
+  # means the option may be left unset, and `default_doc` then says what happens.
   @schema [
     app_container_name: [
       type: :non_empty_string,
