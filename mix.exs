@@ -61,8 +61,7 @@ defmodule FLAMEK8sBackend.MixProject do
             FLAMEK8sBackend.Reaper,
             FLAMEK8sBackend.SelfDelete,
             FLAMEK8sBackend.BootDiagnostics
-          ],
-          "Kubernetes client": [FLAMEK8sBackend.Kube]
+          ]
         ]
       ]
     ]
@@ -97,7 +96,7 @@ defmodule FLAMEK8sBackend.MixProject do
   # In an app that depends on this library (mix evaluates this file there with MIX_ENV=prod),
   # and in the package `mix hex.build` makes (in :prod, see @preferred_envs), FLAME is the
   # app's own hex dependency, declared here as optional: the app chooses its version, and
-  # FLAMEK8sBackend.Kube stays usable without FLAME. Mix cannot load a hex dependency at all
+  # the Kubernetes client stays usable without FLAME. Mix cannot load a hex dependency at all
   # without Hex, not even an optional one ("could not find an SCM for dependency :flame"), so
   # where Hex is not installed (an app that takes this library by path, as
   # test/integration/as_dependency_test.exs does) nothing is declared; a hex build always has

@@ -105,12 +105,12 @@ defmodule FLAMEK8sBackend do
 
   These fields are public and read-only (read them, never build or change a state yourself):
 
-    * `:kube` - the `FLAMEK8sBackend.Kube` connection the boots use (shared by the VM's
+    * `:kube` - the Kubernetes API connection the boots use (shared by the VM's
       backends with the same connection options).
     * `:namespace`, `:runner_name` - where the runner pod goes and its name (also its
       secret's), chosen by `init/1`.
-    * `:runner_selector` - the label selector of this parent's runner pods (a
-      `Kube.await_pod/4` `:label_selector`).
+    * `:runner_selector` - the label selector of this parent's runner pods (their boots
+      share one watch of it).
     * `:boot_timeout`, `:unschedulable` - the validated options of those names.
     * `:parent_ref` - the reference the runner's `remote_up` message to the process that
       called `init/1` is tagged with: `{parent_ref, {:remote_up, terminator_pid}}`.

@@ -25,7 +25,13 @@ defmodule FLAMEK8sBackend.BootError do
       * `{:nif_not_loaded, message}` - the NIF library could not be loaded
       * `{:outcome_unknown, %{reason: reason, settled_at: ms}}` - a create was sent but its
         answer was lost; the API server may still commit it (the reaper deletes it then)
-      * a `t:FLAMEK8sBackend.Kube.error/0` such as `{:api, 403, "Forbidden", message}`
+      * an API client error: `{:api, status, reason, message}` (the API server's own
+        message; a 403 names the verb and the resource), `{:connect, message}` (the server
+        could not be reached), `{:timeout, ms}` (no answer within `:request_timeout`),
+        `{:invalid_manifest, message}` (naming the offending path of the pod or secret),
+        `{:config, message}` (unusable credentials or kubeconfig), `{:decode, message}` (an
+        answer that is not what Kubernetes sends) or `{:internal, message}` (a bug in this
+        library: please report it)
     * `:pod` - `"namespace/name"` of the runner pod, when one was created
     * `:events` - when the pod may have existed, its latest Events, oldest first (maps with
       `:type`, `:reason`, `:message`, `:count`, `:last_seen`, `:source`),
@@ -132,7 +138,7 @@ defmodule FLAMEK8sBackend.BootError do
 
   @doc """
   A sentence for a person about `reason` (a `:reason` of this error, or any
-  `t:FLAMEK8sBackend.Kube.error/0`).
+  API client error).
 
       iex> FLAMEK8sBackend.BootError.describe({:api, 403, "Forbidden", "pods is forbidden"})
       "API error 403 Forbidden: pods is forbidden"

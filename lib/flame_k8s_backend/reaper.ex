@@ -1,45 +1,8 @@
 defmodule FLAMEK8sBackend.Reaper do
   @moduledoc """
-  Deletes a runner's pod and secret from the parent side when the runner is gone.
-
-  One reaper per runner, started before anything is created. It monitors the FLAME Runner
-  process that owns the boot and, once booted, the remote terminator: when either goes down
-  (idle shutdown, the runner VM killed, its node lost, the Runner crashing mid-boot) it deletes
-  what it tracks. A boot that fails has it delete everything at once with `reap_now/2`.
-  Failed deletes are retried with a doubling back-off (250 ms up to 30 s) for up to ten minutes,
-  so an API server that is down for a while still gets the deletes once it is back (not when
-  RBAC forbids them: that does not heal by itself). A booted runner's pod is deleted with its
-  own grace period, one that never booted at once. Each attempt runs in a process of its own,
-  so `reap_now/2` can answer by its deadline while the deletes go on in the background.
-
-  A booted runner whose node is still connected when the FLAME Runner or the terminator goes
-  down (an idle shutdown: the terminator tells the parent first, then shuts its VM down) deletes
-  its own pod and secret in `system_shutdown/0`: the reaper waits for that node to go down (at
-  most 30 s), then deletes whatever is left: the runner tells the reaper what it deleted
-  (`FLAME_K8S_REAPER` in its env names the reaper), so that is usually nothing. Deleting at
-  once would race the runner's own cleanup and always win it. Each delete is a
-  `[:flame_k8s_backend, :cleanup, :delete]` event (`deleter: :reaper`, `trigger: :boot_failed`
-  or `:runner_down`; see `FLAMEK8sBackend.Telemetry`), and so is each delete the runner
-  reports (`deleter: :runner`, `trigger: :system_shutdown`, emitted by the reaper).
-
-  ## A create whose outcome is unknown
-
-  A create whose answer never came (the request timed out, the connection broke, the FLAME
-  Runner was killed while it waited) may still be committed by the API server afterwards, up
-  to the server's own deadline for the request (kube-apiserver's `--request-timeout`, the
-  `:api_server_request_timeout` option). A DELETE that finds nothing before then proves
-  nothing: the reaper deletes such an object again once that deadline (counted from when the
-  create's caller stopped waiting, the latest the request can have been sent) and a margin
-  have passed, and only a delete after it ends its tries. A create the API server refused
-  (a 4xx other than 409) created nothing, and is not deleted; a 409 on the name the backend
-  chose means it exists.
-
-  ## Its own crash, and the sweep
-
-  An unexpected message is ignored. Should the reaper crash all the same, it hands what it
-  tracks on to a successor that carries on (a few times at most). Each reaper registers the
-  names it tracks (`tracked?/3`): the sweep at `FLAMEK8sBackend.init/1` never deletes what a
-  live reaper of this VM looks after.
+  Deletes a runner's pod and secret from the parent side when the runner is gone: one reaper
+  per runner, started before anything is created. What it covers, next to the other ways
+  runners are cleaned up, is in [Cleanup](failures-and-cleanup.md#cleanup).
 
   `FLAMEK8sBackend.remote_boot/1` uses it like this:
 
@@ -55,11 +18,24 @@ defmodule FLAMEK8sBackend.Reaper do
       # or, when the boot failed (answers once done, or after 5 s with the deletes still going)
       :ok = Reaper.reap_now(reaper, 5_000)
   """
+  # It monitors the FLAME Runner process and, once booted, the remote terminator. When either
+  # goes down while the runner's node is still connected (an idle shutdown: the runner
+  # deletes its own pod and secret in system_shutdown/0 and tells the reaper what it deleted,
+  # FLAME_K8S_REAPER in its env naming the reaper), it waits for that node to go down (at most
+  # @runner_exit_grace) and deletes only what is left: deleting at once would race the
+  # runner's own cleanup. The deletes themselves: FLAMEK8sBackend.Reaper.Deletes.
+  #
+  # A create whose answer never came may still be committed by the API server up to its own
+  # deadline for the request (`:api_server_request_timeout`): a DELETE that finds nothing
+  # before then proves nothing, so such an object is deleted again once that deadline (counted
+  # from when the create's caller stopped waiting) and a margin have passed. A create refused
+  # with a 4xx other than 409 created nothing; a 409 on the backend's own name means it exists.
   use GenServer, restart: :temporary
 
   require Logger
 
   alias FLAMEK8sBackend.{Kube, Telemetry}
+  alias FLAMEK8sBackend.Reaper.Deletes
 
   @registry FLAMEK8sBackend.ReaperRegistry
 
@@ -68,7 +44,7 @@ defmodule FLAMEK8sBackend.Reaper do
     :namespace,
     :log,
     :owner,
-    # ms during which a create whose answer was lost may still be committed (see moduledoc).
+    # ms during which a create whose answer was lost may still be committed (see above).
     :follow_up_ms,
     # By kind (:pod, :secret): %{name:, create:, until:}. `create` is :pending (sent, no answer
     # yet), :created, :rejected (nothing was created) or :unknown; `until` is the monotonic ms
@@ -87,10 +63,6 @@ defmodule FLAMEK8sBackend.Reaper do
     reaping: nil
   ]
 
-  @backoff 250
-  @max_backoff 30_000
-  @give_up_after 600_000
-  @answer_after_attempts 3
   # How long a booted runner's VM gets to delete itself and stop once it has been told to; a
   # VM that hangs longer is reaped.
   @runner_exit_grace 30_000
@@ -102,8 +74,9 @@ defmodule FLAMEK8sBackend.Reaper do
 
   @doc """
   Starts a reaper that watches `owner` (the FLAME Runner process). `api_server_request_timeout`
-  is the API server's own deadline for a request, in ms (see "A create whose outcome is
-  unknown" above).
+  is the API server's own deadline for a request, in ms (its `--request-timeout`): until
+  then (and a margin), a create whose answer was lost may still be committed, and is deleted
+  again after it.
   """
   @spec start(Kube.t(), String.t(), pid(), false | Logger.level(), pos_integer()) ::
           DynamicSupervisor.on_start_child()
@@ -211,7 +184,7 @@ defmodule FLAMEK8sBackend.Reaper do
   end
 
   @impl true
-  def handle_continue(:attempt, state), do: {:noreply, attempt(state)}
+  def handle_continue(:attempt, state), do: {:noreply, Deletes.attempt(state)}
 
   @impl true
   def handle_call({:track, kind, name}, _from, state) when kind in [:pod, :secret] do
@@ -223,7 +196,9 @@ defmodule FLAMEK8sBackend.Reaper do
   def handle_call({:created, kind, outcome}, _from, state) do
     objects =
       Map.update!(state.objects, kind, fn object ->
-        until = if outcome == :unknown, do: now() + state.follow_up_ms
+        until =
+          if outcome == :unknown, do: System.monotonic_time(:millisecond) + state.follow_up_ms
+
         %{object | create: outcome, until: until}
       end)
 
@@ -240,7 +215,7 @@ defmodule FLAMEK8sBackend.Reaper do
     state = %{state | caller: from}
 
     case state.reaping do
-      nil -> start_reaping(state, :boot_failed, "boot failed")
+      nil -> Deletes.start(state, :boot_failed, "boot failed")
       _already -> {:noreply, state}
     end
   end
@@ -248,7 +223,7 @@ defmodule FLAMEK8sBackend.Reaper do
   @impl true
   def handle_info({:attempted, pid, results}, %{reaping: %{worker: {pid, monitor}}} = state) do
     Process.demonitor(monitor, [:flush])
-    attempted(state, results)
+    Deletes.attempted(state, results)
   end
 
   # The try's process crashed before it could report: every pending delete failed.
@@ -257,16 +232,17 @@ defmodule FLAMEK8sBackend.Reaper do
         %{reaping: %{worker: {_, monitor}}} = state
       ) do
     error = {:error, {:internal, "delete attempt crashed: #{inspect(reason, limit: 8)}"}}
-    attempted(state, for({kind, name} <- state.reaping.pending, do: {kind, name, error}))
+    Deletes.attempted(state, for({kind, name} <- state.reaping.pending, do: {kind, name, error}))
   end
 
   # Once deleting, the Runner or the terminator going down changes nothing.
   def handle_info({:DOWN, _ref, :process, _pid, _reason}, %{reaping: %{}} = state),
     do: {:noreply, state}
 
-  def handle_info(:retry, %{reaping: %{worker: nil}} = state), do: {:noreply, attempt(state)}
+  def handle_info(:retry, %{reaping: %{worker: nil}} = state),
+    do: {:noreply, Deletes.attempt(state)}
 
-  def handle_info(:answer_caller, state), do: {:noreply, answer(state)}
+  def handle_info(:answer_caller, state), do: {:noreply, Deletes.answer(state)}
 
   def handle_info(message, %{reaping: %{}} = state)
       when message == :runner_exit_grace_over or elem(message, 0) == :nodedown,
@@ -281,7 +257,7 @@ defmodule FLAMEK8sBackend.Reaper do
       Process.send_after(self(), :runner_exit_grace_over, @runner_exit_grace)
       {:noreply, %{state | waiting_for_node?: true}}
     else
-      start_reaping(state, :runner_down, "runner down: #{inspect(reason)}")
+      Deletes.start(state, :runner_down, "runner down: #{inspect(reason)}")
     end
   end
 
@@ -291,11 +267,11 @@ defmodule FLAMEK8sBackend.Reaper do
     do: {:noreply, Enum.reduce(deletions, state, &runner_deleted/2)}
 
   def handle_info({:nodedown, node}, state),
-    do: start_reaping(state, :runner_down, "runner node #{node} down")
+    do: Deletes.start(state, :runner_down, "runner node #{node} down")
 
   def handle_info(:runner_exit_grace_over, state) do
     why = "runner node still up #{@runner_exit_grace} ms after shutdown"
-    start_reaping(state, :runner_down, why)
+    Deletes.start(state, :runner_down, why)
   end
 
   # Anything else (a stray message, a late one of an earlier try) changes nothing. Only its
@@ -366,169 +342,4 @@ defmodule FLAMEK8sBackend.Reaper do
     do: node in Node.list(:connected)
 
   defp runner_node_up?(_state), do: false
-
-  defp start_reaping(state, trigger, why) do
-    now = now()
-
-    # A create still waiting for its answer when the reaping starts (the Runner went down
-    # mid-request) was sent by now at the latest.
-    objects =
-      Map.new(state.objects, fn
-        {kind, %{create: :pending} = object} ->
-          {kind, %{object | create: :unknown, until: now + state.follow_up_ms}}
-
-        other ->
-          other
-      end)
-
-    pending =
-      for kind <- [:pod, :secret],
-          object = objects[kind],
-          object && object.create != :rejected,
-          do: {kind, object.name}
-
-    reaping = %{
-      trigger: trigger,
-      why: why,
-      attempt: 1,
-      pending: pending,
-      started: System.monotonic_time(),
-      give_up_at: now + @give_up_after,
-      worker: nil
-    }
-
-    continue(%{state | objects: objects, reaping: reaping})
-  end
-
-  # One try of every pending delete, in order (pod first), in a process of its own, so that
-  # the reaper can answer reap_now/2 by its deadline whatever the API server does.
-  defp attempt(%{reaping: reaping} = state) do
-    reaper = self()
-
-    worker =
-      spawn_monitor(fn ->
-        results = for {kind, name} <- reaping.pending, do: {kind, name, delete(state, kind, name)}
-        send(reaper, {:attempted, self(), results})
-      end)
-
-    %{state | reaping: %{reaping | worker: worker}}
-  end
-
-  defp attempted(%{reaping: reaping} = state, results) do
-    now = now()
-    giving_up? = now >= reaping.give_up_at
-
-    outcomes =
-      for {kind, name, result} <- results,
-          do: {kind, name, outcome(state, kind, name, result, now, giving_up?)}
-
-    pending = for {kind, name, outcome} <- outcomes, outcome != :settled, do: {kind, name}
-    retry? = Enum.any?(outcomes, &match?({_, _, :retry}, &1))
-    reaping = %{reaping | pending: pending, worker: nil}
-
-    cond do
-      pending == [] ->
-        continue(%{state | reaping: reaping})
-
-      retry? ->
-        # A back-off before the next try, not a wait for an event: nothing announces that an
-        # API server is answering again.
-        Process.send_after(self(), :retry, backoff(reaping.attempt))
-        state = %{state | reaping: %{reaping | attempt: reaping.attempt + 1}}
-        # A failed boot's error need not wait for an API server that is down: after a few
-        # tries the caller has its answer and the deletes go on in the background.
-        {:noreply, if(reaping.attempt >= @answer_after_attempts, do: answer(state), else: state)}
-
-      true ->
-        # Only follow-ups are left: each deleted once, maybe created after. The next try comes
-        # once the first of them can no longer be.
-        until = pending |> Enum.map(fn {kind, _} -> state.objects[kind].until end) |> Enum.min()
-        Process.send_after(self(), :retry, max(until - now, 0))
-        state = %{state | reaping: %{reaping | attempt: reaping.attempt + 1}}
-        {:noreply, answer(state)}
-    end
-  end
-
-  defp answer(%{caller: nil} = state), do: state
-
-  defp answer(state) do
-    GenServer.reply(state.caller, :ok)
-    %{state | caller: nil}
-  end
-
-  defp continue(%{reaping: %{pending: []}} = state), do: {:stop, :normal, answer(state)}
-
-  defp continue(state), do: {:noreply, attempt(state)}
-
-  # What a delete's result means for its tries: `:settled` when they are over (reported), it
-  # worked (a pod already gone counts) and no create can still land, RBAC forbids it
-  # (retrying will not change that) or the retries are over; `:follow_up` when it worked but a
-  # create whose outcome is unknown may still be committed; `:retry` when it failed.
-  defp outcome(state, kind, name, result, now, giving_up?) do
-    until = state.objects[kind][:until]
-
-    case result do
-      :ok when is_integer(until) and now < until ->
-        :follow_up
-
-      :ok ->
-        settle(state, kind, name, result)
-
-      {:error, {:api, status, _, _}} when status in [401, 403] ->
-        settle(state, kind, name, result)
-
-      {:error, _} when giving_up? ->
-        settle(state, kind, name, result)
-
-      {:error, _} ->
-        :retry
-    end
-  end
-
-  defp settle(state, kind, name, result) do
-    report(state, kind, name, result)
-    :settled
-  end
-
-  # The event's duration covers every try of this delete and the back-offs between them.
-  defp report(%{reaping: reaping} = state, kind, name, result) do
-    meta = %{
-      deleter: :reaper,
-      trigger: reaping.trigger,
-      kind: kind,
-      namespace: state.namespace,
-      name: name,
-      result: result
-    }
-
-    Telemetry.cleanup_done(meta, System.monotonic_time() - reaping.started, reaping.attempt)
-
-    case result do
-      :ok ->
-        log(state, "deleted runner #{kind} #{state.namespace}/#{name} (#{reaping.why})")
-
-      {:error, error} ->
-        Logger.warning(
-          "flame_k8s_backend could not delete runner #{kind} #{state.namespace}/#{name}: " <>
-            FLAMEK8sBackend.BootError.describe(error)
-        )
-    end
-  end
-
-  # A booted runner gets its pod's grace period, so its VM can finish what it is doing; a pod
-  # that never booted has nothing to finish.
-  defp delete(state, kind, name) do
-    case kind do
-      :pod when state.booted? -> Kube.delete_pod(state.kube, state.namespace, name)
-      :pod -> Kube.delete_pod(state.kube, state.namespace, name, grace_period: 0)
-      :secret -> Kube.delete_secret(state.kube, state.namespace, name)
-    end
-  end
-
-  defp backoff(attempt), do: min(@backoff * Integer.pow(2, min(attempt - 1, 20)), @max_backoff)
-
-  defp now, do: System.monotonic_time(:millisecond)
-
-  defp log(%{log: false}, _message), do: :ok
-  defp log(%{log: level}, message), do: Logger.log(level, message)
 end

@@ -41,7 +41,7 @@ defmodule FLAMEK8sBackend.OptionsTest do
         {:unschedulable, :maybe, ":fail or :wait"},
         {:parent_pod, "ns/name", "{namespace, name}"},
         {:omit_owner_reference, "yes", "a boolean"},
-        {:app_container_name, :app, "a non-empty string"}
+        {:app_container_name, :app, "a non-empty UTF-8 string"}
       ] do
     test "#{key}: #{inspect(value)} is rejected with the option's name" do
       error =
@@ -112,6 +112,27 @@ defmodule FLAMEK8sBackend.OptionsTest do
 
     assert %{runner_node_basename: "web-runner_1"} =
              Options.validate!(runner_node_basename: "web-runner_1")
+  end
+
+  # The one place user input is checked: what reaches the Kubernetes client is valid, so its
+  # errors never name the client's own arguments.
+  test "timeouts are bounded and strings are UTF-8, each error naming the option" do
+    for key <- [:boot_timeout, :request_timeout, :api_server_request_timeout],
+        bad <- [0, -1, 4_000_000_001, 1.5, :infinity] do
+      assert_raise ArgumentError,
+                   ~r/^FLAMEK8sBackend option #{inspect(key)}: expected a positive integer \(ms\) of at most 4000000000/,
+                   fn -> Options.validate!([{key, bad}]) end
+    end
+
+    assert %{request_timeout: 4_000_000_000} = Options.validate!(request_timeout: 4_000_000_000)
+
+    for key <- [:kubeconfig, :context, :app_container_name], bad <- ["", <<255>>, :x] do
+      assert_raise ArgumentError,
+                   ~r/^FLAMEK8sBackend option #{inspect(key)}: expected a non-empty UTF-8 string/,
+                   fn ->
+                     Options.validate!([{key, bad}])
+                   end
+    end
   end
 
   test "inspecting validated options never shows :secret_env values" do
