@@ -31,8 +31,7 @@ defmodule FLAMEK8sBackend.MixProject do
         licenses: ["Apache-2.0"],
         # Without these the package could not build its NIF; priv/native stays out so a locally
         # built library never ships.
-        files:
-          ~w(lib native Cargo.toml Cargo.lock checksum-flame_k8s_native.sha256 mix.exs
+        files: ~w(lib native Cargo.toml Cargo.lock checksum-flame_k8s_native.sha256 mix.exs
              .formatter.exs README.md LICENSE CHANGELOG.md)
       ],
       docs: [

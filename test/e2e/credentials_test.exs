@@ -44,30 +44,8 @@ defmodule FLAMEK8sBackend.CredentialsE2ETest do
 
   defp revoke!(kube, ns, bound), do: :ok = Kube.delete_secret(kube, ns, bound)
 
-  defp token_file_kubeconfig!(token_file) do
-    info = LocalCluster.info()
-    path = Path.join(info.state_dir, "kubeconfig-tokenfile-#{System.unique_integer([:positive])}")
-
-    File.write!(path, """
-    apiVersion: v1
-    kind: Config
-    clusters:
-    - name: local
-      cluster:
-        server: #{info.server}
-        certificate-authority-data: #{Base.encode64(info.ca_pem)}
-    users:
-    - name: rotating
-      user:
-        tokenFile: #{token_file}
-    contexts:
-    - name: rotating
-      context: {cluster: local, user: rotating}
-    current-context: rotating
-    """)
-
-    path
-  end
+  defp token_file_kubeconfig!(token_file),
+    do: LocalCluster.write_kubeconfig!(%{"tokenFile" => token_file})
 
   # As the kubelet does: write aside, then rename over the old file.
   defp rotate!(token_file, token) do

@@ -11,13 +11,15 @@ defmodule FLAMEK8sBackend.Test.LocalCluster do
     * `shell:test` - `/bin/sh` (give `args`, e.g. `["-c", "exit 3"]`)
   """
 
+  use FLAMEK8sBackend.Test.ControlPlane, namespace_prefix: "t-"
+
   alias FLAMEK8sBackend.Kube
 
   @root Path.expand("../..", __DIR__)
-  @key {__MODULE__, :info}
 
   @doc "Starts the control plane once per test run; returns its info."
-  def start! do
+  @impl true
+  def start!(_opts \\ []) do
     state_dir =
       Path.join(
         System.tmp_dir!(),
@@ -105,7 +107,7 @@ defmodule FLAMEK8sBackend.Test.LocalCluster do
         build_ms: build_ms
       })
 
-    :persistent_term.put(@key, info)
+    put_info(info)
 
     IO.puts(
       "local control plane ready in #{ready_ms} ms at #{info.server} (#{info.kubeconfig}); " <>
@@ -119,8 +121,9 @@ defmodule FLAMEK8sBackend.Test.LocalCluster do
   Stops the control plane and waits until localkube has stopped everything it started, so no
   process outlives the test run. (Closing the port is localkube's signal: EOF on its stdin.)
   """
+  @impl true
   def stop do
-    case :persistent_term.get(@key, nil) do
+    case info_or_nil() do
       %{port: port, owner: owner} ->
         os_pid = Port.info(port, :os_pid)
         monitor = Process.monitor(owner)
@@ -132,7 +135,7 @@ defmodule FLAMEK8sBackend.Test.LocalCluster do
           5_000 -> Process.exit(owner, :kill)
         end
 
-        :persistent_term.erase(@key)
+        erase_info()
 
         with {:os_pid, pid} <- os_pid do
           wait_for_exit(pid, System.monotonic_time(:millisecond) + 15_000)
@@ -253,30 +256,8 @@ defmodule FLAMEK8sBackend.Test.LocalCluster do
         do: "--apiserver-arg=#{arg}"
   end
 
-  @doc """
-  The running control plane's info (`:kubeconfig`, `:server`, `:state_dir`, `:kubelet_log`,
-  `:audit_log`, `:ca_pem`).
-  """
-  def info, do: :persistent_term.get(@key)
-
-  @doc "Whether a control plane was started for this run."
-  def running?, do: :persistent_term.get(@key, nil) != nil
-
-  @doc "An admin connection."
-  def kube!(opts \\ []) do
-    {:ok, kube} = Kube.connect([kubeconfig: info().kubeconfig] ++ opts)
-    kube
-  end
-
-  @doc "A namespace for one test, named from the test so failures can be traced in the kubelet log."
-  def namespace_name(module, test) do
-    hash =
-      :erlang.phash2({module, test}, 4_294_967_296) |> Integer.to_string(36) |> String.downcase()
-
-    "t-" <> hash
-  end
-
   @doc "Creates a namespace with a `default` ServiceAccount (no controller-manager creates it here)."
+  @impl true
   def create_namespace!(kube, name) do
     {:ok, _} =
       Kube.request(kube, "POST", "/api/v1/namespaces", body: %{"metadata" => %{"name" => name}})
@@ -305,67 +286,6 @@ defmodule FLAMEK8sBackend.Test.LocalCluster do
       Kube.connect(url: url || info().server, ca_cert_pem: info().ca_pem, token: token)
 
     sa_kube
-  end
-
-  @doc "A ServiceAccount bound to a Role with `rules`, and a bearer token for it (TokenRequest)."
-  def service_account_token!(kube, namespace, name, rules) do
-    create_service_account!(kube, namespace, name)
-
-    {:ok, _} =
-      Kube.request(
-        kube,
-        "POST",
-        "/apis/rbac.authorization.k8s.io/v1/namespaces/#{namespace}/roles",
-        body: %{"metadata" => %{"name" => name}, "rules" => rules}
-      )
-
-    {:ok, _} =
-      Kube.request(
-        kube,
-        "POST",
-        "/apis/rbac.authorization.k8s.io/v1/namespaces/#{namespace}/rolebindings",
-        body: %{
-          "metadata" => %{"name" => name},
-          "roleRef" => %{
-            "apiGroup" => "rbac.authorization.k8s.io",
-            "kind" => "Role",
-            "name" => name
-          },
-          "subjects" => [%{"kind" => "ServiceAccount", "name" => name, "namespace" => namespace}]
-        }
-      )
-
-    {:ok, %{"status" => %{"token" => token}}} =
-      Kube.request(kube, "POST", "/api/v1/namespaces/#{namespace}/serviceaccounts/#{name}/token",
-        body: %{"spec" => %{"expirationSeconds" => 600}}
-      )
-
-    token
-  end
-
-  @doc "Writes a kubeconfig that authenticates with `token`; returns its path."
-  def write_token_kubeconfig!(token) do
-    path = Path.join(info().state_dir, "kubeconfig-#{System.unique_integer([:positive])}")
-
-    File.write!(path, """
-    apiVersion: v1
-    kind: Config
-    clusters:
-    - name: local
-      cluster:
-        server: #{info().server}
-        certificate-authority-data: #{Base.encode64(info().ca_pem)}
-    users:
-    - name: token
-      user:
-        token: #{token}
-    contexts:
-    - name: token
-      context: {cluster: local, user: token}
-    current-context: token
-    """)
-
-    path
   end
 
   @doc """
@@ -458,14 +378,6 @@ defmodule FLAMEK8sBackend.Test.LocalCluster do
       }
     }
   end
-
-  @doc """
-  The API server's audit events on pods and secrets matching `filter` (see
-  `FLAMEK8sBackend.Test.AuditLog.events/2`). Tests and the simulated kubelet alike are
-  `"admin"`; the kubelet's user agent is `"localkube"`.
-  """
-  def audit_events(filter \\ %{}),
-    do: FLAMEK8sBackend.Test.AuditLog.events(info().audit_log, filter)
 
   @doc "The kubelet log lines about `namespace`."
   def kubelet_log(namespace) do

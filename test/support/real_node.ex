@@ -16,11 +16,11 @@ defmodule FLAMEK8sBackend.Test.RealNode do
       with this library), or `nil` when it was not built
   """
 
+  use FLAMEK8sBackend.Test.ControlPlane, namespace_prefix: "rn-"
+
   alias FLAMEK8sBackend.Kube
-  alias FLAMEK8sBackend.Test.AuditLog
 
   @root Path.expand("../..", __DIR__)
-  @key {__MODULE__, :info}
   @bridge_ip {10, 244, 0, 1}
   @node_name "flame-realnode"
 
@@ -62,6 +62,7 @@ defmodule FLAMEK8sBackend.Test.RealNode do
     * `:state_dir` - default `/var/lib/flame_k8s_backend/realnode`
     * `:port` - the API server's port (default 16443)
   """
+  @impl true
   def start!(opts \\ []) do
     started = System.monotonic_time(:millisecond)
     build = run_build!()
@@ -82,6 +83,7 @@ defmodule FLAMEK8sBackend.Test.RealNode do
     info = %{
       kubeconfig: ready.kubeconfig,
       apiserver: ready.apiserver,
+      server: ready.apiserver,
       up_s: String.to_float(ready.elapsed),
       state_dir: state_dir,
       ca_pem: File.read!(Path.join(pki, "ca.crt")),
@@ -97,7 +99,7 @@ defmodule FLAMEK8sBackend.Test.RealNode do
       ready_ms: System.monotonic_time(:millisecond) - started
     }
 
-    :persistent_term.put(@key, info)
+    put_info(info)
 
     IO.puts(
       "real node ready in #{info.ready_ms} ms (build #{build_ms} ms, up #{ready.elapsed} s) " <>
@@ -121,13 +123,14 @@ defmodule FLAMEK8sBackend.Test.RealNode do
   Stops the node (`tools/realnode/down`) and checks that the machine is as before
   (`tools/realnode/check-clean`). `:ok`, or `{:error, what_differs}` (also printed).
   """
+  @impl true
   def stop do
-    case :persistent_term.get(@key, nil) do
+    case info_or_nil() do
       nil ->
         :ok
 
       %{state_dir: state_dir} ->
-        :persistent_term.erase(@key)
+        erase_info()
 
         {down_out, down_status} =
           System.cmd(script("down"), ["--state-dir", state_dir], stderr_to_stdout: true)
@@ -183,30 +186,11 @@ defmodule FLAMEK8sBackend.Test.RealNode do
     end
   end
 
-  @doc "The running node's info (see `start!/1`)."
-  def info, do: :persistent_term.get(@key)
-
-  @doc "Whether a real node was started for this run."
-  def running?, do: :persistent_term.get(@key, nil) != nil
-
-  @doc "An admin connection."
-  def kube!(opts \\ []) do
-    {:ok, kube} = Kube.connect([kubeconfig: info().kubeconfig] ++ opts)
-    kube
-  end
-
-  @doc "A namespace name for one test (`rn-` and a hash of module and test)."
-  def namespace_name(module, test) do
-    hash =
-      :erlang.phash2({module, test}, 4_294_967_296) |> Integer.to_string(36) |> String.downcase()
-
-    "rn-" <> hash
-  end
-
   @doc """
   Creates a namespace and waits for the `default` ServiceAccount the controller-manager makes
   (a pod created before it exists is refused).
   """
+  @impl true
   def create_namespace!(kube, name) do
     {:ok, _} =
       Kube.request(kube, "POST", "/api/v1/namespaces", body: %{"metadata" => %{"name" => name}})
@@ -237,66 +221,9 @@ defmodule FLAMEK8sBackend.Test.RealNode do
   returns the kubeconfig's path.
   """
   def service_account_kubeconfig!(kube, namespace, name, rules, opts \\ []) do
-    base = "/apis/rbac.authorization.k8s.io/v1/namespaces/#{namespace}"
-
-    {:ok, _} =
-      Kube.request(kube, "POST", "/api/v1/namespaces/#{namespace}/serviceaccounts",
-        body: %{"metadata" => %{"name" => name}}
-      )
-
-    {:ok, _} =
-      Kube.request(kube, "POST", base <> "/roles",
-        body: %{"metadata" => %{"name" => name}, "rules" => rules}
-      )
-
-    {:ok, _} =
-      Kube.request(kube, "POST", base <> "/rolebindings",
-        body: %{
-          "metadata" => %{"name" => name},
-          "roleRef" => %{
-            "apiGroup" => "rbac.authorization.k8s.io",
-            "kind" => "Role",
-            "name" => name
-          },
-          "subjects" => [%{"kind" => "ServiceAccount", "name" => name, "namespace" => namespace}]
-        }
-      )
-
-    {:ok, %{"status" => %{"token" => token}}} =
-      Kube.request(
-        kube,
-        "POST",
-        "/api/v1/namespaces/#{namespace}/serviceaccounts/#{name}/token",
-        body: %{"spec" => %{"expirationSeconds" => Keyword.get(opts, :expiration_seconds, 600)}}
-      )
-
-    path =
-      Path.join([
-        info().state_dir,
-        "pki",
-        "kubeconfig-#{namespace}-#{name}-#{System.unique_integer([:positive])}"
-      ])
-
-    File.write!(path, """
-    apiVersion: v1
-    kind: Config
-    clusters:
-    - name: realnode
-      cluster:
-        server: #{info().apiserver}
-        certificate-authority-data: #{Base.encode64(info().ca_pem)}
-    users:
-    - name: #{name}
-      user:
-        token: #{token}
-    contexts:
-    - name: #{name}
-      context: {cluster: realnode, user: #{name}, namespace: #{namespace}}
-    current-context: #{name}
-    """)
-
-    File.chmod!(path, 0o600)
-    path
+    kube
+    |> service_account_token!(namespace, name, rules, opts)
+    |> write_token_kubeconfig!(namespace: namespace)
   end
 
   @doc """
@@ -387,13 +314,6 @@ defmodule FLAMEK8sBackend.Test.RealNode do
         do_wait_until(fun, deadline, timeout, what)
     end
   end
-
-  @doc """
-  The API server's audit events (`info().audit_log`, policy: Metadata for create, update,
-  patch and delete of pods and secrets, and for ServiceAccounts' get, list and watch of them)
-  matching `filter`: see `FLAMEK8sBackend.Test.AuditLog.events/2`.
-  """
-  def audit_events(filter \\ %{}), do: AuditLog.events(info().audit_log, filter)
 
   @doc "Runs `ctr -n k8s.io ARGS` against the node's containerd; returns `{output, status}`."
   def ctr(args) do

@@ -21,7 +21,13 @@ defmodule Bench.ControlPlane do
 
   @enforce_keys [:kube, :namespace, :kubeconfig, :version, :ready_ms]
   defstruct @enforce_keys ++
-              [node: :local, backend_kubeconfig: nil, backend_kube: nil, runner_image: nil]
+              [
+                node: :local,
+                cluster: LocalCluster,
+                backend_kubeconfig: nil,
+                backend_kube: nil,
+                runner_image: nil
+              ]
 
   @type t :: %__MODULE__{
           kube: Kube.t(),
@@ -30,6 +36,7 @@ defmodule Bench.ControlPlane do
           version: String.t(),
           ready_ms: non_neg_integer(),
           node: :local | :real,
+          cluster: LocalCluster | RealNode,
           backend_kubeconfig: String.t() | nil,
           backend_kube: Kube.t() | nil,
           runner_image: String.t() | nil
@@ -83,6 +90,7 @@ defmodule Bench.ControlPlane do
 
     new(kube, namespace, info,
       node: :real,
+      cluster: RealNode,
       backend_kubeconfig: backend_kubeconfig,
       backend_kube: backend_kube,
       runner_image: image
@@ -176,14 +184,10 @@ defmodule Bench.ControlPlane do
   Stops the control plane and waits until every process localkube started is gone; on the real
   node, stops it and checks that the machine is as before.
   """
-  def stop(%__MODULE__{node: :real}), do: RealNode.stop()
-  def stop(_cp), do: LocalCluster.stop()
+  def stop(%__MODULE__{cluster: cluster}), do: cluster.stop()
 
   @doc "Stops whichever was started (the time cap may come before `start!/0` returns)."
-  def stop_any do
-    RealNode.stop()
-    LocalCluster.stop()
-  end
+  def stop_any, do: Enum.each([RealNode, LocalCluster], & &1.stop())
 
   # The label the backend puts on everything it creates (see the README).
   defp runners, do: URI.encode_www_form("app.kubernetes.io/managed-by=flame_k8s_backend")
