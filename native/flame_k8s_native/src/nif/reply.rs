@@ -11,10 +11,10 @@ use rustler::{Encoder, Env, LocalPid, NifResult, NifTaggedEnum, ResourceArc, Ter
 use serde_json::Value;
 
 use super::tasks::ClientResource;
-use crate::await_pod::{AwaitOutcome, Phase};
 use crate::error::Error;
-use crate::readiness::FailureReason;
-use crate::term::json_to_term;
+use crate::nif::term::json_to_term;
+use crate::watch::await_pod::{AwaitOutcome, Phase};
+use crate::watch::readiness::FailureReason;
 
 rustler::atoms! {
     flame_k8s,

@@ -12,9 +12,11 @@ use rustler::{Encoder, Env, LocalPid, Monitor, NifResult, ResourceArc, Term};
 
 use super::args::Ref;
 use super::reply::{self, Replier};
-use crate::client::ClientHandle;
+use crate::api::client::ClientHandle;
 use crate::error::Error;
-use crate::task::{cancel_pair, spawn_reporting, CancelToken, Cancelled, Canceller, LiveGuard};
+use crate::nif::task::{
+    cancel_pair, spawn_reporting, CancelToken, Cancelled, Canceller, LiveGuard,
+};
 
 /// A connection (`Kube.t()`'s `resource`).
 pub struct ClientResource {

@@ -8,12 +8,12 @@ use k8s_openapi::api::core::v1::Pod;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use crate::client::ClientHandle;
+use crate::api::client::ClientHandle;
 use crate::error::{is_retriable, Error};
-use crate::readiness::{
+use crate::watch::hub::{Selection, Subscription, Update, WatchKey};
+use crate::watch::readiness::{
     classify, Classification, FailureReason, PendingPhase, UnschedulablePolicy,
 };
-use crate::watch::{Selection, Subscription, Update, WatchKey};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AwaitOptions {
@@ -209,7 +209,7 @@ where
                     if let Selection::Labels(selector) = &sub.key().selection {
                         let empty = Default::default();
                         let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
-                        if crate::selector::matches(selector, labels) == Some(false) {
+                        if crate::watch::selector::matches(selector, labels) == Some(false) {
                             let ns = &sub.key().namespace;
                             return AwaitOutcome::Error(Error::Config(format!(
                                 "pod {ns}/{name} does not match the await's label selector \
@@ -287,8 +287,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::watch::tests::{channel, Script};
-    use crate::watch::{EventStream, Hub};
+    use crate::watch::hub::tests::{channel, Script};
+    use crate::watch::hub::{EventStream, Hub};
     use futures::{stream, Stream, StreamExt};
     use kube::core::Status;
     use kube::runtime::watcher::{self, Event};
@@ -772,7 +772,7 @@ mod tests {
     ) -> (
         Arc<Script>,
         Hub,
-        crate::watch::tests::Tx,
+        crate::watch::hub::tests::Tx,
         Subscription,
         Subscription,
     ) {

@@ -10,10 +10,10 @@ use kube::core::Request;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use crate::client::ClientHandle;
+use crate::api::client::ClientHandle;
+use crate::api::manifest::{prepare_pod, prepare_secret};
+use crate::api::raw::{json_body, send_json, send_tracked, Repeat, Sent};
 use crate::error::{Error, Result};
-use crate::manifest::{prepare_pod, prepare_secret};
-use crate::raw::{json_body, send_json, send_tracked, Repeat, Sent};
 use crate::runtime::with_timeout;
 
 /// The kinds of object the backend creates and deletes: the runner pod and its secret. Both take
@@ -85,7 +85,7 @@ fn expect_object(v: Value, what: &str) -> Result<Value> {
     } else {
         Err(Error::Decode(format!(
             "expected a {what} object, got {}",
-            crate::manifest::json_type_name(&v)
+            crate::api::manifest::json_type_name(&v)
         )))
     }
 }
@@ -270,7 +270,7 @@ pub fn list_items(list: Value, kind: &str) -> Result<Vec<Value>> {
         Some(other) => {
             return Err(Error::Decode(format!(
                 "{kind}List items: expected a list, got {}",
-                crate::manifest::json_type_name(&other)
+                crate::api::manifest::json_type_name(&other)
             )))
         }
     };
@@ -296,7 +296,7 @@ pub fn metadata_only(obj: Value) -> Result<Value> {
         },
         other => Err(Error::Decode(format!(
             "expected a Secret object, got {}",
-            crate::manifest::json_type_name(&other)
+            crate::api::manifest::json_type_name(&other)
         ))),
     }
 }
@@ -304,8 +304,8 @@ pub fn metadata_only(obj: Value) -> Result<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::ClientHandle;
-    use crate::raw::fake::{self, Answer, TOO_MANY};
+    use crate::api::client::ClientHandle;
+    use crate::api::raw::fake::{self, Answer, TOO_MANY};
     use serde_json::json;
     use std::sync::atomic::Ordering;
     use std::sync::Arc;
@@ -615,14 +615,14 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let opts = crate::client::ConnectOptions {
-            mode: Some(crate::client::Mode::Explicit),
+        let opts = crate::api::client::ConnectOptions {
+            mode: Some(crate::api::client::Mode::Explicit),
             url: Some(format!("http://127.0.0.1:{port}")),
             request_timeout_ms: 5000,
             max_concurrent_creates: 4,
             ..Default::default()
         };
-        let h = crate::client::connect_blocking(&opts).unwrap();
+        let h = crate::api::client::connect_blocking(&opts).unwrap();
         let rt = crate::runtime::runtime().unwrap();
         for idempotent in [false, true] {
             let r = rt.block_on(async {

@@ -12,7 +12,7 @@ use rustler::types::map::MapIterator;
 use rustler::{Binary, Encoder, Env, NifResult, Term, TermType};
 use serde_json::{Map, Number, Value};
 
-use crate::path::Path;
+use crate::api::path::Path;
 
 /// Maps and lists may nest this deep, no deeper. No Kubernetes object comes near it; the bound
 /// is there for what comes after conversion (serde's serializer, deserializer and `Drop` of a

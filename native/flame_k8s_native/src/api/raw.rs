@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use crate::client::ClientHandle;
+use crate::api::client::ClientHandle;
 use crate::error::{default_reason, Error, Result};
 
 /// A successful response: its content type and body bytes.

@@ -17,10 +17,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tower::{BoxError, ServiceBuilder};
 
-use crate::bound::BoundLayer;
+use crate::api::bound::BoundLayer;
 use crate::error::{error_chain, Error, Result};
 use crate::runtime::{runtime, with_timeout};
-use crate::watch::{EventStream, Hub, Selection, Source, WatchKey};
+use crate::watch::hub::{EventStream, Hub, Selection, Source, WatchKey};
 
 /// Server-side timeout of one watch call; the watcher notices a silently dead connection
 /// within this plus a few seconds, then resumes from the last resourceVersion.
@@ -177,7 +177,7 @@ impl ClientHandle {
     /// How long after it was sent a create on this connection may still take effect on the
     /// server (see `pods::SETTLE_MARGIN`).
     pub fn create_settle(&self) -> Duration {
-        self.request_timeout + crate::pods::SETTLE_MARGIN
+        self.request_timeout + crate::api::pods::SETTLE_MARGIN
     }
 
     /// The pod watches of this connection, shared by its awaits.
@@ -253,7 +253,7 @@ impl Source for KubeSource {
         async move {
             let deadline = Instant::now() + timeout;
             let read = async {
-                match crate::pods::get_pod_with(&client, &namespace, &name, deadline).await {
+                match crate::api::pods::get_pod_with(&client, &namespace, &name, deadline).await {
                     Ok(v) => serde_json::from_value(v)
                         .map(Some)
                         .map_err(|e| Error::Decode(format!("pod: {e}"))),
@@ -387,7 +387,7 @@ fn check_token(config: &kube::Config) -> Result<()> {
     let info = serde_json::to_value(&config.auth_info)
         .map_err(|_| Error::Config("token: cannot be read".into()))?;
     match info.get("token").and_then(serde_json::Value::as_str) {
-        Some(token) => crate::auth::bearer(token)
+        Some(token) => crate::api::auth::bearer(token)
             .map(drop)
             .map_err(|why| Error::Config(format!("token: {why}"))),
         None => Ok(()),
@@ -439,14 +439,14 @@ fn check_cleartext(config: &kube::Config) -> Result<()> {
 /// token), opened here instead: `auth::TokenFileLayer` re-reads it on a 401. Credentials that
 /// take precedence over a token file in kube (an auth provider, basic auth, a token) leave it
 /// to kube.
-fn token_file(config: &kube::Config) -> Result<Option<crate::auth::TokenFileLayer>> {
+fn token_file(config: &kube::Config) -> Result<Option<crate::api::auth::TokenFileLayer>> {
     let auth = &config.auth_info;
     let basic = auth.username.is_some() && auth.password.is_some();
     match &auth.token_file {
         Some(path) if auth.auth_provider.is_none() && !basic && auth.token.is_none() => {
-            let file = crate::auth::TokenFile::open(std::path::Path::new(path))
+            let file = crate::api::auth::TokenFile::open(std::path::Path::new(path))
                 .map_err(|e| Error::Config(e.0))?;
-            Ok(Some(crate::auth::TokenFileLayer(Arc::new(file))))
+            Ok(Some(crate::api::auth::TokenFileLayer(Arc::new(file))))
         }
         _ => Ok(None),
     }
@@ -996,10 +996,10 @@ users:
 
     const NAME: &str = "flame-runner-7x2kq";
 
-    fn await_options(timeout: Duration) -> crate::await_pod::AwaitOptions {
-        crate::await_pod::AwaitOptions {
+    fn await_options(timeout: Duration) -> crate::watch::await_pod::AwaitOptions {
+        crate::watch::await_pod::AwaitOptions {
             timeout,
-            unschedulable: crate::readiness::UnschedulablePolicy::Fail,
+            unschedulable: crate::watch::readiness::UnschedulablePolicy::Fail,
             report_ready: true,
         }
     }
@@ -1026,7 +1026,7 @@ users:
         })
         .await;
         let h = connect_blocking(&explicit(&server.url, 1000)).unwrap();
-        let outcome = crate::await_pod::await_pod(
+        let outcome = crate::watch::await_pod::await_pod(
             &h,
             "flame",
             NAME,
@@ -1036,7 +1036,7 @@ users:
         )
         .await;
         assert!(
-            matches!(outcome, crate::await_pod::AwaitOutcome::Ready(_)),
+            matches!(outcome, crate::watch::await_pod::AwaitOutcome::Ready(_)),
             "{outcome:?}"
         );
         let requests = server.requests();
@@ -1065,12 +1065,12 @@ users:
         })
         .await;
         let h = connect_blocking(&explicit(&server.url, 5000)).unwrap();
-        let outcome = crate::await_pod::await_pod(
+        let outcome = crate::watch::await_pod::await_pod(
             &h,
             "flame",
             NAME,
             Some("excluster=flame"),
-            crate::await_pod::AwaitOptions {
+            crate::watch::await_pod::AwaitOptions {
                 report_ready: false,
                 ..await_options(Duration::from_secs(1))
             },
@@ -1078,7 +1078,10 @@ users:
         )
         .await;
         assert!(
-            matches!(outcome, crate::await_pod::AwaitOutcome::Timeout { .. }),
+            matches!(
+                outcome,
+                crate::watch::await_pod::AwaitOutcome::Timeout { .. }
+            ),
             "{outcome:?}"
         );
         let requests = server.requests();
@@ -1098,7 +1101,7 @@ users:
         use crate::test_server::{start, Conn};
         let server = start(|_| Conn::Silent).await;
         let h = connect_blocking(&explicit(&server.url, 1000)).unwrap();
-        let outcome = crate::await_pod::await_pod(
+        let outcome = crate::watch::await_pod::await_pod(
             &h,
             "flame",
             NAME,
@@ -1108,8 +1111,8 @@ users:
         )
         .await;
         match outcome {
-            crate::await_pod::AwaitOutcome::Timeout {
-                phase: crate::await_pod::Phase::Scheduling,
+            crate::watch::await_pod::AwaitOutcome::Timeout {
+                phase: crate::watch::await_pod::Phase::Scheduling,
                 detail: Some(detail),
                 ..
             } => assert!(detail.contains("no answer"), "{detail}"),

@@ -1,0 +1,9 @@
+//! The Kubernetes API layer: configuration, clients, authentication, requests, pod and secret operations.
+
+pub mod auth;
+pub mod bound;
+pub mod client;
+pub mod manifest;
+pub mod path;
+pub mod pods;
+pub mod raw;
