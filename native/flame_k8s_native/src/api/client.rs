@@ -4,27 +4,17 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt};
 use hyper_timeout::TimeoutConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use k8s_openapi::api::core::v1::Pod;
 use kube::client::ConfigExt;
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::runtime::watcher;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::Instant;
 use tower::{BoxError, ServiceBuilder};
 
 use crate::api::bound::BoundLayer;
 use crate::error::{error_chain, Error, Result};
-use crate::runtime::{runtime, with_timeout};
-use crate::watch::hub::{EventStream, Hub, Selection, Source, WatchKey};
-
-/// Server-side timeout of one watch call; the watcher notices a silently dead connection
-/// within this plus a few seconds, then resumes from the last resourceVersion.
-pub const WATCH_TIMEOUT_SECS: u32 = 30;
+use crate::runtime::runtime;
 
 /// How far the connect timeout of the request client trails the request timeout.
 const CONNECTION_TIMEOUT_MARGIN: Duration = Duration::from_secs(1);
@@ -40,6 +30,13 @@ const CONNECTION_TIMEOUT_MARGIN: Duration = Duration::from_secs(1);
 /// account: limit 32, 32 connections, no 429, 1.3 s; unlimited, 533 connections, 61 requests
 /// refused with 429 (then retried), 1.6 s.
 pub const DEFAULT_MAX_CONCURRENT_CREATES: u32 = 32;
+
+/// How long past the API server's own deadline for a create (the request timeout, sent as its
+/// `timeout` parameter) the create may still be committed: a write already handed to etcd when
+/// the deadline passed completes within etcd's own request timeout (7 s by default), or a
+/// leader election later. Generous, since a create that commits after its follow-up ended is
+/// a leak.
+pub const SETTLE_MARGIN: Duration = Duration::from_secs(15);
 
 /// `:in_cluster`, `:kubeconfig` or `:explicit` (`Kube.connect/1` resolves `:auto`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,7 +104,7 @@ impl fmt::Debug for Resolved {
 /// The connection: one client for bounded requests (each bounded as a whole by the request
 /// timeout) and one for watches (bounded by their own server timeout). Both have a connect
 /// timeout only, and separate connection pools. Creates are limited to
-/// `max_concurrent_creates` in flight; the watches of pods are shared (`watches`).
+/// `max_concurrent_creates` in flight.
 pub struct ClientHandle {
     client: kube::Client,
     request_timeout: Duration,
@@ -116,7 +113,7 @@ pub struct ClientHandle {
     secret: Option<String>,
     creates: Arc<Semaphore>,
     max_concurrent_creates: u32,
-    watches: Hub,
+    watch_client: kube::Client,
 }
 
 impl fmt::Debug for ClientHandle {
@@ -149,11 +146,6 @@ impl ClientHandle {
         request_timeout: Duration,
         max_concurrent_creates: u32,
     ) -> Self {
-        let source = KubeSource {
-            client: client.clone(),
-            watch_client,
-            request_timeout,
-        };
         ClientHandle {
             client,
             request_timeout,
@@ -162,7 +154,7 @@ impl ClientHandle {
             secret: None,
             creates: Arc::new(Semaphore::new(max_concurrent_creates as usize)),
             max_concurrent_creates,
-            watches: Hub::new(Arc::new(source)),
+            watch_client,
         }
     }
 
@@ -175,14 +167,15 @@ impl ClientHandle {
     }
 
     /// How long after it was sent a create on this connection may still take effect on the
-    /// server (see `pods::SETTLE_MARGIN`).
+    /// server (see `SETTLE_MARGIN`).
     pub fn create_settle(&self) -> Duration {
-        self.request_timeout + crate::api::pods::SETTLE_MARGIN
+        self.request_timeout + SETTLE_MARGIN
     }
 
-    /// The pod watches of this connection, shared by its awaits.
-    pub fn watches(&self) -> &Hub {
-        &self.watches
+    /// The client for watches: no overall request timeout, each response bounded by
+    /// `bound::Bound` instead.
+    pub fn watch_client(&self) -> &kube::Client {
+        &self.watch_client
     }
 
     /// A slot for one create; waits while `max_concurrent_creates` are in flight (the caller's
@@ -213,57 +206,6 @@ impl ClientHandle {
     /// Scrub secrets from a message before it leaves the crate.
     pub fn redact(&self, message: &str) -> String {
         crate::error::redact(message, self.secret.as_deref())
-    }
-}
-
-/// The API server as the source of the shared watches.
-struct KubeSource {
-    client: kube::Client,
-    watch_client: kube::Client,
-    request_timeout: Duration,
-}
-
-impl Source for KubeSource {
-    /// kube-runtime's watcher: list + watch from the list's resourceVersion, bookmarks, a
-    /// relist after 410 Gone. The list is served from the API server's watch cache (`Any`:
-    /// `resourceVersion=0`), not read consistently (the default, `MostRecent`: a quorum read
-    /// of etcd at each start of the watch); the shared watch does not take a pod missing from
-    /// it for gone (see `watch`). Each watch call ends after `WATCH_TIMEOUT_SECS` on the
-    /// server's side and resumes from the last resourceVersion.
-    fn watch(&self, key: &WatchKey) -> EventStream {
-        let api: kube::Api<Pod> = kube::Api::namespaced(self.watch_client.clone(), &key.namespace);
-        let mut config = watcher::Config::default()
-            .timeout(WATCH_TIMEOUT_SECS)
-            .any_semantic();
-        // kube-rs leaves `resourceVersion=0` out of a list with a limit (which makes it a
-        // consistent read again): the list is one page, the pods of one selector.
-        config.page_size = None;
-        let config = match &key.selection {
-            Selection::Labels(selector) => config.labels(selector),
-            Selection::Name(name) => config.fields(&format!("metadata.name={name}")),
-        };
-        watcher::watcher(api, config).boxed()
-    }
-
-    /// A GET bounded by the request timeout, with the requests' retries (429).
-    fn get(&self, namespace: &str, name: &str) -> BoxFuture<'static, Result<Option<Pod>>> {
-        let client = self.client.clone();
-        let timeout = self.request_timeout;
-        let (namespace, name) = (namespace.to_string(), name.to_string());
-        async move {
-            let deadline = Instant::now() + timeout;
-            let read = async {
-                match crate::api::pods::get_pod_with(&client, &namespace, &name, deadline).await {
-                    Ok(v) => serde_json::from_value(v)
-                        .map(Some)
-                        .map_err(|e| Error::Decode(format!("pod: {e}"))),
-                    Err(Error::Api { code: 404, .. }) => Ok(None),
-                    Err(e) => Err(e),
-                }
-            };
-            with_timeout(timeout, read).await
-        }
-        .boxed()
     }
 }
 
@@ -975,149 +917,5 @@ users:
         assert_eq!(parse_pem_certificates(pem).unwrap(), vec![vec![0u8, 1, 2]]);
         let key = "-----BEGIN PRIVATE KEY-----\nAAEC\n-----END PRIVATE KEY-----\n";
         assert!(parse_pem_certificates(key).is_err());
-    }
-
-    fn explicit(url: &str, request_timeout_ms: u64) -> ConnectOptions {
-        ConnectOptions {
-            url: Some(url.to_string()),
-            request_timeout_ms,
-            ..opts(Mode::Explicit)
-        }
-    }
-
-    fn ready_pods() -> String {
-        let path = format!("{}/tests/fixtures/ready.json", env!("CARGO_MANIFEST_DIR"));
-        let pod: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-        serde_json::json!({"kind": "PodList", "apiVersion": "v1",
-            "metadata": {"resourceVersion": "4212"}, "items": [pod]})
-        .to_string()
-    }
-
-    const NAME: &str = "flame-runner-7x2kq";
-
-    fn await_options(timeout: Duration) -> crate::watch::await_pod::AwaitOptions {
-        crate::watch::await_pod::AwaitOptions {
-            timeout,
-            unschedulable: crate::watch::readiness::UnschedulablePolicy::Fail,
-            report_ready: true,
-        }
-    }
-
-    /// A half-open connection (it took the watch's LIST and will never answer) must not hang
-    /// the shared watch: the LIST gives up after the request timeout, and the watcher lists
-    /// again on a new connection, where the pod is.
-    #[tokio::test]
-    async fn a_watch_whose_list_is_never_answered_lists_again_on_a_new_connection() {
-        use crate::test_server::{start, Conn, Reply};
-        let pods = ready_pods();
-        let server = start(move |n| match n {
-            0 => Conn::Silent,
-            _ => {
-                let pods = pods.clone();
-                Conn::Serve(Arc::new(move |path: &str| {
-                    if path.contains("watch=true") {
-                        Reply::Open
-                    } else {
-                        Reply::Json(pods.clone())
-                    }
-                }))
-            }
-        })
-        .await;
-        let h = connect_blocking(&explicit(&server.url, 1000)).unwrap();
-        let outcome = crate::watch::await_pod::await_pod(
-            &h,
-            "flame",
-            NAME,
-            Some("excluster=flame"),
-            await_options(Duration::from_secs(20)),
-            |_| {},
-        )
-        .await;
-        assert!(
-            matches!(outcome, crate::watch::await_pod::AwaitOutcome::Ready(_)),
-            "{outcome:?}"
-        );
-        let requests = server.requests();
-        assert!(requests.len() >= 2, "{requests:?}");
-        assert!(requests
-            .iter()
-            .all(|r| r.contains("labelSelector=excluster")));
-    }
-
-    /// The watch's lists are served from the API server's watch cache (`resourceVersion=0`,
-    /// `resourceVersionMatch=NotOlderThan`), not a consistent read (none: a quorum read of
-    /// etcd for each watch start), and it watches from the list's resourceVersion.
-    #[tokio::test]
-    async fn the_watch_lists_from_the_servers_cache() {
-        use crate::test_server::{start, Conn, Reply};
-        let pods = ready_pods();
-        let server = start(move |_| {
-            let pods = pods.clone();
-            Conn::Serve(Arc::new(move |path: &str| {
-                if path.contains("watch=true") {
-                    Reply::Open
-                } else {
-                    Reply::Json(pods.clone())
-                }
-            }))
-        })
-        .await;
-        let h = connect_blocking(&explicit(&server.url, 5000)).unwrap();
-        let outcome = crate::watch::await_pod::await_pod(
-            &h,
-            "flame",
-            NAME,
-            Some("excluster=flame"),
-            crate::watch::await_pod::AwaitOptions {
-                report_ready: false,
-                ..await_options(Duration::from_secs(1))
-            },
-            |_| {},
-        )
-        .await;
-        assert!(
-            matches!(
-                outcome,
-                crate::watch::await_pod::AwaitOutcome::Timeout { .. }
-            ),
-            "{outcome:?}"
-        );
-        let requests = server.requests();
-        let list = requests.first().unwrap();
-        assert!(!list.contains("watch=true"), "{requests:?}");
-        assert!(list.contains("resourceVersion=0&"), "{list}");
-        assert!(list.contains("resourceVersionMatch=NotOlderThan"), "{list}");
-        let watch = requests.get(1).unwrap();
-        assert!(watch.contains("watch=true"), "{requests:?}");
-        assert!(watch.contains("resourceVersion=4212"), "{watch}");
-    }
-
-    /// A server that takes every request and answers none: the await's timeout names the
-    /// watch's trouble, not just a phase.
-    #[tokio::test]
-    async fn a_watch_that_is_never_answered_says_why_when_its_await_times_out() {
-        use crate::test_server::{start, Conn};
-        let server = start(|_| Conn::Silent).await;
-        let h = connect_blocking(&explicit(&server.url, 1000)).unwrap();
-        let outcome = crate::watch::await_pod::await_pod(
-            &h,
-            "flame",
-            NAME,
-            Some("excluster=flame"),
-            await_options(Duration::from_secs(3)),
-            |_| {},
-        )
-        .await;
-        match outcome {
-            crate::watch::await_pod::AwaitOutcome::Timeout {
-                phase: crate::watch::await_pod::Phase::Scheduling,
-                detail: Some(detail),
-                ..
-            } => assert!(detail.contains("no answer"), "{detail}"),
-            other => panic!("{other:?}"),
-        }
-        assert!(server.connections.load(std::sync::atomic::Ordering::SeqCst) >= 2);
     }
 }

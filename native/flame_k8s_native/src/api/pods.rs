@@ -127,13 +127,6 @@ pub async fn get_pod_with(
     expect_object(send_json(client, req, deadline).await?, "Pod")
 }
 
-/// How long past the API server's own deadline for a create (the request timeout, sent as its
-/// `timeout` parameter) the create may still be committed: a write already handed to etcd when
-/// the deadline passed completes within etcd's own request timeout (7 s by default), or a
-/// leader election later. Generous, since a create that commits after its follow-up ended is
-/// a leak.
-pub const SETTLE_MARGIN: Duration = Duration::from_secs(15);
-
 /// What a create made.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Created {
@@ -155,7 +148,7 @@ pub enum Created {
 /// outcome open (503, 504, a connection lost once it went out), and a 409 AlreadyExists
 /// means that it, or an earlier attempt whose answer was lost, created the object
 /// (`Created::AlreadyExists`). A create that went out and may still take effect is
-/// `Error::OutcomeUnknown`, with the time the server's deadline for it (and `SETTLE_MARGIN`)
+/// `Error::OutcomeUnknown`, with the time the server's deadline for it (and `client::SETTLE_MARGIN`)
 /// has passed.
 pub async fn create(
     h: &ClientHandle,
@@ -304,7 +297,7 @@ pub fn metadata_only(obj: Value) -> Result<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::client::ClientHandle;
+    use crate::api::client::{ClientHandle, SETTLE_MARGIN};
     use crate::api::raw::fake::{self, Answer, TOO_MANY};
     use serde_json::json;
     use std::sync::atomic::Ordering;

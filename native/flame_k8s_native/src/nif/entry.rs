@@ -48,9 +48,9 @@ fn connect<'a>(env: Env<'a>, opts: Connect, reference: Ref<'a>) -> Term<'a> {
     let timeout = std::time::Duration::from_millis(opts.request_timeout_ms);
     let work = async move {
         let handle = crate::api::client::connect(opts).await?;
-        Ok(Answer::Client(rustler::ResourceArc::new(ClientResource {
-            handle,
-        })))
+        Ok(Answer::Client(rustler::ResourceArc::new(
+            ClientResource::new(handle),
+        )))
     };
     start(
         env,
@@ -69,7 +69,7 @@ fn client_info(client: Client) -> ClientInfo {
 /// and one per pod awaited without a selector).
 #[rustler::nif]
 fn open_watches(client: Client) -> usize {
-    client.0.handle.watches().open()
+    client.0.watches.open()
 }
 
 #[rustler::nif]
@@ -215,8 +215,11 @@ fn await_pod<'a>(
         let c = client.0;
         async move {
             let (ns, name, selector) = (&namespace.0, &name.0, selector.as_deref());
-            crate::watch::await_pod::await_pod(&c.handle, ns, name, selector, opts, on_running)
-                .await
+            let (handle, watches) = (&c.handle, &c.watches);
+            crate::watch::await_pod::await_pod(
+                handle, watches, ns, name, selector, opts, on_running,
+            )
+            .await
         }
     };
     start(env, reference, work, reply::outcome)

@@ -8,9 +8,9 @@ use k8s_openapi::api::core::v1::Pod;
 use serde_json::Value;
 use tokio::time::Instant;
 
+use super::hub::{Hub, Selection, Subscription, Update, WatchKey};
 use crate::api::client::ClientHandle;
 use crate::error::{is_retriable, Error};
-use crate::watch::hub::{Selection, Subscription, Update, WatchKey};
 use crate::watch::readiness::{
     classify, Classification, FailureReason, PendingPhase, UnschedulablePolicy,
 };
@@ -101,6 +101,7 @@ pub const CONFIRM_UNSEEN_AFTER: Duration = Duration::from_secs(5);
 /// otherwise never.
 pub async fn await_pod<F>(
     handle: &ClientHandle,
+    watches: &Hub,
     namespace: &str,
     name: &str,
     label_selector: Option<&str>,
@@ -118,7 +119,7 @@ where
         namespace: namespace.to_string(),
         selection,
     };
-    let outcome = match handle.watches().subscribe(key, name) {
+    let outcome = match watches.subscribe(key, name) {
         Ok(subscription) => await_subscription(subscription, name, opts, on_running).await,
         Err(e) => AwaitOutcome::Error(e),
     };

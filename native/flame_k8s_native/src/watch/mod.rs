@@ -4,3 +4,4 @@ pub mod await_pod;
 pub mod hub;
 pub mod readiness;
 pub mod selector;
+pub mod source;
