@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
+use kube::core::SelectorExt;
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -210,7 +211,9 @@ where
                     if let Selection::Labels(selector) = &sub.key().selection {
                         let empty = Default::default();
                         let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
-                        if crate::watch::selector::matches(selector, labels) == Some(false) {
+                        // A selector not read here gets no verdict: the API server judges it.
+                        let selected = super::selector::parse(selector).map(|s| s.matches(labels));
+                        if selected == Ok(false) {
                             let ns = &sub.key().namespace;
                             return AwaitOutcome::Error(Error::Config(format!(
                                 "pod {ns}/{name} does not match the await's label selector \

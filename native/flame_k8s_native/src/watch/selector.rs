@@ -1,99 +1,120 @@
-//! Does a pod's label set match a label selector string? Only for the one check a shared watch
-//! needs: a pod the watch never showed, found by a direct read, that the watch cannot show
-//! because its labels do not match (the caller's selector is wrong for that pod).
+//! Label selector strings parsed into kube-core's `Selector`, to match a pod's labels.
+//!
+//! kube-core builds a `Selector` from expressions or a `LabelSelector` but parses no string, so
+//! the string syntax is read here, into kube-core's `Expression`s; matching is kube-core's
+//! (`SelectorExt::matches`). The API server stays the authority on what a selector means: this
+//! serves the one check a shared watch needs, a pod found by a direct read that the watch cannot
+//! show because its labels do not match the caller's selector.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 
-/// `Some(true | false)` for a selector in the Kubernetes syntax (`k=v`, `k==v`, `k!=v`, `k`,
-/// `!k`, `k in (a,b)`, `k notin (a,b)`, joined by commas); `None` for text this parser does
-/// not understand (the API server is the authority: the caller then gets no verdict rather
-/// than a wrong one). An empty selector matches everything.
-pub fn matches(selector: &str, labels: &BTreeMap<String, String>) -> Option<bool> {
-    let mut all = true;
-    for requirement in split_requirements(selector)? {
-        let requirement = requirement.trim();
-        if requirement.is_empty() {
-            if selector.trim().is_empty() {
-                continue;
-            }
-            return None;
-        }
-        all &= requirement_matches(requirement, labels)?;
+use kube::core::{Expression, Selector};
+
+/// A selector in the Kubernetes syntax (`k=v`, `k==v`, `k!=v`, `k`, `!k`, `k in (a,b)`,
+/// `k notin (a,b)`, joined by commas); an empty one selects everything. The error names the
+/// requirement that could not be read and why.
+pub fn parse(selector: &str) -> Result<Selector, String> {
+    if selector.trim().is_empty() {
+        return Ok(Selector::default());
     }
-    Some(all)
+    split_requirements(selector)?
+        .into_iter()
+        .map(|requirement| {
+            expression(requirement.trim())
+                .map_err(|why| format!("label selector requirement {requirement:?}: {why}"))
+        })
+        .collect()
 }
 
 /// Split at the commas outside parentheses (those inside separate the values of a set).
-fn split_requirements(selector: &str) -> Option<Vec<&str>> {
+fn split_requirements(selector: &str) -> Result<Vec<&str>, String> {
+    let unbalanced = || format!("label selector {selector:?}: unbalanced parentheses");
     let mut parts = Vec::new();
     let mut depth = 0u32;
     let mut start = 0;
     for (i, c) in selector.char_indices() {
         match c {
             '(' => depth += 1,
-            ')' => depth = depth.checked_sub(1)?,
+            ')' => depth = depth.checked_sub(1).ok_or_else(unbalanced)?,
             ',' if depth == 0 => {
-                parts.push(selector.get(start..i)?);
+                parts.extend(selector.get(start..i));
                 start = i + 1;
             }
             _ => {}
         }
     }
     if depth != 0 {
-        return None;
+        return Err(unbalanced());
     }
-    parts.push(selector.get(start..)?);
-    Some(parts)
+    parts.extend(selector.get(start..));
+    Ok(parts)
 }
 
-fn requirement_matches(req: &str, labels: &BTreeMap<String, String>) -> Option<bool> {
+fn expression(req: &str) -> Result<Expression, String> {
+    if req.is_empty() {
+        return Err("empty".into());
+    }
     if let Some(key) = req.strip_prefix('!') {
-        let key = valid_key(key.trim())?;
-        return Some(!labels.contains_key(key));
+        return Ok(Expression::DoesNotExist(key_of(key.trim())?));
     }
     if let Some((key, value)) = req.split_once("!=") {
-        let key = valid_key(key.trim())?;
-        return Some(labels.get(key).map(String::as_str) != Some(value.trim()));
+        return Ok(Expression::NotEqual(
+            key_of(key.trim())?,
+            value.trim().into(),
+        ));
     }
     if let Some((key, value)) = req.split_once("==").or_else(|| req.split_once('=')) {
-        let key = valid_key(key.trim())?;
-        return Some(labels.get(key).map(String::as_str) == Some(value.trim()));
+        return Ok(Expression::Equal(key_of(key.trim())?, value.trim().into()));
     }
     if let Some(open) = req.find('(') {
         let (head, set) = req.split_at(open);
-        let values: Vec<&str> = set
-            .strip_prefix('(')?
-            .strip_suffix(')')?
+        let values: BTreeSet<String> = set
+            .strip_prefix('(')
+            .and_then(|s| s.strip_suffix(')'))
+            .ok_or("expected a set of values in parentheses at its end")?
             .split(',')
-            .map(str::trim)
+            .map(|v| v.trim().to_string())
             .collect();
         let mut words = head.split_whitespace();
-        let (key, op) = (valid_key(words.next()?)?, words.next()?);
+        let key = key_of(words.next().unwrap_or_default())?;
+        let op = words.next().unwrap_or_default();
         if words.next().is_some() {
-            return None;
+            return Err("expected `key in (...)` or `key notin (...)`".into());
         }
-        let value = labels.get(key).map(String::as_str);
         return match op {
-            "in" => Some(value.is_some_and(|v| values.contains(&v))),
-            "notin" => Some(!value.is_some_and(|v| values.contains(&v))),
-            _ => None,
+            "in" => Ok(Expression::In(key, values)),
+            "notin" => Ok(Expression::NotIn(key, values)),
+            _ => Err(format!(
+                "unknown set operator {op:?} (expected in or notin)"
+            )),
         };
     }
-    valid_key(req).map(|key| labels.contains_key(key))
+    Ok(Expression::Exists(key_of(req)?))
 }
 
-/// A label key has no spaces or operator characters; anything else is not understood here.
-fn valid_key(key: &str) -> Option<&str> {
+/// A label key has no spaces or operator characters.
+fn key_of(key: &str) -> Result<String, String> {
     let ok = !key.is_empty()
         && key
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
-    ok.then_some(key)
+    if ok {
+        Ok(key.to_string())
+    } else {
+        Err(format!("{key:?} is not a label key"))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kube::core::SelectorExt;
+    use std::collections::BTreeMap;
+
+    /// The verdict of `selector` on `labels`; `None` when it cannot be read.
+    fn matches(selector: &str, labels: &BTreeMap<String, String>) -> Option<bool> {
+        parse(selector).ok().map(|s| s.matches(labels))
+    }
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
@@ -149,5 +170,42 @@ mod tests {
         ] {
             assert_eq!(matches(bad, &l), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn errors_name_the_requirement_and_why() {
+        assert_eq!(
+            parse("a=1,b c").unwrap_err(),
+            r#"label selector requirement "b c": "b c" is not a label key"#
+        );
+        assert_eq!(
+            parse("a gt (1)").unwrap_err(),
+            r#"label selector requirement "a gt (1)": unknown set operator "gt" (expected in or notin)"#
+        );
+        assert_eq!(
+            parse("a in (1").unwrap_err(),
+            r#"label selector "a in (1": unbalanced parentheses"#
+        );
+        assert_eq!(
+            parse("a=1,").unwrap_err(),
+            r#"label selector requirement "": empty"#
+        );
+    }
+
+    #[test]
+    fn parses_into_kube_core_expressions() {
+        let s = parse("a=1, b!=2, c, !d, e in (x,y), f notin (z)").unwrap();
+        let expected: Selector = [
+            Expression::Equal("a".into(), "1".into()),
+            Expression::NotEqual("b".into(), "2".into()),
+            Expression::Exists("c".into()),
+            Expression::DoesNotExist("d".into()),
+            Expression::In("e".into(), ["x".into(), "y".into()].into()),
+            Expression::NotIn("f".into(), ["z".into()].into()),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(s, expected);
+        assert!(parse(" ").unwrap().selects_all());
     }
 }
