@@ -1,5 +1,4 @@
-//! NIF library for `FLAMEK8sBackend.Native`: Kubernetes API access through kube-rs on one
-//! Tokio runtime.
+//! NIF library for `FLAMEK8sBackend.Native`: Kubernetes API access through kube-rs on one runtime.
 //!
 //! Three layers, each using only those below it: `nif` (the rustler boundary: arguments, replies,
 //! tasks) over `watch` (shared pod watches, awaits, readiness) over `api` (configuration, clients,

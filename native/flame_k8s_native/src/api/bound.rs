@@ -1,5 +1,6 @@
-//! A client-side bound on each request of the watch client, whose requests kube-runtime's
-//! watcher makes itself (so `runtime::with_timeout` cannot wrap them): the response must begin
+//! A client-side time bound on each request of the watch client.
+//!
+//! The watch client's requests are made by kube-runtime's watcher itself (so `runtime::with_timeout` cannot wrap them): the response must begin
 //! within the bound, and a response that is not a watch must also end within it.
 //!
 //! Without it, a LIST sent on a half-open connection (the server, or a NAT or proxy on the way,

@@ -25,10 +25,8 @@ const CONNECTION_TIMEOUT_MARGIN: Duration = Duration::from_secs(1);
 /// handshake, a socket) and a seat in the server's priority and fairness: by default 600
 /// seats in all (--max-requests-inflight 400 + --max-mutating-requests-inflight 200) for the
 /// whole cluster, of which a service account's requests share the workload-low level's
-/// part. A create takes ~10-50 ms, so 32 keep up with several hundred creates per second, far
-/// more than runners can boot. On the local control plane, 500 creates from one service
-/// account: limit 32, 32 connections, no 429, 1.3 s; unlimited, 533 connections, 61 requests
-/// refused with 429 (then retried), 1.6 s.
+/// part. A create is short, so this many in flight keep up with far more creates than runners
+/// can boot, while a burst stays within the server's seats instead of being refused with 429.
 pub const DEFAULT_MAX_CONCURRENT_CREATES: u32 = 32;
 
 /// How long past the API server's own deadline for a create (the request timeout, sent as its
@@ -238,8 +236,8 @@ pub fn resolve(opts: &ConnectOptions) -> Result<Resolved> {
     // `{:timeout, ms}` rather than racing it as a connect error. No per-connection read or
     // write timeouts: the pending read of an idle pooled connection counts against a read
     // timeout, so a connection idle for about that long could be handed out just as it timed
-    // out and the request failed at once with "connection error: timed out" (kube-rs dropped
-    // its default read timeout for the same reason). The overall timeout bounds a server
+    // out and the request failed at once with "connection error: timed out" (kube-rs sets no
+    // default read timeout for the same reason). The overall timeout bounds a server
     // that accepts but never answers.
     if opts.max_concurrent_creates == 0 {
         return Err(Error::Config(
@@ -397,7 +395,7 @@ fn token_file(config: &kube::Config) -> Result<Option<crate::api::auth::TokenFil
 /// What `kube::Client::try_from(config)` builds (rustls connector, connect timeout, base URI,
 /// auth with token refresh, extra/impersonation headers), except: TCP_NODELAY on every
 /// connection (without it a small request written in two segments on a reused connection
-/// waits tens of ms for the server's delayed ACK: Nagle holds the second segment back), and
+/// waits for the server's delayed ACK: Nagle holds the second segment back), and
 /// only the connect timeout of `config` is applied, never `read_timeout`/`write_timeout`.
 /// Left out: the tracing layer (nothing subscribes), gzip (the feature is off), and kube's
 /// retry layer: its retries of 429/503/504 (15 of them, up to minutes apart) know nothing of

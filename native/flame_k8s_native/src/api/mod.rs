@@ -1,4 +1,4 @@
-//! The Kubernetes API layer: configuration, clients, authentication, requests, pod and secret operations.
+//! The Kubernetes API layer: configuration, clients, auth, requests, pod and secret operations.
 
 pub mod auth;
 pub mod bound;

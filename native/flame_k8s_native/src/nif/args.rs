@@ -127,8 +127,8 @@ impl<'a> Decoder<'a> for Selector {
     }
 }
 
-/// Options maps gained keys over time; a key that is absent takes its default, so a map built
-/// for an earlier version still decodes (the derived decoders require every key).
+/// A key absent from an options map takes its default, so a map built without an optional key
+/// still decodes (the derived decoders require every key).
 fn with_defaults<'a>(term: Term<'a>, defaults: &[(rustler::Atom, Term<'a>)]) -> Term<'a> {
     let mut term = term;
     for (key, value) in defaults {

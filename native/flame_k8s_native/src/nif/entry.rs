@@ -1,9 +1,11 @@
-//! The NIFs of `FLAMEK8sBackend.Native`: typed arguments in (`args`), a task started
-//! (`tasks`), a handle out; the task's reply is encoded by `reply`. Nothing else.
+//! The NIFs of `FLAMEK8sBackend.Native`: typed arguments in, a task started, a handle out.
+//!
+//! Arguments are decoded by `args`, the task started by `tasks`, its reply encoded by `reply`.
+//! Nothing else.
 //!
 //! No NIF here waits for anything: each returns at once on the caller's normal scheduler, so
-//! no BEAM scheduler, normal or dirty, ever waits on the network (50 simultaneous requests
-//! are 50 tasks, not a queue behind the dirty IO schedulers). `FLAMEK8sBackend.Kube` turns the
+//! no BEAM scheduler, normal or dirty, ever waits on the network (simultaneous requests
+//! are as many tasks, not a queue behind the dirty IO schedulers). `FLAMEK8sBackend.Kube` turns the
 //! reply into a synchronous call for its callers.
 
 use std::future::Future;

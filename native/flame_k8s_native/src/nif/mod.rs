@@ -1,4 +1,4 @@
-//! The rustler boundary: NIF entry points, argument decoding, replies, and tasks that answer by message.
+//! The rustler boundary: NIF entry points, arguments, replies, and tasks that answer by message.
 //!
 //! Only `task` is plain Rust; the rest references `enif_*` symbols that only the BEAM provides,
 //! so the unit-test executable (which has no BEAM to resolve them) is built without it. `cargo

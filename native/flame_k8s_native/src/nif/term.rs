@@ -1,5 +1,7 @@
-//! Elixir terms ⇄ `serde_json::Value`, by hand (rustler's serde support turns atom keys and
-//! structs into junk for our purposes).
+//! Elixir terms ⇄ `serde_json::Value`, by hand.
+//!
+//! By hand because rustler's serde support turns atom keys and structs into junk for our
+//! purposes.
 //!
 //! Term → JSON: maps with binary or atom keys, lists, integers, floats, UTF-8 binaries, and
 //! the atoms `nil`/`true`/`false` (other atoms become strings). Anything else is an error that

@@ -1,5 +1,7 @@
-//! Wait for one pod until it is ready, fails, disappears, or the time is up, from the updates
-//! of a shared watch (`watch`); the classification of each state is `readiness`'s.
+//! Wait for one pod until it is ready, fails, disappears, or the time is up.
+//!
+//! The updates come from a shared watch (`hub`); the classification of each state is
+//! `readiness`'s.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -306,7 +308,7 @@ mod tests {
         }
     }
 
-    /// One await alone on a watch that yields `stream` (as each await had its own watch before).
+    /// One await alone on a watch that yields `stream`.
     async fn await_on_stream<S, F>(
         stream: S,
         name: &str,
