@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod bound;
 pub mod client;
+pub mod config;
 pub mod manifest;
 pub mod path;
 pub mod pods;

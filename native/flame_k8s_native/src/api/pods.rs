@@ -608,8 +608,8 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let opts = crate::api::client::ConnectOptions {
-            mode: Some(crate::api::client::Mode::Explicit),
+        let opts = crate::api::config::ConnectOptions {
+            mode: Some(crate::api::config::Mode::Explicit),
             url: Some(format!("http://127.0.0.1:{port}")),
             request_timeout_ms: 5000,
             max_concurrent_creates: 4,

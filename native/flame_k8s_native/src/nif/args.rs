@@ -15,7 +15,7 @@ use rustler::{Decoder, Encoder, NifException, NifMap, NifResult, ResourceArc, Te
 use serde_json::Value;
 
 use super::tasks::{ClientResource, TaskResource};
-use crate::api::client::ConnectOptions;
+use crate::api::config::ConnectOptions;
 use crate::api::pods::Kind;
 use crate::api::raw::Method;
 use crate::error::Error;
@@ -146,7 +146,7 @@ pub struct Connect(pub ConnectOptions);
 
 impl<'a> Decoder<'a> for Connect {
     fn decode(term: Term<'a>) -> NifResult<Self> {
-        let default = crate::api::client::DEFAULT_MAX_CONCURRENT_CREATES.encode(term.get_env());
+        let default = crate::api::config::DEFAULT_MAX_CONCURRENT_CREATES.encode(term.get_env());
         with_defaults(term, &[(max_concurrent_creates(), default)])
             .decode()
             .map(Connect)

@@ -83,7 +83,8 @@ impl Source for KubeSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::client::{connect_blocking, ConnectOptions, Mode};
+    use crate::api::client::connect_blocking;
+    use crate::api::config::{ConnectOptions, Mode};
     use crate::watch::await_pod::{await_pod, AwaitOptions, AwaitOutcome, Phase};
     use crate::watch::readiness::UnschedulablePolicy;
 
