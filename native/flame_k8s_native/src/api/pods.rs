@@ -148,8 +148,8 @@ pub enum Created {
 /// outcome open (503, 504, a connection lost once it went out), and a 409 AlreadyExists
 /// means that it, or an earlier attempt whose answer was lost, created the object
 /// (`Created::AlreadyExists`). A create that went out and may still take effect is
-/// `Error::OutcomeUnknown`, with the time the server's deadline for it (and `client::SETTLE_MARGIN`)
-/// has passed.
+/// `Error::OutcomeUnknown`, with the time the server's deadline for it (and
+/// `client::SETTLE_MARGIN`) has passed.
 pub async fn create(
     h: &ClientHandle,
     kind: Kind,

@@ -200,7 +200,7 @@ where
             }
             Next::Update(Some(Update::Failed(e))) => return AwaitOutcome::Error(e),
             Next::Update(Some(Update::Gone)) => return AwaitOutcome::Deleted(name.to_string()),
-            // A list that lacks the pod proves nothing (see `watch`): its own event settles
+            // A list that lacks the pod proves nothing (see `hub`): its own event settles
             // it, or the read.
             Next::Update(Some(Update::Unlisted)) => {
                 confirm_at.get_or_insert_with(|| Instant::now() + confirm_delay);
