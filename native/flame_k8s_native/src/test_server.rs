@@ -1,6 +1,7 @@
-//! A loopback HTTP/1.1 server for the tests that need real connections (a half-open one
-//! cannot be faked above the socket): each connection it accepts behaves as the test says for
-//! its index (from 0).
+//! A loopback HTTP/1.1 server for the tests that need real connections.
+//!
+//! A half-open connection cannot be faked above the socket. Each connection the server accepts
+//! behaves as the test says for its index (from 0).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

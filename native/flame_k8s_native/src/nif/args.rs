@@ -15,13 +15,13 @@ use rustler::{Decoder, Encoder, NifException, NifMap, NifResult, ResourceArc, Te
 use serde_json::Value;
 
 use super::tasks::{ClientResource, TaskResource};
-use crate::await_pod::AwaitOptions;
-use crate::client::ConnectOptions;
+use crate::api::config::ConnectOptions;
+use crate::api::pods::Kind;
+use crate::api::raw::Method;
 use crate::error::Error;
-use crate::pods::Kind;
-use crate::raw::Method;
-use crate::readiness::UnschedulablePolicy;
-use crate::term::term_to_json;
+use crate::nif::term::term_to_json;
+use crate::watch::await_pod::AwaitOptions;
+use crate::watch::readiness::UnschedulablePolicy;
 
 /// Raised as `%ArgumentError{message: message}`.
 #[derive(NifException)]
@@ -127,8 +127,8 @@ impl<'a> Decoder<'a> for Selector {
     }
 }
 
-/// Options maps gained keys over time; a key that is absent takes its default, so a map built
-/// for an earlier version still decodes (the derived decoders require every key).
+/// A key absent from an options map takes its default, so a map built without an optional key
+/// still decodes (the derived decoders require every key).
 fn with_defaults<'a>(term: Term<'a>, defaults: &[(rustler::Atom, Term<'a>)]) -> Term<'a> {
     let mut term = term;
     for (key, value) in defaults {
@@ -146,7 +146,7 @@ pub struct Connect(pub ConnectOptions);
 
 impl<'a> Decoder<'a> for Connect {
     fn decode(term: Term<'a>) -> NifResult<Self> {
-        let default = crate::client::DEFAULT_MAX_CONCURRENT_CREATES.encode(term.get_env());
+        let default = crate::api::config::DEFAULT_MAX_CONCURRENT_CREATES.encode(term.get_env());
         with_defaults(term, &[(max_concurrent_creates(), default)])
             .decode()
             .map(Connect)

@@ -1,5 +1,7 @@
-//! What goes back to Elixir: the shapes `FLAMEK8sBackend.Kube` documents, declared once as
-//! types whose encoders rustler derives, and the one way a task sends them.
+//! What goes back to Elixir: the shapes `FLAMEK8sBackend.Kube` documents, and how tasks send them.
+//!
+//! The shapes are declared once, as types whose encoders rustler derives; a task sends them
+//! one way only.
 //!
 //! Core types whose shape is the Elixir one derive their encoders where they are declared
 //! (`FailureReason`, `Phase`, `ClientInfo`); the types here cover the rest (`Error::Api` has
@@ -11,10 +13,10 @@ use rustler::{Encoder, Env, LocalPid, NifResult, NifTaggedEnum, ResourceArc, Ter
 use serde_json::Value;
 
 use super::tasks::ClientResource;
-use crate::await_pod::{AwaitOutcome, Phase};
 use crate::error::Error;
-use crate::readiness::FailureReason;
-use crate::term::json_to_term;
+use crate::nif::term::json_to_term;
+use crate::watch::await_pod::{AwaitOutcome, Phase};
+use crate::watch::readiness::FailureReason;
 
 rustler::atoms! {
     flame_k8s,

@@ -12,13 +12,24 @@ use rustler::{Encoder, Env, LocalPid, Monitor, NifResult, ResourceArc, Term};
 
 use super::args::Ref;
 use super::reply::{self, Replier};
-use crate::client::ClientHandle;
+use crate::api::client::ClientHandle;
 use crate::error::Error;
-use crate::task::{cancel_pair, spawn_reporting, CancelToken, Cancelled, Canceller, LiveGuard};
+use crate::nif::task::{
+    cancel_pair, spawn_reporting, CancelToken, Cancelled, Canceller, LiveGuard,
+};
+use crate::watch::hub::Hub;
 
-/// A connection (`Kube.t()`'s `resource`).
+/// A connection (`Kube.t()`'s `resource`): its clients, and the pod watches its awaits share.
 pub struct ClientResource {
     pub handle: ClientHandle,
+    pub watches: Hub,
+}
+
+impl ClientResource {
+    pub fn new(handle: ClientHandle) -> Self {
+        let watches = crate::watch::source::pod_watches(&handle);
+        ClientResource { handle, watches }
+    }
 }
 
 #[rustler::resource_impl]

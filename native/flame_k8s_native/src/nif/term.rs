@@ -1,5 +1,7 @@
-//! Elixir terms ⇄ `serde_json::Value`, by hand (rustler's serde support turns atom keys and
-//! structs into junk for our purposes).
+//! Elixir terms ⇄ `serde_json::Value`, by hand.
+//!
+//! By hand because rustler's serde support turns atom keys and structs into junk for our
+//! purposes.
 //!
 //! Term → JSON: maps with binary or atom keys, lists, integers, floats, UTF-8 binaries, and
 //! the atoms `nil`/`true`/`false` (other atoms become strings). Anything else is an error that
@@ -12,7 +14,7 @@ use rustler::types::map::MapIterator;
 use rustler::{Binary, Encoder, Env, NifResult, Term, TermType};
 use serde_json::{Map, Number, Value};
 
-use crate::path::Path;
+use crate::api::path::Path;
 
 /// Maps and lists may nest this deep, no deeper. No Kubernetes object comes near it; the bound
 /// is there for what comes after conversion (serde's serializer, deserializer and `Drop` of a

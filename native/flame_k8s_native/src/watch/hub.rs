@@ -1,9 +1,9 @@
-//! Shared pod watches: one kube-runtime `watcher` per (namespace, selector) and client, whose
-//! events are routed by pod name to the awaits that subscribed to them.
+//! Shared pod watches: one kube-runtime `watcher` per (namespace, selector) and client.
 //!
-//! N concurrent boots of one parent used to open N watches on the API server; with the
-//! parent's label selector they share one (Spark on Kubernetes moved to one label-selector
-//! watch for all executors for the same reason). The watcher does the list + watch with
+//! The watch's events are routed by pod name to the awaits that subscribed to them. Concurrent
+//! boots of one parent share one watch through the parent's label selector instead of each
+//! opening its own on the API server (Spark on Kubernetes watches all executors with one
+//! label-selector watch for the same reason). The watcher does the list + watch with
 //! resourceVersion, bookmarks and the relist after 410 Gone; kube-runtime's default backoff
 //! paces it after errors. What this module adds is the routing and a store of the latest
 //! state of every pod the watch has shown, so that an await that subscribes after its pod's
@@ -12,7 +12,7 @@
 //! A watch starts with its first subscriber and stops when its last one leaves (a dropped
 //! `Subscription`: the await finished, was cancelled, or its caller died). A non-retriable
 //! error (403, 404, ...) ends it for everyone subscribed; the next subscriber starts a new one,
-//! which tries again from scratch as a fresh await did before.
+//! which tries again from scratch.
 //!
 //! "Gone" is a delete event or a pod being deleted. The watch's lists are served from the API
 //! server's watch cache (`resourceVersion=0`, `resourceVersionMatch=NotOlderThan`) rather than
@@ -48,7 +48,7 @@ use crate::error::{is_retriable, Error};
 pub enum Selection {
     /// Every pod matching a label selector (a parent's runners), shared by all their awaits.
     Labels(String),
-    /// One pod by name (`metadata.name=...`): an await that gave no selector, as before.
+    /// One pod by name (`metadata.name=...`): an await that gave no selector.
     Name(String),
 }
 

@@ -15,8 +15,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::api::path::Path;
 use crate::error::{Error, Result};
-use crate::path::Path;
 
 /// Check a pod manifest and pin it to `namespace`; fills in `apiVersion`/`kind` if absent.
 pub fn prepare_pod(namespace: &str, manifest: Value) -> Result<Value> {

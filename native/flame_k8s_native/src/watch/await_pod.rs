@@ -1,19 +1,22 @@
-//! Wait for one pod until it is ready, fails, disappears, or the time is up, from the updates
-//! of a shared watch (`watch`); the classification of each state is `readiness`'s.
+//! Wait for one pod until it is ready, fails, disappears, or the time is up.
+//!
+//! The updates come from a shared watch (`hub`); the classification of each state is
+//! `readiness`'s.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
+use kube::core::SelectorExt;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use crate::client::ClientHandle;
+use super::hub::{Hub, Selection, Subscription, Update, WatchKey};
+use crate::api::client::ClientHandle;
 use crate::error::{is_retriable, Error};
-use crate::readiness::{
+use crate::watch::readiness::{
     classify, Classification, FailureReason, PendingPhase, UnschedulablePolicy,
 };
-use crate::watch::{Selection, Subscription, Update, WatchKey};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AwaitOptions {
@@ -101,6 +104,7 @@ pub const CONFIRM_UNSEEN_AFTER: Duration = Duration::from_secs(5);
 /// otherwise never.
 pub async fn await_pod<F>(
     handle: &ClientHandle,
+    watches: &Hub,
     namespace: &str,
     name: &str,
     label_selector: Option<&str>,
@@ -118,7 +122,7 @@ where
         namespace: namespace.to_string(),
         selection,
     };
-    let outcome = match handle.watches().subscribe(key, name) {
+    let outcome = match watches.subscribe(key, name) {
         Ok(subscription) => await_subscription(subscription, name, opts, on_running).await,
         Err(e) => AwaitOutcome::Error(e),
     };
@@ -196,7 +200,7 @@ where
             }
             Next::Update(Some(Update::Failed(e))) => return AwaitOutcome::Error(e),
             Next::Update(Some(Update::Gone)) => return AwaitOutcome::Deleted(name.to_string()),
-            // A list that lacks the pod proves nothing (see `watch`): its own event settles
+            // A list that lacks the pod proves nothing (see `hub`): its own event settles
             // it, or the read.
             Next::Update(Some(Update::Unlisted)) => {
                 confirm_at.get_or_insert_with(|| Instant::now() + confirm_delay);
@@ -209,7 +213,9 @@ where
                     if let Selection::Labels(selector) = &sub.key().selection {
                         let empty = Default::default();
                         let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
-                        if crate::selector::matches(selector, labels) == Some(false) {
+                        // A selector not read here gets no verdict: the API server judges it.
+                        let selected = super::selector::parse(selector).map(|s| s.matches(labels));
+                        if selected == Ok(false) {
                             let ns = &sub.key().namespace;
                             return AwaitOutcome::Error(Error::Config(format!(
                                 "pod {ns}/{name} does not match the await's label selector \
@@ -287,8 +293,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::watch::tests::{channel, Script};
-    use crate::watch::{EventStream, Hub};
+    use crate::watch::hub::tests::{channel, Script};
+    use crate::watch::hub::{EventStream, Hub};
     use futures::{stream, Stream, StreamExt};
     use kube::core::Status;
     use kube::runtime::watcher::{self, Event};
@@ -302,7 +308,7 @@ mod tests {
         }
     }
 
-    /// One await alone on a watch that yields `stream` (as each await had its own watch before).
+    /// One await alone on a watch that yields `stream`.
     async fn await_on_stream<S, F>(
         stream: S,
         name: &str,
@@ -772,7 +778,7 @@ mod tests {
     ) -> (
         Arc<Script>,
         Hub,
-        crate::watch::tests::Tx,
+        crate::watch::hub::tests::Tx,
         Subscription,
         Subscription,
     ) {

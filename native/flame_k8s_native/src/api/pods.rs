@@ -10,10 +10,10 @@ use kube::core::Request;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use crate::client::ClientHandle;
+use crate::api::client::ClientHandle;
+use crate::api::manifest::{prepare_pod, prepare_secret};
+use crate::api::raw::{json_body, send_json, send_tracked, Repeat, Sent};
 use crate::error::{Error, Result};
-use crate::manifest::{prepare_pod, prepare_secret};
-use crate::raw::{json_body, send_json, send_tracked, Repeat, Sent};
 use crate::runtime::with_timeout;
 
 /// The kinds of object the backend creates and deletes: the runner pod and its secret. Both take
@@ -85,7 +85,7 @@ fn expect_object(v: Value, what: &str) -> Result<Value> {
     } else {
         Err(Error::Decode(format!(
             "expected a {what} object, got {}",
-            crate::manifest::json_type_name(&v)
+            crate::api::manifest::json_type_name(&v)
         )))
     }
 }
@@ -127,13 +127,6 @@ pub async fn get_pod_with(
     expect_object(send_json(client, req, deadline).await?, "Pod")
 }
 
-/// How long past the API server's own deadline for a create (the request timeout, sent as its
-/// `timeout` parameter) the create may still be committed: a write already handed to etcd when
-/// the deadline passed completes within etcd's own request timeout (7 s by default), or a
-/// leader election later. Generous, since a create that commits after its follow-up ended is
-/// a leak.
-pub const SETTLE_MARGIN: Duration = Duration::from_secs(15);
-
 /// What a create made.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Created {
@@ -155,8 +148,8 @@ pub enum Created {
 /// outcome open (503, 504, a connection lost once it went out), and a 409 AlreadyExists
 /// means that it, or an earlier attempt whose answer was lost, created the object
 /// (`Created::AlreadyExists`). A create that went out and may still take effect is
-/// `Error::OutcomeUnknown`, with the time the server's deadline for it (and `SETTLE_MARGIN`)
-/// has passed.
+/// `Error::OutcomeUnknown`, with the time the server's deadline for it (and
+/// `client::SETTLE_MARGIN`) has passed.
 pub async fn create(
     h: &ClientHandle,
     kind: Kind,
@@ -270,7 +263,7 @@ pub fn list_items(list: Value, kind: &str) -> Result<Vec<Value>> {
         Some(other) => {
             return Err(Error::Decode(format!(
                 "{kind}List items: expected a list, got {}",
-                crate::manifest::json_type_name(&other)
+                crate::api::manifest::json_type_name(&other)
             )))
         }
     };
@@ -296,7 +289,7 @@ pub fn metadata_only(obj: Value) -> Result<Value> {
         },
         other => Err(Error::Decode(format!(
             "expected a Secret object, got {}",
-            crate::manifest::json_type_name(&other)
+            crate::api::manifest::json_type_name(&other)
         ))),
     }
 }
@@ -304,8 +297,8 @@ pub fn metadata_only(obj: Value) -> Result<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::ClientHandle;
-    use crate::raw::fake::{self, Answer, TOO_MANY};
+    use crate::api::client::{ClientHandle, SETTLE_MARGIN};
+    use crate::api::raw::fake::{self, Answer, TOO_MANY};
     use serde_json::json;
     use std::sync::atomic::Ordering;
     use std::sync::Arc;
@@ -615,14 +608,14 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let opts = crate::client::ConnectOptions {
-            mode: Some(crate::client::Mode::Explicit),
+        let opts = crate::api::config::ConnectOptions {
+            mode: Some(crate::api::config::Mode::Explicit),
             url: Some(format!("http://127.0.0.1:{port}")),
             request_timeout_ms: 5000,
             max_concurrent_creates: 4,
             ..Default::default()
         };
-        let h = crate::client::connect_blocking(&opts).unwrap();
+        let h = crate::api::client::connect_blocking(&opts).unwrap();
         let rt = crate::runtime::runtime().unwrap();
         for idempotent in [false, true] {
             let r = rt.block_on(async {

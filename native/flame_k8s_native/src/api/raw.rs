@@ -1,5 +1,6 @@
-//! HTTP against the API server with JSON in and out: the generic `request/7` NIF and the
-//! transport under the pod and secret operations.
+//! HTTP against the API server with JSON in and out, retried within each request's deadline.
+//!
+//! The transport under the pod and secret operations, and the generic `request/7` NIF's.
 
 use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
@@ -7,7 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use crate::client::ClientHandle;
+use crate::api::client::ClientHandle;
 use crate::error::{default_reason, Error, Result};
 
 /// A successful response: its content type and body bytes.

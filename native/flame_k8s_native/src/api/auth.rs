@@ -1,6 +1,7 @@
-//! Bearer tokens read from a file: the in-cluster service account token, a kubeconfig's
-//! `tokenFile`. The kubelet rewrites the in-cluster file when it rotates the token, and the old
-//! token may be revoked at once (its pod or Secret deleted, a bound token's object gone).
+//! Bearer tokens read from a file, read again when the server refuses one (401).
+//!
+//! The files: the in-cluster service account token, a kubeconfig's `tokenFile`. The kubelet
+//! rewrites the in-cluster file when it rotates the token, and the old token may be revoked at once (its pod or Secret deleted, a bound token's object gone).
 //!
 //! kube-rs re-reads such a file at most once a minute, and a request refused with 401 in
 //! between stays refused. Here the file is re-read every `REFRESH` as well, and a 401 makes the

@@ -1,10 +1,12 @@
-//! A client-side bound on each request of the watch client, whose requests kube-runtime's
-//! watcher makes itself (so `runtime::with_timeout` cannot wrap them): the response must begin
-//! within the bound, and a response that is not a watch must also end within it.
+//! A client-side time bound on each request of the watch client.
+//!
+//! The watch client's requests are made by kube-runtime's watcher itself (so
+//! `runtime::with_timeout` cannot wrap them): the response must begin within the bound, and a
+//! response that is not a watch must also end within it.
 //!
 //! Without it, a LIST sent on a half-open connection (the server, or a NAT or proxy on the way,
 //! lost the connection without a reset) waits forever: no read timeout is set (see
-//! `client::resolve`), and the watcher's own idle timeout covers only the watch's event
+//! `config::resolve`), and the watcher's own idle timeout covers only the watch's event
 //! stream. The shared watch then never lists again, and every await on it times out. With it,
 //! the LIST fails after the bound, the watcher lists again (after its backoff) on a new
 //! connection, and an await that times out meanwhile says why. A watch's body is left to the

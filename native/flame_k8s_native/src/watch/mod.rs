@@ -1,0 +1,7 @@
+//! The watch layer: shared pod watches over the `api` layer, awaits on them, and pod readiness.
+
+pub mod await_pod;
+pub mod hub;
+pub mod readiness;
+pub mod selector;
+pub mod source;
