@@ -153,7 +153,7 @@ defmodule FLAMEK8sBackend.CredentialsE2ETest do
   end
 
   # A 401 makes the NIF re-read the token file and send the request once more with the new
-  # token (native/flame_k8s_native/src/auth.rs).
+  # token (native/flame_k8s_native/src/api/auth.rs).
   test "the token file is rewritten and the old token revoked: the next request works", %{
     kube: kube,
     namespace: ns,

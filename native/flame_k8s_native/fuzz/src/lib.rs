@@ -4,9 +4,14 @@
 
 #[path = "../../src/error.rs"]
 pub mod error;
-#[path = "../../src/manifest.rs"]
+#[path = "../../src/api/manifest.rs"]
 pub mod manifest;
-#[path = "../../src/path.rs"]
+#[path = "../../src/api/path.rs"]
 pub mod path;
-#[path = "../../src/readiness.rs"]
+#[path = "../../src/watch/readiness.rs"]
 pub mod readiness;
+
+/// The crate's `api` module, as far as these modules name it (`crate::api::path`).
+pub mod api {
+    pub use super::{manifest, path};
+}

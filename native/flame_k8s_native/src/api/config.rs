@@ -30,8 +30,7 @@ pub enum Mode {
     Explicit,
 }
 
-/// What `connect/2` receives: the map `Kube.connect/1` builds, every key present (`nil` =
-/// unset). Decoded only, never encoded: the token must not travel back into a term.
+/// What `connect/2` receives: the map `Kube.connect/1` builds (`nil` = unset). Decoded only, never encoded: the token must not travel back into a term.
 #[derive(Clone, Default)]
 #[cfg_attr(not(test), derive(rustler::NifMap), rustler(decode))]
 pub struct ConnectOptions {
@@ -43,7 +42,7 @@ pub struct ConnectOptions {
     pub token: Option<String>,
     pub insecure_skip_tls_verify: bool,
     pub request_timeout_ms: u64,
-    /// Creates in flight at once (`DEFAULT_MAX_CONCURRENT_CREATES` in `Kube.connect/1`).
+    /// Creates in flight at once (`DEFAULT_MAX_CONCURRENT_CREATES` when the map leaves it out).
     pub max_concurrent_creates: u32,
 }
 

@@ -34,8 +34,8 @@ impl Kind {
     }
 }
 
-/// Namespaces and names arrive checked (`FLAMEK8sBackend.Kube` validates every argument, once),
-/// so they go into the path as they are. Whatever else could still make the URI unusable fails
+/// Namespaces and names arrive checked (`nif::args` admits only Kubernetes names), so they go
+/// into the path as they are. Whatever else could still make the URI unusable fails
 /// the request's build, never a panic.
 fn collection(namespace: &str, plural: &str) -> Request {
     Request::new(format!("/api/v1/namespaces/{namespace}/{plural}"))

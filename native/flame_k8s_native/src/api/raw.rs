@@ -324,7 +324,7 @@ fn body_text(body: &[u8]) -> String {
     String::from_utf8_lossy(body).into_owned()
 }
 
-/// The methods of `Kube.request/4` (it sends `:get`, `:post`... after checking the name).
+/// The methods of `Kube.request/4` (`:get`, `:post`, ...).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(not(test), derive(rustler::NifUnitEnum))]
 pub enum Method {
@@ -356,9 +356,8 @@ pub fn default_content_type(method: &http::Method) -> &'static str {
     }
 }
 
-/// Build the `http::Request` for `request/7`. The path arrives checked by
-/// `FLAMEK8sBackend.Kube` (absolute, no fragment, only characters a URI may hold); a path the
-/// URI parser still refuses fails here as an error, never a panic.
+/// Build the `http::Request` for `request/7`. A path the URI parser refuses (not absolute, a
+/// character a URI may not hold) fails here as an error, never a panic.
 pub fn build_request(
     method: Method,
     path: &str,
@@ -911,7 +910,7 @@ mod tests {
             http::Method::PUT
         );
 
-        // Kube refuses such paths before they get here; if one did, it is an error, not a panic.
+        // A path no URI may hold is an error, not a panic.
         assert!(build_request(Method::Get, "/a b", None, None).is_err());
     }
 }

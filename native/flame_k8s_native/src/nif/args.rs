@@ -1,11 +1,8 @@
 //! The NIF arguments as Rust types.
 //!
-//! `FLAMEK8sBackend.Kube` validates every value before it calls a NIF (the one place where
-//! arguments are validated: it names options the way the caller wrote them, shows the bad value
-//! with `inspect` unless it is a secret, and knows the caller's defaults). Here a term is only
-//! decoded into its type. A term of another type can only come from calling
-//! `FLAMEK8sBackend.Native` directly: it raises `ArgumentError` naming the argument, and
-//! nothing is started. Two checks go beyond the type, because what they prevent happens in
+//! The user's options are validated once, by `FLAMEK8sBackend.Options`, with messages that name
+//! them. Here a term is only decoded into its type. A term of another type raises
+//! `ArgumentError` naming the argument, and nothing is started. Two checks go beyond the type, because what they prevent happens in
 //! the NIF itself: names and selectors that could not fit in a request URL (an `ArgumentError`
 //! instead of a request that cannot be built), and terms whose copy would be huge (shared
 //! subterms are copied once per occurrence: see `Owned`).
@@ -71,11 +68,11 @@ rustler::atoms! {
     label_selector,
 }
 
-/// A label selector's bound, as in `Kube`: percent-encoded (up to 3 bytes per byte) it stays
+/// A label selector's bound: percent-encoded (up to 3 bytes per byte) it stays
 /// within what an HTTP URI may hold (64 KiB).
 pub const MAX_SELECTOR: usize = 16_384;
 
-/// A namespace or name: a Kubernetes name, as `Kube` checks it (`name!/2`). It goes into the
+/// A namespace or name: a Kubernetes name. It goes into the
 /// request's path as it is, so nothing else may: no `/`, `?`, `%`, space or control character,
 /// not `.` or `..`, at most 253 bytes.
 fn kubernetes_name(term: Term, what: &str) -> NifResult<String> {

@@ -5,8 +5,8 @@
 //!
 //! No NIF here waits for anything: each returns at once on the caller's normal scheduler, so
 //! no BEAM scheduler, normal or dirty, ever waits on the network (simultaneous requests
-//! are as many tasks, not a queue behind the dirty IO schedulers). `FLAMEK8sBackend.Kube` turns the
-//! reply into a synchronous call for its callers.
+//! are as many tasks, not a queue behind the dirty IO schedulers). `FLAMEK8sBackend.Kube` turns
+//! the reply into a synchronous call for its callers.
 
 use std::future::Future;
 use std::time::Duration;
@@ -118,7 +118,7 @@ fn create<'a>(
     idempotent: Idempotent,
     reference: Ref<'a>,
 ) -> Term<'a> {
-    // `Kube` allows at most 4,000,000,000 ms; a direct call with more must not overflow the clock.
+    // Bounded so that no value, however large, overflows the clock.
     let queue = Duration::from_millis(queue_ms.0.min(4_000_000_000));
     let slot_deadline = tokio::time::Instant::now() + queue;
     spawn_queued_request(
