@@ -54,13 +54,8 @@ defmodule FLAMEK8sBackend.MixProject do
           About: ["CHANGELOG.md", "CONTRIBUTING.md"]
         ],
         groups_for_modules: [
-          Backend: [FLAMEK8sBackend, FLAMEK8sBackend.BootError, FLAMEK8sBackend.Telemetry],
-          "Runner pods and cleanup": [
-            ~r/^FLAMEK8sBackend\.RunnerPod/,
-            FLAMEK8sBackend.Reaper,
-            FLAMEK8sBackend.SelfDelete,
-            FLAMEK8sBackend.BootDiagnostics
-          ]
+          Backend: [FLAMEK8sBackend],
+          "Errors and events": [FLAMEK8sBackend.BootError, FLAMEK8sBackend.Telemetry]
         ]
       ]
     ]

@@ -307,7 +307,7 @@ defmodule FLAMEK8sBackend do
 
   @doc """
   `FLAME.Backend` callback, run on the runner node: deletes its own pod (and secret) when its
-  service account may (see `FLAMEK8sBackend.SelfDelete`), then stops the VM.
+  service account may (see [Cleanup](failures-and-cleanup.md#cleanup)), then stops the VM.
   """
   @impl true
   @spec system_shutdown() :: no_return()

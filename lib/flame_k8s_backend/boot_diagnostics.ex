@@ -1,25 +1,24 @@
 defmodule FLAMEK8sBackend.BootDiagnostics do
-  @moduledoc """
-  Kubernetes' own story of a failed boot, added to its `FLAMEK8sBackend.BootError`: the runner
-  pod's latest Events (`FailedScheduling`, `FailedMount`, `BackOff`, `Killing`, ...) and, for a
-  container that exited (or a runner VM that ran but never connected), the last lines of its
-  log.
-
-  Best effort, and it never changes the boot's result. What RBAC does not let the parent read
-  (`list` on `events`, `get` on `pods/log`) is `:forbidden` in the error, which then says
-  nothing of it: a warning says so once per VM and namespace, naming the missing verb. What
-  could not be read for another reason (an API server that does not answer in time) is said so
-  in the error (`{:unreadable, why}`). Both requests run at once, within a budget of a
-  few seconds, before the pod is deleted (its log goes with it). Known secret values (the
-  cookie, `:secret_env`) are replaced by `[redacted]` in everything read, and in the error's
-  own `:reason` (a container's termination message, the waiting detail, the API server's
-  message), whether or not the pod may exist.
-
-      error = FLAMEK8sBackend.BootDiagnostics.add(kube, error,
-        namespace: "prod", pod: "web-1-flame-x7k2p", app_container: "web", redact: [cookie])
-      error.events
-      #=> [%{type: "Warning", reason: "FailedScheduling", count: 3, message: "0/3 nodes ...", ...}]
-  """
+  @moduledoc false
+  # Kubernetes' own story of a failed boot, added to its `FLAMEK8sBackend.BootError`: the runner
+  # pod's latest Events (`FailedScheduling`, `FailedMount`, `BackOff`, `Killing`, ...) and, for a
+  # container that exited (or a runner VM that ran but never connected), the last lines of its
+  # log.
+  #
+  # Best effort, and it never changes the boot's result. What RBAC does not let the parent read
+  # (`list` on `events`, `get` on `pods/log`) is `:forbidden` in the error, which then says
+  # nothing of it: a warning says so once per VM and namespace, naming the missing verb. What
+  # could not be read for another reason (an API server that does not answer in time) is said so
+  # in the error (`{:unreadable, why}`). Both requests run at once, within a budget of a
+  # few seconds, before the pod is deleted (its log goes with it). Known secret values (the
+  # cookie, `:secret_env`) are replaced by `[redacted]` in everything read, and in the error's
+  # own `:reason` (a container's termination message, the waiting detail, the API server's
+  # message), whether or not the pod may exist.
+  #
+  #     error = FLAMEK8sBackend.BootDiagnostics.add(kube, error,
+  #       namespace: "prod", pod: "web-1-flame-x7k2p", app_container: "web", redact: [cookie])
+  #     error.events
+  #     #=> [%{type: "Warning", reason: "FailedScheduling", count: 3, message: "0/3 nodes ...", ...}]
 
   require Logger
 

@@ -42,7 +42,7 @@ defmodule FLAMEK8sBackend.BootError do
       `%{container: name, lines: last_lines}`, `{:unreadable, why}` or `:forbidden` (no `get`
       on `pods/log`); otherwise `nil`
 
-  `:events` and `:log` are best effort (`FLAMEK8sBackend.BootDiagnostics`): whether they could
+  `:events` and `:log` are best effort: whether they could
   be read never changes `:phase` or `:reason`. Secret values (the cookie, `:secret_env`) never
   appear in them, nor in `:reason`.
 

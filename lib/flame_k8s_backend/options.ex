@@ -25,7 +25,7 @@ defmodule FLAMEK8sBackend.Options do
       a map deep-merged into the runner pod built from the parent (containers merge by name; \
       a container without a name is the app container), or a function \
       `(parent_pod, app_container) -> pod manifest` that returns the whole pod. See \
-      `FLAMEK8sBackend.RunnerPod` for what is always set on top.\
+      [Runner pods](runner-pods.md#what-the-backend-sets) for what is always set on top.\
       """
     ],
     env: [

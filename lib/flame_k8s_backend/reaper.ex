@@ -1,23 +1,22 @@
 defmodule FLAMEK8sBackend.Reaper do
-  @moduledoc """
-  Deletes a runner's pod and secret from the parent side when the runner is gone: one reaper
-  per runner, started before anything is created. What it covers, next to the other ways
-  runners are cleaned up, is in [Cleanup](failures-and-cleanup.md#cleanup).
-
-  `FLAMEK8sBackend.remote_boot/1` uses it like this:
-
-      {:ok, reaper} = Reaper.start(kube, namespace, self(), log, 60_000)
-      # Before each create (the secret only for a runner with a secret of its own, never the
-      # parent's Secret it may reference); the create's result right after it.
-      :ok = Reaper.track(reaper, :secret, runner_name)
-      :ok = Reaper.created(reaper, :secret, Kube.create_secret(kube, namespace, secret))
-      :ok = Reaper.track(reaper, :pod, runner_name)
-      :ok = Reaper.created(reaper, :pod, Kube.create_pod(kube, namespace, pod))
-      # ... await the runner's remote_up, then either
-      :ok = Reaper.monitor(reaper, remote_terminator)
-      # or, when the boot failed (answers once done, or after 5 s with the deletes still going)
-      :ok = Reaper.reap_now(reaper, 5_000)
-  """
+  @moduledoc false
+  # Deletes a runner's pod and secret from the parent side when the runner is gone: one reaper
+  # per runner, started before anything is created. What it covers, next to the other ways
+  # runners are cleaned up, is in [Cleanup](failures-and-cleanup.md#cleanup).
+  #
+  # `FLAMEK8sBackend.remote_boot/1` uses it like this:
+  #
+  #     {:ok, reaper} = Reaper.start(kube, namespace, self(), log, 60_000)
+  #     # Before each create (the secret only for a runner with a secret of its own, never the
+  #     # parent's Secret it may reference); the create's result right after it.
+  #     :ok = Reaper.track(reaper, :secret, runner_name)
+  #     :ok = Reaper.created(reaper, :secret, Kube.create_secret(kube, namespace, secret))
+  #     :ok = Reaper.track(reaper, :pod, runner_name)
+  #     :ok = Reaper.created(reaper, :pod, Kube.create_pod(kube, namespace, pod))
+  #     # ... await the runner's remote_up, then either
+  #     :ok = Reaper.monitor(reaper, remote_terminator)
+  #     # or, when the boot failed (answers once done, or after 5 s with the deletes still going)
+  #     :ok = Reaper.reap_now(reaper, 5_000)
   # It monitors the FLAME Runner process and, once booted, the remote terminator. When either
   # goes down while the runner's node is still connected (an idle shutdown: the runner
   # deletes its own pod and secret in system_shutdown/0 and tells the reaper what it deleted,

@@ -1,79 +1,78 @@
 defmodule FLAMEK8sBackend.RunnerPod do
-  @moduledoc """
-  Builds the runner pod and its secret from the parent pod, the validated options and the
-  runtime values of `FLAMEK8sBackend.RunnerPod.Runtime`. Pure: no I/O, no process state.
-
-  ## The runner pod
-
-  The app container is the parent's container named `:app_container_name` (default: the
-  first one). From the parent the runner takes that container's image, command, args, env,
-  envFrom, resources, volume mounts and working dir, and the pod's service account, image pull
-  secrets, volumes, node selector, tolerations and security context. It never takes the
-  parent's labels (a Deployment's selector would adopt the runner and its ReplicaSet would
-  delete it), probes, ports or node name, nor a service-account token volume of the parent
-  (below).
-
-  **Service-account tokens.** The parent's volumes that carry a service-account token, and
-  their mounts, are never copied: a projected volume with a `serviceAccountToken` source
-  (what the ServiceAccount admission plugin injects as `kube-api-access-*`, or one of the
-  parent's own), and a legacy token Secret (`<account>-token-xxxxx`, or whatever is mounted
-  at `/var/run/secrets/kubernetes.io/serviceaccount`). Copied, it would give the runner a
-  token even under `automountServiceAccountToken: false`. The API server injects the runner's
-  own token (of `:service_account_name`, else the parent's account), or none. A runner that
-  needs such a volume gets it from `:manifest`.
-
-  Then, in order:
-
-    1. a map `:manifest` is deep-merged over that pod (containers merge by name; a container
-       without a name is the app container); a `:manifest` function receives the parent pod
-       and its app container and returns the whole pod instead (what would make it the
-       parent's — `status`, controller owner references, the parent's own labels — is dropped,
-       and env entries copied unchanged from the parent rank as parent env);
-    2. `metadata`: the runner's name (the parent's name, `-flame-` and a random suffix,
-       chosen by the backend), the namespace, labels (manifest
-       labels, then `:labels`, then the identifying labels below), and a controller owner
-       reference to the parent pod unless `:omit_owner_reference` (Kubernetes' garbage
-       collector deletes runners with their parent, and no ReplicaSet ever adopts one);
-    3. `restartPolicy: Never`, `activeDeadlineSeconds` when `:active_deadline_seconds` is set
-       and `serviceAccountName` when `:service_account_name` is (both win over the
-       manifest's);
-    4. the app container's environment, by precedence (later wins):
-       `TMPDIR` (the `:tmp_dir`) < parent container env < defaults (`PHX_SERVER=false`,
-       `RELEASE_DISTRIBUTION=name`, `RELEASE_NODE=<basename>@$(POD_IP)`, and
-       `ERL_AFLAGS`/`ERL_ZFLAGS` of the parent VM) < `:manifest` env < `:env` < fixed
-       (`POD_NAME`, `POD_NAMESPACE`, `POD_IP` from the downward API, `FLAME_PARENT`).
-       `RELEASE_COOKIE` and the `:secret_env` names are never plain env vars: they are removed
-       from the env list (a plain var would win over the secret) and come from the runner
-       secret (named like the pod, same owner reference) through `envFrom`, and
-       `FLAME_K8S_RUNNER_SECRET` names that secret (for the runner's own cleanup). When the
-       parent's `RELEASE_COOKIE` comes from a Secret (`valueFrom.secretKeyRef`, given as
-       `:cookie_secret_ref`) and there is no `:secret_env`, the runner references that same
-       key instead and gets no secret of its own. At boot, `FLAMEK8sBackend` adds
-       `FLAME_K8S_REAPER` (the parent's reaper for this runner, see
-       `FLAMEK8sBackend.SelfDelete`) with `put_env/4`.
-       A `-setcookie` in `ERL_AFLAGS`, `ERL_FLAGS` or `ERL_ZFLAGS` (whoever set them: a
-       release's `env.sh` puts it in the parent VM's flags, which are forwarded) is left out
-       with its values (read as `erl` reads them): the runner gets the cookie from its
-       secret, as `RELEASE_COOKIE`, never as plain pod env;
-    5. with `:dist_port`, `-kernel inet_dist_listen_min P inet_dist_listen_max P` in front of
-       the final `ERL_AFLAGS` (the first setting of a kernel parameter wins, so neither the
-       parent's forwarded flags nor the release's `vm.args` can move the port);
-    6. with `:tmp_dir`, an `emptyDir` volume `flame-tmp` (unless the pod already has a volume
-       of that name) mounted at that path in the app container (unless something is already
-       mounted there). An `emptyDir` is writable by any user, also under a read-only root
-       filesystem.
-
-  A `:manifest` map cannot move the runner to another namespace, and a container in it that
-  names no container of the pod and has no image is an error (the pure-Elixir backend took the
-  first container as the app container whatever its name; here a container without a name is).
-
-  Identifying labels: `app.kubernetes.io/managed-by=flame_k8s_backend` and
-  `flame-k8s-backend.io/parent-uid=<parent pod uid>`; the annotations
-  `flame-k8s-backend.io/parent-pod` (the parent's name),
-  `flame-k8s-backend.io/app-container` (the app container's name) and, on the pod and its
-  secret, `flame-k8s-backend.io/boot-timeout-ms` (the `:boot_timeout` it was created with,
-  which the sweep at `FLAMEK8sBackend.init/1` reads).
-  """
+  @moduledoc false
+  # Builds the runner pod and its secret from the parent pod, the validated options and the
+  # runtime values of `FLAMEK8sBackend.RunnerPod.Runtime`. Pure: no I/O, no process state.
+  #
+  # ## The runner pod
+  #
+  # The app container is the parent's container named `:app_container_name` (default: the
+  # first one). From the parent the runner takes that container's image, command, args, env,
+  # envFrom, resources, volume mounts and working dir, and the pod's service account, image pull
+  # secrets, volumes, node selector, tolerations and security context. It never takes the
+  # parent's labels (a Deployment's selector would adopt the runner and its ReplicaSet would
+  # delete it), probes, ports or node name, nor a service-account token volume of the parent
+  # (below).
+  #
+  # **Service-account tokens.** The parent's volumes that carry a service-account token, and
+  # their mounts, are never copied: a projected volume with a `serviceAccountToken` source
+  # (what the ServiceAccount admission plugin injects as `kube-api-access-*`, or one of the
+  # parent's own), and a legacy token Secret (`<account>-token-xxxxx`, or whatever is mounted
+  # at `/var/run/secrets/kubernetes.io/serviceaccount`). Copied, it would give the runner a
+  # token even under `automountServiceAccountToken: false`. The API server injects the runner's
+  # own token (of `:service_account_name`, else the parent's account), or none. A runner that
+  # needs such a volume gets it from `:manifest`.
+  #
+  # Then, in order:
+  #
+  #   1. a map `:manifest` is deep-merged over that pod (containers merge by name; a container
+  #      without a name is the app container); a `:manifest` function receives the parent pod
+  #      and its app container and returns the whole pod instead (what would make it the
+  #      parent's — `status`, controller owner references, the parent's own labels — is dropped,
+  #      and env entries copied unchanged from the parent rank as parent env);
+  #   2. `metadata`: the runner's name (the parent's name, `-flame-` and a random suffix,
+  #      chosen by the backend), the namespace, labels (manifest
+  #      labels, then `:labels`, then the identifying labels below), and a controller owner
+  #      reference to the parent pod unless `:omit_owner_reference` (Kubernetes' garbage
+  #      collector deletes runners with their parent, and no ReplicaSet ever adopts one);
+  #   3. `restartPolicy: Never`, `activeDeadlineSeconds` when `:active_deadline_seconds` is set
+  #      and `serviceAccountName` when `:service_account_name` is (both win over the
+  #      manifest's);
+  #   4. the app container's environment, by precedence (later wins):
+  #      `TMPDIR` (the `:tmp_dir`) < parent container env < defaults (`PHX_SERVER=false`,
+  #      `RELEASE_DISTRIBUTION=name`, `RELEASE_NODE=<basename>@$(POD_IP)`, and
+  #      `ERL_AFLAGS`/`ERL_ZFLAGS` of the parent VM) < `:manifest` env < `:env` < fixed
+  #      (`POD_NAME`, `POD_NAMESPACE`, `POD_IP` from the downward API, `FLAME_PARENT`).
+  #      `RELEASE_COOKIE` and the `:secret_env` names are never plain env vars: they are removed
+  #      from the env list (a plain var would win over the secret) and come from the runner
+  #      secret (named like the pod, same owner reference) through `envFrom`, and
+  #      `FLAME_K8S_RUNNER_SECRET` names that secret (for the runner's own cleanup). When the
+  #      parent's `RELEASE_COOKIE` comes from a Secret (`valueFrom.secretKeyRef`, given as
+  #      `:cookie_secret_ref`) and there is no `:secret_env`, the runner references that same
+  #      key instead and gets no secret of its own. At boot, `FLAMEK8sBackend` adds
+  #      `FLAME_K8S_REAPER` (the parent's reaper for this runner, see
+  #      `FLAMEK8sBackend.SelfDelete`) with `put_env/4`.
+  #      A `-setcookie` in `ERL_AFLAGS`, `ERL_FLAGS` or `ERL_ZFLAGS` (whoever set them: a
+  #      release's `env.sh` puts it in the parent VM's flags, which are forwarded) is left out
+  #      with its values (read as `erl` reads them): the runner gets the cookie from its
+  #      secret, as `RELEASE_COOKIE`, never as plain pod env;
+  #   5. with `:dist_port`, `-kernel inet_dist_listen_min P inet_dist_listen_max P` in front of
+  #      the final `ERL_AFLAGS` (the first setting of a kernel parameter wins, so neither the
+  #      parent's forwarded flags nor the release's `vm.args` can move the port);
+  #   6. with `:tmp_dir`, an `emptyDir` volume `flame-tmp` (unless the pod already has a volume
+  #      of that name) mounted at that path in the app container (unless something is already
+  #      mounted there). An `emptyDir` is writable by any user, also under a read-only root
+  #      filesystem.
+  #
+  # A `:manifest` map cannot move the runner to another namespace, and a container in it that
+  # names no container of the pod and has no image is an error (the pure-Elixir backend took the
+  # first container as the app container whatever its name; here a container without a name is).
+  #
+  # Identifying labels: `app.kubernetes.io/managed-by=flame_k8s_backend` and
+  # `flame-k8s-backend.io/parent-uid=<parent pod uid>`; the annotations
+  # `flame-k8s-backend.io/parent-pod` (the parent's name),
+  # `flame-k8s-backend.io/app-container` (the app container's name) and, on the pod and its
+  # secret, `flame-k8s-backend.io/boot-timeout-ms` (the `:boot_timeout` it was created with,
+  # which the sweep at `FLAMEK8sBackend.init/1` reads).
 
   alias FLAMEK8sBackend.Options
   alias FLAMEK8sBackend.RunnerPod.{Env, Manifest, Metadata, Runtime}

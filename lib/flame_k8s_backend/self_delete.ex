@@ -1,24 +1,23 @@
 defmodule FLAMEK8sBackend.SelfDelete do
-  @moduledoc """
-  Runs on a runner node in `FLAMEK8sBackend.system_shutdown/0`: deletes the runner's own pod,
-  named `POD_NAME`, and its secret when it has one (named by `FLAME_K8S_RUNNER_SECRET`; a runner
-  whose cookie comes from the parent's Secret has none), with the pod's service account, when
-  that account may. The least it needs is `delete` on `pods` (see
-  [Runner service account](kubernetes-setup.md#runner-service-account)). It then reports each delete it sent to the parent's reaper (`report/3`): the parent
-  sends no DELETE of its own for what the runner deleted (a boot costs one DELETE, not two),
-  and emits the `[:flame_k8s_backend, :cleanup, :delete]` event of each (`deleter: :runner`,
-  `trigger: :system_shutdown`), where the app's handlers are.
-
-  Best effort and bounded: the parent deletes them too when it sees the runner go down, so a
-  runner without credentials (or without RBAC for it) simply skips this.
-
-  It runs inside FLAME's terminator, which traps exits and crashes on any message it does not
-  expect; a crash there makes FLAME start a new terminator, which stops the system (and so
-  deletes the pod) a second time. So the deletes run in a process of its own that is neither
-  linked nor left behind: `run/0` returns once that process is gone, leaving no message in
-  the caller's mailbox, and FLAME's terminator (which calls `system_shutdown/0` once) makes it
-  one DELETE per runner.
-  """
+  @moduledoc false
+  # Runs on a runner node in `FLAMEK8sBackend.system_shutdown/0`: deletes the runner's own pod,
+  # named `POD_NAME`, and its secret when it has one (named by `FLAME_K8S_RUNNER_SECRET`; a runner
+  # whose cookie comes from the parent's Secret has none), with the pod's service account, when
+  # that account may. The least it needs is `delete` on `pods` (see
+  # [Runner service account](kubernetes-setup.md#runner-service-account)). It then reports each delete it sent to the parent's reaper (`report/3`): the parent
+  # sends no DELETE of its own for what the runner deleted (a boot costs one DELETE, not two),
+  # and emits the `[:flame_k8s_backend, :cleanup, :delete]` event of each (`deleter: :runner`,
+  # `trigger: :system_shutdown`), where the app's handlers are.
+  #
+  # Best effort and bounded: the parent deletes them too when it sees the runner go down, so a
+  # runner without credentials (or without RBAC for it) simply skips this.
+  #
+  # It runs inside FLAME's terminator, which traps exits and crashes on any message it does not
+  # expect; a crash there makes FLAME start a new terminator, which stops the system (and so
+  # deletes the pod) a second time. So the deletes run in a process of its own that is neither
+  # linked nor left behind: `run/0` returns once that process is gone, leaving no message in
+  # the caller's mailbox, and FLAME's terminator (which calls `system_shutdown/0` once) makes it
+  # one DELETE per runner.
   require Logger
 
   alias FLAMEK8sBackend.{Kube, Telemetry}

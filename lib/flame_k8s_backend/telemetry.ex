@@ -182,8 +182,8 @@ defmodule FLAMEK8sBackend.Telemetry do
 
   @doc """
   Emits the cleanup event of a delete the runner did itself at shutdown (`deleter: :runner`,
-  `trigger: :system_shutdown`, one attempt), from what it reported (see
-  `FLAMEK8sBackend.SelfDelete.report/3`): `:kind`, `:name`, `:result` and `:duration_us`, the
+  `trigger: :system_shutdown`, one attempt), from what it reported to the parent's reaper:
+  `:kind`, `:name`, `:result` and `:duration_us`, the
   microseconds it took on the runner (native time units may differ between nodes).
   """
   @spec runner_cleanup(String.t(), FLAMEK8sBackend.SelfDelete.deletion()) :: :ok

@@ -15,7 +15,7 @@ defmodule FLAMEK8sBackend.RequestsPerBootE2ETest do
   @moduletag :e2e
   @moduletag timeout: 180_000
 
-  alias FLAMEK8sBackend.Test.{AuditLog, RemoteFuns}
+  alias FLAMEK8sBackend.Test.AuditLog
 
   @boots 3
 
@@ -72,20 +72,7 @@ defmodule FLAMEK8sBackend.RequestsPerBootE2ETest do
 
     errors =
       for _ <- 1..@boots do
-        info = FLAME.call(pool, &RemoteFuns.whereami/0)
-        Node.monitor(info.node, true)
-        assert_receive {:nodedown, _}, 30_000
-        # Waiting on the kubelet's log sends no request.
-        eventually(
-          fn ->
-            Enum.any?(
-              LocalCluster.kubelet_log(ns),
-              &(&1 =~ "#{info.pod_name}: removed from the API")
-            )
-          end,
-          30_000
-        )
-
+        info = boot_until_idle_gone!(pool, ns)
         {info.pod_name, runner_errors(ns, info.pod_name)}
       end
 

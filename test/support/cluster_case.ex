@@ -5,7 +5,9 @@ defmodule FLAMEK8sBackend.Test.ClusterCase do
   """
   use ExUnit.CaseTemplate
 
-  alias FLAMEK8sBackend.Test.LocalCluster
+  import ExUnit.Assertions
+
+  alias FLAMEK8sBackend.Test.{LocalCluster, RemoteFuns}
 
   using do
     quote do
@@ -77,6 +79,29 @@ defmodule FLAMEK8sBackend.Test.ClusterCase do
   down). On a loaded 2-core machine a first call can take some hundred ms to get there.
   """
   def short_idle_ms, do: 1_000
+
+  @doc """
+  One boot through `pool` (in `namespace` of the local control plane) that runs
+  `RemoteFuns.whereami/0` and ends by the runner's idle shutdown, its pod removed from the API;
+  returns what `whereami/0` said. Waiting on the kubelet's log sends no request.
+  """
+  def boot_until_idle_gone!(pool, namespace) do
+    info = FLAME.call(pool, &RemoteFuns.whereami/0)
+    Node.monitor(info.node, true)
+    assert_receive {:nodedown, _}, 30_000
+
+    eventually(
+      fn ->
+        Enum.any?(
+          LocalCluster.kubelet_log(namespace),
+          &(&1 =~ "#{info.pod_name}: removed from the API")
+        )
+      end,
+      30_000
+    )
+
+    info
+  end
 
   @doc "The runner pods in `namespace`."
   def runner_pods(kube, ns) do

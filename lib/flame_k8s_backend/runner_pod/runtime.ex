@@ -1,25 +1,19 @@
 defmodule FLAMEK8sBackend.RunnerPod.Runtime do
-  @moduledoc """
-  What a runner pod and its secret are built from besides the parent pod and the validated
-  options: the values only `FLAMEK8sBackend.init/1` knows, gathered by `new/4`.
-
-    * `:runner_name` - the name of the runner pod and of its secret
-    * `:node_basename` - the runner node's name before `@` (`:runner_node_basename`, else the
-      runner name)
-    * `:flame_parent` - the encoded `FLAME.Parent`, the runner's `FLAME_PARENT`
-    * `:forwarded_env` - the parent VM's `ERL_AFLAGS`/`ERL_ZFLAGS`, passed on at the defaults
-      level (without a `-setcookie`)
-    * `:cookie_secret_ref` - the `secretKeyRef` the parent's own `RELEASE_COOKIE` comes from,
-      for the runner to reference too; `nil`: the cookie goes in the runner secret
-
-  `inspect/1` leaves out `:flame_parent` (the parent's identity, which only the runner needs
-  to see).
-
-      iex> runtime = %FLAMEK8sBackend.RunnerPod.Runtime{runner_name: "web-1-flame-x7k2p",
-      ...>   node_basename: "web-1-flame-x7k2p", flame_parent: "g2gDc3Ry"}
-      iex> inspect(runtime) =~ "g2gDc3Ry"
-      false
-  """
+  @moduledoc false
+  # What a runner pod and its secret are built from besides the parent pod and the validated
+  # options: the values only `FLAMEK8sBackend.init/1` knows, gathered by `new/4`.
+  #
+  #   * `:runner_name` - the name of the runner pod and of its secret
+  #   * `:node_basename` - the runner node's name before `@` (`:runner_node_basename`, else the
+  #     runner name)
+  #   * `:flame_parent` - the encoded `FLAME.Parent`, the runner's `FLAME_PARENT`
+  #   * `:forwarded_env` - the parent VM's `ERL_AFLAGS`/`ERL_ZFLAGS`, passed on at the defaults
+  #     level (without a `-setcookie`)
+  #   * `:cookie_secret_ref` - the `secretKeyRef` the parent's own `RELEASE_COOKIE` comes from,
+  #     for the runner to reference too; `nil`: the cookie goes in the runner secret
+  #
+  # `inspect/1` leaves out `:flame_parent` (the parent's identity, which only the runner needs
+  # to see).
 
   alias FLAMEK8sBackend.{Options, RunnerName, RunnerPod}
 
