@@ -151,7 +151,6 @@ defmodule FLAMEK8sBackend.ExamplesTest do
     opts = [
       parent_pod: {ns, "parent"},
       kubeconfig: LocalCluster.write_token_kubeconfig!(token),
-      labels: %{"excluster" => "flame"},
       boot_timeout: 30_000
     ]
 
@@ -188,7 +187,8 @@ defmodule FLAMEK8sBackend.ExamplesTest do
              "my-app-headless.#{ns}.svc.cluster.local"
 
     # The pitfall in deployment.yaml: the runner pod must not match the Deployment's selector
-    # (its ReplicaSet would adopt and delete it), and must match the headless Service's.
+    # (its ReplicaSet would adopt and delete it), nor the headless Service's (DNSCluster
+    # connects parents only: it dials `<its own basename>@<ip>`).
     {:ok, pod} = Kube.get_pod(kube, ns, state.runner_name)
     labels = pod["metadata"]["labels"]
     refute matches?(labels, deployment["spec"]["selector"]["matchLabels"])
@@ -196,7 +196,7 @@ defmodule FLAMEK8sBackend.ExamplesTest do
     {:ok, service} =
       Kube.request(kube, "GET", "/api/v1/namespaces/#{ns}/services/my-app-headless")
 
-    assert matches?(labels, service["spec"]["selector"])
+    refute matches?(labels, service["spec"]["selector"])
 
     # The runner goes away; the backend deletes its pod and secret, still with the
     # ServiceAccount's token.

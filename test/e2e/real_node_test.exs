@@ -553,7 +553,9 @@ defmodule FLAMEK8sBackend.RealNodeParentTest do
 
     {:ok, pod} = Kube.get_pod(ctx.kube, ctx.namespace, runner.pod)
     assert pod["spec"]["serviceAccountName"] == "flame-demo"
-    assert pod["metadata"]["labels"]["excluster"] == "flame"
+    # Neither the headless Service's label (DNSCluster connects parents only) nor the
+    # Deployment's selector label.
+    refute Map.has_key?(pod["metadata"]["labels"], "excluster")
     refute Map.has_key?(pod["metadata"]["labels"], "app")
 
     assert [%{"kind" => "Pod", "name" => owner, "controller" => true}] =

@@ -38,7 +38,7 @@ defmodule FlameDemo do
 
   @doc """
   Runs `fun` (default: `runner_info/0`) on a runner of a pool started for this call alone, whose
-  backend options are `backend_opts` (over `labels: %{"excluster" => "flame"}`), then stops the
+  backend options are `backend_opts`, then stops the
   pool; its runner goes when idle (`:idle_shutdown_after`, default 5 s). For trying one backend
   setting from outside, e.g. an unschedulable runner:
 
@@ -59,8 +59,7 @@ defmodule FlameDemo do
     pool =
       {FLAME.Pool,
        name: name,
-       backend:
-         {FLAMEK8sBackend, Keyword.merge([labels: %{"excluster" => "flame"}], backend_opts)},
+       backend: {FLAMEK8sBackend, backend_opts},
        min: 0,
        max: 1,
        boot_timeout: timeout,

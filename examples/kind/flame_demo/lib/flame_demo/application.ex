@@ -10,11 +10,20 @@ defmodule FlameDemo.Application do
   def start(_type, _args) do
     children =
       [
-        {@dns_cluster, query: Application.get_env(:flame_demo, :dns_cluster_query) || :ignore},
+        {@dns_cluster, query: dns_cluster_query()},
         FlameDemo.BootFailures
       ] ++ pools()
 
     Supervisor.start_link(children, strategy: :one_for_one, name: FlameDemo.Supervisor)
+  end
+
+  # Only on the parents: DNSCluster connects nodes named `<its own basename>@<ip>`, and a runner
+  # is named after its pod, so a runner's loop (it inherits DNS_CLUSTER_QUERY) could never
+  # connect anything.
+  defp dns_cluster_query do
+    if FLAME.Parent.get(),
+      do: :ignore,
+      else: Application.get_env(:flame_demo, :dns_cluster_query) || :ignore
   end
 
   # Public so that this repository's tests can start the same pools against their local
@@ -22,13 +31,13 @@ defmodule FlameDemo.Application do
   @doc false
   def pools do
     [
-      # The pool the app uses. Runner pods get the headless Service's label so DNSCluster finds
-      # them too; they never get the Deployment's `app` label (see deployment.yaml).
+      # The pool the app uses. Runner pods get neither the headless Service's label (DNSCluster
+      # connects parents only) nor the Deployment's `app` label (see deployment.yaml).
       {
         FLAME.Pool,
         # The pool's :log is the backend's too (FLAME puts it over the backend's options).
         name: FlameDemo.Runner,
-        backend: {FLAMEK8sBackend, labels: %{"excluster" => "flame"}},
+        backend: FLAMEK8sBackend,
         log: :info,
         min: 0,
         max: 2,
