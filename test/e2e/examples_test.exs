@@ -50,6 +50,17 @@ defmodule FLAMEK8sBackend.ExamplesTest do
     end
   end
 
+  test "the warm-capacity examples are accepted (server-side dry run)", ctx do
+    manifests = Path.wildcard(Path.join(@root, "examples/warm-capacity/*.yaml"))
+    assert {output, 0} = localkube(ctx, "dry-run", manifests)
+
+    assert Enum.sort(String.split(output, "\n", trim: true)) == [
+             "ok DaemonSet/my-app-image-prepull",
+             "ok Deployment/my-app-flame-placeholder",
+             "ok PriorityClass/my-app-flame-placeholder"
+           ]
+  end
+
   test "kind.sh's adaptation of the example manifests is accepted too", ctx do
     dir = tmp_dir!()
 
