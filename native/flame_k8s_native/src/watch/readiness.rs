@@ -138,6 +138,18 @@ pub fn classify(pod: &Pod, policy: UnschedulablePolicy) -> Classification {
     let scheduled = node_name.is_some() || scheduled_condition.is_some_and(|c| c.status == "True");
 
     if !scheduled {
+        // A nominated node: the scheduler is evicting lower-priority pods (placeholders) to
+        // make room there, and binds this pod once they are gone. Not a failure, even under
+        // `Fail`.
+        let nominated = status.and_then(|s| non_empty(s.nominated_node_name.as_ref()));
+        if let (Some(msg), Some(node)) = (&unschedulable, nominated) {
+            return Classification::Pending {
+                phase: PendingPhase::Scheduling,
+                detail: Some(format!(
+                    "preempting lower-priority pods on node {node}: {msg}"
+                )),
+            };
+        }
         if let Some(msg) = unschedulable {
             return match policy {
                 UnschedulablePolicy::Fail => {
@@ -419,6 +431,22 @@ mod tests {
             phase: PendingPhase::ContainerStart,
             detail: Some(
                 "CreateContainerConfigError: failed to sync secret cache: timed out waiting for the condition"
+                    .into(),
+            ),
+        };
+        assert_eq!(classify(&p, Fail), expected);
+        assert_eq!(classify(&p, Wait), expected);
+    }
+
+    #[test]
+    fn unschedulable_but_nominated_waits_for_its_preemption_under_either_policy() {
+        // The scheduler found lower-priority pods to evict (placeholders) and nominated a
+        // node: the pod is scheduled there once they are gone.
+        let p = fixture("unschedulable_preempting");
+        let expected = Classification::Pending {
+            phase: PendingPhase::Scheduling,
+            detail: Some(
+                "preempting lower-priority pods on node node-a: 0/1 nodes are available: 1 Insufficient cpu."
                     .into(),
             ),
         };
