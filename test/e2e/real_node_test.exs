@@ -509,6 +509,29 @@ defmodule FLAMEK8sBackend.RealNodeParentTest do
     })
   end
 
+  # The pods bound to `node` that still hold their requests (not finished), in any namespace.
+  defp node_pods(ctx, node) do
+    {:ok, %{"items" => pods}} =
+      Kube.request(ctx.kube, "GET", "/api/v1/pods?fieldSelector=spec.nodeName=#{node}")
+
+    Enum.reject(pods, &(&1["status"]["phase"] in ["Succeeded", "Failed"]))
+  end
+
+  defp cpu_requests(pod) do
+    pod["spec"]["containers"]
+    |> Enum.map(&get_in(&1, ["resources", "requests", "cpu"]))
+    |> Enum.reject(&is_nil/1)
+    |> Enum.map(&millicpu/1)
+    |> Enum.sum()
+  end
+
+  defp millicpu(quantity) do
+    case Float.parse(quantity) do
+      {n, "m"} -> round(n)
+      {n, ""} -> round(n * 1000)
+    end
+  end
+
   # --- scenarios
 
   test "the example manifests are accepted as they are", ctx do
@@ -770,12 +793,12 @@ defmodule FLAMEK8sBackend.RealNodeParentTest do
     await_gone!(ctx, name, 30_000)
   end
 
-  test "DNS as DNSCluster uses it: the headless Service lists the parent and its runners", ctx do
+  test "DNS as DNSCluster uses it: the headless Service lists the parent, not its runners", ctx do
     parent = parent!(ctx)
-    pool = start_pool!(parent, labels: %{"excluster" => "flame"})
+    pool = start_pool!(parent, [])
     on_exit(fn -> stop_pool(parent, pool) end)
     runner = rpc(parent, FLAME, :call, [pool, &FlameDemo.runner_info/0])
-    want = Enum.sort([parent.ip, runner.pod_ip])
+    want = [parent.ip]
 
     # From the parent pod, by the short name (the pod's resolv.conf search list), as
     # :inet_res does it for DNSCluster.
@@ -798,6 +821,91 @@ defmodule FLAMEK8sBackend.RealNodeParentTest do
     name = "flame-demo-headless.#{ctx.namespace}.svc.cluster.local"
     ips = Enum.map(RealNode.dns_lookup(name), &to_string(:inet.ntoa(&1)))
     assert want -- ips == []
+    refute runner.pod_ip in ips
+  end
+
+  test "placeholders (examples/warm-capacity) keep room: a runner that does not fit preempts one, even under unschedulable: :fail",
+       ctx do
+    parent = parent!(ctx)
+    node = RealNode.info().node_name
+    placeholders = "app.kubernetes.io/name=my-app-flame-placeholder"
+
+    # No pod on the node is going away: its requests would make room by themselves.
+    RealNode.wait_until!(
+      fn -> Enum.all?(node_pods(ctx, node), &(&1["metadata"]["deletionTimestamp"] == nil)) end,
+      90_000,
+      "no terminating pod on #{node}"
+    )
+
+    path = Path.join(System.tmp_dir!(), "placeholder-#{System.unique_integer([:positive])}.yaml")
+
+    File.write!(
+      path,
+      File.read!("examples/warm-capacity/placeholder.yaml")
+      |> String.replace("registry.k8s.io/pause:3.10", RealNode.info().pause_image)
+    )
+
+    on_exit(fn ->
+      kube = RealNode.kube!()
+
+      deployment =
+        "/apis/apps/v1/namespaces/#{ctx.namespace}/deployments/my-app-flame-placeholder"
+
+      Kube.request(kube, "DELETE", deployment)
+
+      Kube.request(
+        kube,
+        "DELETE",
+        "/apis/scheduling.k8s.io/v1/priorityclasses/my-app-flame-placeholder"
+      )
+    end)
+
+    RealNode.create_manifests!([path], ctx.namespace)
+    File.rm!(path)
+
+    RealNode.wait_until!(
+      fn ->
+        {:ok, pods} = Kube.list_pods(ctx.kube, ctx.namespace, label_selector: placeholders)
+        Enum.count(pods, &(&1["status"]["phase"] == "Running")) == 2
+      end,
+      60_000,
+      "2 placeholders running"
+    )
+
+    {:ok, %{"status" => %{"allocatable" => %{"cpu" => allocatable}}}} =
+      Kube.request(ctx.kube, "GET", "/api/v1/nodes/#{node}")
+
+    requested = ctx |> node_pods(node) |> Enum.map(&cpu_requests/1) |> Enum.sum()
+    free = millicpu(allocatable) - requested
+    # More than is free; less than what one placeholder (500m) leaves once preempted.
+    cpu = "#{free + 250}m"
+
+    manifest = %{
+      "spec" => %{
+        "containers" => [%{"name" => "app", "resources" => %{"requests" => %{"cpu" => cpu}}}]
+      }
+    }
+
+    assert {:ok, runner} =
+             rpc(parent, FlameDemo, :call_with, [
+               [manifest: manifest, unschedulable: :fail],
+               [timeout: 60_000]
+             ])
+
+    {:ok, %{"items" => events}} =
+      Kube.request(
+        ctx.kube,
+        "GET",
+        "/api/v1/namespaces/#{ctx.namespace}/events?fieldSelector=reason=Preempted"
+      )
+
+    assert Enum.any?(
+             events,
+             &String.starts_with?(&1["involvedObject"]["name"], "my-app-flame-placeholder")
+           ),
+           inspect(Enum.map(events, & &1["message"]))
+
+    await_gone!(ctx, runner.pod, 60_000)
   end
 
   test "code_sync to a runner with a read-only root, as a non-root user: the code lands in :tmp_dir",
