@@ -14,6 +14,7 @@ defmodule FLAMEK8sBackend.Options.Types do
   # then up to 63 letters, digits, `-`, `_` and `.`, starting and ending alphanumeric.
   @qualified_name ~r/^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?\/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$/
   @label_value ~r/^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$/
+  @resources_shape ~s(a map such as %{requests: %{"cpu" => "500m", "memory" => "1Gi"}})
   @toleration_keys ~w(key operator value effect tolerationSeconds)
   @affinity_keys ~w(nodeAffinity podAffinity podAntiAffinity)
   @log_levels [:emergency, :alert, :critical, :error, :warning, :warn, :notice, :info, :debug]
@@ -117,18 +118,22 @@ defmodule FLAMEK8sBackend.Options.Types do
 
   # `%{requests: %{"cpu" => "500m"}, limits: %{"nvidia.com/gpu" => 1}}`: the container's
   # resources, with string keys and string quantities, as the API server takes them.
-  def check(:resources, key, %{} = value) when not is_struct(value) do
+  def check(:resources, key, value)
+      when (is_map(value) and not is_struct(value)) or (is_list(value) and value != []) do
     Map.new(value, fn
       {kind, list} when kind in [:requests, :limits, "requests", "limits"] ->
         {to_string(kind), resource_list!(key, kind, list)}
 
       {kind, _list} ->
         bad!(key, "only :requests and :limits", kind)
+
+      _other ->
+        bad!(key, @resources_shape, value)
     end)
   end
 
   def check(:resources, key, value),
-    do: bad!(key, ~s(a map such as %{requests: %{"cpu" => "500m", "memory" => "1Gi"}}), value)
+    do: bad!(key, @resources_shape, value)
 
   def check(:node_selector, key, value) do
     value
