@@ -40,8 +40,8 @@ defmodule FLAMEK8sBackend.Options.Types do
     runner_pod_tpl: """
     the pure-Elixir backend's :runner_pod_tpl (before its 0.6) is :manifest here: a map \
     deep-merged into the runner pod, or a function (parent_pod, app_container) -> pod. A \
-    %FLAMEK8sBackend.RunnerPodTemplate{} with :env and :resources becomes \
-    manifest: %{"spec" => %{"containers" => [%{"env" => [...], "resources" => %{...}}]}}\
+    %FLAMEK8sBackend.RunnerPodTemplate{}'s :resources is the :resources option, and its \
+    :env becomes manifest: %{"spec" => %{"containers" => [%{"env" => [...]}]}}\
     """,
     container_name: "use :app_container_name (the parent container the runner is made from)",
     token_path: """
