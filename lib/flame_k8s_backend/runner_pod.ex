@@ -13,7 +13,8 @@ defmodule FLAMEK8sBackend.RunnerPod do
   # delete it), probes, ports or node name, nor a service-account token volume of the parent
   # (below). `:resources`, `:node_selector`, `:tolerations`, `:affinity`,
   # `:priority_class_name` and `:runtime_class_name` replace (or, `nil`, remove) those settings
-  # of the parent before anything else: the pod below is built from the parent as they leave it.
+  # of the parent before anything else, and `terminationGracePeriodSeconds` becomes
+  # `:shutdown_timeout` plus a margin: the pod below is built from the parent as they leave it.
   #
   # **Service-account tokens.** The parent's volumes that carry a service-account token, and
   # their mounts, are never copied: a projected volume with a `serviceAccountToken` source
@@ -38,8 +39,7 @@ defmodule FLAMEK8sBackend.RunnerPod do
   #      collector deletes runners with their parent, and no ReplicaSet ever adopts one);
   #   3. `restartPolicy: Never`, `activeDeadlineSeconds` when `:active_deadline_seconds` is set
   #      and `serviceAccountName` when `:service_account_name` is (both win over the
-  #      manifest's), `terminationGracePeriodSeconds` from `:shutdown_timeout` unless the
-  #      manifest sets it;
+  #      manifest's);
   #   4. the app container's environment, by precedence (later wins):
   #      `TMPDIR` (the `:tmp_dir`) < parent container env < defaults (`PHX_SERVER=false`,
   #      `RELEASE_DISTRIBUTION=name`, `RELEASE_NODE=<basename>@$(POD_IP)`, and
@@ -238,8 +238,11 @@ defmodule FLAMEK8sBackend.RunnerPod do
   end
 
   # Resources and placement: each option given replaces the parent's setting, `nil` removes it.
+  # The grace period is always the runner's own, and a manifest's still wins: also one a
+  # `:manifest` function copies from the parent pod it is given, which holds the runner's.
   defp placement(opts) do
     %{
+      "terminationGracePeriodSeconds" => grace_period(opts.shutdown_timeout),
       "resources" => opts.resources,
       "nodeSelector" => opts.node_selector,
       "tolerations" => opts.tolerations,
@@ -281,7 +284,6 @@ defmodule FLAMEK8sBackend.RunnerPod do
         pod["spec"]
         |> Map.put("restartPolicy", "Never")
         |> Map.delete("nodeName")
-        |> Map.put_new("terminationGracePeriodSeconds", grace_period(opts.shutdown_timeout))
         |> put_deadline(opts.active_deadline_seconds)
         |> put_service_account(opts.service_account_name)
         |> put_tmp_volume(container)

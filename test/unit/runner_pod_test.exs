@@ -300,7 +300,8 @@ defmodule FLAMEK8sBackend.RunnerPodTest do
 
   test "a function manifest gets the parent pod and app container and returns the whole pod" do
     manifest = fn parent, app ->
-      assert parent == @parent
+      # With the runner's grace period (see "resources and placement").
+      assert parent == put_in(@parent, ["spec", "terminationGracePeriodSeconds"], 40)
       assert app["name"] == "app"
 
       %{
@@ -431,6 +432,7 @@ defmodule FLAMEK8sBackend.RunnerPodTest do
         assert parent["spec"]["nodeSelector"] == %{"gpu" => "l4"}
         refute Map.has_key?(parent["spec"], "tolerations")
         assert parent["spec"]["runtimeClassName"] == "nvidia"
+        assert parent["spec"]["terminationGracePeriodSeconds"] == 40
         assert app["resources"] == %{"limits" => %{"nvidia.com/gpu" => "1"}}
         assert app in parent["spec"]["containers"]
         assert %{"name" => "sidecar", "image" => "envoy:1"} in parent["spec"]["containers"]
@@ -472,6 +474,12 @@ defmodule FLAMEK8sBackend.RunnerPodTest do
       end
 
       assert build!(%{manifest: function})["spec"]["terminationGracePeriodSeconds"] == 0
+
+      # One that copies the parent's spec copies the runner's grace period, not the parent's.
+      copy = fn parent, _app -> %{"spec" => parent["spec"]} end
+
+      assert build!(%{manifest: copy}, placed_parent())["spec"]["terminationGracePeriodSeconds"] ==
+               40
     end
   end
 
