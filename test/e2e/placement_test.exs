@@ -90,4 +90,57 @@ defmodule FLAMEK8sBackend.PlacementE2ETest do
     assert [%{"spec" => spec}] = runner_pods(kube, ns)
     refute Map.has_key?(spec, "nodeSelector")
   end
+
+  # PriorityClass and RuntimeClass are cluster-wide: one of each per test run, named after the
+  # test's namespace, deleted afterwards.
+  defp create_cluster_object!(kube, path, object) do
+    {:ok, _} = Kube.request(kube, "POST", path, body: object)
+    name = object["metadata"]["name"]
+    on_exit(fn -> Kube.request(LocalCluster.kube!(), "DELETE", "#{path}/#{name}") end)
+    name
+  end
+
+  test "affinity, priority class and runtime class reach the pod, which the API server admits",
+       %{kube: kube, namespace: ns, opts: opts} do
+    priority_class =
+      create_cluster_object!(kube, "/apis/scheduling.k8s.io/v1/priorityclasses", %{
+        "metadata" => %{"name" => "flame-batch-#{ns}"},
+        "value" => 1_000
+      })
+
+    runtime_class =
+      create_cluster_object!(kube, "/apis/node.k8s.io/v1/runtimeclasses", %{
+        "metadata" => %{"name" => "flame-runc-#{ns}"},
+        "handler" => "runc"
+      })
+
+    affinity = %{
+      "nodeAffinity" => %{
+        "requiredDuringSchedulingIgnoredDuringExecution" => %{
+          "nodeSelectorTerms" => [
+            %{
+              "matchExpressions" => [
+                %{"key" => "kubernetes.io/os", "operator" => "In", "values" => ["linux"]}
+              ]
+            }
+          ]
+        }
+      }
+    }
+
+    pool =
+      start_pool!(
+        Keyword.merge(opts,
+          affinity: affinity,
+          priority_class_name: priority_class,
+          runtime_class_name: runtime_class
+        )
+      )
+
+    assert {_runner, 25} = FLAME.call(pool, RemoteFuns.square(5))
+    assert [%{"spec" => spec}] = runner_pods(kube, ns)
+    assert spec["affinity"] == affinity
+    assert {spec["priorityClassName"], spec["priority"]} == {priority_class, 1_000}
+    assert spec["runtimeClassName"] == runtime_class
+  end
 end
