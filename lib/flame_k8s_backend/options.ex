@@ -185,33 +185,79 @@ defmodule FLAMEK8sBackend.Options do
       [Runner service account](kubernetes-setup.md#runner-service-account)).\
       """
     ],
+    resources: [
+      type: {:inheritable, :resources},
+      default: :inherit,
+      default_doc: "the parent app container's",
+      doc: """
+      the app container's `resources`, as Kubernetes writes them: \
+      `%{requests: %{"cpu" => "500m", "memory" => "1Gi"}, limits: %{"nvidia.com/gpu" => 1}}` \
+      (quantities as strings or integers, resource names as Kubernetes qualified names, so \
+      GPUs and other extended resources too). It replaces the parent's resources as a whole; \
+      `nil` gives the runner none. See \
+      [Placement and resources](runner-pods.md#placement-and-resources).\
+      """
+    ],
+    node_selector: [
+      type: {:inheritable, :node_selector},
+      default: :inherit,
+      default_doc: "the parent pod's",
+      doc: """
+      the runner pod's `nodeSelector`, `%{"label" => "value"}`: it replaces the parent's \
+      (`nil`: none, so a pool never lands on the parent's nodes by accident).\
+      """
+    ],
+    tolerations: [
+      type: {:inheritable, :tolerations},
+      default: :inherit,
+      default_doc: "the parent pod's",
+      doc: """
+      the runner pod's `tolerations`, a list of maps such as \
+      `%{key: "nvidia.com/gpu", operator: "Exists", effect: "NoSchedule"}`: it replaces the \
+      parent's (`nil`: none).\
+      """
+    ],
+    affinity: [
+      type: {:inheritable, :affinity},
+      default: :inherit,
+      default_doc: "none (runners do not take the parent's)",
+      doc: """
+      the runner pod's `affinity`, a map of `nodeAffinity`, `podAffinity` and \
+      `podAntiAffinity` as Kubernetes writes them.\
+      """
+    ],
+    priority_class_name: [
+      type: {:inheritable, :dns_subdomain},
+      default: :inherit,
+      default_doc: "none (runners do not take the parent's)",
+      doc: """
+      the runner pod's `priorityClassName`, e.g. a low class for preemptible batch pools.\
+      """
+    ],
+    runtime_class_name: [
+      type: {:inheritable, :dns_subdomain},
+      default: :inherit,
+      default_doc: "none (runners do not take the parent's)",
+      doc: "the runner pod's `runtimeClassName` (e.g. `nvidia`, `gvisor`)."
+    ],
+    shutdown_timeout: [
+      type: :milliseconds,
+      # FLAME's own default for a pool's :shutdown_timeout.
+      default: 30_000,
+      doc: """
+      set it to your pool's `:shutdown_timeout` (FLAME does not pass it to the backend): the \
+      ms a runner told to stop lets its calls finish. Runner pods get \
+      `terminationGracePeriodSeconds` of this (in seconds, rounded up) plus 10 s, so that \
+      Kubernetes does not kill a drained or reclaimed runner before FLAME has; a \
+      `terminationGracePeriodSeconds` in `:manifest` wins (see \
+      [Graceful termination](runner-pods.md#graceful-termination)).\
+      """
+    ],
     # FLAME passes its own terminator supervisor; this backend has no use for it.
     terminator_sup: [type: :any, default: nil, doc: false]
   ]
 
   @keys Keyword.keys(@schema)
-
-  # Options of earlier versions of the pure-Elixir flame_k8s_backend (mruoss/flame_k8s_backend)
-  # that this backend spells differently: a user switching over is told what to write instead.
-  # Every option of its 0.7 (app_container_name, manifest, env, secret_env, log, boot_timeout,
-  # omit_owner_reference, terminator_sup) is accepted as is.
-  @replaced %{
-    runner_pod_tpl: """
-    the pure-Elixir backend's :runner_pod_tpl (before its 0.6) is :manifest here: a map \
-    deep-merged into the runner pod, or a function (parent_pod, app_container) -> pod. A \
-    %FLAMEK8sBackend.RunnerPodTemplate{} with :env and :resources becomes \
-    manifest: %{"spec" => %{"containers" => [%{"env" => [...], "resources" => %{...}}]}}\
-    """,
-    container_name: "use :app_container_name (the parent container the runner is made from)",
-    token_path: """
-    this backend reads the pod's service account token itself (and re-reads it when it \
-    rotates); to use other credentials pass :kubeconfig (and :context)\
-    """,
-    insecure_skip_tls_verify: """
-    not an option here: pass :kubeconfig with a kubeconfig whose cluster sets \
-    `insecure-skip-tls-verify: true`, or better its `certificate-authority-data`\
-    """
-  }
 
   @derive {Inspect, except: [:secret_env]}
   defstruct Enum.map(@schema, fn {key, spec} -> {key, spec[:default]} end)
@@ -237,6 +283,13 @@ defmodule FLAMEK8sBackend.Options do
           dist_port: 1..65_535 | nil,
           active_deadline_seconds: pos_integer() | nil,
           service_account_name: String.t() | nil,
+          resources: map() | nil | :inherit,
+          node_selector: %{String.t() => String.t()} | nil | :inherit,
+          tolerations: [map()] | nil | :inherit,
+          affinity: map() | nil | :inherit,
+          priority_class_name: String.t() | nil | :inherit,
+          runtime_class_name: String.t() | nil | :inherit,
+          shutdown_timeout: pos_integer(),
           terminator_sup: term()
         }
 
@@ -250,8 +303,8 @@ defmodule FLAMEK8sBackend.Options do
   """
   @spec from(keyword(), keyword()) :: t()
   def from(app_env, opts) do
-    app_env = keyword!(app_env, "config :flame, FLAMEK8sBackend")
-    opts = keyword!(opts, "FLAMEK8sBackend options")
+    app_env = Types.keyword!(app_env, "config :flame, FLAMEK8sBackend")
+    opts = Types.keyword!(opts, "FLAMEK8sBackend options")
     merged = Keyword.merge(app_env, opts)
     log = Enum.find([opts[:log], app_env[:log]], false, & &1)
     validate!(Keyword.put(merged, :log, log))
@@ -265,45 +318,16 @@ defmodule FLAMEK8sBackend.Options do
   """
   @spec validate!(keyword()) :: t()
   def validate!(opts) do
-    opts = keyword!(opts, "FLAMEK8sBackend options")
+    opts = Types.keyword!(opts, "FLAMEK8sBackend options")
 
-    case Keyword.keys(opts) -- @keys do
-      [] ->
-        :ok
-
-      unknown ->
-        unknown = Enum.uniq(unknown)
-
-        case Enum.find(unknown, &Map.has_key?(@replaced, &1)) do
-          nil ->
-            raise ArgumentError,
-                  "FLAMEK8sBackend: unknown option(s) #{inspect(unknown)}, expected one of #{inspect(@keys)}"
-
-          old ->
-            raise ArgumentError, "FLAMEK8sBackend option #{inspect(old)}: #{@replaced[old]}"
-        end
-    end
+    Types.known!(opts, @keys)
 
     opts
     |> Enum.reduce(%__MODULE__{}, fn {key, value}, acc ->
       Map.replace!(acc, key, validate_one!(key, value))
     end)
-    |> check_deadline!()
+    |> Types.check_deadline!()
   end
-
-  # Kubernetes counts activeDeadlineSeconds from the pod's start, so a deadline that is not
-  # longer than the boot may kill every runner before or just as it boots: a boot that fails
-  # (or a runner that does no work) on each call, for a setting that can never work.
-  defp check_deadline!(%{active_deadline_seconds: seconds, boot_timeout: boot_timeout})
-       when is_integer(seconds) and seconds * 1_000 <= boot_timeout do
-    raise ArgumentError,
-          "FLAMEK8sBackend option :active_deadline_seconds (#{seconds} s) must be longer than " <>
-            ":boot_timeout (#{boot_timeout} ms): Kubernetes would stop the runner pod before " <>
-            "or as it boots. Raise :active_deadline_seconds above #{div(boot_timeout, 1_000)} s, " <>
-            "or lower :boot_timeout"
-  end
-
-  defp check_deadline!(opts), do: opts
 
   @doc """
   The documented options as a Markdown list, for `FLAMEK8sBackend`'s moduledoc.
@@ -339,18 +363,4 @@ defmodule FLAMEK8sBackend.Options do
       do: nil,
       else: Types.check(spec[:type], key, value)
   end
-
-  # Never inspect the options themselves here: they may hold :secret_env values.
-  defp keyword!(opts, what) do
-    if is_list(opts) and Keyword.keyword?(opts) do
-      opts
-    else
-      raise ArgumentError, "#{what}: expected a keyword list, got a #{type_name(opts)}"
-    end
-  end
-
-  defp type_name(term) when is_list(term), do: "list that is not a keyword list"
-  defp type_name(term) when is_map(term), do: "map"
-  defp type_name(term) when is_binary(term), do: "string"
-  defp type_name(_term), do: "term of another type"
 end

@@ -11,7 +11,10 @@ defmodule FLAMEK8sBackend.RunnerPod do
   # secrets, volumes, node selector, tolerations and security context. It never takes the
   # parent's labels (a Deployment's selector would adopt the runner and its ReplicaSet would
   # delete it), probes, ports or node name, nor a service-account token volume of the parent
-  # (below).
+  # (below). `:resources`, `:node_selector`, `:tolerations`, `:affinity`,
+  # `:priority_class_name` and `:runtime_class_name` replace (or, `nil`, remove) those settings
+  # of the parent before anything else, and `terminationGracePeriodSeconds` becomes
+  # `:shutdown_timeout` plus a margin: the pod below is built from the parent as they leave it.
   #
   # **Service-account tokens.** The parent's volumes that carry a service-account token, and
   # their mounts, are never copied: a projected volume with a `serviceAccountToken` source
@@ -78,6 +81,8 @@ defmodule FLAMEK8sBackend.RunnerPod do
   alias FLAMEK8sBackend.RunnerPod.{Env, Manifest, Metadata, Runtime}
 
   @tmp_volume "flame-tmp"
+  # Seconds of terminationGracePeriodSeconds beyond :shutdown_timeout.
+  @grace_margin_s 10
 
   @doc """
   The label selector matching every runner pod of `parent_pod`.
@@ -226,10 +231,25 @@ defmodule FLAMEK8sBackend.RunnerPod do
   def build(parent_pod, %Options{} = opts, %Runtime{} = runtime) do
     with {:ok, app} <- find_container(parent_pod, opts.app_container_name),
          {:ok, pod, app_index} <-
-           Manifest.pod(parent_pod, app, opts.app_container_name, opts.manifest),
+           Manifest.pod(parent_pod, app, opts.app_container_name, opts.manifest, placement(opts)),
          :ok <- Env.validate(pod) do
       finish(pod, app_index, parent_pod, app, opts, runtime)
     end
+  end
+
+  # Resources and placement: each option given replaces the parent's setting, `nil` removes it.
+  # The grace period is always the runner's own, and a manifest's still wins: also one a
+  # `:manifest` function copies from the parent pod it is given, which holds the runner's.
+  defp placement(opts) do
+    %{
+      "terminationGracePeriodSeconds" => grace_period(opts.shutdown_timeout),
+      "resources" => opts.resources,
+      "nodeSelector" => opts.node_selector,
+      "tolerations" => opts.tolerations,
+      "affinity" => opts.affinity,
+      "priorityClassName" => opts.priority_class_name,
+      "runtimeClassName" => opts.runtime_class_name
+    }
   end
 
   defp find_container(parent_pod, wanted) do
@@ -291,6 +311,11 @@ defmodule FLAMEK8sBackend.RunnerPod do
     |> put_tmp_mount(opts.tmp_dir)
     |> Map.drop(~w(ports livenessProbe readinessProbe startupProbe lifecycle))
   end
+
+  # On SIGTERM (a drain, a spot reclaim, a deletion) the runner's FLAME terminator lets its
+  # calls finish for up to the pool's :shutdown_timeout; Kubernetes kills the container once
+  # the grace period is over. The margin covers the VM's own stop after the drain.
+  defp grace_period(shutdown_timeout), do: div(shutdown_timeout + 999, 1_000) + @grace_margin_s
 
   defp put_deadline(pod_spec, nil), do: pod_spec
   defp put_deadline(pod_spec, seconds), do: Map.put(pod_spec, "activeDeadlineSeconds", seconds)

@@ -281,6 +281,101 @@ defmodule FLAMEK8sBackend.OptionsTest do
     end
   end
 
+  describe "resources and placement" do
+    @placement [
+      :resources,
+      :node_selector,
+      :tolerations,
+      :affinity,
+      :priority_class_name,
+      :runtime_class_name
+    ]
+
+    test "default to :inherit; nil (clear) and :inherit are accepted as given" do
+      defaults = Options.validate!([])
+      assert Enum.map(@placement, &Map.fetch!(defaults, &1)) == List.duplicate(:inherit, 6)
+      cleared = Options.validate!(Enum.map(@placement, &{&1, nil}))
+      assert Enum.map(@placement, &Map.fetch!(cleared, &1)) == List.duplicate(nil, 6)
+    end
+
+    test "a pool's :inherit undoes a setting of the application config" do
+      opts = Options.from([node_selector: %{"pool" => "gpu"}], node_selector: :inherit)
+      assert opts.node_selector == :inherit
+    end
+
+    test "normalized as the API server takes them: string keys, quantities as strings" do
+      opts =
+        Options.validate!(
+          resources: [requests: [cpu: "500m", memory: "1Gi"], limits: %{"nvidia.com/gpu" => 1}],
+          node_selector: [gpu: "l4"],
+          tolerations: [%{key: "gpu", operator: "Exists", tolerationSeconds: 30}],
+          affinity: %{nodeAffinity: %{requiredDuringSchedulingIgnoredDuringExecution: %{}}}
+        )
+
+      assert opts.resources == %{
+               "requests" => %{"cpu" => "500m", "memory" => "1Gi"},
+               "limits" => %{"nvidia.com/gpu" => "1"}
+             }
+
+      assert opts.node_selector == %{"gpu" => "l4"}
+
+      assert opts.tolerations == [
+               %{"key" => "gpu", "operator" => "Exists", "tolerationSeconds" => 30}
+             ]
+
+      assert opts.affinity == %{
+               "nodeAffinity" => %{"requiredDuringSchedulingIgnoredDuringExecution" => %{}}
+             }
+    end
+
+    test "quantities Kubernetes writes are accepted" do
+      for q <- ~w(1 0.5 500m 1Gi 128974848 129e6 129M 1.5Ki 100n .5) do
+        assert Options.validate!(resources: %{limits: %{"memory" => q}}).resources ==
+                 %{"limits" => %{"memory" => q}}
+      end
+    end
+
+    for {key, value, expected} <- [
+          {:resources, "1Gi", "a map such as"},
+          {:resources, ["1Gi"], "a map such as"},
+          {:resources, [cpu: "1"], "only :requests and :limits"},
+          {:resources, %{request: %{"cpu" => "1"}}, "only :requests and :limits"},
+          {:resources, %{limits: %{"cpu" => "1 core"}}, "a quantity for cpu"},
+          {:resources, %{limits: %{"cpu" => 0.5}}, "a quantity for cpu"},
+          {:resources, %{limits: %{"memory" => -1}}, "a quantity for memory"},
+          {:resources, %{limits: %{"nvidia.com/gpu/x" => 1}}, "a resource name"},
+          {:resources, %{limits: "1Gi"}, "limits as a map of resource names"},
+          {:node_selector, "gpu=l4", "a map"},
+          {:node_selector, %{"bad key!" => "x"}, "a label key"},
+          {:node_selector, %{"gpu" => true}, "label values"},
+          {:tolerations, %{key: "gpu"}, "a list of toleration maps"},
+          {:tolerations, [%{key: "gpu", operator: "Maybe"}], "a toleration operator"},
+          {:tolerations, [%{key: "gpu", effect: "NoRun"}], "a toleration effect"},
+          {:tolerations, [%{key: "gpu", tolerationSeconds: "30"}], "tolerationSeconds"},
+          {:tolerations, [%{key: :gpu}], "the toleration's key as a string"},
+          {:tolerations, [%{keys: "gpu"}], "toleration fields"},
+          {:affinity, [nodeAffinity: %{}], "a pod affinity map"},
+          {:affinity, %{nodeAffinty: %{}}, "a map of nodeAffinity"},
+          {:priority_class_name, "Batch Low", "a Kubernetes name"},
+          {:runtime_class_name, :nvidia, "a Kubernetes name"},
+          {:shutdown_timeout, 0, "a positive integer (ms)"}
+        ] do
+      test "#{key}: #{inspect(value)} is rejected with the option's name" do
+        error =
+          assert_raise ArgumentError, fn ->
+            Options.validate!([{unquote(key), unquote(Macro.escape(value))}])
+          end
+
+        assert error.message =~ "FLAMEK8sBackend option #{inspect(unquote(key))}: expected"
+        assert error.message =~ unquote(expected)
+      end
+    end
+
+    test ":shutdown_timeout defaults to FLAME's 30 s" do
+      assert Options.validate!([]).shutdown_timeout == 30_000
+    end
+  end
+
   describe "docs/0, rendered from the schema that validates" do
     test "documents every option with its default, and only FLAME's own one is left out" do
       docs = Options.docs()
@@ -294,6 +389,8 @@ defmodule FLAMEK8sBackend.OptionsTest do
       assert docs =~ ~r/`:boot_timeout` - .* Default: `30_000`\./
       assert docs =~ ~r/`:unschedulable` - .* Default: `:wait`\./
       assert docs =~ ~r/`:app_container_name` - .* Default: the first container\./
+      assert docs =~ ~r/`:node_selector` - .* Default: the parent pod's\./
+      assert docs =~ ~r/`:shutdown_timeout` - set it to your pool's .* Default: `30_000`\./
     end
 
     test "is the option list of FLAMEK8sBackend's moduledoc" do

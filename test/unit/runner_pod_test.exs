@@ -300,7 +300,8 @@ defmodule FLAMEK8sBackend.RunnerPodTest do
 
   test "a function manifest gets the parent pod and app container and returns the whole pod" do
     manifest = fn parent, app ->
-      assert parent == @parent
+      # With the runner's grace period (see "resources and placement").
+      assert parent == put_in(@parent, ["spec", "terminationGracePeriodSeconds"], 40)
       assert app["name"] == "app"
 
       %{
@@ -321,6 +322,165 @@ defmodule FLAMEK8sBackend.RunnerPodTest do
     refute Map.has_key?(pod["spec"], "serviceAccountName")
     assert pod["metadata"]["labels"]["custom"] == "yes"
     assert pod["spec"]["restartPolicy"] == "Never"
+  end
+
+  describe "resources and placement" do
+    @gpu_tolerations [%{"key" => "nvidia.com/gpu", "operator" => "Exists"}]
+
+    # A parent with every placement setting of its own.
+    defp placed_parent do
+      @parent
+      |> update_in(["spec"], fn spec ->
+        Map.merge(spec, %{
+          "nodeSelector" => %{"pool" => "web"},
+          "tolerations" => [%{"key" => "dedicated", "value" => "web", "effect" => "NoSchedule"}],
+          "affinity" => %{"podAntiAffinity" => %{"x" => 1}},
+          "priorityClassName" => "web-critical",
+          "runtimeClassName" => "runc-web",
+          "terminationGracePeriodSeconds" => 60
+        })
+      end)
+    end
+
+    test "not given: the parent's resources, node selector and tolerations; none of the rest" do
+      pod = build!(%{}, placed_parent())
+      assert pod["spec"]["nodeSelector"] == %{"pool" => "web"}
+      assert [%{"key" => "dedicated"}] = pod["spec"]["tolerations"]
+      assert app_container(pod)["resources"] == %{"limits" => %{"memory" => "1Gi"}}
+
+      for key <- ~w(affinity priorityClassName runtimeClassName),
+          do: refute(Map.has_key?(pod["spec"], key), key)
+    end
+
+    test "each option replaces the parent's setting as a whole" do
+      pod =
+        build!(
+          %{
+            resources: %{requests: %{cpu: "2"}, limits: %{"nvidia.com/gpu" => 1}},
+            node_selector: %{"gpu" => "l4"},
+            tolerations: @gpu_tolerations,
+            affinity: %{nodeAffinity: %{preferredDuringSchedulingIgnoredDuringExecution: []}},
+            priority_class_name: "batch-low",
+            runtime_class_name: "nvidia"
+          },
+          placed_parent()
+        )
+
+      assert app_container(pod)["resources"] == %{
+               "requests" => %{"cpu" => "2"},
+               "limits" => %{"nvidia.com/gpu" => "1"}
+             }
+
+      assert pod["spec"]["nodeSelector"] == %{"gpu" => "l4"}
+      assert pod["spec"]["tolerations"] == @gpu_tolerations
+
+      assert pod["spec"]["affinity"] == %{
+               "nodeAffinity" => %{"preferredDuringSchedulingIgnoredDuringExecution" => []}
+             }
+
+      assert pod["spec"]["priorityClassName"] == "batch-low"
+      assert pod["spec"]["runtimeClassName"] == "nvidia"
+      # The other containers of the parent are no business of the runner's.
+      assert Enum.map(pod["spec"]["containers"], & &1["name"]) == ["app"]
+    end
+
+    test "node_selector: nil removes the parent's node selector, which a merged manifest cannot" do
+      clearing_manifest = %{"spec" => %{"nodeSelector" => %{}}}
+
+      assert build!(%{manifest: clearing_manifest}, placed_parent())["spec"]["nodeSelector"] ==
+               %{"pool" => "web"}
+
+      pod = build!(%{node_selector: nil, tolerations: nil, resources: nil}, placed_parent())
+      refute Map.has_key?(pod["spec"], "nodeSelector")
+      refute Map.has_key?(pod["spec"], "tolerations")
+      refute Map.has_key?(app_container(pod), "resources")
+    end
+
+    test "a map manifest still has the last word, merged over what the options made" do
+      manifest = %{
+        spec: %{
+          nodeSelector: %{"zone" => "a"},
+          tolerations: [%{key: "spot", operator: "Exists"}],
+          priorityClassName: "from-manifest",
+          containers: [%{resources: %{limits: %{"memory" => "2Gi"}}}]
+        }
+      }
+
+      pod =
+        build!(
+          %{
+            manifest: manifest,
+            node_selector: %{"gpu" => "l4"},
+            tolerations: @gpu_tolerations,
+            priority_class_name: "batch-low",
+            resources: %{limits: %{"memory" => "1Gi", "nvidia.com/gpu" => 1}}
+          },
+          placed_parent()
+        )
+
+      assert pod["spec"]["nodeSelector"] == %{"gpu" => "l4", "zone" => "a"}
+      assert pod["spec"]["tolerations"] == [%{"key" => "spot", "operator" => "Exists"}]
+      assert pod["spec"]["priorityClassName"] == "from-manifest"
+
+      assert app_container(pod)["resources"] == %{
+               "limits" => %{"memory" => "2Gi", "nvidia.com/gpu" => "1"}
+             }
+    end
+
+    test "a function manifest receives the parent and app container as the options leave them" do
+      manifest = fn parent, app ->
+        assert parent["spec"]["nodeSelector"] == %{"gpu" => "l4"}
+        refute Map.has_key?(parent["spec"], "tolerations")
+        assert parent["spec"]["runtimeClassName"] == "nvidia"
+        assert parent["spec"]["terminationGracePeriodSeconds"] == 40
+        assert app["resources"] == %{"limits" => %{"nvidia.com/gpu" => "1"}}
+        assert app in parent["spec"]["containers"]
+        assert %{"name" => "sidecar", "image" => "envoy:1"} in parent["spec"]["containers"]
+        %{"spec" => %{"containers" => [app], "nodeSelector" => %{"mine" => "yes"}}}
+      end
+
+      pod =
+        build!(
+          %{
+            manifest: manifest,
+            node_selector: %{"gpu" => "l4"},
+            tolerations: nil,
+            runtime_class_name: "nvidia",
+            resources: %{limits: %{"nvidia.com/gpu" => 1}}
+          },
+          placed_parent()
+        )
+
+      assert pod["spec"]["nodeSelector"] == %{"mine" => "yes"}
+      assert app_container(pod)["resources"] == %{"limits" => %{"nvidia.com/gpu" => "1"}}
+    end
+
+    test "terminationGracePeriodSeconds: :shutdown_timeout rounded up plus 10 s" do
+      # Not the parent's 60 s: the runner's drain is FLAME's, not the parent's.
+      assert build!(%{}, placed_parent())["spec"]["terminationGracePeriodSeconds"] == 40
+      assert build!(%{shutdown_timeout: 120_000})["spec"]["terminationGracePeriodSeconds"] == 130
+      assert build!(%{shutdown_timeout: 1_500})["spec"]["terminationGracePeriodSeconds"] == 12
+    end
+
+    test "a terminationGracePeriodSeconds of the manifest wins over :shutdown_timeout" do
+      manifest = %{"spec" => %{"terminationGracePeriodSeconds" => 5}}
+
+      assert build!(%{manifest: manifest, shutdown_timeout: 120_000})["spec"][
+               "terminationGracePeriodSeconds"
+             ] == 5
+
+      function = fn _parent, app ->
+        %{"spec" => %{"containers" => [app], "terminationGracePeriodSeconds" => 0}}
+      end
+
+      assert build!(%{manifest: function})["spec"]["terminationGracePeriodSeconds"] == 0
+
+      # One that copies the parent's spec copies the runner's grace period, not the parent's.
+      copy = fn parent, _app -> %{"spec" => parent["spec"]} end
+
+      assert build!(%{manifest: copy}, placed_parent())["spec"]["terminationGracePeriodSeconds"] ==
+               40
+    end
   end
 
   test "a function manifest that returns no pod is an error" do

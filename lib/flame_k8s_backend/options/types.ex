@@ -7,6 +7,16 @@ defmodule FLAMEK8sBackend.Options.Types do
 
   @dns_label ~r/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/
   @dns_subdomain ~r/^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/
+  # Kubernetes' quantity (resource.Quantity) without a sign: a decimal number and a binary,
+  # decimal or exponent suffix.
+  @quantity ~r/^\+?([0-9]+(\.[0-9]*)?|\.[0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?[0-9]+)?$/
+  # A qualified name (resource names, label keys): an optional DNS-subdomain prefix and `/`,
+  # then up to 63 letters, digits, `-`, `_` and `.`, starting and ending alphanumeric.
+  @qualified_name ~r/^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?\/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$/
+  @label_value ~r/^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$/
+  @resources_shape ~s(a map such as %{requests: %{"cpu" => "500m", "memory" => "1Gi"}})
+  @toleration_keys ~w(key operator value effect tolerationSeconds)
+  @affinity_keys ~w(nodeAffinity podAffinity podAntiAffinity)
   @log_levels [:emergency, :alert, :critical, :error, :warning, :warn, :notice, :info, :debug]
   # A wait of more is no setting anyone means, and this bound keeps every wait derived from
   # one (plus margins) within what `receive ... after` accepts (2^32 - 1 ms).
@@ -22,9 +32,146 @@ defmodule FLAMEK8sBackend.Options.Types do
     """
   }
 
+  # Options of earlier versions of the pure-Elixir flame_k8s_backend (mruoss/flame_k8s_backend)
+  # that this backend spells differently: a user switching over is told what to write instead.
+  # Every option of its 0.7 (app_container_name, manifest, env, secret_env, log, boot_timeout,
+  # omit_owner_reference, terminator_sup) is accepted as is.
+  @replaced %{
+    runner_pod_tpl: """
+    the pure-Elixir backend's :runner_pod_tpl (before its 0.6) is :manifest here: a map \
+    deep-merged into the runner pod, or a function (parent_pod, app_container) -> pod. A \
+    %FLAMEK8sBackend.RunnerPodTemplate{}'s :resources is the :resources option, and its \
+    :env becomes manifest: %{"spec" => %{"containers" => [%{"env" => [...]}]}}\
+    """,
+    container_name: "use :app_container_name (the parent container the runner is made from)",
+    token_path: """
+    this backend reads the pod's service account token itself (and re-reads it when it \
+    rotates); to use other credentials pass :kubeconfig (and :context)\
+    """,
+    insecure_skip_tls_verify: """
+    not an option here: pass :kubeconfig with a kubeconfig whose cluster sets \
+    `insecure-skip-tls-verify: true`, or better its `certificate-authority-data`\
+    """
+  }
+
+  @doc "Raises an ArgumentError naming the options of `opts` not in `keys`."
+  @spec known!(keyword(), [atom()]) :: :ok
+  def known!(opts, keys) do
+    case Keyword.keys(opts) -- keys do
+      [] ->
+        :ok
+
+      unknown ->
+        unknown = Enum.uniq(unknown)
+
+        case Enum.find(unknown, &Map.has_key?(@replaced, &1)) do
+          nil ->
+            raise ArgumentError,
+                  "FLAMEK8sBackend: unknown option(s) #{inspect(unknown)}, expected one of #{inspect(keys)}"
+
+          old ->
+            raise ArgumentError, "FLAMEK8sBackend option #{inspect(old)}: #{@replaced[old]}"
+        end
+    end
+  end
+
+  # Kubernetes counts activeDeadlineSeconds from the pod's start, so a deadline that is not
+  # longer than the boot may kill every runner before or just as it boots: a boot that fails
+  # (or a runner that does no work) on each call, for a setting that can never work.
+  @doc "Refuses an `:active_deadline_seconds` no longer than `:boot_timeout`."
+  @spec check_deadline!(opts) :: opts when opts: map()
+  def check_deadline!(%{active_deadline_seconds: seconds, boot_timeout: boot_timeout})
+      when is_integer(seconds) and seconds * 1_000 <= boot_timeout do
+    raise ArgumentError,
+          "FLAMEK8sBackend option :active_deadline_seconds (#{seconds} s) must be longer than " <>
+            ":boot_timeout (#{boot_timeout} ms): Kubernetes would stop the runner pod before " <>
+            "or as it boots. Raise :active_deadline_seconds above #{div(boot_timeout, 1_000)} s, " <>
+            "or lower :boot_timeout"
+  end
+
+  def check_deadline!(opts), do: opts
+
+  # Never inspect the options themselves here: they may hold :secret_env values.
+  @doc "`opts` if it is a keyword list; an ArgumentError naming `what` otherwise."
+  @spec keyword!(term(), String.t()) :: keyword()
+  def keyword!(opts, what) do
+    if is_list(opts) and Keyword.keyword?(opts) do
+      opts
+    else
+      raise ArgumentError, "#{what}: expected a keyword list, got a #{type_name(opts)}"
+    end
+  end
+
+  defp type_name(term) when is_list(term), do: "list that is not a keyword list"
+  defp type_name(term) when is_map(term), do: "map"
+  defp type_name(term) when is_binary(term), do: "string"
+  defp type_name(_term), do: "term of another type"
+
   @doc "Validates `value` as the option `key` of type `type`; returns it normalized."
   @spec check(term(), atom(), term()) :: term()
   def check(:any, _key, value), do: value
+
+  # A pod setting the runner otherwise takes (or would take) from the parent: `:inherit`
+  # keeps the parent's, `nil` removes it, anything else must be a `type`.
+  def check({:inheritable, _type}, _key, value) when value in [:inherit, nil], do: value
+  def check({:inheritable, type}, key, value), do: check(type, key, value)
+
+  # `%{requests: %{"cpu" => "500m"}, limits: %{"nvidia.com/gpu" => 1}}`: the container's
+  # resources, with string keys and string quantities, as the API server takes them.
+  def check(:resources, key, value)
+      when (is_map(value) and not is_struct(value)) or (is_list(value) and value != []) do
+    Map.new(value, fn
+      {kind, list} when kind in [:requests, :limits, "requests", "limits"] ->
+        {to_string(kind), resource_list!(key, kind, list)}
+
+      {kind, _list} ->
+        bad!(key, "only :requests and :limits", kind)
+
+      _other ->
+        bad!(key, @resources_shape, value)
+    end)
+  end
+
+  def check(:resources, key, value),
+    do: bad!(key, @resources_shape, value)
+
+  def check(:node_selector, key, value) do
+    value
+    |> pairs!(key)
+    |> Map.new(fn {name, v} ->
+      qualified_name!(key, name, "a label key")
+
+      if is_binary(v) and Regex.match?(@label_value, v),
+        do: {name, v},
+        else: bad!(key, "label values (strings of at most 63 characters), #{name} is", v)
+    end)
+  end
+
+  def check(:tolerations, key, value) when is_list(value) do
+    Enum.map(value, fn
+      %{} = toleration when not is_struct(toleration) ->
+        toleration = Map.new(toleration, fn {k, v} -> {to_string(k), v} end)
+        Enum.each(toleration, &toleration_field!(key, &1))
+        toleration
+
+      other ->
+        bad!(key, "a list of toleration maps", other)
+    end)
+  end
+
+  def check(:tolerations, key, value), do: bad!(key, "a list of toleration maps", value)
+
+  def check(:affinity, key, %{} = value) when not is_struct(value) do
+    affinity = FLAMEK8sBackend.RunnerPod.Manifest.stringify(value)
+
+    case Enum.find(affinity, fn {k, v} -> k not in @affinity_keys or not is_map(v) end) do
+      nil -> affinity
+      {k, _v} -> bad!(key, "a map of #{Enum.join(@affinity_keys, ", ")} (maps)", k)
+    end
+  end
+
+  def check(:affinity, key, value),
+    do: bad!(key, "a pod affinity map (nodeAffinity, podAffinity, podAntiAffinity)", value)
 
   def check(:non_empty_string, key, value) do
     if is_binary(value) and value != "" and String.valid?(value),
@@ -165,6 +312,53 @@ defmodule FLAMEK8sBackend.Options.Types do
     raise ArgumentError,
           "FLAMEK8sBackend option #{inspect(key)}: expected a map of variable names to strings"
   end
+
+  defp resource_list!(key, kind, list) when is_map(list) or is_list(list) do
+    Map.new(list, fn
+      {name, quantity} when is_atom(name) or is_binary(name) ->
+        name = to_string(name)
+        qualified_name!(key, name, "a resource name")
+        {name, quantity!(key, name, quantity)}
+
+      other ->
+        bad!(key, "#{kind} as a map of resource names to quantities", other)
+    end)
+  end
+
+  defp resource_list!(key, kind, list),
+    do: bad!(key, "#{kind} as a map of resource names to quantities", list)
+
+  defp quantity!(_key, _name, n) when is_integer(n) and n >= 0, do: Integer.to_string(n)
+
+  defp quantity!(key, name, q) do
+    if is_binary(q) and Regex.match?(@quantity, q),
+      do: q,
+      else:
+        bad!(key, ~s[a quantity for #{name} (a string such as "500m" or "1Gi", or an integer)], q)
+  end
+
+  defp qualified_name!(key, name, what) do
+    unless is_binary(name) and Regex.match?(@qualified_name, name),
+      do: bad!(key, "#{what} (an optional prefix/ and a name of at most 63 characters)", name)
+  end
+
+  defp toleration_field!(key, {"operator", v}) when v not in ["Exists", "Equal"],
+    do: bad!(key, ~s(a toleration operator "Exists" or "Equal"), v)
+
+  defp toleration_field!(key, {"effect", v})
+       when v not in ["NoSchedule", "PreferNoSchedule", "NoExecute"],
+       do: bad!(key, ~s(a toleration effect "NoSchedule", "PreferNoSchedule" or "NoExecute"), v)
+
+  defp toleration_field!(key, {"tolerationSeconds", v}) when not is_integer(v),
+    do: bad!(key, "tolerationSeconds as an integer", v)
+
+  defp toleration_field!(key, {field, v}) when field in ["key", "value"] and not is_binary(v),
+    do: bad!(key, "the toleration's #{field} as a string", v)
+
+  defp toleration_field!(key, {field, _v}) when field not in @toleration_keys,
+    do: bad!(key, "toleration fields #{Enum.join(@toleration_keys, ", ")}", field)
+
+  defp toleration_field!(_key, _field), do: :ok
 
   # Only names are shown: the pairs may be :secret_env's.
   defp reserved!(pairs, key) do

@@ -18,6 +18,10 @@ defmodule FLAMEK8sBackend.RunnerPod.Manifest do
   function returns. Also returns the index of the app container, which now has a name and an
   image (`app_container_name`, `nil` for `app`'s).
 
+  `placement` maps pod spec keys (and `"resources"`, the app container's) to what replaces
+  the parent's value before the manifest goes on top: `:inherit` keeps it, `nil` removes it. A
+  `manifest` function receives the parent pod and app container with them applied.
+
       iex> parent = %{"metadata" => %{"namespace" => "prod"},
       ...>   "spec" => %{"containers" => [%{"name" => "app", "image" => "web:42"}]}}
       iex> app = hd(parent["spec"]["containers"])
@@ -26,10 +30,14 @@ defmodule FLAMEK8sBackend.RunnerPod.Manifest do
       iex> pod["spec"]["containers"]
       [%{"name" => "app", "image" => "web:42", "args" => ["start"], "env" => []}]
   """
-  @spec pod(map(), map(), String.t() | nil, map() | (map(), map() -> term()) | nil) ::
+  @spec pod(map(), map(), String.t() | nil, map() | (map(), map() -> term()) | nil, map()) ::
           {:ok, map(), non_neg_integer()} | {:error, {:invalid_manifest, String.t()}}
-  def pod(parent_pod, app, app_container_name, manifest) do
-    with {:ok, pod} <- base_pod(parent_pod, app, manifest),
+  def pod(parent_pod, app, app_container_name, manifest, placement \\ %{}) do
+    {placed_parent, app} = place(parent_pod, app, placement)
+    # Settings the runner does not take from the parent unless an option gives them.
+    given = for {key, value} <- placement, value not in [nil, :inherit], do: key
+
+    with {:ok, pod} <- base_pod(placed_parent, app, manifest, given),
          :ok <- validate_namespace(pod, parent_pod) do
       ensure_app_container(pod, app, app_container_name)
     end
@@ -53,7 +61,28 @@ defmodule FLAMEK8sBackend.RunnerPod.Manifest do
   defp key(k) when is_atom(k), do: Atom.to_string(k)
   defp key(k), do: k
 
-  defp base_pod(parent_pod, app, fun) when is_function(fun, 2) do
+  # The parent as the runner sees it: each placement setting replaces the parent's.
+  defp place(parent_pod, app, placement) do
+    {resources, pod_settings} = Map.pop(placement, "resources", :inherit)
+    placed_app = put_setting(app, "resources", resources)
+
+    spec =
+      pod_settings
+      |> Enum.reduce(parent_pod["spec"] || %{}, fn {key, value}, spec ->
+        put_setting(spec, key, value)
+      end)
+      |> update_list("containers", fn containers ->
+        Enum.map(containers, &if(&1 == app, do: placed_app, else: &1))
+      end)
+
+    {Map.put(parent_pod, "spec", spec), placed_app}
+  end
+
+  defp put_setting(map, _key, :inherit), do: map
+  defp put_setting(map, key, nil), do: Map.delete(map, key)
+  defp put_setting(map, key, value), do: Map.put(map, key, value)
+
+  defp base_pod(parent_pod, app, fun, _given) when is_function(fun, 2) do
     case fun.(parent_pod, app) do
       %{} = pod ->
         pod =
@@ -70,7 +99,7 @@ defmodule FLAMEK8sBackend.RunnerPod.Manifest do
     end
   end
 
-  defp base_pod(parent_pod, app, manifest) do
+  defp base_pod(parent_pod, app, manifest, given) do
     container =
       app
       |> Map.take(@container_keys)
@@ -85,7 +114,7 @@ defmodule FLAMEK8sBackend.RunnerPod.Manifest do
           "spec" =>
             parent_pod
             |> Map.get("spec", %{})
-            |> Map.take(@pod_spec_keys)
+            |> Map.take(@pod_spec_keys ++ given)
             |> Map.put("containers", [container])
         },
         token_volumes(parent_pod)
