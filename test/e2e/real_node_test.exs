@@ -880,15 +880,9 @@ defmodule FLAMEK8sBackend.RealNodeParentTest do
     # More than is free; less than what one placeholder (500m) leaves once preempted.
     cpu = "#{free + 250}m"
 
-    manifest = %{
-      "spec" => %{
-        "containers" => [%{"name" => "app", "resources" => %{"requests" => %{"cpu" => cpu}}}]
-      }
-    }
-
     assert {:ok, runner} =
              rpc(parent, FlameDemo, :call_with, [
-               [manifest: manifest, unschedulable: :fail],
+               [resources: %{requests: %{"cpu" => cpu}}, unschedulable: :fail],
                [timeout: 60_000]
              ])
 
