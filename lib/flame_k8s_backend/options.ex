@@ -50,8 +50,9 @@ defmodule FLAMEK8sBackend.Options do
       type: :labels,
       default: %{},
       doc: """
-      extra runner pod labels, e.g. `%{"excluster" => "flame"}` for the headless Service \
-      your DNSCluster query uses.\
+      extra runner pod labels, e.g. `%{"team" => "search"}`. Not the headless Service's \
+      label: DNSCluster connects parents only (see \
+      [Kubernetes setup](kubernetes-setup.md#headless-service-and-dnscluster)).\
       """
     ],
     omit_owner_reference: [
