@@ -193,7 +193,7 @@ defmodule FLAMEK8sBackend.BootBackoff do
 
   @impl true
   def init(nil) do
-    :ets.new(@table, [:set, :public, :named_table, read_concurrency: true])
+    @table = :ets.new(@table, [:set, :public, :named_table, read_concurrency: true])
     schedule_sweep()
     {:ok, nil}
   end
