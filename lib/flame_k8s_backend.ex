@@ -32,8 +32,8 @@ defmodule FLAMEK8sBackend do
       Service and DNSCluster
     * [Runner pods](runner-pods.md): what a runner takes from the parent; `min`, `single_use`
       and `FLAME.place_child/3`
-    * [Failures and cleanup](failures-and-cleanup.md): where a failed boot reaches you, logging,
-      and how pods and Secrets are deleted
+    * [Failures and cleanup](failures-and-cleanup.md): where a failed boot reaches you, the
+      back-off of boots that keep failing, logging, and how pods and Secrets are deleted
     * [Code sync and networking](code-sync-and-networking.md)
     * [Telemetry](telemetry.md): the events, in detail in `FLAMEK8sBackend.Telemetry`
     * [Migrating from 0.7](migrating-from-0.7.md)
@@ -216,6 +216,7 @@ defmodule FLAMEK8sBackend do
   defp boot_or_back_off(state) do
     case BootBackoff.check(state.backoff_key) do
       {:cached, error} ->
+        # One line: the events and log were in the warning of the failure itself.
         log(state, :info, Exception.message(%{error | events: nil, log: nil}))
         {:error, error}
 

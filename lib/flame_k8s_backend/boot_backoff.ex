@@ -120,12 +120,13 @@ defmodule FLAMEK8sBackend.BootBackoff do
   The key of a pool's validated options: what a boot is made of, less FLAME's runtime
   `:terminator_sup` and the `:secret_env` values (their names stay; a hash of a short secret
   could give it away). A `:manifest` function is hashed as a function: the same code with
-  the same captured values is the same key.
+  the same captured values is the same key (what a pool's options hold: FLAME passes them
+  to every `init/1` of the pool).
   """
   @spec key(Options.t()) :: key()
   def key(%Options{} = opts) do
     opts = %{opts | terminator_sup: nil, secret_env: opts.secret_env |> Map.keys() |> Enum.sort()}
-    :crypto.hash(:sha256, :erlang.term_to_binary(opts))
+    :crypto.hash(:sha256, :erlang.term_to_binary(opts, [:deterministic]))
   end
 
   ## The table
