@@ -32,8 +32,8 @@ defmodule FLAMEK8sBackend do
       Service and DNSCluster
     * [Runner pods](runner-pods.md): what a runner takes from the parent; `min`, `single_use`
       and `FLAME.place_child/3`
-    * [Failures and cleanup](failures-and-cleanup.md): where a failed boot reaches you, logging,
-      and how pods and Secrets are deleted
+    * [Failures and cleanup](failures-and-cleanup.md): where a failed boot reaches you, the
+      back-off of boots that keep failing, logging, and how pods and Secrets are deleted
     * [Code sync and networking](code-sync-and-networking.md)
     * [Telemetry](telemetry.md): the events, in detail in `FLAMEK8sBackend.Telemetry`
     * [Migrating from 0.7](migrating-from-0.7.md)
@@ -56,6 +56,7 @@ defmodule FLAMEK8sBackend do
 
   alias FLAMEK8sBackend.{
     Boot,
+    BootBackoff,
     BootDiagnostics,
     BootError,
     BootProgress,
@@ -90,7 +91,8 @@ defmodule FLAMEK8sBackend do
     :log,
     :runner_node_name,
     :remote_terminator_pid,
-    :boot_timings
+    :boot_timings,
+    :backoff_key
   ]
 
   @typedoc """
@@ -135,7 +137,8 @@ defmodule FLAMEK8sBackend do
           log: false | Logger.level(),
           runner_node_name: node() | nil,
           remote_terminator_pid: pid() | nil,
-          boot_timings: %{optional(BootProgress.milestone()) => non_neg_integer()} | nil
+          boot_timings: %{optional(BootProgress.milestone()) => non_neg_integer()} | nil,
+          backoff_key: BootBackoff.key()
         }
 
   @doc """
@@ -177,7 +180,8 @@ defmodule FLAMEK8sBackend do
          boot_timeout: opts.boot_timeout,
          api_server_request_timeout: opts.api_server_request_timeout,
          unschedulable: opts.unschedulable,
-         log: opts.log
+         log: opts.log,
+         backoff_key: BootBackoff.key(opts)
        }}
     end
   end
@@ -186,6 +190,12 @@ defmodule FLAMEK8sBackend do
   `FLAME.Backend` callback: creates the runner's secret (if it has one) and pod, waits for the
   pod (a watch) and for the runner's `remote_up`, all within `:boot_timeout`. On failure the
   pod and secret are deleted and `{:error, %FLAMEK8sBackend.BootError{}}` is returned.
+
+  After a failure that does not fix itself within seconds (a missing image, RBAC, an invalid
+  manifest, ...), boots with the same options back off: for a window of 2 s, doubling with
+  each failure after it up to 30 s, they create nothing and return that failure at once,
+  with its `:cached` field set (see `FLAMEK8sBackend.BootError` and
+  [Failures and cleanup](failures-and-cleanup.md#boots-that-keep-failing)).
   """
   @impl true
   @spec remote_boot(t()) :: {:ok, pid(), t()} | {:error, BootError.t()}
@@ -197,9 +207,25 @@ defmodule FLAMEK8sBackend do
         runner_name: state.runner_name,
         parent_node: node()
       },
-      fn -> boot_or_clean_up(state) end,
+      fn -> boot_or_back_off(state) end,
       fn {:ok, _terminator, state} -> state.boot_timings end
     )
+  end
+
+  # A boot within its pool's back-off window sends no request at all.
+  defp boot_or_back_off(state) do
+    case BootBackoff.check(state.backoff_key) do
+      {:cached, error} ->
+        # One line: the events and log were in the warning of the failure itself.
+        log(state, :info, Exception.message(%{error | events: nil, log: nil}))
+        {:error, error}
+
+      :boot ->
+        started = BootBackoff.now()
+        result = boot_or_clean_up(state)
+        :ok = BootBackoff.record(state.backoff_key, started, result)
+        result
+    end
   end
 
   defp boot_or_clean_up(state) do

@@ -8,7 +8,9 @@ defmodule FLAMEK8sBackend.Application do
       # The names each reaper tracks, which the sweep leaves alone.
       {Registry, keys: :duplicate, name: FLAMEK8sBackend.ReaperRegistry},
       {Registry, keys: :unique, name: FLAMEK8sBackend.SingleFlightRegistry},
-      {DynamicSupervisor, name: FLAMEK8sBackend.ReaperSupervisor, strategy: :one_for_one}
+      {DynamicSupervisor, name: FLAMEK8sBackend.ReaperSupervisor, strategy: :one_for_one},
+      # The last permanent failure of each pool's options, so that boots back off.
+      FLAMEK8sBackend.BootBackoff
     ]
 
     Supervisor.start_link(children, strategy: :one_for_one, name: FLAMEK8sBackend.Supervisor)

@@ -42,6 +42,18 @@ defmodule FLAMEK8sBackend.BootError do
       `%{container: name, lines: last_lines}`, `{:unreadable, why}` or `:forbidden` (no `get`
       on `pods/log`); otherwise `nil`
 
+    * `:cached` - `nil` for a failure of this boot. A boot of a pool whose last boot failed for
+      a reason that does not fix itself within seconds (an image pull, the container's config,
+      an invalid manifest, a 400, 401, 403, 404 or 422 from the API server, unschedulable with
+      `unschedulable: :fail`) is not tried again for a while: within a window that starts at
+      2 s and doubles with each failure after it, up to 30 s, boots with the same options
+      return that last error at once, creating nothing, with `cached:
+      %{failures: n, age_ms: ms, retry_in_ms: ms}` (failures in a row, how long ago the error
+      happened, when the next boot tries for real). `:pod`, `:events` and `:log` are the
+      failed pod's. A success, or other options, end the window; a timeout, a connection
+      error, a 5xx or a container that exited never open one. See
+      [Failures and cleanup](failures-and-cleanup.md#boots-that-keep-failing).
+
   `:events` and `:log` are best effort: whether they could
   be read never changes `:phase` or `:reason`. Secret values (the cookie, `:secret_env`) never
   appear in them, nor in `:reason`.
@@ -52,9 +64,17 @@ defmodule FLAMEK8sBackend.BootError do
       ...>   reason: {:unschedulable, "0/3 nodes are available: 3 Insufficient cpu."}}
       iex> Exception.message(error)
       "runner pod default/web-flame-x7k2p failed while scheduling: unschedulable: 0/3 nodes are available: 3 Insufficient cpu."
+
+  The same failure, returned from the cache by a boot 1.2 s later:
+
+      iex> error = %FLAMEK8sBackend.BootError{phase: :scheduling, pod: "default/web-flame-x7k2p",
+      ...>   reason: {:unschedulable, "0/3 nodes are available: 3 Insufficient cpu."},
+      ...>   cached: %{failures: 2, age_ms: 1_200, retry_in_ms: 2_800}}
+      iex> error |> Exception.message() |> String.split("\\n") |> List.last()
+      "  not retried: the same failure as 1200 ms ago (2 in a row); no pod was created; boots with these options fail at once for 2800 ms more"
   """
 
-  defexception [:phase, :reason, :pod, :events, :log]
+  defexception [:phase, :reason, :pod, :events, :log, :cached]
 
   @type phase ::
           :connect
@@ -73,7 +93,14 @@ defmodule FLAMEK8sBackend.BootError do
           reason: term(),
           pod: String.t() | nil,
           events: [map()] | unreadable() | :forbidden | nil,
-          log: %{container: String.t(), lines: [String.t()]} | unreadable() | :forbidden | nil
+          log: %{container: String.t(), lines: [String.t()]} | unreadable() | :forbidden | nil,
+          cached:
+            %{
+              failures: pos_integer(),
+              age_ms: non_neg_integer(),
+              retry_in_ms: pos_integer()
+            }
+            | nil
         }
 
   @doc """
@@ -98,7 +125,14 @@ defmodule FLAMEK8sBackend.BootError do
     subject = if pod, do: "runner pod #{pod}", else: "runner"
 
     "#{subject} failed while #{phase_text(phase)}: #{describe(reason)}" <>
-      events_text(error.events) <> log_text(error.log)
+      cached_text(error.cached) <> events_text(error.events) <> log_text(error.log)
+  end
+
+  defp cached_text(nil), do: ""
+
+  defp cached_text(%{failures: failures, age_ms: age, retry_in_ms: retry_in}) do
+    "\n  not retried: the same failure as #{age} ms ago (#{failures} in a row); no pod was " <>
+      "created; boots with these options fail at once for #{retry_in} ms more"
   end
 
   defp events_text(nil), do: ""

@@ -5,7 +5,7 @@ defmodule FLAMEK8sBackend.Telemetry do
   |---|---|---|
   | `[:flame_k8s_backend, :boot, :start]` | `:system_time`, `:monotonic_time` | `:pod` (`"namespace/name"`), `:namespace`, `:runner_name`, `:parent_node`, `:telemetry_span_context` |
   | `[:flame_k8s_backend, :boot, :stop]` | `:duration`, `:monotonic_time`, `:create_duration`, `:pod_start_duration` (when the watch saw the pod running before the runner connected), `:remote_up_duration` | as `:start`, plus `:runner_node` |
-  | `[:flame_k8s_backend, :boot, :exception]` | `:duration`, `:monotonic_time` | as `:start`, plus `:kind`, `:reason`, `:stacktrace`, `:phase` and `:error` |
+  | `[:flame_k8s_backend, :boot, :exception]` | `:duration`, `:monotonic_time` | as `:start`, plus `:kind`, `:reason`, `:stacktrace`, `:phase`, `:error` and `:cached` (`true` when the boot created nothing and returned its pool's last failure from the back-off cache) |
   | `[:flame_k8s_backend, :cleanup, :delete]` | `:duration`, `:attempts` | `:deleter`, `:trigger`, `:kind`, `:namespace`, `:name`, `:result` |
   """
 
@@ -28,7 +28,12 @@ defmodule FLAMEK8sBackend.Telemetry do
   A failed boot is an `:exception` with `kind: :error`, `reason` and `phase` from its
   `FLAMEK8sBackend.BootError` (also in `:error`, with the pod's events and log when they could be
   read) and `stacktrace: []`; a boot that raised has the raised exception's kind, reason and
-  stacktrace and `phase: nil`.
+  stacktrace and `phase: nil`. A boot of a pool in back-off after a failure that does not fix
+  itself within seconds (see [Failures and cleanup](failures-and-cleanup.md#boots-that-keep-failing))
+  creates nothing and ends at once: an `:exception` with `cached: true`, whose `:error` is
+  the earlier failure (its `:pod` is the pod that failed; the metadata's `:pod` and
+  `:runner_name` were never created). Every other `:exception` has `cached: false`: count
+  those to count pods that failed.
 
   Cleanup: one `[:flame_k8s_backend, :cleanup, :delete]` per pod or secret a cleanup path
   deleted or tried to delete, emitted on the parent: `:deleter` is `:reaper` (the parent),
@@ -89,7 +94,15 @@ defmodule FLAMEK8sBackend.Telemetry do
     catch
       kind, reason ->
         stacktrace = __STACKTRACE__
-        exception(meta, start, %{kind: kind, reason: reason, stacktrace: stacktrace, phase: nil})
+
+        exception(meta, start, %{
+          kind: kind,
+          reason: reason,
+          stacktrace: stacktrace,
+          phase: nil,
+          cached: false
+        })
+
         :erlang.raise(kind, reason, stacktrace)
     else
       {:ok, terminator, _state} = result ->
@@ -110,7 +123,8 @@ defmodule FLAMEK8sBackend.Telemetry do
           reason: reason,
           stacktrace: [],
           phase: phase,
-          error: error
+          error: error,
+          cached: Map.get(error, :cached) != nil
         })
 
         result

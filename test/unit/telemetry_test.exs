@@ -89,7 +89,24 @@ defmodule FLAMEK8sBackend.TelemetryTest do
     assert %{kind: :error, phase: :scheduling, reason: {:unschedulable, "0/3 nodes"}} = metadata
     assert metadata.error == error
     assert metadata.stacktrace == []
+    assert metadata.cached == false
     refute_received {:event, [:flame_k8s_backend, :boot, :stop], _, %{runner_name: ^name}}
+  end
+
+  test "a failure answered from the back-off cache: :exception with cached: true", %{name: name} do
+    error = %BootError{
+      phase: :container_start,
+      reason: {:image_pull, %{reason: "ErrImagePull", image: "x", message: "not found"}},
+      pod: "prod/earlier",
+      cached: %{failures: 1, age_ms: 300, retry_in_ms: 1_700}
+    }
+
+    assert {:error, ^error} =
+             Telemetry.boot_span(meta(name), fn -> {:error, error} end, fn _ -> flunk() end)
+
+    {_, metadata} = assert_event([:flame_k8s_backend, :boot, :exception], name)
+    assert %{cached: true, phase: :container_start, reason: {:image_pull, _}} = metadata
+    assert metadata.error.pod == "prod/earlier"
   end
 
   test "a boot that raises: :exception with kind, reason and stacktrace, then the raise", %{
@@ -101,6 +118,7 @@ defmodule FLAMEK8sBackend.TelemetryTest do
 
     {_, metadata} = assert_event([:flame_k8s_backend, :boot, :exception], name)
     assert %{kind: :error, reason: %RuntimeError{message: "boom"}, phase: nil} = metadata
+    assert metadata.cached == false
     assert [_ | _] = metadata.stacktrace
   end
 
