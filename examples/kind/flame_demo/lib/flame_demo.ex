@@ -29,7 +29,7 @@ defmodule FlameDemo do
       FLAME.call(FlameDemo.BadImageRunner, fn -> :unreachable end, timeout: timeout)
     end
 
-    case watch_boot(call, timeout) do
+    case watch_boot(FlameDemo.BadImageRunner, call, timeout) do
       {:error, %FLAMEK8sBackend.BootError{} = error} -> {:error, Exception.message(error)}
       {:ok, result} -> {:error, {:no_boot_failure, {:returned, result}}}
       other -> other
@@ -48,8 +48,7 @@ defmodule FlameDemo do
   Returns `{:ok, result}`, `{:error, %FLAMEK8sBackend.BootError{}}` as soon as a boot has failed
   (its `phase` and `reason`; `Exception.message/1` reads well), or
   `{:error, {:no_boot_failure, reason}}`. Options: `:fun`,
-  `:timeout` (boot and call, default 60_000), `:idle_shutdown_after`. One call at a time: boot
-  failures are read from the app's single `FlameDemo.BootFailures`.
+  `:timeout` (boot and call, default 60_000), `:idle_shutdown_after`.
   """
   def call_with(backend_opts, opts \\ []) do
     timeout = Keyword.get(opts, :timeout, 60_000)
@@ -69,7 +68,7 @@ defmodule FlameDemo do
     {:ok, _} = Supervisor.start_child(FlameDemo.Supervisor, Supervisor.child_spec(pool, id: name))
 
     try do
-      watch_boot(fn -> FLAME.call(name, fun, timeout: timeout) end, timeout)
+      watch_boot(name, fn -> FLAME.call(name, fun, timeout: timeout) end, timeout)
     after
       Supervisor.terminate_child(FlameDemo.Supervisor, name)
       Supervisor.delete_child(FlameDemo.Supervisor, name)
@@ -77,16 +76,16 @@ defmodule FlameDemo do
   end
 
   # Runs `call` in a process of its own and returns {:ok, its result}, or {:error, boot_error} as
-  # soon as a pool reports a failed boot to FlameDemo.BootFailures (or the call exits with one).
-  defp watch_boot(call, timeout) do
-    FlameDemo.BootFailures.clear()
+  # soon as `pool` reports a failed boot to FlameDemo.BootFailures (or the call exits with one).
+  defp watch_boot(pool, call, timeout) do
+    FlameDemo.BootFailures.clear(pool)
     deadline = System.monotonic_time(:millisecond) + timeout
     {pid, ref} = spawn_monitor(fn -> exit({:flame_demo_result, call.()}) end)
-    await_boot_failure(pid, ref, deadline)
+    await_boot_failure(pool, pid, ref, deadline)
   end
 
-  defp await_boot_failure(pid, ref, deadline) do
-    case FlameDemo.BootFailures.last() do
+  defp await_boot_failure(pool, pid, ref, deadline) do
+    case FlameDemo.BootFailures.last(pool) do
       nil ->
         receive do
           {:DOWN, ^ref, :process, ^pid, {:flame_demo_result, result}} -> {:ok, result}
@@ -97,7 +96,7 @@ defmodule FlameDemo do
               Process.exit(pid, :kill)
               {:error, {:no_boot_failure, :timeout}}
             else
-              await_boot_failure(pid, ref, deadline)
+              await_boot_failure(pool, pid, ref, deadline)
             end
         end
 

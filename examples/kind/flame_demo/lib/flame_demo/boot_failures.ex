@@ -1,14 +1,19 @@
 defmodule FlameDemo.BootFailures do
-  @moduledoc "The last failed runner boot of a pool, as reported to FLAME's `on_grow_end`."
+  @moduledoc """
+  The last failed runner boot of each pool, as reported to FLAME's `on_grow_end`. By pool: a
+  pool may go on booting (and failing) after the call that started it gave up, and its failure
+  must not be taken for another pool's.
+  """
   use Agent
 
-  def start_link(_opts), do: Agent.start_link(fn -> nil end, name: __MODULE__)
+  def start_link(_opts), do: Agent.start_link(fn -> %{} end, name: __MODULE__)
 
   @doc "FLAME.Pool `:on_grow_end` hook."
-  def on_grow_end(:ok, _meta), do: :ok
-  def on_grow_end({:exit, reason}, _meta), do: Agent.update(__MODULE__, fn _ -> reason end)
-  def on_grow_end(_other, _meta), do: :ok
+  def on_grow_end({:exit, reason}, %{name: pool}),
+    do: Agent.update(__MODULE__, &Map.put(&1, pool, reason))
 
-  def last, do: Agent.get(__MODULE__, & &1)
-  def clear, do: Agent.update(__MODULE__, fn _ -> nil end)
+  def on_grow_end(_result, _meta), do: :ok
+
+  def last(pool), do: Agent.get(__MODULE__, &Map.get(&1, pool))
+  def clear(pool), do: Agent.update(__MODULE__, &Map.delete(&1, pool))
 end
