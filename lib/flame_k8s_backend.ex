@@ -152,7 +152,12 @@ defmodule FLAMEK8sBackend do
   @impl true
   @spec init(keyword()) :: {:ok, t()} | {:error, BootError.t()}
   def init(opts) do
-    opts = Options.from(Application.get_env(:flame, __MODULE__, []), opts)
+    opts =
+      Options.from(
+        Application.get_env(:flame, __MODULE__, []),
+        opts,
+        Application.get_env(:flame, :terminator, [])
+      )
 
     with :ok <- ensure_distributed(),
          {:ok, kube} <- SharedClient.get(opts),

@@ -243,11 +243,15 @@ defmodule FLAMEK8sBackend.Options do
     ],
     shutdown_timeout: [
       type: :milliseconds,
-      # FLAME's own default for a pool's :shutdown_timeout.
+      # FLAME's terminator's own default.
       default: 30_000,
+      default_doc: """
+      the runner's `config :flame, :terminator, shutdown_timeout:` (the parent's own, as \
+      runners run its release), else FLAME's `30_000`\
+      """,
       doc: """
-      set it to your pool's `:shutdown_timeout` (FLAME does not pass it to the backend): the \
-      ms a runner told to stop lets its calls finish. Runner pods get \
+      the ms a stopping runner's FLAME terminator lets its calls finish (on SIGTERM too), as \
+      `config :flame, :terminator, shutdown_timeout:` sets it in the runner. Runner pods get \
       `terminationGracePeriodSeconds` of this (in seconds, rounded up) plus 10 s, so that \
       Kubernetes does not kill a drained or reclaimed runner before FLAME has; a \
       `terminationGracePeriodSeconds` in `:manifest` wins (see \
@@ -302,13 +306,32 @@ defmodule FLAMEK8sBackend.Options do
       iex> FLAMEK8sBackend.Options.from([boot_timeout: 1_000, log: :info], log: false).log
       :info
   """
-  @spec from(keyword(), keyword()) :: t()
-  def from(app_env, opts) do
+  @spec from(keyword(), keyword(), keyword()) :: t()
+  def from(app_env, opts, terminator_env \\ []) do
     app_env = Types.keyword!(app_env, "config :flame, FLAMEK8sBackend")
     opts = Types.keyword!(opts, "FLAMEK8sBackend options")
-    merged = Keyword.merge(app_env, opts)
+    merged = terminator_env |> release_defaults() |> Keyword.merge(app_env) |> Keyword.merge(opts)
     log = Enum.find([opts[:log], app_env[:log]], false, & &1)
     validate!(Keyword.put(merged, :log, log))
+  end
+
+  # Runners run the parent's release, so the parent's `config :flame, :terminator` is theirs:
+  # on SIGTERM their terminator lets calls finish for its :shutdown_timeout.
+  defp release_defaults(terminator_env) do
+    what = "config :flame, :terminator"
+
+    case Keyword.fetch(Types.keyword!(terminator_env, what), :shutdown_timeout) do
+      {:ok, ms} ->
+        try do
+          [shutdown_timeout: Types.check(:milliseconds, :shutdown_timeout, ms)]
+        rescue
+          error in ArgumentError ->
+            reraise ArgumentError, "#{what}: #{error.message}", __STACKTRACE__
+        end
+
+      :error ->
+        []
+    end
   end
 
   @doc """

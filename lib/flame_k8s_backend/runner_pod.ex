@@ -313,7 +313,7 @@ defmodule FLAMEK8sBackend.RunnerPod do
   end
 
   # On SIGTERM (a drain, a spot reclaim, a deletion) the runner's FLAME terminator lets its
-  # calls finish for up to the pool's :shutdown_timeout; Kubernetes kills the container once
+  # calls finish for up to :shutdown_timeout; Kubernetes kills the container once
   # the grace period is over. The margin covers the VM's own stop after the drain.
   defp grace_period(shutdown_timeout), do: div(shutdown_timeout + 999, 1_000) + @grace_margin_s
 

@@ -141,10 +141,12 @@ defmodule FLAMEK8sBackend.RealNodeTest do
       :ok
     end
 
-    test "a nodeSelector no node has: the real scheduler's message", %{kube: kube, namespace: ns} do
-      manifest = %{"spec" => %{"nodeSelector" => %{"flame-k8s-backend.io/no-such-node" => "x"}}}
-
-      {error, runner} = boot_error!(kube, ns, unschedulable: :fail, manifest: manifest)
+    test "a :node_selector no node has: the real scheduler's message", %{
+      kube: kube,
+      namespace: ns
+    } do
+      selector = %{"flame-k8s-backend.io/no-such-node" => "x"}
+      {error, runner} = boot_error!(kube, ns, unschedulable: :fail, node_selector: selector)
       assert %BootError{phase: :scheduling, reason: {:unschedulable, message}} = error
       assert message =~ "0/1 nodes are available"
       assert message =~ "didn't match Pod's node affinity/selector"
@@ -172,6 +174,15 @@ defmodule FLAMEK8sBackend.RealNodeTest do
                  "resource" => "secrets",
                  "name" => runner
                })
+    end
+
+    test "a pool asking for a GPU (:resources) on a node without: Insufficient nvidia.com/gpu, at once",
+         %{kube: kube, namespace: ns} do
+      resources = %{limits: %{"nvidia.com/gpu" => 1}}
+      {error, _} = boot_error!(kube, ns, unschedulable: :fail, resources: resources)
+      assert %BootError{phase: :scheduling, reason: {:unschedulable, message}} = error
+      assert message =~ "0/1 nodes are available"
+      assert message =~ "Insufficient nvidia.com/gpu"
     end
 
     test "a resource request no node satisfies, unschedulable: :wait: the timeout names it", %{
@@ -473,6 +484,23 @@ defmodule FLAMEK8sBackend.RealNodeParentTest do
     spec = rpc(parent, Supervisor, :child_spec, [{FLAME.Pool, opts}, [id: name]])
     {:ok, _} = rpc(parent, Supervisor, :start_child, [FlameDemo.Supervisor, spec])
     name
+  end
+
+  # Starts a call of `ms` on `pool`, deletes its runner pod (the pod's own grace period) once
+  # the call runs there, and returns the call's result and how long after the DELETE it came.
+  defp delete_mid_call!(ctx, parent, pool, ms) do
+    test = self()
+
+    call =
+      Task.async(fn -> rpc(parent, FlameDemo, :call_in_flight, [pool, ms, test], ms + 90_000) end)
+
+    assert_receive {:running, runner}, 90_000
+    {:ok, pod} = Kube.get_pod(ctx.kube, ctx.namespace, runner.pod)
+    deleted = System.monotonic_time(:millisecond)
+    assert {:ok, _} = Kube.delete_pod(ctx.kube, ctx.namespace, runner.pod)
+    result = Task.await(call, ms + 90_000)
+    stopped_in = System.monotonic_time(:millisecond) - deleted
+    %{runner: runner, result: result, stopped_in: stopped_in, pod: pod}
   end
 
   defp stop_pool(parent, name) do
@@ -791,6 +819,59 @@ defmodule FLAMEK8sBackend.RealNodeParentTest do
     assert Exception.message(error) =~ "OOMKilled"
     [_, name] = String.split(error.pod, "/")
     await_gone!(ctx, name, 30_000)
+  end
+
+  test "a :node_selector the node has: the runner boots on it, with that selector alone", ctx do
+    parent = parent!(ctx)
+    selector = %{"kubernetes.io/hostname" => RealNode.info().node_name}
+    pool = start_pool!(parent, node_selector: selector)
+    on_exit(fn -> stop_pool(parent, pool) end)
+
+    runner = rpc(parent, FLAME, :call, [pool, &FlameDemo.runner_info/0])
+    assert Atom.to_string(runner.node) == "#{runner.pod}@#{runner.pod_ip}"
+    {:ok, pod} = Kube.get_pod(ctx.kube, ctx.namespace, runner.pod)
+    assert pod["spec"]["nodeSelector"] == selector
+    assert pod["spec"]["nodeName"] == RealNode.info().node_name
+  end
+
+  # Graceful termination: a deletion with the pod's own grace period (a drain, a reclaim) sends
+  # the runner SIGTERM mid-call.
+  test "a runner deleted mid-call: the call completes within the grace period, and the pod goes",
+       ctx do
+    parent = parent!(ctx)
+    pool = start_pool!(parent, [])
+    on_exit(fn -> stop_pool(parent, pool) end)
+    %{runner: runner, result: result, stopped_in: ms} = delete_mid_call!(ctx, parent, pool, 4_000)
+
+    IO.puts("real node: a call in flight on a deleted runner returned #{ms} ms after the DELETE")
+    assert {:ok, {:done, %{pod: pod}}} = result
+    assert pod == runner.pod
+    await_gone!(ctx, runner.pod, 60_000)
+    refute Enum.any?(runner_pods(ctx), &(&1["metadata"]["name"] == runner.pod))
+  end
+
+  test "a runner deleted mid-call that outlasts the terminator's shutdown timeout: a clean exit within the grace period",
+       ctx do
+    parent = parent!(ctx)
+    # The runner's terminator drains for 2 s (its release's config, from its env); the backend
+    # gives its pod that plus 10 s.
+    env = %{"FLAME_DEMO_TERMINATOR_SHUTDOWN_MS" => "2000"}
+    pool = start_pool!(parent, env: env, shutdown_timeout: 2_000)
+    on_exit(fn -> stop_pool(parent, pool) end)
+
+    %{runner: runner, result: result, stopped_in: ms, pod: pod} =
+      delete_mid_call!(ctx, parent, pool, 120_000)
+
+    IO.puts(
+      "real node: a call outlasting its deleted runner's drain exited #{ms} ms after the DELETE"
+    )
+
+    assert pod["spec"]["terminationGracePeriodSeconds"] == 12
+    assert {:exit, reason} = result
+    assert inspect(reason) =~ runner.pod
+    # Before Kubernetes' SIGKILL: the runner stopped on its own.
+    assert ms < 12_000
+    await_gone!(ctx, runner.pod, 60_000)
   end
 
   test "DNS as DNSCluster uses it: the headless Service lists the parent, not its runners", ctx do

@@ -373,6 +373,20 @@ defmodule FLAMEK8sBackend.OptionsTest do
 
     test ":shutdown_timeout defaults to FLAME's 30 s" do
       assert Options.validate!([]).shutdown_timeout == 30_000
+      assert Options.from([], []).shutdown_timeout == 30_000
+    end
+
+    # The runner runs the parent's release: the terminator's drain on SIGTERM is bounded by
+    # the same `config :flame, :terminator` the parent has.
+    test ":shutdown_timeout defaults to the release's `config :flame, :terminator`" do
+      terminator = [shutdown_timeout: 120_000, log: :info]
+      assert Options.from([], [], terminator).shutdown_timeout == 120_000
+      assert Options.from([shutdown_timeout: 5_000], [], terminator).shutdown_timeout == 5_000
+      assert Options.from([], [shutdown_timeout: 7_000], terminator).shutdown_timeout == 7_000
+
+      error = assert_raise ArgumentError, fn -> Options.from([], [], shutdown_timeout: "1") end
+      assert error.message =~ "config :flame, :terminator"
+      assert error.message =~ ":shutdown_timeout"
     end
   end
 
@@ -390,7 +404,9 @@ defmodule FLAMEK8sBackend.OptionsTest do
       assert docs =~ ~r/`:unschedulable` - .* Default: `:wait`\./
       assert docs =~ ~r/`:app_container_name` - .* Default: the first container\./
       assert docs =~ ~r/`:node_selector` - .* Default: the parent pod's\./
-      assert docs =~ ~r/`:shutdown_timeout` - set it to your pool's .* Default: `30_000`\./
+
+      assert docs =~
+               ~r/`:shutdown_timeout` - .* Default: the runner's `config :flame, :terminator, shutdown_timeout:`/
     end
 
     test "is the option list of FLAMEK8sBackend's moduledoc" do

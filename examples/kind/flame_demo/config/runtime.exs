@@ -7,3 +7,9 @@ config :flame_demo,
   idle_shutdown_after: String.to_integer(System.get_env("FLAME_DEMO_IDLE_MS", "10000")),
   # An image no node can pull, for the pool that demonstrates a failed boot.
   bad_image: System.get_env("FLAME_DEMO_BAD_IMAGE", "registry.invalid/flame-demo:missing")
+
+# How long a stopping runner lets its calls finish (the backend's :shutdown_timeout and the
+# runner pods' grace period follow it). A pool's `env:` can set it for its runners alone.
+if ms = System.get_env("FLAME_DEMO_TERMINATOR_SHUTDOWN_MS") do
+  config :flame, :terminator, shutdown_timeout: String.to_integer(ms)
+end

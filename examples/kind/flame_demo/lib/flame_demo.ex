@@ -20,6 +20,29 @@ defmodule FlameDemo do
   def square(x), do: FLAME.call(FlameDemo.Runner, fn -> x * x end)
 
   @doc """
+  A call on `pool` that sends `notify` (a pid, here or on a node connected to this one)
+  `{:running, runner_info()}` once it runs on the runner, then sleeps `ms` and returns
+  `{:ok, {:done, runner_info()}}`; `{:exit, reason}` if the call exits (its runner went down).
+  For stopping a runner while a call is in flight.
+  """
+  def call_in_flight(pool, ms, notify) do
+    # The runner reaches this VM, not necessarily notify's: the message goes through here.
+    relay = spawn(fn -> receive do: ({:running, _} = msg -> send(notify, msg)) end)
+
+    fun = fn ->
+      send(relay, {:running, runner_info()})
+      Process.sleep(ms)
+      {:done, runner_info()}
+    end
+
+    try do
+      {:ok, FLAME.call(pool, fun, timeout: ms + 60_000)}
+    catch
+      :exit, reason -> {:exit, reason}
+    end
+  end
+
+  @doc """
   A call on the pool whose image cannot be pulled. Returns `{:error, message}` with the
   backend's `FLAMEK8sBackend.BootError` message as soon as a boot has failed, or
   `{:error, {:no_boot_failure, reason}}` if none was seen within `timeout` ms.
