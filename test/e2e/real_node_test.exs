@@ -807,6 +807,44 @@ defmodule FLAMEK8sBackend.RealNodeParentTest do
            end)
   end
 
+  # FLAME retries a failed boot at once while its callers wait; the back-off keeps a pool whose
+  # image is missing from creating a pod per retry.
+  test "a 30 s FLAME.call on a missing-image pool: a few pods, the other boots cached", ctx do
+    parent = parent!(ctx)
+    image = "registry.invalid/flame-demo:missing"
+    pool = start_pool!(parent, manifest: %{"spec" => %{"containers" => [%{"image" => image}]}})
+    on_exit(fn -> stop_pool(parent, pool) end)
+    mine = %{"pod_name" => parent.name, "namespace" => ctx.namespace}
+    before = MapSet.new(RealNode.audit_events(mine), & &1["audit_id"])
+
+    call = [pool, &FlameDemo.runner_info/0, [timeout: 30_000]]
+    assert {:exception, reason} = catch_exit(rpc(parent, FLAME, :call, call))
+    assert inspect(reason) =~ "timeout"
+    stop_pool(parent, pool)
+
+    RealNode.wait_until!(
+      fn -> not Enum.any?(runner_pods(ctx), &(inspect(&1["spec"]) =~ image)) end,
+      60_000,
+      "the missing-image pool's pods gone"
+    )
+
+    counts =
+      RealNode.audit_events(mine)
+      |> Enum.reject(&MapSet.member?(before, &1["audit_id"]))
+      |> FLAMEK8sBackend.Test.AuditLog.count_requests()
+
+    pods = Map.get(counts, {"create", "pods", ""}, 0)
+    requests = counts |> Map.values() |> Enum.sum()
+
+    IO.puts(
+      "real node: a 30 s FLAME.call on a missing-image pool created #{pods} pods " <>
+        "(#{requests} API requests of the parent)"
+    )
+
+    # A boot every 1-2 s without the back-off; with it, boots at about 0, 3, 7 and 15 s.
+    assert pods in 1..6
+  end
+
   test "a runner over its memory limit: OOMKilled, exit code 137", ctx do
     parent = parent!(ctx)
     resources = %{"requests" => %{"memory" => "24Mi"}, "limits" => %{"memory" => "24Mi"}}

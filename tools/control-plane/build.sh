@@ -39,6 +39,11 @@ for component in "$@"; do
     *) log "unknown component: $component (kubelet, kube-scheduler, kube-controller-manager, kube-proxy)"; exit 2 ;;
   esac
 done
+mkdir -p "$OUT"
+# Test runs in several clones or worktrees share this cache: one builds, the others wait for it
+# here and then find the binaries.
+exec 9>"$OUT/.build.lock"
+flock 9
 missing=()
 for component in "${kube_components[@]}"; do
   [ -x "$OUT/$component" ] || missing+=("$component")
@@ -48,7 +53,6 @@ if [ "${#missing[@]}" -eq 0 ] && [ -x "$OUT/etcd" ]; then
   echo "$OUT"
   exit 0
 fi
-mkdir -p "$OUT"
 
 minor="${KUBE_VERSION#v1.}"; minor="${minor%%.*}"
 patch="${KUBE_VERSION##*.}"
@@ -92,8 +96,8 @@ if [ ! -x "$OUT/etcd" ]; then
   log "etcd $ETCD_VERSION: resolving modules"
   (cd "$work/etcd" && go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION" >&2)
   log "etcd $ETCD_VERSION: compiling"
-  (cd "$work/etcd" && go build -trimpath -ldflags "-s -w" -o "$OUT/etcd.tmp" go.etcd.io/etcd/server/v3)
-  mv "$OUT/etcd.tmp" "$OUT/etcd"
+  (cd "$work/etcd" && go build -trimpath -ldflags "-s -w" -o "$work/etcd.bin" go.etcd.io/etcd/server/v3)
+  mv "$work/etcd.bin" "$OUT/etcd"
   log "etcd: built in $(took)"
 fi
 
