@@ -170,10 +170,11 @@ defmodule FLAMEK8sBackend.Options do
       (DNSCluster, libcluster) cannot lose each other's runners to `:global`'s \
       "prevent overlapping partitions". What it costs: from the runner, `:pg` groups \
       (Phoenix.PubSub's default adapter), `:global` names and `Node.list()` do not reach \
-      the parent or the cluster. `-hidden` goes in front of whatever `ERL_AFLAGS` the runner \
+      the parent or the cluster. So `false` keeps runners visible, for code on them that \
+      uses those; set `true` when more than one clustered parent boots runners. `-hidden` goes in front of whatever `ERL_AFLAGS` the runner \
       gets otherwise (the parent's forwarded one, or `:env`'s, which replaces it), which \
       stays; with `false`, a `-hidden` the parent's own flags carry is forwarded as it is. \
-      See [Headless Service and DNSCluster](kubernetes-setup.md#headless-service-and-dnscluster).\
+      See [Several parents and hidden runners](kubernetes-setup.md#several-parents-and-hidden-runners).\
       """
     ],
     active_deadline_seconds: [
