@@ -160,6 +160,23 @@ defmodule FLAMEK8sBackend.Options do
       [Networking](code-sync-and-networking.md#networking)).\
       """
     ],
+    hidden: [
+      type: :boolean,
+      default: false,
+      doc: """
+      `true` starts the runner's VM as a hidden Erlang node (`-hidden` in its `ERL_AFLAGS`, \
+      which both `bin/app start` and plain `elixir`/`erl` read): it connects to its parent \
+      only, and `:global` and `:pg` never see it, so several parents clustered together \
+      (DNSCluster, libcluster) cannot lose each other's runners to `:global`'s \
+      "prevent overlapping partitions". What it costs: from the runner, `:pg` groups \
+      (Phoenix.PubSub's default adapter), `:global` names and `Node.list()` do not reach \
+      the parent or the cluster. So `false` keeps runners visible, for code on them that \
+      uses those; set `true` when more than one clustered parent boots runners. `-hidden` goes in front of whatever `ERL_AFLAGS` the runner \
+      gets otherwise (the parent's forwarded one, or `:env`'s, which replaces it), which \
+      stays; with `false`, a `-hidden` the parent's own flags carry is forwarded as it is. \
+      See [Several parents and hidden runners](kubernetes-setup.md#several-parents-and-hidden-runners).\
+      """
+    ],
     active_deadline_seconds: [
       type: :seconds,
       default: nil,
@@ -286,6 +303,7 @@ defmodule FLAMEK8sBackend.Options do
           api_server_request_timeout: pos_integer(),
           tmp_dir: String.t() | false,
           dist_port: 1..65_535 | nil,
+          hidden: boolean(),
           active_deadline_seconds: pos_integer() | nil,
           service_account_name: String.t() | nil,
           resources: map() | nil | :inherit,

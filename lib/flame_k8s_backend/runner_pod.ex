@@ -60,7 +60,9 @@ defmodule FLAMEK8sBackend.RunnerPod do
   #      secret, as `RELEASE_COOKIE`, never as plain pod env;
   #   5. with `:dist_port`, `-kernel inet_dist_listen_min P inet_dist_listen_max P` in front of
   #      the final `ERL_AFLAGS` (the first setting of a kernel parameter wins, so neither the
-  #      parent's forwarded flags nor the release's `vm.args` can move the port);
+  #      parent's forwarded flags nor the release's `vm.args` can move the port); then, with
+  #      `hidden: true`, `-hidden` (unless that `ERL_AFLAGS` has it already), in front of the
+  #      rest, which stays (an `-extra` in it cannot make `-hidden` a plain argument);
   #   6. with `:tmp_dir`, an `emptyDir` volume `flame-tmp` (unless the pod already has a volume
   #      of that name) mounted at that path in the app container (unless something is already
   #      mounted there). An `emptyDir` is writable by any user, also under a read-only root

@@ -58,7 +58,7 @@ defmodule FLAMEK8sBackend.RunnerPod.Env do
       [tmp_env, parent_env, defaults, manifest_env, user_env, fixed, last]
       |> Enum.reduce(%{order: [], by_name: %{}}, &merge/2)
 
-    with {:ok, merged} <- merged |> without_cookie_flags() |> put_dist_port(opts.dist_port) do
+    with {:ok, merged} <- merged |> without_cookie_flags() |> put_backend_flags(opts) do
       fixed_names = Enum.map(fixed ++ last, & &1["name"])
       # A plain env var would win over the secret's envFrom value of the same name.
       secret_only = @secret_only ++ Map.keys(opts.secret_env)
@@ -230,26 +230,58 @@ defmodule FLAMEK8sBackend.RunnerPod.Env do
 
   defp word(<<c, rest::binary>>, value, n, quote), do: word(rest, [value, c], n + 1, quote)
 
-  # Erlang takes the first setting of a kernel parameter: in front of ERL_AFLAGS (which comes
-  # before the command line and ERL_ZFLAGS), the port wins over anything else that sets it.
-  defp put_dist_port(merged, nil), do: {:ok, merged}
+  # The flags the backend itself gives the runner go in front of its final ERL_AFLAGS (the
+  # parent's forwarded one, or :env's, which is kept after them): Erlang takes the first setting
+  # of a kernel parameter, and ERL_AFLAGS comes before the command line (a release's vm.args)
+  # and ERL_ZFLAGS, so nothing later moves the port; and a `-hidden` in front cannot fall
+  # behind an `-extra` of the user's, after which it would be a plain argument.
+  defp put_backend_flags(merged, %Options{} = opts) do
+    current = merged.by_name["ERL_AFLAGS"]
 
-  defp put_dist_port(merged, port) do
-    flags = "-kernel inet_dist_listen_min #{port} inet_dist_listen_max #{port}"
+    value =
+      case current do
+        %{"value" => value} when is_binary(value) -> value
+        _ -> ""
+      end
 
-    case merged.by_name["ERL_AFLAGS"] do
-      %{"valueFrom" => _} ->
+    port = opts.dist_port
+
+    # {option, what to set instead, the flags, whether they are wanted}
+    flags =
+      for {option, what, flags, true} <- [
+            {:dist_port, "inet_dist_listen_min/max",
+             "-kernel inet_dist_listen_min #{port} inet_dist_listen_max #{port}", port != nil},
+            {:hidden, "-hidden", "-hidden", opts.hidden and not hidden_flag?(value)}
+          ],
+          do: {option, what, flags}
+
+    case {flags, current} do
+      {[], _} ->
+        {:ok, merged}
+
+      {_, %{"valueFrom" => _}} ->
+        options = Enum.map_join(flags, " and ", fn {option, _, _} -> inspect(option) end)
+        wanted = Enum.map_join(flags, " and ", fn {_, what, _} -> what end)
+
         {:error,
          {:invalid_manifest,
-          "ERL_AFLAGS comes from valueFrom, so :dist_port cannot go in front of it: give " <>
-            "ERL_AFLAGS as a value, or set inet_dist_listen_min/max in it and leave :dist_port out"}}
-
-      %{"value" => value} when is_binary(value) and value != "" ->
-        {:ok, merge([var("ERL_AFLAGS", flags <> " " <> value)], merged)}
+          "ERL_AFLAGS comes from valueFrom, so #{options} cannot go in front of it: give " <>
+            "ERL_AFLAGS as a value, or set #{wanted} in it and leave #{options} out"}}
 
       _ ->
-        {:ok, merge([var("ERL_AFLAGS", flags)], merged)}
+        flags = Enum.map(flags, fn {_, _, flag} -> flag end) ++ [value]
+
+        {:ok,
+         merge([var("ERL_AFLAGS", flags |> Enum.reject(&(&1 == "")) |> Enum.join(" "))], merged)}
     end
+  end
+
+  # Whether `flags` (as in ERL_AFLAGS) already make the node hidden.
+  defp hidden_flag?(flags) do
+    flags
+    |> words([])
+    |> Enum.take_while(&(elem(&1, 0) != "-extra"))
+    |> List.keymember?("-hidden", 0)
   end
 
   defp merge(vars, acc) do
