@@ -422,32 +422,53 @@ defmodule FLAMEK8sBackend.RealNodeParentTest do
 
   # The Deployment's current pod, running, and its BEAM node connected to this VM (hidden: no
   # global mesh with the runners, which could not reach this VM's 127.0.0.1 name anyway).
-  defp parent!(ctx) do
-    pod =
+  defp parent!(ctx), do: ctx |> parents!(1) |> hd()
+
+  # `n` of the Deployment's pods, as parent!/1 gives one.
+  defp parents!(ctx, n) do
+    pods =
       RealNode.wait_until!(
         fn ->
           {:ok, pods} = Kube.list_pods(ctx.kube, ctx.namespace, label_selector: "app=flame-demo")
 
-          Enum.find(pods, fn pod ->
-            pod["metadata"]["deletionTimestamp"] == nil and
-              pod["status"]["phase"] == "Running" and
-              Enum.all?(pod["status"]["containerStatuses"] || [], & &1["ready"])
-          end)
+          running =
+            Enum.filter(pods, fn pod ->
+              pod["metadata"]["deletionTimestamp"] == nil and
+                pod["status"]["phase"] == "Running" and
+                Enum.all?(pod["status"]["containerStatuses"] || [], & &1["ready"])
+            end)
+
+          length(running) >= n and Enum.take(running, n)
         end,
         90_000,
-        "a running flame-demo pod in #{ctx.namespace}"
+        "#{n} running flame-demo pods in #{ctx.namespace}"
       )
 
-    node = :"flame_demo@#{pod["status"]["podIP"]}"
-    :erlang.set_cookie(node, ctx.cookie)
+    for pod <- pods do
+      node = :"flame_demo@#{pod["status"]["podIP"]}"
+      :erlang.set_cookie(node, ctx.cookie)
 
-    RealNode.wait_until!(
-      fn -> :net_kernel.hidden_connect_node(node) and demo_started?(node) end,
-      60_000,
-      "#{node} up"
-    )
+      RealNode.wait_until!(
+        fn -> :net_kernel.hidden_connect_node(node) and demo_started?(node) end,
+        60_000,
+        "#{node} up"
+      )
 
-    %{pod: pod, node: node, name: pod["metadata"]["name"], ip: pod["status"]["podIP"]}
+      %{pod: pod, node: node, name: pod["metadata"]["name"], ip: pod["status"]["podIP"]}
+    end
+  end
+
+  defp scale!(ctx, replicas) do
+    {:ok, _} =
+      Kube.request(
+        ctx.kube,
+        "PATCH",
+        "/apis/apps/v1/namespaces/#{ctx.namespace}/deployments/flame-demo/scale",
+        body: %{"spec" => %{"replicas" => replicas}},
+        content_type: "application/merge-patch+json"
+      )
+
+    :ok
   end
 
   # The pod's VM can drop a fresh connection while its release is still starting (seen under
@@ -910,6 +931,53 @@ defmodule FLAMEK8sBackend.RealNodeParentTest do
     # Before Kubernetes' SIGKILL: the runner stopped on its own.
     assert ms < 12_000
     await_gone!(ctx, runner.pod, 60_000)
+  end
+
+  # Several parents cluster with DNSCluster. A hidden runner is linked to its own parent only:
+  # a link between a parent and the other parent's runner that drops cannot make Erlang's
+  # global cut others ("to prevent overlapping partitions"), which stopped the runners of both
+  # parents when runners were visible.
+  test "two parents, hidden runners: a dropped link between a parent and the other's runner loses no runner and no call",
+       ctx do
+    scale!(ctx, 2)
+    on_exit(fn -> scale!(%{ctx | kube: RealNode.kube!()}, 1) end)
+    [a, b] = parents!(ctx, 2)
+
+    # The demo's DNSCluster stand-in connects the parents through the headless Service.
+    RealNode.wait_until!(
+      fn -> b.node in rpc(a, Node, :list, []) end,
+      60_000,
+      "#{a.node} and #{b.node} connected"
+    )
+
+    pools = for parent <- [a, b], do: {parent, start_pool!(parent, hidden: true)}
+    on_exit(fn -> for {parent, pool} <- pools, do: stop_pool(parent, pool) end)
+    [{_, pool_a}, {_, pool_b}] = pools
+
+    # A call in flight on each parent's runner while the link drops.
+    test = self()
+
+    calls =
+      for {parent, pool} <- pools do
+        Task.async(fn -> rpc(parent, FlameDemo, :call_in_flight, [pool, 3_000, test]) end)
+      end
+
+    assert_receive {:running, ra}, 90_000
+    assert_receive {:running, rb}, 90_000
+    [ra, rb] = Enum.sort_by([ra, rb], &(&1.node in rpc(a, Node, :list, [:connected])), :desc)
+    assert ra.node in rpc(a, Node, :list, [:hidden])
+    assert rb.node in rpc(b, Node, :list, [:hidden])
+    refute rb.node in rpc(a, Node, :list, [:connected])
+    refute ra.node in rpc(b, Node, :list, [:connected])
+
+    # A link from parent A to B's runner, then dropped.
+    assert rpc(a, Node, :connect, [rb.node])
+    assert rpc(a, :erlang, :disconnect_node, [rb.node])
+
+    for call <- calls, do: assert({:ok, {:done, _}} = Task.await(call, 60_000))
+    assert b.node in rpc(a, Node, :list, [])
+    assert rpc(a, FLAME, :call, [pool_a, &FlameDemo.runner_info/0]).pod == ra.pod
+    assert rpc(b, FLAME, :call, [pool_b, &FlameDemo.runner_info/0]).pod == rb.pod
   end
 
   test "DNS as DNSCluster uses it: the headless Service lists the parent, not its runners", ctx do
