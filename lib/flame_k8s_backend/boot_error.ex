@@ -52,11 +52,11 @@ defmodule FLAMEK8sBackend.BootError do
     * `:cached` - `nil` for a failure of this boot. A boot of a pool whose last boot failed for
       a reason that does not fix itself within seconds (an image pull, the container's config,
       an invalid manifest, a 400, 401, 403, 404 or 422 from the API server, unschedulable with
-      `unschedulable: :fail`, or with no scale-up that could help) is not tried again for a while: within a window that starts at
-      2 s and doubles with each failure after it, up to 30 s, boots with the same options
-      return that last error at once, creating nothing, with `cached:
-      %{failures: n, age_ms: ms, retry_in_ms: ms}` (failures in a row, how long ago the error
-      happened, when the next boot tries for real). `:pod`, `:events` and `:log` are the
+      `unschedulable: :fail` or with no scale-up that could help) is not tried again for a
+      while: within a window that starts at 2 s and doubles with each failure after it, up to
+      30 s, boots with the same options return that last error at once, creating nothing,
+      with `cached: %{failures: n, age_ms: ms, retry_in_ms: ms}` (failures in a row, how long
+      ago the error happened, when the next boot tries for real). `:pod`, `:events` and `:log` are the
       failed pod's. A success, or other options, end the window; a timeout, a connection
       error, a 5xx or a container that exited never open one. See
       [Failures and cleanup](failures-and-cleanup.md#boots-that-keep-failing).

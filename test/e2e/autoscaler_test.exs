@@ -37,10 +37,21 @@ defmodule FLAMEK8sBackend.AutoscalerE2ETest do
     )
   end
 
-  # Starts the boot of `opts` in a task; returns the task and the runner pod's name.
+  # Starts the boot of `opts` in a task (the runner says remote_up to the process that ran
+  # init/1); returns the task and the runner pod's name.
   defp start_boot(opts) do
-    {:ok, state} = FLAMEK8sBackend.init(opts)
-    {Task.async(fn -> FLAMEK8sBackend.remote_boot(state) end), state.runner_name}
+    test = self()
+
+    task =
+      Task.async(fn ->
+        {:ok, state} = FLAMEK8sBackend.init(opts)
+        send(test, {:runner_name, self(), state.runner_name})
+        FLAMEK8sBackend.remote_boot(state)
+      end)
+
+    pid = task.pid
+    assert_receive {:runner_name, ^pid, name}, 30_000
+    {task, name}
   end
 
   # Waits (on a watch of its own) until the scheduler has marked the runner pod Unschedulable;
@@ -238,6 +249,35 @@ defmodule FLAMEK8sBackend.AutoscalerE2ETest do
              boot_result(task)
 
     assert detail =~ "didn't match Pod's node affinity/selector"
+  end
+
+  # The simulated kubelet keeps a pod labelled `sim-kubelet/fail: unschedulable`
+  # Unschedulable, and binds it once the label is gone: the node the autoscaler added.
+  test "a scale-up, then the node: the boot goes on and the runner comes up",
+       %{kube: kube, namespace: ns, opts: opts} do
+    opts = Keyword.merge(opts, labels: %{"sim-kubelet/fail" => "unschedulable"})
+    {task, name} = start_boot(opts)
+    uid = await_unschedulable!(kube, ns, name)
+
+    :ok =
+      record!(
+        kube,
+        ns,
+        {name, uid},
+        "cluster-autoscaler",
+        "Normal",
+        "TriggeredScaleUp",
+        @scale_up
+      )
+
+    {:ok, _} =
+      Kube.request(kube, "PATCH", "/api/v1/namespaces/#{ns}/pods/#{name}",
+        body: %{"metadata" => %{"labels" => %{"sim-kubelet/fail" => nil}}},
+        content_type: "application/merge-patch+json"
+      )
+
+    assert {:ok, terminator, _state} = boot_result(task)
+    assert is_pid(terminator) and node(terminator) != node()
   end
 
   test "a parent that may not read events: the boot is as without autoscaler events",
