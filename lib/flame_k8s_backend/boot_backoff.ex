@@ -59,6 +59,8 @@ defmodule FLAMEK8sBackend.BootBackoff do
   # No node fits, and the pool asked to fail at once rather than wait for a scale-up.
   def permanent?({:unschedulable, _}), do: true
   def permanent?(:unschedulable), do: true
+  # No node fits, and the cluster's autoscaler says no node it can add would either.
+  def permanent?({:no_scale_up, _}), do: true
   # The credentials or the kubeconfig, and a library that could not be loaded.
   def permanent?({:config, _}), do: true
   def permanent?({:nif_not_loaded, _}), do: true

@@ -77,12 +77,14 @@ defmodule FLAMEK8sBackend.BootDiagnostics do
 
       iex> FLAMEK8sBackend.BootDiagnostics.pod_may_exist?(%FLAMEK8sBackend.BootError{phase: :scheduling, reason: {:unschedulable, "0/1"}})
       true
+      iex> FLAMEK8sBackend.BootDiagnostics.pod_may_exist?(%FLAMEK8sBackend.BootError{phase: :scaling_up, reason: {:timeout, %{waited_ms: 1, detail: nil}}})
+      true
       iex> FLAMEK8sBackend.BootDiagnostics.pod_may_exist?(%FLAMEK8sBackend.BootError{phase: :create_pod, reason: {:api, 403, "Forbidden", "no"}})
       false
   """
   @spec pod_may_exist?(BootError.t()) :: boolean()
   def pod_may_exist?(%BootError{phase: phase})
-      when phase in [:scheduling, :container_start, :remote_up],
+      when phase in [:scheduling, :scaling_up, :container_start, :remote_up],
       do: true
 
   # A create whose answer did not come in time may well have created the pod.

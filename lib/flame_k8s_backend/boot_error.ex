@@ -9,16 +9,23 @@ defmodule FLAMEK8sBackend.BootError do
 
     * `:phase` - where the boot stopped: `:connect`, `:parent_pod`, `:manifest` (the runner pod
       could not be built from the parent and the options), `:create_secret`, `:create_pod`,
-      `:scheduling`, `:container_start` or `:remote_up`
+      `:scheduling`, `:scaling_up` (the pod was unschedulable and a cluster autoscaler or
+      Karpenter was adding a node for it: only with `{:timeout, _}`), `:container_start` or
+      `:remote_up`
     * `:reason` - what happened, as data:
       * `{:image_pull, %{reason: "ErrImagePull" | "ImagePullBackOff" | ..., image: image, message: msg}}`
       * `{:container_config, %{reason: reason, container: name, message: msg}}`
       * `{:container_exited, %{container: name, exit_code: code, reason: "OOMKilled" | "Error" | ..., message: msg}}`
       * `{:unschedulable, scheduler_message}`
+      * `{:no_scale_up, %{source: "cluster-autoscaler" | "karpenter", message: msg, scheduler: scheduler_message}}` -
+        unschedulable, and the autoscaler says no node it can add would take the pod (its
+        `NotTriggerScaleUp` or Karpenter's `FailedScheduling` event, whose message is `msg`):
+        with `unschedulable: :wait`, the boot fails at once rather than at its timeout
       * `{:pod_phase, "Failed" | "Succeeded", message}`
       * `{:deleted, pod_name}` - somebody deleted the pod during the boot
       * `{:timeout, %{waited_ms: ms, detail: detail}}` - `:phase` says which phase timed out;
-        `detail` is the last thing Kubernetes said (e.g. the scheduler's message)
+        `detail` is the last thing Kubernetes said (e.g. the scheduler's message; at
+        `:scaling_up`, the autoscaler's, as `"cluster-autoscaler: pod triggered scale-up: ..."`)
       * `{:parent_pod_not_found, "namespace/name"}`, `{:not_distributed, message}`
       * `{:app_container_not_found, name, available_names}` - the `:app_container_name` option
         names no container of the parent pod
@@ -45,11 +52,11 @@ defmodule FLAMEK8sBackend.BootError do
     * `:cached` - `nil` for a failure of this boot. A boot of a pool whose last boot failed for
       a reason that does not fix itself within seconds (an image pull, the container's config,
       an invalid manifest, a 400, 401, 403, 404 or 422 from the API server, unschedulable with
-      `unschedulable: :fail`) is not tried again for a while: within a window that starts at
-      2 s and doubles with each failure after it, up to 30 s, boots with the same options
-      return that last error at once, creating nothing, with `cached:
-      %{failures: n, age_ms: ms, retry_in_ms: ms}` (failures in a row, how long ago the error
-      happened, when the next boot tries for real). `:pod`, `:events` and `:log` are the
+      `unschedulable: :fail` or with no scale-up that could help) is not tried again for a
+      while: within a window that starts at 2 s and doubles with each failure after it, up to
+      30 s, boots with the same options return that last error at once, creating nothing,
+      with `cached: %{failures: n, age_ms: ms, retry_in_ms: ms}` (failures in a row, how long
+      ago the error happened, when the next boot tries for real). `:pod`, `:events` and `:log` are the
       failed pod's. A success, or other options, end the window; a timeout, a connection
       error, a 5xx or a container that exited never open one. See
       [Failures and cleanup](failures-and-cleanup.md#boots-that-keep-failing).
@@ -64,6 +71,14 @@ defmodule FLAMEK8sBackend.BootError do
       ...>   reason: {:unschedulable, "0/3 nodes are available: 3 Insufficient cpu."}}
       iex> Exception.message(error)
       "runner pod default/web-flame-x7k2p failed while scheduling: unschedulable: 0/3 nodes are available: 3 Insufficient cpu."
+
+  A boot that timed out while a cluster autoscaler was adding a node for its pod:
+
+      iex> error = %FLAMEK8sBackend.BootError{phase: :scaling_up, pod: "default/web-flame-x7k2p",
+      ...>   reason: {:timeout, %{waited_ms: 30_000,
+      ...>     detail: "cluster-autoscaler: pod triggered scale-up: [{gpu-pool 0->1 (max: 4)}]"}}}
+      iex> Exception.message(error)
+      "runner pod default/web-flame-x7k2p failed while waiting for a new node: timed out after 30000 ms while the autoscaler added a node (cluster-autoscaler: pod triggered scale-up: [{gpu-pool 0->1 (max: 4)}]); new nodes take minutes: raise the pool's :boot_timeout for autoscaled pools"
 
   The same failure, returned from the cache by a boot 1.2 s later:
 
@@ -83,6 +98,7 @@ defmodule FLAMEK8sBackend.BootError do
           | :create_secret
           | :create_pod
           | :scheduling
+          | :scaling_up
           | :container_start
           | :remote_up
 
@@ -124,7 +140,7 @@ defmodule FLAMEK8sBackend.BootError do
   def message(%__MODULE__{phase: phase, reason: reason, pod: pod} = error) do
     subject = if pod, do: "runner pod #{pod}", else: "runner"
 
-    "#{subject} failed while #{phase_text(phase)}: #{describe(reason)}" <>
+    "#{subject} failed while #{phase_text(phase)}: #{describe_in(phase, reason)}" <>
       cached_text(error.cached) <> events_text(error.events) <> log_text(error.log)
   end
 
@@ -166,9 +182,21 @@ defmodule FLAMEK8sBackend.BootError do
   defp phase_text(:create_secret), do: "creating its secret"
   defp phase_text(:create_pod), do: "being created"
   defp phase_text(:scheduling), do: "scheduling"
+  defp phase_text(:scaling_up), do: "waiting for a new node"
   defp phase_text(:container_start), do: "starting its container"
   defp phase_text(:remote_up), do: "waiting for the runner node's remote_up"
   defp phase_text(other), do: to_string(other)
+
+  # FLAME bounds the boot by :boot_timeout: a scale-up that needs longer can only be waited
+  # for with a longer one.
+  defp describe_in(:scaling_up, {:timeout, %{} = info}) do
+    autoscaler = if info[:detail], do: " (#{info[:detail]})", else: ""
+
+    "timed out after #{info[:waited_ms]} ms while the autoscaler added a node#{autoscaler}; " <>
+      "new nodes take minutes: raise the pool's :boot_timeout for autoscaled pools"
+  end
+
+  defp describe_in(_phase, reason), do: describe(reason)
 
   @doc """
   A sentence for a person about `reason` (a `:reason` of this error, or any
@@ -193,6 +221,11 @@ defmodule FLAMEK8sBackend.BootError do
   end
 
   def describe({:unschedulable, message}), do: "unschedulable: #{message}"
+
+  def describe({:no_scale_up, %{} = info}),
+    do:
+      "unschedulable, and #{info[:source]} cannot add a node that would fit: " <>
+        "#{info[:message]} (scheduler: #{info[:scheduler]})"
 
   def describe({:pod_phase, phase, message}),
     do: "pod reached phase #{phase}#{if message, do: ": #{message}", else: ""}"

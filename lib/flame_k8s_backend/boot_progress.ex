@@ -28,7 +28,7 @@ defmodule FLAMEK8sBackend.BootProgress do
           | {:deleted, String.t()}
           | {:timeout,
              %{
-               phase: :scheduling | :container_start | :running,
+               phase: :scheduling | :scaling_up | :container_start | :running,
                waited_ms: non_neg_integer(),
                detail: String.t() | nil
              }}
@@ -49,7 +49,9 @@ defmodule FLAMEK8sBackend.BootProgress do
 
   @doc """
   The error for a final answer of the pod's watch, in the phase it belongs to. Once the pod
-  ran, what goes wrong is the runner VM failing to come up: `:remote_up`.
+  ran, what goes wrong is the runner VM failing to come up: `:remote_up`. A pod no node can
+  take (`{:unschedulable, _}`, or `{:no_scale_up, _}`: no node an autoscaler can add would) is
+  `:scheduling`; a timeout while an autoscaler was adding a node for it is `:scaling_up`.
 
       iex> progress = FLAMEK8sBackend.BootProgress.new("prod/web-1-flame-x7k2p", :"web@10.0.0.1")
       iex> error = FLAMEK8sBackend.BootProgress.error(progress, {:failed, {:container_exited, %{exit_code: 137}}})
@@ -64,6 +66,7 @@ defmodule FLAMEK8sBackend.BootProgress do
     phase =
       cond do
         match?({:unschedulable, _}, reason) -> :scheduling
+        match?({:no_scale_up, _}, reason) -> :scheduling
         running?(progress) -> :remote_up
         true -> :container_start
       end

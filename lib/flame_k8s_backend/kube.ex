@@ -246,14 +246,19 @@ defmodule FLAMEK8sBackend.Kube do
   Returns at once. The caller later receives one final `{:flame_k8s, ref, result}` message
   (`ref` is `await.ref`), `result` being `{:ready, pod}`, `{:failed, reason}` (see
   `FLAMEK8sBackend.BootError`), `{:deleted, name}`,
-  `{:timeout, %{phase: :scheduling | :container_start | :running, waited_ms: ms, detail: detail}}`
+  `{:timeout, %{phase: :scheduling | :scaling_up | :container_start | :running, waited_ms: ms, detail: detail}}`
   or `{:error, reason}` (the watch itself was refused). With `report_ready: false`, an interim
   `{:flame_k8s, ref, {:running, pod}}` comes first, once, and the watch goes on reporting
   failures until it is cancelled or times out. The await ends when the caller exits, or with
   `cancel_await/1`.
 
   Options: `:timeout` (ms, required), `:unschedulable` (`:fail`, the default, reports an
-  unschedulable pod at once; `:wait` keeps waiting), `:report_ready` (default `true`) and
+  unschedulable pod at once; `:wait` keeps waiting, and watches the pod's Events from the
+  first time it is seen Unschedulable until it is bound: an autoscaler's scale-up makes a
+  timeout's phase `:scaling_up` with the autoscaler's message as `detail`, and its word that
+  no node it can add would fit ends the await with `{:failed, {:no_scale_up, %{source:,
+  message:, scheduler:}}}`; a refused Events watch changes nothing), `:report_ready` (default
+  `true`) and
   `:label_selector`: all awaits of the connection with the same namespace and selector (one
   the pod matches) then share one watch (list, then watch), stopped with the last of them; a
   pod that watch has not shown within 5 s is read once: gone is `{:deleted, name}`, one the

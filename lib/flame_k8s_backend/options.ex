@@ -81,8 +81,13 @@ defmodule FLAMEK8sBackend.Options do
       type: {:one_of, [:fail, :wait]},
       default: :wait,
       doc: """
-      `:wait` (a cluster autoscaler may still add a node, and the scheduler's message is \
-      reported if the boot times out) or `:fail` (fail at once).\
+      `:wait` (a cluster autoscaler or Karpenter may still add a node) or `:fail` (fail at \
+      once). With `:wait` the boot follows the pending pod's Events: while the autoscaler adds \
+      a node the phase is `:scaling_up` (a boot that times out then says so, with the \
+      autoscaler's message: raise `:boot_timeout` for autoscaled pools), and when it says no \
+      node it can add would fit (`NotTriggerScaleUp`, Karpenter's `FailedScheduling`) the boot \
+      fails at once at `:scheduling` with `{:no_scale_up, ...}`. Otherwise a timeout reports \
+      the scheduler's message.\
       """
     ],
     log: [

@@ -130,7 +130,7 @@ defmodule FLAMEK8sBackend.ExamplesTest do
     assert Enum.map(role["rules"], &{&1["resources"], &1["verbs"]}) == [
              {["pods"], ["get", "list", "watch", "create", "delete"]},
              {["secrets"], ["create", "delete"]},
-             {["events"], ["list"]},
+             {["events"], ["list", "watch"]},
              {["pods/log"], ["get"]}
            ]
 

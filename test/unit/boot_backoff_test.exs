@@ -25,6 +25,12 @@ defmodule FLAMEK8sBackend.BootBackoffTest do
             {:api, 404, "Not Found", ~s(namespaces "gone" not found)},
             {:unschedulable, "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."},
             :unschedulable,
+            {:no_scale_up,
+             %{
+               source: "cluster-autoscaler",
+               message: "pod didn't trigger scale-up",
+               scheduler: "0/3"
+             }},
             {:config, "no token"},
             {:nif_not_loaded, "no library"}
           ] do

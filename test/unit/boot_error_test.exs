@@ -47,6 +47,21 @@ defmodule FLAMEK8sBackend.BootErrorTest do
              "\n  log: not readable (timeout)"
   end
 
+  test "no scale-up: the autoscaler's own message, and the scheduler's" do
+    reason =
+      {:no_scale_up,
+       %{
+         source: "karpenter",
+         message: ~s(Failed to schedule pod, incompatible with nodepool "default"),
+         scheduler: "0/3 nodes are available: 3 Insufficient cpu."
+       }}
+
+    assert Exception.message(%{@base | reason: reason}) ==
+             "runner pod prod/web-1-flame-x7k2p failed while scheduling: unschedulable, and " <>
+               "karpenter cannot add a node that would fit: Failed to schedule pod, incompatible " <>
+               ~s(with nodepool "default" (scheduler: 0/3 nodes are available: 3 Insufficient cpu.\))
+  end
+
   test "a 401 says the credentials were rejected, expired or revoked" do
     error = %{@base | phase: :create_secret, reason: {:api, 401, "Unauthorized", "Unauthorized"}}
     message = Exception.message(error)

@@ -27,6 +27,33 @@ defmodule FLAMEK8sBackend.BootProgressTest do
       end
     end
 
+    test "no scale-up that could help is :scheduling" do
+      reason =
+        {:no_scale_up,
+         %{
+           source: "cluster-autoscaler",
+           message:
+             "pod didn't trigger scale-up: 1 node(s) didn't match Pod's node affinity/selector",
+           scheduler: "0/3 nodes are available"
+         }}
+
+      assert %BootError{phase: :scheduling, reason: ^reason} =
+               BootProgress.error(created(), {:failed, reason})
+    end
+
+    test "a timeout while an autoscaler adds a node is :scaling_up, saying to raise boot_timeout" do
+      detail = "karpenter: Pod should schedule on: nodeclaim/default-cvkcv"
+      timeout = {:timeout, %{phase: :scaling_up, waited_ms: 30_000, detail: detail}}
+
+      assert %BootError{phase: :scaling_up, reason: {:timeout, %{detail: ^detail}}} =
+               error = BootProgress.error(created(), timeout)
+
+      message = Exception.message(error)
+      assert message =~ "failed while waiting for a new node: timed out after 30000 ms"
+      assert message =~ detail
+      assert message =~ "raise the pool's :boot_timeout for autoscaled pools"
+    end
+
     test "a failure before the pod ran is :container_start, after it :remote_up" do
       pull = {:image_pull, %{image: "registry.invalid/app:404", reason: "ErrImagePull"}}
 

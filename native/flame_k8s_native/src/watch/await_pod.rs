@@ -1,16 +1,22 @@
 //! Wait for one pod until it is ready, fails, disappears, or the time is up.
 //!
 //! The updates come from a shared watch (`hub`); the classification of each state is
-//! `readiness`'s.
+//! `readiness`'s. While the pod waits Unschedulable under `UnschedulablePolicy::Wait`, a watch
+//! of its Events tells what an autoscaler does about it (`autoscaler`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::SelectorExt;
+use kube::runtime::WatchStreamExt;
 use serde_json::Value;
 use tokio::time::Instant;
 
+use super::autoscaler::{
+    self, EventItem, EventSource, KubeEvents, PodEventStream, PodEvents, Verdict,
+};
 use super::hub::{Hub, Selection, Subscription, Update, WatchKey};
 use crate::api::client::ClientHandle;
 use crate::error::{is_retriable, Error};
@@ -36,6 +42,8 @@ pub enum Phase {
     ContainerStart,
     /// The pod was ready when the time ran out (only with `report_ready: false`).
     Running,
+    /// Unschedulable, and an autoscaler said it is adding a node for it (`:scaling_up`).
+    ScalingUp,
 }
 
 impl From<PendingPhase> for Phase {
@@ -122,8 +130,11 @@ where
         namespace: namespace.to_string(),
         selection,
     };
+    let events = KubeEvents::new(handle);
     let outcome = match watches.subscribe(key, name) {
-        Ok(subscription) => await_subscription(subscription, name, opts, on_running).await,
+        Ok(subscription) => {
+            await_with_events(subscription, Some(&events), name, opts, on_running).await
+        }
         Err(e) => AwaitOutcome::Error(e),
     };
     match outcome {
@@ -141,9 +152,24 @@ where
     }
 }
 
-/// The await over a subscription (unit-testable with synthetic watches).
+/// The await over a subscription (unit-testable with synthetic watches), with no Events.
 pub async fn await_subscription<F>(
+    subscription: Subscription,
+    name: &str,
+    opts: AwaitOptions,
+    on_running: F,
+) -> AwaitOutcome
+where
+    F: FnMut(&Value),
+{
+    await_with_events(subscription, None, name, opts, on_running).await
+}
+
+/// The await over a subscription, with the pod's Events from `events` once it is seen
+/// Unschedulable under `UnschedulablePolicy::Wait`.
+pub async fn await_with_events<F>(
     mut subscription: Subscription,
+    events: Option<&dyn EventSource>,
     name: &str,
     opts: AwaitOptions,
     on_running: F,
@@ -153,7 +179,15 @@ where
 {
     let started = Instant::now();
     let mut progress = Progress::new();
-    let watch = follow(&mut subscription, name, opts, &mut progress, on_running);
+    let mut autoscaling = Autoscaling::new(events);
+    let watch = follow(
+        &mut subscription,
+        name,
+        opts,
+        &mut progress,
+        &mut autoscaling,
+        on_running,
+    );
     match tokio::time::timeout(opts.timeout, watch).await {
         Ok(o) => o,
         Err(_elapsed) => {
@@ -166,6 +200,124 @@ where
 enum Next {
     Update(Option<Update>),
     Confirm,
+    /// Boxed: an Event is large, and most items are pod updates.
+    Events(Option<Box<EventItem>>),
+}
+
+/// What the pod's Events say about an autoscaler, for an await under
+/// `UnschedulablePolicy::Wait`. Their watch starts the first time the pod is seen
+/// Unschedulable (a boot that gets a node at once never opens it) and ends with the await, or
+/// once the pod is bound. It is never started again: a watch refused (no `list` or `watch` on
+/// `events`) leaves the await as it would be without it.
+struct Autoscaling<'s> {
+    source: Option<&'s dyn EventSource>,
+    stream: Option<PodEventStream>,
+    started: bool,
+    events: PodEvents,
+    /// The scheduler's message while the pod waits Unschedulable.
+    unschedulable: Option<String>,
+}
+
+impl<'s> Autoscaling<'s> {
+    fn new(source: Option<&'s dyn EventSource>) -> Self {
+        Autoscaling {
+            source,
+            stream: None,
+            started: false,
+            events: PodEvents::default(),
+            unschedulable: None,
+        }
+    }
+
+    /// The pod's next Event, or never when none are watched.
+    async fn next(&mut self) -> Option<EventItem> {
+        match self.stream.as_mut() {
+            Some(s) => s.next().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// A new state of the pod (after `step`, which set `progress` from it).
+    fn on_pod(
+        &mut self,
+        pod: &Pod,
+        namespace: &str,
+        name: &str,
+        opts: AwaitOptions,
+        progress: &mut Progress,
+    ) -> Option<AwaitOutcome> {
+        if opts.unschedulable != UnschedulablePolicy::Wait {
+            return None;
+        }
+        if progress.phase != Phase::Scheduling {
+            // Bound to a node: nothing is left for an autoscaler to do.
+            self.stream = None;
+            self.unschedulable = None;
+            return None;
+        }
+        self.unschedulable = autoscaler::unschedulable(pod);
+        if self.unschedulable.is_some() && !self.started {
+            self.started = true;
+            if let Some(source) = self.source {
+                self.events = PodEvents::new(pod.metadata.uid.clone());
+                self.stream = Some(source.watch(namespace, name).default_backoff().boxed());
+            }
+        }
+        self.judge(progress)
+    }
+
+    /// An item of the Events' watch.
+    fn on_event(
+        &mut self,
+        item: Option<EventItem>,
+        progress: &mut Progress,
+    ) -> Option<AwaitOutcome> {
+        match item {
+            Some(Ok(event)) => {
+                self.events.apply(event);
+                self.judge(progress)
+            }
+            // Retried by the backoff (the pod's own watch reports the transport's trouble);
+            // refused (403: no `list` or `watch` on `events`): no more to learn.
+            Some(Err(e)) => {
+                if !is_retriable(&Error::from(e)) {
+                    self.stream = None;
+                }
+                None
+            }
+            None => {
+                self.stream = None;
+                None
+            }
+        }
+    }
+
+    /// While the pod waits Unschedulable: the autoscaler adding a node makes the phase
+    /// `ScalingUp`; one that cannot help ends the await.
+    fn judge(&self, progress: &mut Progress) -> Option<AwaitOutcome> {
+        let scheduler = self.unschedulable.as_ref()?;
+        match self.events.verdict()? {
+            verdict @ Verdict::ScalingUp { .. } => {
+                progress.phase = Phase::ScalingUp;
+                progress.detail = Some(verdict.describe());
+                None
+            }
+            Verdict::NoScaleUp { source, message } => {
+                Some(AwaitOutcome::Failed(FailureReason::NoScaleUp {
+                    source,
+                    message,
+                    scheduler: scheduler.clone(),
+                }))
+            }
+        }
+    }
+}
+
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn follow<F>(
@@ -173,6 +325,7 @@ async fn follow<F>(
     name: &str,
     opts: AwaitOptions,
     progress: &mut Progress,
+    autoscaling: &mut Autoscaling<'_>,
     mut on_running: F,
 ) -> AwaitOutcome
 where
@@ -186,15 +339,19 @@ where
         .registered_after_a_list()
         .then(|| Instant::now() + confirm_delay);
     loop {
-        let next = match confirm_at {
-            Some(at) => tokio::select! {
-                biased;
-                u = sub.next() => Next::Update(u),
-                () = tokio::time::sleep_until(at) => Next::Confirm,
-            },
-            None => Next::Update(sub.next().await),
+        let next = tokio::select! {
+            biased;
+            u = sub.next() => Next::Update(u),
+            e = autoscaling.next() => Next::Events(e.map(Box::new)),
+            () = sleep_until_some(confirm_at) => Next::Confirm,
         };
         let pod = match next {
+            Next::Events(item) => {
+                if let Some(outcome) = autoscaling.on_event(item.map(|i| *i), progress) {
+                    return outcome;
+                }
+                continue;
+            }
             Next::Update(None) => {
                 return AwaitOutcome::Error(Error::Internal("the shared watch ended".into()))
             }
@@ -246,6 +403,10 @@ where
             &mut running_reported,
             &mut on_running,
         ) {
+            return outcome;
+        }
+        let namespace = &sub.key().namespace;
+        if let Some(outcome) = autoscaling.on_pod(&pod, namespace, name, opts, progress) {
             return outcome;
         }
     }
@@ -709,6 +870,418 @@ mod tests {
             AwaitOutcome::Timeout {
                 phase: Phase::Scheduling,
                 waited_ms: 500,
+                detail: Some("no nodes".into())
+            }
+        );
+    }
+
+    /// Events watches a test hands out: one stream per watch started, counted, and whether
+    /// the last one is still held (not dropped).
+    #[derive(Default)]
+    struct Events {
+        streams: std::sync::Mutex<Vec<PodEventStream>>,
+        watched: std::sync::Mutex<Vec<(String, String)>>,
+        held: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Events {
+        fn new(streams: Vec<PodEventStream>) -> Self {
+            let mut streams = streams;
+            streams.reverse();
+            Events {
+                streams: std::sync::Mutex::new(streams),
+                ..Default::default()
+            }
+        }
+
+        fn watched(&self) -> Vec<(String, String)> {
+            self.watched.lock().unwrap().clone()
+        }
+    }
+
+    /// Sets its flag while alive: whether the await still holds a stream.
+    struct Held(Arc<std::sync::atomic::AtomicBool>);
+
+    impl Drop for Held {
+        fn drop(&mut self) {
+            self.0.store(false, Ordering::SeqCst);
+        }
+    }
+
+    impl EventSource for Events {
+        fn watch(&self, namespace: &str, name: &str) -> PodEventStream {
+            self.watched
+                .lock()
+                .unwrap()
+                .push((namespace.to_string(), name.to_string()));
+            let s = self
+                .streams
+                .lock()
+                .unwrap()
+                .pop()
+                .unwrap_or_else(|| stream::pending().boxed());
+            self.held.store(true, Ordering::SeqCst);
+            let held = Held(self.held.clone());
+            s.map(move |item| {
+                let _ = &held;
+                item
+            })
+            .boxed()
+        }
+    }
+
+    type CoreEvent = k8s_openapi::api::core::v1::Event;
+    type EventEvent = Event<CoreEvent>;
+
+    fn event(name: &str) -> CoreEvent {
+        let path = format!(
+            "{}/tests/fixtures/events/{name}.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+    }
+
+    /// Pod events each delivered after its delay (ms from the previous one), then silence.
+    fn timed_events(items: Vec<(u64, Result<EventEvent, watcher::Error>)>) -> PodEventStream {
+        stream::iter(items)
+            .then(|(ms, ev)| async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                ev
+            })
+            .chain(stream::pending())
+            .boxed()
+    }
+
+    /// A list of `events` after `ms`.
+    fn listed(ms: u64, events: Vec<CoreEvent>) -> Vec<(u64, Result<EventEvent, watcher::Error>)> {
+        let mut items = vec![(ms, Ok(Event::Init))];
+        items.extend(events.into_iter().map(|e| (0, Ok(Event::InitApply(e)))));
+        items.push((0, Ok(Event::InitDone)));
+        items
+    }
+
+    fn with_uid(mut p: Pod) -> Pod {
+        p.metadata.uid = Some("7a8d1128-c62b-41e8-9f1f-066d51fa4852".into());
+        p
+    }
+
+    fn unschedulable_with(message: &str) -> Pod {
+        let mut p = with_uid(unschedulable());
+        if let Some(c) = p
+            .status
+            .as_mut()
+            .and_then(|s| s.conditions.as_mut())
+            .and_then(|c| c.first_mut())
+        {
+            c.message = Some(message.into());
+        }
+        p
+    }
+
+    /// One await under `policy` on a pod watch yielding `pods` (delays in ms), with `events`.
+    async fn await_with(
+        pods: Vec<(u64, Result<Event<Pod>, watcher::Error>)>,
+        events: &Events,
+        policy: UnschedulablePolicy,
+        timeout_ms: u64,
+    ) -> AwaitOutcome {
+        let hub = Hub::new(Script::new(vec![timed(pods).boxed()]));
+        let sub = hub.subscribe(key(), "p").unwrap();
+        let o = opts(timeout_ms, policy);
+        await_with_events(sub, Some(events), "p", o, never).await
+    }
+
+    fn listed_unschedulable() -> Vec<(u64, Result<Event<Pod>, watcher::Error>)> {
+        vec![
+            (0, Ok(Event::Init)),
+            (0, Ok(Event::InitApply(with_uid(pending_unbound())))),
+            (0, Ok(Event::InitDone)),
+            (10, Ok(Event::Apply(with_uid(unschedulable())))),
+        ]
+    }
+
+    const TRIGGERED: &str = "cluster-autoscaler: pod triggered scale-up: [{eks-runners-2ac4b5e1-7d1f-9a3c-8e55-0b6d4f2c1a97 0->1 (max: 5)}]";
+
+    #[tokio::test(start_paused = true)]
+    async fn a_scale_up_under_way_is_the_phase_a_timeout_reports() {
+        let events = Events::new(vec![timed_events(listed(
+            50,
+            vec![
+                event("scheduler_failed_scheduling"),
+                event("triggered_scale_up"),
+            ],
+        ))]);
+        let r = await_with(
+            listed_unschedulable(),
+            &events,
+            UnschedulablePolicy::Wait,
+            5_000,
+        )
+        .await;
+        assert_eq!(
+            r,
+            AwaitOutcome::Timeout {
+                phase: Phase::ScalingUp,
+                waited_ms: 5_000,
+                detail: Some(TRIGGERED.into())
+            }
+        );
+        // Started once the pod was seen Unschedulable, for this pod alone.
+        assert_eq!(events.watched(), vec![("ns".to_string(), "p".to_string())]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn karpenters_nomination_is_a_scale_up() {
+        let events = Events::new(vec![timed_events(listed(
+            0,
+            vec![event("karpenter_nominated")],
+        ))]);
+        match await_with(
+            listed_unschedulable(),
+            &events,
+            UnschedulablePolicy::Wait,
+            2_000,
+        )
+        .await
+        {
+            AwaitOutcome::Timeout {
+                phase: Phase::ScalingUp,
+                detail: Some(d),
+                ..
+            } => assert_eq!(
+                d,
+                "karpenter: Pod should schedule on: nodeclaim/default-cvkcv"
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// No scale-up can help: the await ends when the event comes, not at its timeout.
+    #[tokio::test(start_paused = true)]
+    async fn no_scale_up_ends_the_await_at_once_with_the_autoscalers_message() {
+        let mut items = listed(0, vec![]);
+        items.push((300, Ok(Event::Apply(event("not_trigger_scale_up")))));
+        let events = Events::new(vec![timed_events(items)]);
+        let t0 = Instant::now();
+        let r = await_with(
+            listed_unschedulable(),
+            &events,
+            UnschedulablePolicy::Wait,
+            60_000,
+        )
+        .await;
+        assert_eq!(
+            r,
+            AwaitOutcome::Failed(FailureReason::NoScaleUp {
+                source: "cluster-autoscaler".into(),
+                message: "pod didn't trigger scale-up: 1 node(s) didn't match Pod's node affinity/selector, 2 max node group size reached".into(),
+                scheduler: "no nodes".into(),
+            })
+        );
+        assert_eq!(t0.elapsed(), Duration::from_millis(310));
+        assert!(
+            !events.held.load(Ordering::SeqCst),
+            "the events' watch ended with the await"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn karpenters_failed_scheduling_ends_the_await() {
+        let events = Events::new(vec![timed_events(listed(
+            0,
+            vec![event("karpenter_failed_scheduling")],
+        ))]);
+        match await_with(
+            listed_unschedulable(),
+            &events,
+            UnschedulablePolicy::Wait,
+            60_000,
+        )
+        .await
+        {
+            AwaitOutcome::Failed(FailureReason::NoScaleUp {
+                source, message, ..
+            }) => {
+                assert_eq!(source, "karpenter");
+                assert!(message.contains("incompatible with nodepool"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A new Unschedulable message with no new autoscaler event keeps `ScalingUp`; a later
+    /// `NotTriggerScaleUp` (a failed scale-up backing off) ends the await.
+    #[tokio::test(start_paused = true)]
+    async fn the_last_word_of_the_autoscaler_counts() {
+        // The pod seen Unschedulable at 10 ms, again with another message at 1010 ms; the
+        // scale-up listed at once, the autoscaler giving up at 5010 ms.
+        let scenario = || {
+            let mut pods = listed_unschedulable();
+            pods.push((
+                1_000,
+                Ok(Event::Apply(unschedulable_with("0/4 nodes are available"))),
+            ));
+            let mut later = event("not_trigger_scale_up");
+            later.last_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                "2026-03-02T10:25:00Z".parse().unwrap(),
+            ));
+            let mut items = listed(0, vec![event("triggered_scale_up")]);
+            items.push((5_000, Ok(Event::Apply(later))));
+            (pods, Events::new(vec![timed_events(items)]))
+        };
+        let (pods, events) = scenario();
+        assert_eq!(
+            await_with(pods, &events, UnschedulablePolicy::Wait, 3_000).await,
+            AwaitOutcome::Timeout {
+                phase: Phase::ScalingUp,
+                waited_ms: 3_000,
+                detail: Some(TRIGGERED.into())
+            }
+        );
+        let (pods, events) = scenario();
+        let t0 = Instant::now();
+        let r = await_with(pods, &events, UnschedulablePolicy::Wait, 60_000).await;
+        assert!(
+            matches!(&r, AwaitOutcome::Failed(FailureReason::NoScaleUp { scheduler, .. }) if scheduler == "0/4 nodes are available"),
+            "{r:?}"
+        );
+        assert_eq!(t0.elapsed(), Duration::from_millis(5_010));
+    }
+
+    /// A pod bound to a node ends the events' watch: a `NotTriggerScaleUp` for it after that is
+    /// history, and the pod goes on to be ready.
+    #[tokio::test(start_paused = true)]
+    async fn a_scale_up_that_lands_boots() {
+        let mut pods = listed_unschedulable();
+        pods.push((2_000, Ok(Event::Apply(with_uid(creating())))));
+        pods.push((500, Ok(Event::Apply(with_uid(ready())))));
+        let mut items = listed(0, vec![event("triggered_scale_up")]);
+        items.push((2_200, Ok(Event::Apply(event("not_trigger_scale_up")))));
+        let events = Events::new(vec![timed_events(items)]);
+        let r = await_with(pods, &events, UnschedulablePolicy::Wait, 60_000).await;
+        assert!(matches!(r, AwaitOutcome::Ready(_)), "{r:?}");
+        assert_eq!(events.watched().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_events_watch_ends_once_the_pod_is_bound() {
+        let mut pods = listed_unschedulable();
+        pods.push((100, Ok(Event::Apply(with_uid(creating())))));
+        let events = Events::new(vec![timed_events(listed(0, vec![]))]);
+        let hub = Hub::new(Script::new(vec![timed(pods).boxed()]));
+        let sub = hub.subscribe(key(), "p").unwrap();
+        let held = events.held.clone();
+        let o = opts(1_000, UnschedulablePolicy::Wait);
+        let probe = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let during = held.load(Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            (during, held.load(Ordering::SeqCst))
+        };
+        let (r, (during, after)) =
+            tokio::join!(await_with_events(sub, Some(&events), "p", o, never), probe);
+        assert_eq!(
+            r,
+            AwaitOutcome::Timeout {
+                phase: Phase::ContainerStart,
+                waited_ms: 1_000,
+                detail: Some("ContainerCreating".into())
+            }
+        );
+        assert!(
+            during && !after,
+            "held while unschedulable: {during}, after bound: {after}"
+        );
+    }
+
+    /// No Events are watched for a pod that never waits Unschedulable, nor under `Fail`.
+    #[tokio::test(start_paused = true)]
+    async fn no_events_are_watched_on_the_happy_path_or_under_fail() {
+        let events = Events::new(vec![]);
+        let pods = vec![
+            (0, Ok(Event::Init)),
+            (0, Ok(Event::InitApply(pending_unbound()))),
+            (0, Ok(Event::InitDone)),
+            (10, Ok(Event::Apply(creating()))),
+            (10, Ok(Event::Apply(ready()))),
+        ];
+        let r = await_with(pods, &events, UnschedulablePolicy::Wait, 1_000).await;
+        assert!(matches!(r, AwaitOutcome::Ready(_)), "{r:?}");
+        let r = await_with(
+            listed_unschedulable(),
+            &events,
+            UnschedulablePolicy::Fail,
+            1_000,
+        )
+        .await;
+        assert_eq!(
+            r,
+            AwaitOutcome::Failed(FailureReason::Unschedulable("no nodes".into()))
+        );
+        assert_eq!(events.watched(), vec![]);
+    }
+
+    /// Events the parent may not list or watch: the await goes on as without them (a timeout
+    /// at `Scheduling` with the scheduler's message), and their watch is not tried again.
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_events_watch_leaves_the_await_as_it_was() {
+        let mut pods = listed_unschedulable();
+        pods.push((500, Ok(Event::Apply(unschedulable_with("still no nodes")))));
+        let events = Events::new(vec![timed_events(vec![(0, Err(api_err(403)))])]);
+        let r = await_with(pods, &events, UnschedulablePolicy::Wait, 2_000).await;
+        assert_eq!(
+            r,
+            AwaitOutcome::Timeout {
+                phase: Phase::Scheduling,
+                waited_ms: 2_000,
+                detail: Some("still no nodes".into())
+            }
+        );
+        assert_eq!(events.watched().len(), 1);
+        assert!(!events.held.load(Ordering::SeqCst));
+    }
+
+    /// A watch of the Events that fails for a while (connection refused) is retried with
+    /// backoff and then tells.
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_events_watch_is_retried() {
+        let mut items = vec![(0, Err(transport_err())), (0, Err(transport_err()))];
+        items.extend(listed(0, vec![event("triggered_scale_up")]));
+        let events = Events::new(vec![timed_events(items)]);
+        match await_with(
+            listed_unschedulable(),
+            &events,
+            UnschedulablePolicy::Wait,
+            30_000,
+        )
+        .await
+        {
+            AwaitOutcome::Timeout {
+                phase: Phase::ScalingUp,
+                ..
+            } => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// An event about an earlier pod of the same name says nothing about this one.
+    #[tokio::test(start_paused = true)]
+    async fn another_pods_events_are_not_this_ones() {
+        let mut old = event("not_trigger_scale_up");
+        old.involved_object.uid = Some("0b1e0d2c-0000-4000-8000-000000000000".into());
+        let events = Events::new(vec![timed_events(listed(0, vec![old]))]);
+        let r = await_with(
+            listed_unschedulable(),
+            &events,
+            UnschedulablePolicy::Wait,
+            1_000,
+        )
+        .await;
+        assert_eq!(
+            r,
+            AwaitOutcome::Timeout {
+                phase: Phase::Scheduling,
+                waited_ms: 1_000,
                 detail: Some("no nodes".into())
             }
         );

@@ -1,5 +1,6 @@
 //! The watch layer: shared pod watches over the `api` layer, awaits on them, and pod readiness.
 
+pub mod autoscaler;
 pub mod await_pod;
 pub mod hub;
 pub mod readiness;

@@ -23,7 +23,8 @@ pub enum PendingPhase {
 }
 
 /// Why a boot failed: `{:failed, reason}` of an await, encoded as derived (`{:image_pull,
-/// %{reason: ..., ...}}`, `{:unschedulable, message}`, `{:pod_phase, phase, message}`).
+/// %{reason: ..., ...}}`, `{:unschedulable, message}`, `{:pod_phase, phase, message}`,
+/// `{:no_scale_up, %{source: ..., message: ..., scheduler: ...}}`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[cfg_attr(not(test), derive(rustler::NifTaggedEnum), rustler(encode))]
 pub enum FailureReason {
@@ -47,6 +48,13 @@ pub enum FailureReason {
     Unschedulable(String),
     /// The pod's phase (`Failed` or `Succeeded`) and its message.
     PodPhase(String, Option<String>),
+    /// Unschedulable, and the autoscaler (`source`) says no node it can add would take the pod:
+    /// its own `message`, and the scheduler's.
+    NoScaleUp {
+        source: String,
+        message: String,
+        scheduler: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
