@@ -17,6 +17,9 @@ defmodule FLAMEK8sBackend.BootError do
       * `{:unschedulable, scheduler_message}`
       * `{:pod_phase, "Failed" | "Succeeded", message}`
       * `{:deleted, pod_name}` - somebody deleted the pod during the boot
+      * `{:disrupted, %{reason: reason, message: message}}` - Kubernetes took the pod away
+        (`reason` a `DisruptionTarget` condition's, e.g. `"EvictionByEvictionAPI"`, or a failed
+        pod's, e.g. `"Evicted"`) and then took its one replacement away too
       * `{:timeout, %{waited_ms: ms, detail: detail}}` - `:phase` says which phase timed out;
         `detail` is the last thing Kubernetes said (e.g. the scheduler's message)
       * `{:parent_pod_not_found, "namespace/name"}`, `{:not_distributed, message}`
@@ -198,6 +201,11 @@ defmodule FLAMEK8sBackend.BootError do
     do: "pod reached phase #{phase}#{if message, do: ": #{message}", else: ""}"
 
   def describe({:deleted, name}), do: "pod #{name} was deleted"
+
+  def describe({:disrupted, %{} = info}) do
+    message = if info[:message], do: ": #{info[:message]}", else: ""
+    "taken away by Kubernetes (#{info[:reason]})#{message}, after one replacement pod"
+  end
 
   def describe({:timeout, %{} = info}) do
     detail = if info[:detail], do: "; last seen: #{info[:detail]}", else: ""
