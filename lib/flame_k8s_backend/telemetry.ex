@@ -42,7 +42,8 @@ defmodule FLAMEK8sBackend.Telemetry do
   deleted or tried to delete, emitted on the parent: `:deleter` is `:reaper` (the parent),
   `:sweep` (the parent, at `init/1`) or `:runner` (the runner deleting its own pod and secret
   at shutdown; it reports each delete, timed on its node, to the parent's reaper, which emits
-  the event); `:trigger` is `:boot_failed`, `:runner_down`, `:orphaned` (a sweep) or
+  the event); `:trigger` is `:boot_failed`, `:runner_down`, `:orphaned` (a sweep),
+  `:boot_retry` (the pod Kubernetes took away during a boot, replaced by a new one) or
   `:system_shutdown` (with `deleter: :runner`); `:kind` is `:pod` or `:secret`; `:result` is
   `:ok` or `{:error, reason}`; `:attempts` counts the requests sent. A runner with no reaper
   to tell (one created from `FLAMEK8sBackend.runner_manifests/1`) emits its `:runner` events
