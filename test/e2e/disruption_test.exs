@@ -19,7 +19,7 @@ defmodule FLAMEK8sBackend.DisruptionE2ETest do
   @disruption [:flame_k8s_backend, :runner, :disruption]
   @down [:flame_k8s_backend, :runner, :down]
 
-  setup do
+  setup %{namespace: ns} do
     id = {__MODULE__, make_ref()}
     test = self()
 
@@ -27,8 +27,9 @@ defmodule FLAMEK8sBackend.DisruptionE2ETest do
       :telemetry.attach_many(
         id,
         [@disruption, @down],
+        # Other tests' runners may go meanwhile.
         fn event, measurements, metadata, _ ->
-          send(test, {:event, event, measurements, metadata})
+          if metadata.namespace == ns, do: send(test, {:event, event, measurements, metadata})
         end,
         nil
       )
