@@ -6,7 +6,16 @@ defmodule FLAMEK8sBackend.Boot do
 
   require Logger
 
-  alias FLAMEK8sBackend.{BootError, BootProgress, Kube, Reaper, RunnerPod, SelfDelete}
+  alias FLAMEK8sBackend.{
+    BootError,
+    BootProgress,
+    Kube,
+    Reaper,
+    RunnerName,
+    RunnerPod,
+    SelfDelete,
+    Telemetry
+  }
 
   @doc """
   Boots the runner of `state` (fresh from `FLAMEK8sBackend.init/1`) by `deadline` (`now/0`
@@ -31,16 +40,17 @@ defmodule FLAMEK8sBackend.Boot do
         SelfDelete.encode_reaper(reaper)
       )
 
+    boot = %{
+      reaper: reaper,
+      manifest: pod_manifest,
+      deadline: deadline,
+      started: started,
+      started_native: System.monotonic_time(),
+      retried?: false
+    }
+
     with :ok <- create_secret(state, reaper, secret_manifest, deadline),
-         :ok <- create(state, reaper, :pod, pod_manifest, deadline),
-         progress = BootProgress.reached(progress, :created, now() - started),
-         :ok <- time_left(state, deadline, progress),
-         log(
-           state,
-           :info,
-           "runner pod #{pod_id(state)} created in #{progress.timings.created} ms"
-         ),
-         {:ok, terminator, progress} <- await_boot(state, deadline, started, progress) do
+         {:ok, terminator, progress, state} <- boot_pod(state, boot, progress) do
       log(state, :info, "runner #{node(terminator)} up in #{progress.timings.remote_up} ms")
 
       {:ok, terminator,
@@ -53,6 +63,88 @@ defmodule FLAMEK8sBackend.Boot do
        }}
     end
   end
+
+  # Creates the pod and waits for its runner. A pod Kubernetes takes away before remote_up
+  # (evicted, preempted, its node lost) is replaced by one new pod within the same deadline.
+  defp boot_pod(state, boot, progress) do
+    with :ok <- create(state, boot.reaper, :pod, boot.manifest, boot.deadline),
+         progress = BootProgress.reached(progress, :created, now() - boot.started),
+         :ok <- time_left(state, boot.deadline, progress),
+         log(
+           state,
+           :info,
+           "runner pod #{pod_id(state)} created in #{progress.timings.created} ms"
+         ) do
+      case await_boot(state, boot, progress) do
+        {:ok, terminator, progress} ->
+          {:ok, terminator, progress, state}
+
+        {:disrupted, info, phase} when not boot.retried? ->
+          retry(state, boot, progress, info, phase)
+
+        {:disrupted, info, phase} ->
+          {:error, %BootError{phase: phase, reason: {:disrupted, info}, pod: pod_id(state)}}
+
+        {:error, _} = error ->
+          error
+      end
+    end
+  end
+
+  # Once per boot: the pod Kubernetes took away is deleted (no grace: it never ran a call),
+  # and a new one, with a new name, takes its place. Should that delete fail, the boot fails
+  # instead, and its reaper deletes the pod it still tracks.
+  defp retry(state, boot, progress, info, phase) do
+    old = state.runner_name
+    new = RunnerName.new(%{"metadata" => %{"name" => String.replace(old, ~r/-flame-[^-]*$/, "")}})
+
+    deleted =
+      Telemetry.cleanup(
+        %{
+          deleter: :reaper,
+          trigger: :boot_retry,
+          kind: :pod,
+          namespace: state.namespace,
+          name: old
+        },
+        fn -> {Kube.delete_pod(state.kube, state.namespace, old, grace_period: 0), 1} end
+      )
+
+    if deleted == :ok do
+      Telemetry.boot_retry(
+        %{
+          pod: pod_id(state),
+          namespace: state.namespace,
+          runner_name: old,
+          parent_node: node(),
+          new_runner_name: new,
+          reason: info.reason,
+          message: info.message,
+          phase: phase
+        },
+        boot.started_native
+      )
+
+      log(
+        state,
+        :info,
+        "runner pod #{pod_id(state)} was taken away by Kubernetes while booting " <>
+          "(#{describe_disruption(info)}): booting #{state.namespace}/#{new} instead"
+      )
+
+      state = %{state | runner_name: new}
+      manifest = put_in(boot.manifest, ["metadata", "name"], new)
+      progress = %{progress | pod: pod_id(state), timings: Map.delete(progress.timings, :running)}
+      boot_pod(state, %{boot | manifest: manifest, retried?: true}, progress)
+    else
+      {:error, %BootError{phase: phase, reason: {:disrupted, info}, pod: pod_id(state)}}
+    end
+  end
+
+  defp describe_disruption(%{reason: reason, message: message}) when is_binary(message),
+    do: "#{reason}: #{message}"
+
+  defp describe_disruption(%{reason: reason}), do: reason
 
   # A runner that takes its cookie from the parent's Secret has none of its own.
   defp create_secret(_state, _reaper, nil, _deadline), do: :ok
@@ -103,43 +195,54 @@ defmodule FLAMEK8sBackend.Boot do
   # even after the container started, deletion), when the pod runs, and the phase a timeout
   # hit; the boot itself completes on the runner's remote_up, which may even arrive before the
   # watch has seen the pod running.
-  defp await_boot(state, deadline, started, progress) do
+  defp await_boot(state, boot, progress) do
     case Kube.await_pod(state.kube, state.namespace, state.runner_name,
-           timeout: remaining(deadline),
+           timeout: remaining(boot.deadline),
            unschedulable: state.unschedulable,
            report_ready: false,
            label_selector: state.runner_selector
          ) do
       {:ok, await} ->
-        receive_boot(state, await, deadline, started, progress)
+        receive_boot(state, await, boot, progress)
 
       {:error, reason} ->
         {:error, %BootError{phase: :scheduling, reason: reason, pod: pod_id(state)}}
     end
   end
 
-  defp receive_boot(state, await, deadline, started, progress) do
+  defp receive_boot(state, await, boot, progress) do
     %{parent_ref: parent_ref} = state
     %{ref: ref} = await
 
     receive do
       {^parent_ref, {:remote_up, terminator}} ->
+        # The reaper follows the pod from now on, on the same shared watch: subscribed before
+        # the await leaves it, so that the watch stays open.
+        redact = state.sealed.().redact
+
+        :ok =
+          Reaper.follow(boot.reaper, state.runner_selector, node(terminator), fn -> redact end)
+
         Kube.cancel_await(await)
         flush_await(ref)
-        {:ok, terminator, BootProgress.reached(progress, :remote_up, now() - started)}
+        {:ok, terminator, BootProgress.reached(progress, :remote_up, now() - boot.started)}
 
       {:flame_k8s, ^ref, {:running, pod}} ->
-        progress = BootProgress.reached(progress, :running, now() - started)
+        progress = BootProgress.reached(progress, :running, now() - boot.started)
         ip = get_in(pod, ["status", "podIP"])
         ms = progress.timings.running
         log(state, :info, "runner pod #{pod_id(state)} running at #{ip} after #{ms} ms")
-        receive_boot(state, await, deadline, started, progress)
+        receive_boot(state, await, boot, progress)
+
+      {:flame_k8s, ^ref, {:disrupted, info}} ->
+        phase = if BootProgress.running?(progress), do: :remote_up, else: :container_start
+        {:disrupted, info, phase}
 
       {:flame_k8s, ^ref, result} ->
         {:error, BootProgress.error(progress, result)}
     after
       # The watch always answers by its timeout; this only guards against a lost message.
-      remaining(deadline) + 5_000 ->
+      remaining(boot.deadline) + 5_000 ->
         Kube.cancel_await(await)
         {:error, BootProgress.silent_watch_error(progress, state.boot_timeout)}
     end

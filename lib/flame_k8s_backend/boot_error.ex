@@ -23,6 +23,9 @@ defmodule FLAMEK8sBackend.BootError do
         with `unschedulable: :wait`, the boot fails at once rather than at its timeout
       * `{:pod_phase, "Failed" | "Succeeded", message}`
       * `{:deleted, pod_name}` - somebody deleted the pod during the boot
+      * `{:disrupted, %{reason: reason, message: message}}` - Kubernetes took the pod away
+        (`reason` a `DisruptionTarget` condition's, e.g. `"EvictionByEvictionAPI"`, or a failed
+        pod's, e.g. `"Evicted"`) and then took its one replacement away too
       * `{:timeout, %{waited_ms: ms, detail: detail}}` - `:phase` says which phase timed out;
         `detail` is the last thing Kubernetes said (e.g. the scheduler's message; at
         `:scaling_up`, the autoscaler's, as `"cluster-autoscaler: pod triggered scale-up: ..."`)
@@ -231,6 +234,11 @@ defmodule FLAMEK8sBackend.BootError do
     do: "pod reached phase #{phase}#{if message, do: ": #{message}", else: ""}"
 
   def describe({:deleted, name}), do: "pod #{name} was deleted"
+
+  def describe({:disrupted, %{} = info}) do
+    message = if info[:message], do: ": #{info[:message]}", else: ""
+    "taken away by Kubernetes (#{info[:reason]})#{message}, after one replacement pod"
+  end
 
   def describe({:timeout, %{} = info}) do
     detail = if info[:detail], do: "; last seen: #{info[:detail]}", else: ""

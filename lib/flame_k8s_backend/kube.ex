@@ -245,7 +245,9 @@ defmodule FLAMEK8sBackend.Kube do
 
   Returns at once. The caller later receives one final `{:flame_k8s, ref, result}` message
   (`ref` is `await.ref`), `result` being `{:ready, pod}`, `{:failed, reason}` (see
-  `FLAMEK8sBackend.BootError`), `{:deleted, name}`,
+  `FLAMEK8sBackend.BootError`), `{:deleted, name}`, `{:disrupted, %{reason: reason, message:
+  message}}` (Kubernetes is taking the pod away: a `DisruptionTarget` condition, or phase
+  `Failed` with reason `Evicted`, `Preempting`, `NodeLost`, `NodeShutdown` or `Terminated`),
   `{:timeout, %{phase: :scheduling | :scaling_up | :container_start | :running, waited_ms: ms, detail: detail}}`
   or `{:error, reason}` (the watch itself was refused). With `report_ready: false`, an interim
   `{:flame_k8s, ref, {:running, pod}}` comes first, once, and the watch goes on reporting
@@ -283,8 +285,38 @@ defmodule FLAMEK8sBackend.Kube do
   end
 
   @doc """
-  Stops an await started by `await_pod/4`. Idempotent. A message the task was already
-  sending may still arrive just after: flush `{:flame_k8s, await.ref, _}` if that matters.
+  Follows a booted runner's pod through the connection's shared watch of `namespace` and
+  `label_selector` (the one its boot's await used; the subscription is made before this
+  returns, so cancelling that await afterwards keeps the watch open, and following sends no
+  request of its own).
+
+  Returns at once. The caller then receives `{:flame_k8s, ref, change}` for each change, at
+  most once each, in the order the watch shows them:
+
+    * `{:disruption, %{reason: reason, message: message}}` - a `DisruptionTarget` condition
+      (`"PreemptionByScheduler"`, `"EvictionByEvictionAPI"`, `"DeletionByTaintManager"`,
+      `"DeletionByPodGC"`, `"TerminationByKubelet"`)
+    * `:deleting` - the pod is being deleted
+    * `{:terminated, %{reason: reason, exit_code: code | nil, message: message}}` - a container
+      terminated or the pod reached `Failed`/`Succeeded`: the pod's reason (`"Evicted"`, ...),
+      else the container's (`"OOMKilled"`, `"Error"`, `"Completed"`)
+
+  and finally `{:flame_k8s, ref, :gone}`, or `{:flame_k8s, ref, {:error, reason}}` when the
+  watch ended. The follow ends with the caller, or with `cancel_await/1`.
+  """
+  @spec follow_pod(t(), String.t(), String.t(), String.t()) :: {:ok, await()} | {:error, error()}
+  def follow_pod(%__MODULE__{} = kube, namespace, name, label_selector) do
+    ref = make_ref()
+
+    with {:ok, handle} <- Native.follow_pod(kube.resource, namespace, name, label_selector, ref) do
+      {:ok, %{ref: ref, handle: handle}}
+    end
+  end
+
+  @doc """
+  Stops an await started by `await_pod/4`, or a follow started by `follow_pod/4`. Idempotent.
+  A message the task was already sending may still arrive just after: flush
+  `{:flame_k8s, await.ref, _}` if that matters.
   """
   @spec cancel_await(await()) :: :ok
   def cancel_await(%{handle: handle}) do

@@ -49,6 +49,7 @@ defmodule FLAMEK8sBackend.Native do
   def delete(_client, _kind, _namespace, _name, _grace_period_seconds, _ref), do: not_loaded()
   def request(_client, _method, _path, _body, _content_type, _ref), do: not_loaded()
   def await_pod(_client, _namespace, _name, _opts, _ref), do: not_loaded()
+  def follow_pod(_client, _namespace, _name, _label_selector, _ref), do: not_loaded()
   def cancel(_handle), do: not_loaded()
   def live_tasks, do: not_loaded()
   def noop, do: not_loaded()

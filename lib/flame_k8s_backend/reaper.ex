@@ -34,7 +34,7 @@ defmodule FLAMEK8sBackend.Reaper do
   require Logger
 
   alias FLAMEK8sBackend.{Kube, Telemetry}
-  alias FLAMEK8sBackend.Reaper.Deletes
+  alias FLAMEK8sBackend.Reaper.{Deletes, Down}
 
   @registry FLAMEK8sBackend.ReaperRegistry
 
@@ -57,6 +57,12 @@ defmodule FLAMEK8sBackend.Reaper do
     generation: 0,
     # A `reap_now/2` caller not answered yet.
     caller: nil,
+    # The booted runner's pod, followed through the shared watch (see Runner.Down):
+    # %{ref:, handle:} of the follow, what it has shown, and whether `:down` was decided.
+    follow: nil,
+    down: %FLAMEK8sBackend.Reaper.Down{},
+    # Stopping was put off until the follow tells why the runner went (see linger/1).
+    lingering?: false,
     # While deleting: %{trigger:, why:, attempt:, pending: [{kind, name}], started: (native
     # monotonic time of the first try), give_up_at:, worker: {pid, monitor} of the try under way}
     reaping: nil
@@ -70,6 +76,8 @@ defmodule FLAMEK8sBackend.Reaper do
   @commit_margin 5_000
   # A reaper whose state makes it crash again and again stops handing it on: the sweep is left.
   @max_generations 3
+  # How long a reaper done deleting waits for its follow to say why the runner went.
+  @linger 10_000
 
   @doc """
   Starts a reaper that watches `owner` (the FLAME Runner process). `api_server_request_timeout`
@@ -132,6 +140,17 @@ defmodule FLAMEK8sBackend.Reaper do
   def create_outcome({:error, {:api, status, _, _}}) when status in 400..499, do: :rejected
   def create_outcome({:error, _}), do: :unknown
 
+  @doc """
+  Follows the booted runner's pod (the tracked `:pod`) through the connection's shared watch
+  of `selector`, for as long as this reaper lives (`redact` returns the values its messages must
+  not show): its disruption and its end become
+  `[:flame_k8s_backend, :runner, :disruption | :down]` events (see `FLAMEK8sBackend.Reaper.Down`).
+  Call it before the boot's await is cancelled, so that the watch stays open.
+  """
+  @spec follow(pid(), String.t(), node(), (-> [String.t()])) :: :ok
+  def follow(reaper, selector, runner_node, redact),
+    do: GenServer.call(reaper, {:follow, selector, runner_node, redact})
+
   @doc "Also reaps when `pid` (the runner's remote terminator) goes down."
   @spec monitor(pid(), pid()) :: :ok
   def monitor(reaper, pid), do: GenServer.call(reaper, {:monitor, pid})
@@ -165,6 +184,16 @@ defmodule FLAMEK8sBackend.Reaper do
   # A successor: the crashed reaper's runner, carried on from where it was.
   def init(%__MODULE__{} = state) do
     Process.monitor(state.owner)
+    # The crashed reaper's follow ended with it.
+    state =
+      case state do
+        %{follow: %{}, down: down} ->
+          Down.follow(%{state | follow: nil}, down.selector, down.runner_node, down.redact)
+
+        _ ->
+          state
+      end
+
     _ = if state.terminator, do: Process.monitor(state.terminator)
     Enum.each(state.objects, fn {kind, object} -> register(state, kind, object.name) end)
 
@@ -187,6 +216,17 @@ defmodule FLAMEK8sBackend.Reaper do
 
   @impl true
   def handle_call({:track, kind, name}, _from, state) when kind in [:pod, :secret] do
+    # A boot that replaced a pod Kubernetes took away tracks the new one instead (the old one
+    # was deleted first).
+    _ =
+      case state.objects do
+        %{^kind => %{name: old}} when old != name ->
+          Registry.unregister(@registry, {state.namespace, kind, old})
+
+        _ ->
+          :ok
+      end
+
     register(state, kind, name)
     object = %{name: name, create: :pending, until: nil}
     {:reply, :ok, %{state | objects: Map.put(state.objects, kind, object)}}
@@ -202,6 +242,10 @@ defmodule FLAMEK8sBackend.Reaper do
       end)
 
     {:reply, :ok, %{state | objects: objects}}
+  end
+
+  def handle_call({:follow, selector, runner_node, redact}, _from, state) do
+    {:reply, :ok, Down.follow(state, selector, runner_node, redact)}
   end
 
   def handle_call({:monitor, pid}, _from, state) do
@@ -220,9 +264,20 @@ defmodule FLAMEK8sBackend.Reaper do
   end
 
   @impl true
+  def handle_info({:flame_k8s, ref, message}, %{follow: %{ref: ref}} = state) do
+    state = Down.followed(state, message)
+
+    if state.lingering? and not Down.open?(state),
+      do: {:stop, :normal, state},
+      else: {:noreply, state}
+  end
+
+  def handle_info(:linger_over, %{lingering?: true} = state),
+    do: {:stop, :normal, Down.runner_gone(state)}
+
   def handle_info({:attempted, pid, results}, %{reaping: %{worker: {pid, monitor}}} = state) do
     Process.demonitor(monitor, [:flush])
-    Deletes.attempted(state, results)
+    linger(Deletes.attempted(state, results))
   end
 
   # The try's process crashed before it could report: every pending delete failed.
@@ -231,7 +286,8 @@ defmodule FLAMEK8sBackend.Reaper do
         %{reaping: %{worker: {_, monitor}}} = state
       ) do
     error = {:error, {:internal, "delete attempt crashed: #{inspect(reason, limit: 8)}"}}
-    Deletes.attempted(state, for({kind, name} <- state.reaping.pending, do: {kind, name, error}))
+    results = for {kind, name} <- state.reaping.pending, do: {kind, name, error}
+    linger(Deletes.attempted(state, results))
   end
 
   # Once deleting, the Runner or the terminator going down changes nothing.
@@ -256,21 +312,23 @@ defmodule FLAMEK8sBackend.Reaper do
       Process.send_after(self(), :runner_exit_grace_over, @runner_exit_grace)
       {:noreply, %{state | waiting_for_node?: true}}
     else
-      Deletes.start(state, :runner_down, "runner down: #{inspect(reason)}")
+      runner_down(state, "runner down: #{inspect(reason)}")
     end
   end
 
   # The runner's own deletes at shutdown (FLAMEK8sBackend.SelfDelete.report/3): their events
   # are emitted here, on the parent, and what it deleted is not deleted again.
-  def handle_info({__MODULE__, :self_deleted, deletions}, state) when is_list(deletions),
-    do: {:noreply, Enum.reduce(deletions, state, &runner_deleted/2)}
+  def handle_info({__MODULE__, :self_deleted, deletions}, state) when is_list(deletions) do
+    state = Down.self_deleted(state, deletions)
+    {:noreply, Enum.reduce(deletions, state, &runner_deleted/2)}
+  end
 
   def handle_info({:nodedown, node}, state),
-    do: Deletes.start(state, :runner_down, "runner node #{node} down")
+    do: runner_down(state, "runner node #{node} down")
 
   def handle_info(:runner_exit_grace_over, state) do
     why = "runner node still up #{@runner_exit_grace} ms after shutdown"
-    Deletes.start(state, :runner_down, why)
+    runner_down(state, why)
   end
 
   # Anything else (a stray message, a late one of an earlier try) changes nothing. Only its
@@ -295,6 +353,29 @@ defmodule FLAMEK8sBackend.Reaper do
     # The application is stopping (its supervisor with it): nobody to hand on to.
     :exit, _ -> :ok
   end
+
+  # The runner is gone: what the follow knows by now is the story (Down.runner_gone/1), then
+  # its pod and secret are deleted.
+  defp runner_down(state, why) do
+    state
+    |> Down.runner_gone()
+    |> Deletes.start(:runner_down, why)
+    |> linger()
+  end
+
+  # Done deleting, but the follow has not said yet why a runner that went without shutting
+  # itself down went (a container's end reaches the watch a moment after the node's
+  # connection drops): the reaper stays, at most @linger ms, so that it can.
+  defp linger({:stop, :normal, state} = stop) do
+    if Down.open?(state) do
+      Process.send_after(self(), :linger_over, @linger)
+      {:noreply, %{state | lingering?: true}}
+    else
+      stop
+    end
+  end
+
+  defp linger(other), do: other
 
   defp abnormal?(reason),
     do: reason not in [:normal, :shutdown] and not match?({:shutdown, _}, reason)

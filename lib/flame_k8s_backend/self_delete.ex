@@ -48,14 +48,16 @@ defmodule FLAMEK8sBackend.SelfDelete do
   end
 
   @typedoc """
-  A delete the runner sent: what (`:kind`, `:name`), its `:result`, and how long it took on
-  the runner, in microseconds (`:duration_us`).
+  A delete the runner sent: what (`:kind`, `:name`), its `:result`, how long it took on
+  the runner, in microseconds (`:duration_us`), and whether the runner's VM was already
+  stopping (`:stopping`: SIGTERM, its pod deleted by someone else) rather than shutting down.
   """
   @type deletion :: %{
-          kind: :pod | :secret,
-          name: String.t(),
-          result: :ok | {:error, term()},
-          duration_us: non_neg_integer()
+          required(:kind) => :pod | :secret,
+          required(:name) => String.t(),
+          required(:result) => :ok | {:error, term()},
+          required(:duration_us) => non_neg_integer(),
+          optional(:stopping) => boolean()
         }
 
   @doc """
@@ -97,8 +99,12 @@ defmodule FLAMEK8sBackend.SelfDelete do
     start = System.monotonic_time(:microsecond)
     result = delete.()
     duration = System.monotonic_time(:microsecond) - start
-    %{kind: kind, name: name, result: result, duration_us: duration}
+    %{kind: kind, name: name, result: result, duration_us: duration, stopping: stopping?()}
   end
+
+  # The VM was already stopping (init:stop, as on SIGTERM: the pod was deleted by someone
+  # else) rather than shutting down idle: the parent's reaper tells the two apart by this.
+  defp stopping?, do: elem(:init.get_status(), 0) == :stopping
 
   # :safe: no atom is created (the parent's node name is known here since it connected).
   defp safe_binary_to_term(binary) do

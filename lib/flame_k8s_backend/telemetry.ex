@@ -6,7 +6,10 @@ defmodule FLAMEK8sBackend.Telemetry do
   | `[:flame_k8s_backend, :boot, :start]` | `:system_time`, `:monotonic_time` | `:pod` (`"namespace/name"`), `:namespace`, `:runner_name`, `:parent_node`, `:telemetry_span_context` |
   | `[:flame_k8s_backend, :boot, :stop]` | `:duration`, `:monotonic_time`, `:create_duration`, `:pod_start_duration` (when the watch saw the pod running before the runner connected), `:remote_up_duration` | as `:start`, plus `:runner_node` |
   | `[:flame_k8s_backend, :boot, :exception]` | `:duration`, `:monotonic_time` | as `:start`, plus `:kind`, `:reason`, `:stacktrace`, `:phase`, `:error` and `:cached` (`true` when the boot created nothing and returned its pool's last failure from the back-off cache) |
+  | `[:flame_k8s_backend, :boot, :retry]` | `:system_time`, `:waited` | as `:start`, plus `:reason`, `:message`, `:phase` and `:new_runner_name` (the replacement pod) |
   | `[:flame_k8s_backend, :cleanup, :delete]` | `:duration`, `:attempts` | `:deleter`, `:trigger`, `:kind`, `:namespace`, `:name`, `:result` |
+  | `[:flame_k8s_backend, :runner, :disruption]` | `:system_time` | `:pod`, `:namespace`, `:runner_name`, `:runner_node`, `:reason`, `:message` |
+  | `[:flame_k8s_backend, :runner, :down]` | `:system_time` | as `:disruption`, plus `:exit_code` |
   """
 
   @moduledoc """
@@ -39,12 +42,40 @@ defmodule FLAMEK8sBackend.Telemetry do
   deleted or tried to delete, emitted on the parent: `:deleter` is `:reaper` (the parent),
   `:sweep` (the parent, at `init/1`) or `:runner` (the runner deleting its own pod and secret
   at shutdown; it reports each delete, timed on its node, to the parent's reaper, which emits
-  the event); `:trigger` is `:boot_failed`, `:runner_down`, `:orphaned` (a sweep) or
+  the event); `:trigger` is `:boot_failed`, `:runner_down`, `:orphaned` (a sweep),
+  `:boot_retry` (the pod Kubernetes took away during a boot, replaced by a new one) or
   `:system_shutdown` (with `deleter: :runner`); `:kind` is `:pod` or `:secret`; `:result` is
   `:ok` or `{:error, reason}`; `:attempts` counts the requests sent. A runner with no reaper
   to tell (one created from `FLAMEK8sBackend.runner_manifests/1`) emits its `:runner` events
   on its own node instead. Each delete is one event, on one node: a handler attached on
   every node counts it once.
+
+  Boot retries: a runner pod that Kubernetes takes away before the runner's `remote_up` (a
+  `DisruptionTarget` condition: preemption, eviction, a taint or PodGC deletion, the kubelet's
+  termination; or phase `Failed` with reason `Evicted`, `Preempting`, `NodeLost`,
+  `NodeShutdown` or `Terminated`) is deleted and replaced by one new pod within the same
+  `:boot_timeout`, with one `[:flame_k8s_backend, :boot, :retry]` event: `:reason` and
+  `:message` are Kubernetes' for the first pod, `:phase` where its boot was
+  (`:container_start` or `:remote_up`), `:waited` the `:native` time since the boot started,
+  `:pod` and `:runner_name` the first pod's, `:new_runner_name` the replacement's. Never more
+  than one retry per boot, and never for the runner's own faults (a crash, a bad image or
+  config, a deletion by someone else): a second pod taken away fails the boot with reason
+  `{:disrupted, %{reason: reason, message: message}}`. The boot's `:stop` or `:exception`
+  follows as usual (its metadata names the first pod).
+
+  Runners after their boot: the parent follows each booted runner's pod through the watch its
+  boots share (no request of its own). `[:flame_k8s_backend, :runner, :disruption]` comes once,
+  as soon as the pod gets a `DisruptionTarget` condition, which Kubernetes sets before it acts
+  (`:reason` `"PreemptionByScheduler"`, `"EvictionByEvictionAPI"`, `"DeletionByTaintManager"`,
+  `"DeletionByPodGC"` or `"TerminationByKubelet"`): user code has the pod's grace period to
+  act. `[:flame_k8s_backend, :runner, :down]` comes once when the runner was taken away or
+  failed, with one warning log line naming the pod and the reason: `:reason` is the
+  condition's reason for a disrupted pod, else the pod's (`"Evicted"`, `"NodeLost"`, ...), else
+  the container's (`"OOMKilled"`, `"Error"`), or `"Deleted"` for a pod deleted through the API
+  by someone else; `:exit_code` is the container's when known (else `nil`); `:message` is
+  Kubernetes' message. An orderly end (an idle shutdown, where the runner deletes its own pod,
+  or the parent's reaper deleting the pod of a runner that already stopped) emits no `:down`:
+  count `:down` events to count runners Kubernetes took away. Both are emitted on the parent.
 
   Metadata never holds the cookie, `:secret_env` values or API credentials.
   """
@@ -57,6 +88,7 @@ defmodule FLAMEK8sBackend.Telemetry do
 
   @boot [:flame_k8s_backend, :boot]
   @cleanup [:flame_k8s_backend, :cleanup, :delete]
+  @runner [:flame_k8s_backend, :runner]
 
   @doc """
   Emits `event` when `:telemetry` is loaded; otherwise does nothing.
@@ -212,6 +244,24 @@ defmodule FLAMEK8sBackend.Telemetry do
     }
 
     cleanup_done(meta, System.convert_time_unit(us, :microsecond, :native), 1)
+  end
+
+  @doc """
+  Emits `[:flame_k8s_backend, :runner, event]` (`:disruption` or `:down`) now, with `meta`.
+  """
+  @spec runner_event(:disruption | :down, map()) :: :ok
+  def runner_event(event, meta) when event in [:disruption, :down],
+    do: execute(@runner ++ [event], %{system_time: System.system_time()}, meta)
+
+  @doc """
+  Emits `[:flame_k8s_backend, :boot, :retry]`: the boot that started at `started` (native
+  monotonic time) replaces its pod, which Kubernetes took away; `meta` as for the boot's
+  `:start` plus `:reason`, `:message`, `:phase` and `:new_runner_name`.
+  """
+  @spec boot_retry(map(), integer()) :: :ok
+  def boot_retry(meta, started) do
+    measurements = %{system_time: System.system_time(), waited: System.monotonic_time() - started}
+    execute(@boot ++ [:retry], measurements, meta)
   end
 
   # A call through a variable: :telemetry is not a dependency, so neither the compiler nor

@@ -141,7 +141,16 @@ defmodule FLAMEK8sBackend.HostileInputTest do
     [
       {Native, :open_watches, 1,
        {"Native.open_watches/1", :sync, [{:client, kube.resource, ["client:"]}],
-        &apply(Native, :open_watches, [&1])}}
+        &apply(Native, :open_watches, [&1])}},
+      {Native, :follow_pod, 5,
+       {"Native.follow_pod/5", :native_await,
+        [
+          {:client, kube.resource, ["client:"]},
+          {:ns, "d", ["namespace:"]},
+          {:name, "p", ["name:"]},
+          {:selector, "a=b", ["label_selector:"]},
+          {:ref, :fresh_ref, ["ref:"]}
+        ], &apply(Native, :follow_pod, [&1, &2, &3, &4, &5])}}
     ]
     |> Enum.filter(fn {mod, fun, arity, _} ->
       Code.ensure_loaded?(mod) and function_exported?(mod, fun, arity)

@@ -25,6 +25,9 @@ use crate::api::client::ClientInfo;
 use crate::error::Error;
 use crate::nif::term::json_to_term;
 use crate::runtime::with_timeout;
+use crate::watch::follow::FollowEnd;
+use crate::watch::hub::{Selection, WatchKey};
+use crate::watch::runner_state::Change;
 
 rustler::atoms! {
     running,
@@ -225,6 +228,64 @@ fn await_pod<'a>(
         }
     };
     start(env, reference, work, reply::outcome)
+}
+
+/// Follows a booted runner's pod through the client's shared watch of `namespace` and
+/// `label_selector` (see `Kube.follow_pod/4` for the messages). The subscription is made here,
+/// before the NIF returns, so that a boot's await cancelled right after it leaves the watch
+/// open: following costs no request.
+#[rustler::nif]
+fn follow_pod<'a>(
+    env: Env<'a>,
+    client: Client,
+    namespace: Namespace,
+    name: Name,
+    label_selector: Selector,
+    reference: Ref<'a>,
+) -> Term<'a> {
+    let c = client.0;
+    let selection = if label_selector.0.is_empty() {
+        Selection::Name(name.0.clone())
+    } else {
+        Selection::Labels(label_selector.0)
+    };
+    let key = WatchKey {
+        namespace: namespace.0,
+        selection,
+    };
+    let subscription = match crate::runtime::runtime() {
+        Ok(rt) => {
+            // The hub starts a watch (a task) when none runs yet: it needs the runtime.
+            let _entered = rt.enter();
+            c.watches.subscribe(key, &name.0)
+        }
+        Err(e) => Err(e),
+    };
+    let subscription = match subscription {
+        Ok(s) => s,
+        Err(e) => return reply::error(env, &c.handle.scrub(e)),
+    };
+    // One message per change, each at most once (`runner_state::Follow`).
+    let mut repliers: Vec<Replier> = (0..3)
+        .map(|_| Replier::new(env.pid(), reference.0))
+        .collect();
+    let work = move |cancel: crate::nif::task::CancelToken| {
+        let on_change = move |change: Change| {
+            if cancel.is_cancelled() {
+                return;
+            }
+            if let Some(r) = repliers.pop() {
+                r.send_interim(|env| Ok(change.encode(env)));
+            }
+        };
+        async move {
+            match crate::watch::follow::follow(subscription, on_change).await {
+                FollowEnd::Error(e) => FollowEnd::Error(c.handle.scrub(e)),
+                end => end,
+            }
+        }
+    };
+    start(env, reference, work, reply::follow_end)
 }
 
 /// Cancels a request or an await. Idempotent. `:ok`: its final reply will never come;

@@ -21,6 +21,7 @@ use crate::watch::readiness::FailureReason;
 rustler::atoms! {
     flame_k8s,
     already_exists,
+    gone,
 }
 
 /// The `reason` of `{:error, reason}` (the table in `error.rs`).
@@ -98,6 +99,7 @@ enum Outcome<'a, 'o> {
     Ready(Term<'a>),
     Failed(&'o FailureReason),
     Deleted(&'o str),
+    Disrupted(&'o crate::watch::runner_state::Disruption),
     Timeout {
         phase: Phase,
         waited_ms: u64,
@@ -112,6 +114,7 @@ pub fn outcome<'a>(env: Env<'a>, outcome: AwaitOutcome) -> NifResult<Term<'a>> {
         AwaitOutcome::Ready(pod) => Outcome::Ready(json_to_term(env, pod)?),
         AwaitOutcome::Failed(f) => Outcome::Failed(f),
         AwaitOutcome::Deleted(name) => Outcome::Deleted(name),
+        AwaitOutcome::Disrupted(d) => Outcome::Disrupted(d),
         AwaitOutcome::Timeout {
             phase,
             waited_ms,
@@ -124,6 +127,14 @@ pub fn outcome<'a>(env: Env<'a>, outcome: AwaitOutcome) -> NifResult<Term<'a>> {
         AwaitOutcome::Error(e) => Outcome::Error(e.into()),
     };
     Ok(o.encode(env))
+}
+
+/// The final message of a follow (`Kube.follow_pod/4`): `:gone` or `{:error, reason}`.
+pub fn follow_end<'a>(env: Env<'a>, end: crate::watch::follow::FollowEnd) -> NifResult<Term<'a>> {
+    Ok(match end {
+        crate::watch::follow::FollowEnd::Gone => gone().encode(env),
+        crate::watch::follow::FollowEnd::Error(e) => error(env, &e),
+    })
 }
 
 /// Sends one `{:flame_k8s, ref, message}` to the caller, from a task (never from a scheduler:

@@ -61,6 +61,8 @@ pub enum AwaitOutcome {
     Ready(Value),
     Failed(FailureReason),
     Deleted(String),
+    /// Kubernetes is taking the pod away (`runner_state::taken_away`): a new pod may boot.
+    Disrupted(crate::watch::runner_state::Disruption),
     Timeout {
         phase: Phase,
         waited_ms: u64,
@@ -424,6 +426,10 @@ fn step<F>(
 where
     F: FnMut(&Value),
 {
+    // Before `classify`, which reads such a pod as deleted or failed like any other.
+    if let Some(d) = crate::watch::runner_state::taken_away(pod) {
+        return Some(AwaitOutcome::Disrupted(d));
+    }
     match classify(pod, opts.unschedulable) {
         Classification::Ready if !opts.report_ready => {
             if !*running_reported {
@@ -1515,5 +1521,46 @@ mod tests {
             AwaitOutcome::Deleted("b".into())
         );
         assert_eq!(hub.open(), 0);
+    }
+
+    /// A pod Kubernetes takes away before the boot is done is `Disrupted` (a new pod may help),
+    /// unlike one deleted by someone or one that failed on its own.
+    #[tokio::test(start_paused = true)]
+    async fn a_pod_kubernetes_takes_away_is_disrupted() {
+        let mut evicted = serde_json::to_value(creating()).unwrap();
+        evicted["status"]["conditions"] = json!([{"type": "DisruptionTarget", "status": "True",
+            "reason": "EvictionByEvictionAPI", "message": "Eviction API: evicting"}]);
+        let mut deleted = evicted.clone();
+        deleted["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+        let mut failed = serde_json::to_value(creating()).unwrap();
+        failed["status"]["phase"] = json!("Failed");
+        failed["status"]["reason"] = json!("Preempting");
+        let expected = |reason: &str, message: Option<&str>| {
+            AwaitOutcome::Disrupted(crate::watch::runner_state::Disruption {
+                reason: reason.into(),
+                message: message.map(Into::into),
+            })
+        };
+        for (p, outcome) in [
+            (
+                evicted,
+                expected("EvictionByEvictionAPI", Some("Eviction API: evicting")),
+            ),
+            (
+                deleted,
+                expected("EvictionByEvictionAPI", Some("Eviction API: evicting")),
+            ),
+            (failed, expected("Preempting", None)),
+        ] {
+            let s = stream::iter(vec![Ok(Event::Apply(creating())), Ok(Event::Apply(pod(p)))])
+                .chain(stream::pending());
+            let o = await_on_stream(s, "p", quiet(1000), |_| {}).await;
+            assert_eq!(o, outcome);
+        }
+        let mut plain = serde_json::to_value(creating()).unwrap();
+        plain["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+        let s = stream::iter(vec![Ok(Event::Apply(pod(plain)))]).chain(stream::pending());
+        let o = await_on_stream(s, "p", quiet(1000), |_| {}).await;
+        assert_eq!(o, AwaitOutcome::Deleted("p".into()));
     }
 }

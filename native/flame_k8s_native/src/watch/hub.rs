@@ -249,7 +249,14 @@ struct State {
     transport_error: Option<String>,
     subscribers: HashMap<String, Vec<Subscriber>>,
     next_id: u64,
+    /// The last states of the latest pods deleted while Kubernetes was taking them away
+    /// (`runner_state::taken_away`), oldest first, at most `TAKEN_AWAY_KEPT`: an await that
+    /// subscribes after such a pod went still learns why (a boot replaces it).
+    taken_away: std::collections::VecDeque<(String, Arc<Pod>)>,
 }
+
+/// How many deleted pods `State::taken_away` keeps.
+const TAKEN_AWAY_KEPT: usize = 64;
 
 struct Subscriber {
     id: u64,
@@ -278,10 +285,23 @@ impl Shared {
             .and_then(|l| l.get(name))
             .or_else(|| st.pods.get(name))
             .cloned();
-        let seen = known.is_some();
+        let gone = match known {
+            Some(_) => None,
+            None => st
+                .taken_away
+                .iter()
+                .rev()
+                .find(|(n, _)| n == name)
+                .map(|(_, pod)| pod.clone()),
+        };
+        let seen = known.is_some() || gone.is_some();
+        // The receiver is alive: it is about to be returned to the subscriber.
         if let Some(pod) = known {
-            // The receiver is alive: it is about to be returned to the subscriber.
             let _ = tx.send(Update::Pod(pod));
+        }
+        if let Some(pod) = gone {
+            let _ = tx.send(Update::Pod(pod));
+            let _ = tx.send(Update::Gone);
         }
         let generation = st.generation;
         st.subscribers
@@ -389,12 +409,26 @@ impl State {
                 self.show(&name, &pod);
             }
             Event::Delete(pod) => {
-                let Some(name) = pod.metadata.name.as_deref() else {
+                let Some(name) = pod.metadata.name.clone() else {
                     return;
                 };
-                self.pods.remove(name);
-                if let Some(subs) = self.subscribers.get(name) {
+                self.pods.remove(&name);
+                // Its last state says why Kubernetes took it away (an await or follow that
+                // had not seen it yet needs it): shown before "gone".
+                let taken_away = crate::watch::runner_state::taken_away(&pod)
+                    .is_some()
+                    .then(|| Arc::new(pod));
+                if let Some(pod) = &taken_away {
+                    if self.taken_away.len() >= TAKEN_AWAY_KEPT {
+                        self.taken_away.pop_front();
+                    }
+                    self.taken_away.push_back((name.clone(), pod.clone()));
+                }
+                if let Some(subs) = self.subscribers.get(&name) {
                     for s in subs {
+                        if let Some(pod) = &taken_away {
+                            let _ = s.tx.send(Update::Pod(pod.clone()));
+                        }
                         let _ = s.tx.send(Update::Gone);
                     }
                 }
@@ -784,5 +818,37 @@ pub(crate) mod tests {
         // earliest. A retry without backoff would have made thousands.
         assert!((6..=7).contains(&n), "{n} attempts in 60 s");
         assert_eq!(a.transport_error().as_deref(), Some("refused"));
+    }
+
+    /// A pod Kubernetes took away and deleted before its await subscribed: the await still
+    /// gets its last state (why), then "gone", at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_pod_taken_away_and_deleted_is_told_to_a_late_subscriber() {
+        let (tx, s) = channel();
+        let hub = Hub::new(Script::new(vec![s]));
+        let _other = hub.subscribe(key(), "other").unwrap();
+        let mut evicted = pod("a", "Pending");
+        evicted.status.as_mut().unwrap().conditions =
+            Some(vec![k8s_openapi::api::core::v1::PodCondition {
+                type_: "DisruptionTarget".into(),
+                status: "True".into(),
+                reason: Some("EvictionByEvictionAPI".into()),
+                ..Default::default()
+            }]);
+        tx.unbounded_send(Ok(Event::Init)).unwrap();
+        tx.unbounded_send(Ok(Event::InitDone)).unwrap();
+        tx.unbounded_send(Ok(Event::Apply(evicted.clone())))
+            .unwrap();
+        tx.unbounded_send(Ok(Event::Delete(evicted))).unwrap();
+        tx.unbounded_send(Ok(Event::Delete(pod("plain", "Pending"))))
+            .unwrap();
+        settle().await;
+        let mut late = hub.subscribe(key(), "a").unwrap();
+        assert!(!late.registered_after_a_list());
+        assert_eq!(phase(late.next().await), "Pending");
+        assert_eq!(phase(late.next().await), "gone");
+        // A pod deleted without Kubernetes' reason is not kept: its read settles it.
+        let plain = hub.subscribe(key(), "plain").unwrap();
+        assert!(plain.registered_after_a_list());
     }
 }

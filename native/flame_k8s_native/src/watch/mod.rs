@@ -2,7 +2,9 @@
 
 pub mod autoscaler;
 pub mod await_pod;
+pub mod follow;
 pub mod hub;
 pub mod readiness;
+pub mod runner_state;
 pub mod selector;
 pub mod source;
