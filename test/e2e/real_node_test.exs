@@ -519,10 +519,22 @@ defmodule FLAMEK8sBackend.RealNodeParentTest do
     {:ok, pod} = Kube.get_pod(ctx.kube, ctx.namespace, runner.pod)
     deleted = System.monotonic_time(:millisecond)
     assert {:ok, _} = Kube.delete_pod(ctx.kube, ctx.namespace, runner.pod)
+    deleted_at = System.system_time()
     result = Task.await(call, ms + 90_000)
     stopped_in = System.monotonic_time(:millisecond) - deleted
-    %{runner: runner, result: result, stopped_in: stopped_in, pod: pod}
+    %{runner: runner, result: result, stopped_in: stopped_in, pod: pod, deleted_at: deleted_at}
   end
+
+  # The parent's [:flame_k8s_backend, :runner, ...] events come to this test process.
+  defp forward_runner_events!(parent) do
+    events = [[:flame_k8s_backend, :runner, :disruption], [:flame_k8s_backend, :runner, :down]]
+    id = rpc(parent, FlameDemo.TelemetryForward, :attach, [events, self()])
+    on_exit(fn -> rpc(parent, FlameDemo.TelemetryForward, :detach, [id]) end)
+  end
+
+  # ms from `from` (native System.system_time/0 here) to `to` (native, in the parent pod's VM:
+  # the same machine's clock).
+  defp since_ms(from, to), do: System.convert_time_unit(to - from, :native, :millisecond)
 
   defp stop_pool(parent, name) do
     rpc(parent, Supervisor, :terminate_child, [FlameDemo.Supervisor, name])
@@ -900,13 +912,47 @@ defmodule FLAMEK8sBackend.RealNodeParentTest do
     parent = parent!(ctx)
     pool = start_pool!(parent, [])
     on_exit(fn -> stop_pool(parent, pool) end)
-    %{runner: runner, result: result, stopped_in: ms} = delete_mid_call!(ctx, parent, pool, 4_000)
+    forward_runner_events!(parent)
+
+    %{runner: runner, result: result, stopped_in: ms, deleted_at: deleted_at} =
+      delete_mid_call!(ctx, parent, pool, 4_000)
 
     IO.puts("real node: a call in flight on a deleted runner returned #{ms} ms after the DELETE")
     assert {:ok, {:done, %{pod: pod}}} = result
     assert pod == runner.pod
     await_gone!(ctx, runner.pod, 60_000)
     refute Enum.any?(runner_pods(ctx), &(&1["metadata"]["name"] == runner.pod))
+
+    # The parent's backend tells why the runner went.
+    assert_receive {:telemetry, [:flame_k8s_backend, :runner, :down], %{system_time: at},
+                    %{runner_name: name, reason: "Deleted"}},
+                   30_000
+
+    assert name == runner.pod
+    IO.puts("real node: :down (Deleted) #{since_ms(deleted_at, at)} ms after the DELETE")
+  end
+
+  test "a runner OOM-killed mid-call: the caller exits, and :down says OOMKilled, exit code 137",
+       ctx do
+    parent = parent!(ctx)
+    resources = %{requests: %{"memory" => "256Mi"}, limits: %{"memory" => "256Mi"}}
+    pool = start_pool!(parent, resources: resources)
+    on_exit(fn -> stop_pool(parent, pool) end)
+    forward_runner_events!(parent)
+
+    # Booted within its limit; the call then allocates far over it.
+    runner = rpc(parent, FLAME, :call, [pool, &FlameDemo.runner_info/0])
+    assert {:exit, reason} = rpc(parent, FlameDemo, :allocate, [pool, 1_024])
+    assert inspect(reason) =~ runner.pod
+    killed_at = System.system_time()
+
+    assert_receive {:telemetry, [:flame_k8s_backend, :runner, :down], %{system_time: at},
+                    %{runner_name: name, reason: "OOMKilled", exit_code: 137}},
+                   30_000
+
+    assert name == runner.pod
+    IO.puts("real node: :down (OOMKilled) #{since_ms(killed_at, at)} ms after the caller's exit")
+    await_gone!(ctx, runner.pod, 60_000)
   end
 
   test "a runner deleted mid-call that outlasts the terminator's shutdown timeout: a clean exit within the grace period",

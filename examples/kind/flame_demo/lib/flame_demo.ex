@@ -43,6 +43,24 @@ defmodule FlameDemo do
   end
 
   @doc """
+  A call on `pool` that holds `mb` MiB of fresh memory: `{:ok, :allocated}`, or `{:exit, reason}`
+  when its runner went down (a container over its memory limit is OOM-killed).
+  """
+  def allocate(pool, mb) do
+    fun = fn ->
+      chunks = for _ <- 1..mb, do: :binary.copy(<<0>>, 1_048_576)
+      :erlang.phash2(chunks)
+      :allocated
+    end
+
+    try do
+      {:ok, FLAME.call(pool, fun, timeout: 60_000)}
+    catch
+      :exit, reason -> {:exit, reason}
+    end
+  end
+
+  @doc """
   A call on the pool whose image cannot be pulled. Returns `{:error, message}` with the
   backend's `FLAMEK8sBackend.BootError` message as soon as a boot has failed, or
   `{:error, {:no_boot_failure, reason}}` if none was seen within `timeout` ms.
