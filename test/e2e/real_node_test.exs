@@ -518,7 +518,7 @@ defmodule FLAMEK8sBackend.RealNodeParentTest do
     assert_receive {:running, runner}, 90_000
     {:ok, pod} = Kube.get_pod(ctx.kube, ctx.namespace, runner.pod)
     deleted = System.monotonic_time(:millisecond)
-    assert {:ok, _} = Kube.delete_pod(ctx.kube, ctx.namespace, runner.pod)
+    assert :ok = Kube.delete_pod(ctx.kube, ctx.namespace, runner.pod)
     deleted_at = System.system_time()
     result = Task.await(call, ms + 90_000)
     stopped_in = System.monotonic_time(:millisecond) - deleted

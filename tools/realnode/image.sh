@@ -105,7 +105,7 @@ fi
 INCOMING="$BUILD/incoming"
 # What `mix release` of the demo reads from this repository (native/ holds the NIF crate and its
 # Mix compiler, which mix.exs requires).
-CANDIDATES=(mix.exs Cargo.toml Cargo.lock lib native test/flame_standin
+CANDIDATES=(mix.exs Cargo.toml Cargo.lock lib native test/flame_standin test/telemetry_standin
   test/flame_checkout/mix.exs examples/kind/flame_demo)
 INPUTS=()
 rm -rf "$INCOMING"

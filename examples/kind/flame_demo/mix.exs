@@ -6,9 +6,10 @@ defmodule FlameDemo.MixProject do
   # called from outside the cluster by test/e2e/kind_test.exs.
   #
   # FLAME_DEMO_OFFLINE=1 builds it without hex.pm (tools/realnode/image.sh does): FLAME from this
-  # repository's stand-in of FLAME's API (test/flame_standin), and FlameDemo.DNSPoller instead of
-  # dns_cluster. FLAME_PATH, set to a FLAME checkout, compiles that FLAME instead (through
-  # test/flame_checkout), with or without FLAME_DEMO_OFFLINE.
+  # repository's stand-in of FLAME's API (test/flame_standin), :telemetry's stand-in
+  # (test/telemetry_standin), and FlameDemo.DNSPoller instead of dns_cluster. FLAME_PATH, set to
+  # a FLAME checkout, compiles that FLAME instead (through test/flame_checkout), with or without
+  # FLAME_DEMO_OFFLINE.
   def project do
     [
       app: :flame_demo,
@@ -36,9 +37,10 @@ defmodule FlameDemo.MixProject do
       flame_dep()
     ] ++
       if offline?(),
-        do: [],
-        # Joins all nodes behind the headless Service (DNS_CLUSTER_QUERY) into one BEAM cluster.
-        else: [{:dns_cluster, "~> 0.1"}]
+        do: [{:telemetry, path: "../../../test/telemetry_standin"}],
+        # Joins all nodes behind the headless Service (DNS_CLUSTER_QUERY) into one BEAM cluster;
+        # :telemetry, which the backend reports through when the app has it.
+        else: [{:dns_cluster, "~> 0.1"}, {:telemetry, "~> 1.0"}]
   end
 
   defp flame_dep do
