@@ -22,8 +22,8 @@ defmodule FlameDemo do
   @doc """
   A call on `pool` that sends `notify` (a pid, here or on a node connected to this one)
   `{:running, runner_info()}` once it runs on the runner, then sleeps `ms` and returns
-  `{:ok, {:done, runner_info()}}`; `{:exit, reason}` if the call exits (its runner went down).
-  For stopping a runner while a call is in flight.
+  `{:ok, {:done, runner_info()}}`; `{:exit, reason}` if the caller exits. For stopping a runner
+  while a call is in flight.
   """
   def call_in_flight(pool, ms, notify) do
     # The runner reaches this VM, not necessarily notify's: the message goes through here.
@@ -35,16 +35,12 @@ defmodule FlameDemo do
       {:done, runner_info()}
     end
 
-    try do
-      {:ok, FLAME.call(pool, fun, timeout: ms + 60_000)}
-    catch
-      :exit, reason -> {:exit, reason}
-    end
+    caller(fn -> FLAME.call(pool, fun, timeout: ms + 60_000) end)
   end
 
   @doc """
   A call on `pool` that holds `mb` MiB of fresh memory: `{:ok, :allocated}`, or `{:exit, reason}`
-  when its runner went down (a container over its memory limit is OOM-killed).
+  when its caller exits (a runner container over its memory limit is OOM-killed).
   """
   def allocate(pool, mb) do
     fun = fn ->
@@ -53,10 +49,18 @@ defmodule FlameDemo do
       :allocated
     end
 
-    try do
-      {:ok, FLAME.call(pool, fun, timeout: 60_000)}
-    catch
-      :exit, reason -> {:exit, reason}
+    caller(fn -> FLAME.call(pool, fun, timeout: 60_000) end)
+  end
+
+  # Runs a FLAME call in a caller process of its own: `{:ok, result}`, or `{:exit, reason}` for
+  # however that caller ended (FLAME links a caller to its call on the runner and kills the
+  # callers of a runner that went down).
+  defp caller(call) do
+    {pid, ref} = spawn_monitor(fn -> exit({:flame_demo_result, call.()}) end)
+
+    receive do
+      {:DOWN, ^ref, :process, ^pid, {:flame_demo_result, result}} -> {:ok, result}
+      {:DOWN, ^ref, :process, ^pid, reason} -> {:exit, reason}
     end
   end
 
