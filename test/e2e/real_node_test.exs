@@ -925,6 +925,7 @@ defmodule FLAMEK8sBackend.RealNodeParentTest do
       {:ok, {:done, %{pod: pod}}} -> assert pod == runner.pod
       {:exit, {:noproc, {GenServer, :call, [_, {:checkin, _, _}, _]}}} -> :ok
     end
+
     await_gone!(ctx, runner.pod, 60_000)
     refute Enum.any?(runner_pods(ctx), &(&1["metadata"]["name"] == runner.pod))
 
