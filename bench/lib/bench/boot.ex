@@ -6,7 +6,7 @@ defmodule Bench.Boot do
   Strategies: `:watch`, the backend itself (`Bench.Boot.Backend`), and `:poll`, the bench's
   polling variant of it (`Bench.Boot.Polling`). A result is `%{strategy:, pid:, key:, runner:,
   t_init:, t_boot:, t_done:, t_created:, t_remote_up:, t_running_seen:}` (wall µs; the last two
-  may be nil) or `%{strategy:, pid:, error:}`, with `key:` ("namespace/pod") once the runner was
+  may be nil; the backend's boots add `runner_node:`) or `%{strategy:, pid:, error:}`, with `key:` ("namespace/pod") once the runner was
   named.
   """
 

@@ -13,6 +13,8 @@ defmodule Bench.ContainerdLog do
   @container ~r/CreateContainer within sandbox \\"([0-9a-f]+)\\" for &ContainerMetadata\{Name:([^,]+),.*returns container id \\"([0-9a-f]+)\\"/
   @started ~r/StartContainer for \\"([0-9a-f]+)\\" returns successfully/
   @time ~r/^time="([^"]+)"/
+  # The request as containerd received it (the line without "returns").
+  @sandbox_requested ~r/RunPodSandbox for &PodSandboxMetadata\{Name:([^,]+),Uid:[^,]*,Namespace:([^,]+),[^}]*\}"/
 
   @doc """
   `%{"namespace/pod" => µs since the epoch}`: when the start of the pod's container named
@@ -48,5 +50,36 @@ defmodule Bench.ContainerdLog do
     ts = Regex.replace(~r/\.(\d{6})\d*Z$/, ts, ".\\1Z")
     {:ok, dt, 0} = DateTime.from_iso8601(ts)
     DateTime.to_unix(dt, :microsecond)
+  end
+
+  @doc """
+  `%{"namespace/pod" => %{sandbox_requested:, sandbox_ready:, started:}}` (µs since the epoch,
+  each nil when the log lacks it): when the kubelet's `RunPodSandbox` reached containerd, when
+  it returned the sandbox (network set up), and when the start of the pod's container named
+  `container` returned. A pod whose sandbox was made more than once keeps the first.
+  """
+  @spec timeline(Path.t(), String.t(), String.t()) :: %{String.t() => map()}
+  def timeline(path, namespace, container) do
+    lines = path |> File.read!() |> String.split("\n")
+    started = started(path, namespace, container)
+
+    requested =
+      for line <- lines,
+          [name, ^namespace] <- [Regex.run(@sandbox_requested, line, capture: :all_but_first)],
+          reduce: %{},
+          do: (acc -> Map.put_new(acc, "#{namespace}/#{name}", time!(line)))
+
+    ready =
+      for line <- lines,
+          [name, ^namespace, _id] <- [Regex.run(@sandbox, line, capture: :all_but_first)],
+          reduce: %{},
+          do: (acc -> Map.put_new(acc, "#{namespace}/#{name}", time!(line)))
+
+    keys = Enum.uniq(Map.keys(requested) ++ Map.keys(ready) ++ Map.keys(started))
+
+    Map.new(keys, fn key ->
+      {key,
+       %{sandbox_requested: requested[key], sandbox_ready: ready[key], started: started[key]}}
+    end)
   end
 end

@@ -2,8 +2,8 @@ defmodule Bench.KubeletLog do
   @moduledoc """
   Incremental reader of the simulated kubelet's event log, the bench's source of when things
   happened on the node. Keeps the first timestamp (µs since the epoch, UTC, ms resolution) of
-  each event per pod (`"namespace/name"`) in an ETS table: `:bound`, `:started` (`container X:
-  started pid`), `:running` (`phase Running`, logged after the status PATCH returned),
+  each event per pod (`"namespace/name"`) in an ETS table: `:bound`, `:sandbox_ready` (its pod
+  IP allocated), `:started` (`container X: started pid`), `:running` (`phase Running`, logged after the status PATCH returned),
   `:final_delete` (the kubelet's own DELETE that ends a graceful deletion) and `:gone`
   (`removed from the API`).
   """
@@ -99,6 +99,7 @@ defmodule Bench.KubeletLog do
   defp event("phase Running"), do: :running
   defp event("removed from the API"), do: :gone
   defp event("bound to " <> _), do: :bound
+  defp event("sandbox ready: " <> _), do: :sandbox_ready
   defp event("finished: deleted with grace period 0"), do: :final_delete
 
   defp event("container " <> rest) do

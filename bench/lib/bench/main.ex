@@ -1,7 +1,8 @@
 defmodule Bench.Main do
   @moduledoc """
   The boot benchmark of `FLAMEK8sBackend` on the local control plane, section by section:
-  readiness of pods (1), sequential boots (2, 3, 2b), storms (4), incidents. Prints the tables
+  readiness of pods (1), sequential boots (2, 3, 2b), storms (4), incidents; or only the
+  scaling sections (`--scaling`, `--real-node`), or only the cold boot budget (`--budget`). Prints the tables
   and writes them as Markdown (`Bench.Report`). A benchmark, not a test: `bench/run [options]`
   (`Bench.Options`).
   """
@@ -38,6 +39,7 @@ defmodule Bench.Main do
 
     prefix =
       cond do
+        args[:budget] -> "budget"
         args[:real_node] -> "scaling-realnode"
         args[:scaling] -> "scaling"
         true -> "boot"
@@ -48,6 +50,9 @@ defmodule Bench.Main do
 
     try do
       cond do
+        args[:budget] ->
+          Section.Budget.run(cp, args[:budget_boots])
+
         args[:real_node] ->
           cp |> Section.Scaling.run_real(args[:real_n]) |> Plot.write(path, "the real node")
 

@@ -19,6 +19,11 @@ defmodule Bench.Options do
                        N real runner pods at once, shared watch vs 1 s polling (needs the
                        machine to itself: one real node per machine)
       --real-n LIST    N of the real-node bursts (default 10,50)
+      --budget         only the cold boot budget (`Bench.Section.Budget`): sequential boots,
+                       variants of the backend's options interleaved round-robin, each boot
+                       broken down (create, scheduling, sandbox, container, VM start, connect);
+                       on the real node with --real-node
+      --budget-boots N boots per variant for --budget (default 15)
 
   `bench/run` reads `--max-seconds` too, for its outer timeout.
   """
@@ -36,9 +41,16 @@ defmodule Bench.Options do
     scaling_n: :string,
     runner_n: :string,
     real_node: :boolean,
-    real_n: :string
+    real_n: :string,
+    budget: :boolean,
+    budget_boots: :integer
   ]
-  @scaling [scaling_n: "1,10,100,1000", runner_n: "10,50,100", real_n: "10,50"]
+  @scaling [
+    scaling_n: "1,10,100,1000",
+    runner_n: "10,50,100",
+    real_n: "10,50",
+    budget_boots: 15
+  ]
   @full [pods: 100, batch: 50, boots: 10, storm: 50, rounds: 2, max_seconds: 600] ++ @scaling
   @quick [pods: 10, batch: 10, boots: 3, storm: 10, rounds: 1, max_seconds: 600] ++ @scaling
 

@@ -37,6 +37,9 @@ defmodule Bench.RunInfo do
 
   defp parameters(args) do
     cond do
+      args[:budget] ->
+        "cold boot budget: #{args[:budget_boots]} boots per variant (#{Enum.map_join(Bench.Section.Budget.variants(), ", ", &elem(&1, 0))}), interleaved; time cap #{args[:max_seconds]} s"
+
       args[:real_node] ->
         "scaling on the real node: runner N #{Enum.join(args[:real_n], ", ")}; time cap #{args[:max_seconds]} s"
 

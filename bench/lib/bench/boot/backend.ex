@@ -16,9 +16,10 @@ defmodule Bench.Boot.Backend do
     secret = FLAMEK8sBackend.runner_manifests(state).secret != nil
 
     case FLAMEK8sBackend.remote_boot(state) do
-      {:ok, _terminator, %FLAMEK8sBackend{boot_timings: timings}} ->
+      {:ok, terminator, %FLAMEK8sBackend{boot_timings: timings}} ->
         %{
           key: key,
+          runner_node: node(terminator),
           secret: secret,
           runner: state.runner_name,
           t_init: t_init,
