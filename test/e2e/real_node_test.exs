@@ -660,6 +660,7 @@ defmodule FLAMEK8sBackend.RealNodeParentTest do
              RealNode.audit_events(%{
                "verb" => "create",
                "resource" => "pods",
+               "subresource" => nil,
                "namespace" => ctx.namespace,
                "name" => runner.pod
              })
