@@ -164,6 +164,7 @@ defmodule FLAMEK8sBackend do
          {:ok, {namespace, _} = parent_id} <- ParentPod.id(opts.parent_pod, System.get_env()),
          {:ok, parent_pod} <-
            ParentPod.fetch_once(kube, parent_id, SharedClient.connect_opts(opts)),
+         :ok <- ParentPod.ip_family(parent_pod, distribution_family()),
          :ok <- Sweep.run(kube, namespace, parent_pod, opts),
          parent_ref = make_ref(),
          cookie = Atom.to_string(Node.get_cookie()),
@@ -370,6 +371,10 @@ defmodule FLAMEK8sBackend do
             "the parent VM is not a distributed node: run it with RELEASE_DISTRIBUTION=name and RELEASE_NODE=<app>@$(POD_IP)"}
        }}
     end
+  end
+
+  defp distribution_family do
+    if :init.get_argument(:proto_dist) == {:ok, [[~c"inet6_tcp"]]}, do: :inet6, else: :inet
   end
 
   defp build_pod(parent_pod, opts, runtime) do

@@ -29,7 +29,9 @@ defmodule FLAMEK8sBackend.BootError do
       * `{:timeout, %{waited_ms: ms, detail: detail}}` - `:phase` says which phase timed out;
         `detail` is the last thing Kubernetes said (e.g. the scheduler's message; at
         `:scaling_up`, the autoscaler's, as `"cluster-autoscaler: pod triggered scale-up: ..."`)
-      * `{:parent_pod_not_found, "namespace/name"}`, `{:not_distributed, message}`
+      * `{:parent_pod_not_found, "namespace/name"}`, `{:not_distributed, message}`,
+        `{:ip_family, message}` (runners' pod IPs are of another family than the parent's
+        distribution)
       * `{:app_container_not_found, name, available_names}` - the `:app_container_name` option
         names no container of the parent pod
       * `{:nif_not_loaded, message}` - the NIF library could not be loaded
@@ -251,6 +253,7 @@ defmodule FLAMEK8sBackend.BootError do
         "or the :parent_pod option)"
 
   def describe({:not_distributed, message}), do: message
+  def describe({:ip_family, message}), do: message
   def describe({:nif_not_loaded, message}), do: message
   # A 401 says only "Unauthorized": the person reading it needs to know it is the credentials.
   def describe({:api, 401, reason, message}),

@@ -84,4 +84,38 @@ defmodule FLAMEK8sBackend.ParentPod do
         {:error, %BootError{phase: :parent_pod, reason: reason}}
     end
   end
+
+  @doc """
+  Whether runners can be reached over this VM's distribution of family `dist_family` (`:inet`,
+  or `:inet6` for `-proto_dist inet6_tcp`): a runner is named `<pod name>@<status.podIP>`, and
+  its `status.podIP` has the family of the parent pod's (the cluster's first, in a dual-stack
+  cluster). A parent pod without an IP (a VM outside the cluster) is not checked.
+
+      iex> FLAMEK8sBackend.ParentPod.ip_family(%{"status" => %{"podIP" => "fd00::7"}}, :inet6)
+      :ok
+  """
+  @spec ip_family(Kube.pod(), :inet | :inet6) :: :ok | {:error, BootError.t()}
+  def ip_family(parent_pod, dist_family) do
+    with ip when is_binary(ip) <- get_in(parent_pod, ["status", "podIP"]),
+         {:ok, address} <- :inet.parse_strict_address(String.to_charlist(ip)),
+         family when family != dist_family <-
+           if(tuple_size(address) == 8, do: :inet6, else: :inet) do
+      {:error, %BootError{phase: :connect, reason: {:ip_family, family_mismatch(ip, family)}}}
+    else
+      _ -> :ok
+    end
+  end
+
+  defp family_mismatch(ip, :inet),
+    do:
+      "Erlang distribution runs over IPv6 (-proto_dist inet6_tcp), but pod IPs (status.podIP, " <>
+        "#{ip}) are IPv4, so runners named <pod>@<pod IP> could not be reached: use " <>
+        "distribution over IPv4 (leave out -proto_dist inet6_tcp), or IPv6 as the cluster's " <>
+        "first family"
+
+  defp family_mismatch(ip, :inet6),
+    do:
+      "pod IPs (status.podIP, #{ip}) are IPv6, but Erlang distribution runs over IPv4: add " <>
+        "-proto_dist inet6_tcp to the VM's flags (ERL_AFLAGS, which runners inherit), as the " <>
+        "Kubernetes setup guide says"
 end

@@ -185,4 +185,33 @@ defmodule FLAMEK8sBackend.ParentPodTest do
 
     assert parent_reads("/api/v1/namespaces/prod/pods/#{name}") == 1
   end
+
+  describe "ip_family/2: runners are named <pod>@<status.podIP>, reached over the parent's distribution" do
+    defp pod(ips),
+      do: %{"status" => %{"podIP" => hd(ips), "podIPs" => Enum.map(ips, &%{"ip" => &1})}}
+
+    test "the pod IP's family is the distribution's: :ok" do
+      assert :ok = ParentPod.ip_family(pod(["10.0.3.7"]), :inet)
+      assert :ok = ParentPod.ip_family(pod(["fd00::7"]), :inet6)
+      # Dual stack: status.podIP is the cluster's first family, runners' as the parent's.
+      assert :ok = ParentPod.ip_family(pod(["fd00::7", "10.0.3.7"]), :inet6)
+      # No pod IP (a parent VM outside the cluster names a pod of its own): nothing to check.
+      assert :ok = ParentPod.ip_family(%{"status" => %{}}, :inet6)
+    end
+
+    test "another family: an error at init naming both and what to set" do
+      assert {:error, %BootError{phase: :connect, reason: {:ip_family, message}} = error} =
+               ParentPod.ip_family(pod(["10.0.3.7", "fd00::7"]), :inet6)
+
+      assert message =~ "IPv6"
+      assert message =~ "10.0.3.7"
+      assert message =~ "inet6_tcp"
+      assert Exception.message(error) =~ message
+
+      assert {:error, %BootError{reason: {:ip_family, message}}} =
+               ParentPod.ip_family(pod(["fd00::7", "10.0.3.7"]), :inet)
+
+      assert message =~ "-proto_dist inet6_tcp"
+    end
+  end
 end
