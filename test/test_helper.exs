@@ -11,10 +11,14 @@ Enum.each([:inets, :ssl, :public_key], &Mix.ensure_application!/1)
     "-daemon"
   ])
 
-# A random part keeps concurrent test runs on one machine (one epmd) apart.
+# A random part keeps concurrent test runs on one machine (one epmd) apart. Distribution over
+# IPv6 (`-proto_dist inet6_tcp`, the real node's IPv6 run) needs an IPv6 host part.
+loopback =
+  if :init.get_argument(:proto_dist) == {:ok, [[~c"inet6_tcp"]]}, do: "::1", else: "127.0.0.1"
+
 {:ok, _} =
   Node.start(
-    :"flame_parent_#{System.system_time(:millisecond) |> rem(1_000_000)}_#{:rand.uniform(99_999)}@127.0.0.1",
+    :"flame_parent_#{System.system_time(:millisecond) |> rem(1_000_000)}_#{:rand.uniform(99_999)}@#{loopback}",
     :longnames
   )
 
@@ -30,6 +34,7 @@ Node.set_cookie(
 #   :cluster      the local control plane (kube-apiserver + etcd, simulated kubelet)
 #   :integration  builds of apps that depend on this library, and the NIF's install paths
 #   :real_node    the real node (tools/realnode: kubelet, containerd, pods); changes the host
+#   :ipv6         real-node tests that also run on the IPv6 node (bin/test: --only ipv6)
 #   :kind         a kind cluster made by examples/kind/kind.sh
 #
 # A service starts only when its tag is included, or for `mix test file:line`, which may pick
@@ -51,7 +56,7 @@ exclude = opt_in
 # FLAME_K8S_REAL_NODE=require (CI) makes that a failure; a machine that can but fails to start
 # it fails the run, as does a teardown that leaves the machine different from before.
 exclude =
-  with true <- wanted?.(:real_node),
+  with true <- wanted?.(:real_node) or wanted?.(:ipv6),
        :ok <- RealNode.availability() do
     RealNode.start!()
 

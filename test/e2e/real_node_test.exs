@@ -611,6 +611,8 @@ defmodule FLAMEK8sBackend.RealNodeParentTest do
            ]
   end
 
+  # Also on the IPv6 node (bin/test runs the :ipv6 tests there too).
+  @tag :ipv6
   test "a FLAME call in the parent pod runs on a runner pod: <pod name>@<pod IP>, no cookie in its env",
        ctx do
     parent = parent!(ctx)
@@ -631,7 +633,7 @@ defmodule FLAMEK8sBackend.RealNodeParentTest do
     end
 
     assert runner.pod != parent.name
-    assert "10.244.0." <> _ = runner.pod_ip
+    assert RealNode.pod_address?(runner.pod_ip)
     assert Atom.to_string(runner.node) == "#{runner.pod}@#{runner.pod_ip}"
     assert rpc(parent, FlameDemo, :square, [12]) == 144
 
@@ -669,6 +671,8 @@ defmodule FLAMEK8sBackend.RealNodeParentTest do
     assert creator == parent.name
   end
 
+  # Also on the IPv6 node (bin/test runs the :ipv6 tests there too).
+  @tag :ipv6
   test "idle shutdown: the runner deletes its own pod with its own token, once", ctx do
     parent = parent!(ctx)
     %{runner: runner} = rpc(parent, FlameDemo, :where, [])
@@ -1349,6 +1353,8 @@ defmodule FLAMEK8sBackend.RealNodeParentTest do
     IO.puts("real node: bin/demo on the real node:\n" <> output)
   end
 
+  # Also on the IPv6 node (bin/test runs the :ipv6 tests there too).
+  @tag :ipv6
   test "runner boots on the real node: create -> running -> remote_up, 20 boots", ctx do
     parent = parent!(ctx)
 
@@ -1400,7 +1406,7 @@ defmodule FLAMEK8sBackend.RealNodeParentTest do
     end
 
     IO.puts(
-      "real node: #{length(boots)} runner boots (#{length(failures)} failed): " <>
+      "real node#{if RealNode.ipv6?(), do: " (IPv6)"}: #{length(boots)} runner boots (#{length(failures)} failed): " <>
         "create->running p50 #{pct.(:running, 0.5)} ms " <>
         "p90 #{pct.(:running, 0.9)} ms; create->remote_up p50 #{pct.(:remote_up, 0.5)} ms " <>
         "p90 #{pct.(:remote_up, 0.9)} ms"

@@ -4,6 +4,9 @@ defmodule FLAMEK8sBackend.Test.RealNode do
   kube-scheduler, kube-controller-manager, kube-proxy and CoreDNS, started by
   `tools/realnode/up` (see its header) and stopped by `tools/realnode/down`. Pods are real
   containers on the bridge `flk8s-br0` (10.244.0.1/24); the API server listens on 10.244.0.1.
+  With `FLAME_K8S_REALNODE_IPV6=1` it starts with `up --ipv6`: IPv6 first (pods, Services, the
+  node and the API server on fd00:10:244::1), IPv4 beside it; the test VM then runs Erlang
+  distribution over IPv6 too (`ELIXIR_ERL_OPTIONS="-proto_dist inet6_tcp"`, see bin/test).
 
   Only one node runs per machine. `up` is given this VM's OS pid: if the VM dies without
   `stop/0`, a watchdog runs `down`.
@@ -22,6 +25,7 @@ defmodule FLAMEK8sBackend.Test.RealNode do
 
   @root Path.expand("../..", __DIR__)
   @bridge_ip {10, 244, 0, 1}
+  @bridge_ip6 {0xFD00, 0x10, 0x244, 0, 0, 0, 0, 1}
   @node_name "flame-realnode"
 
   @doc """
@@ -75,7 +79,8 @@ defmodule FLAMEK8sBackend.Test.RealNode do
     args =
       ["--state-dir", state_dir, "--owner-pid", System.pid()] ++
         Enum.flat_map(images, &["--image", &1]) ++
-        if(port = opts[:port], do: ["--port", to_string(port)], else: [])
+        if(port = opts[:port], do: ["--port", to_string(port)], else: []) ++
+        if(ipv6?(), do: ["--ipv6"], else: [])
 
     ready = run_up!(args)
     pki = Path.join(state_dir, "pki")
@@ -91,7 +96,7 @@ defmodule FLAMEK8sBackend.Test.RealNode do
       logs_dir: Path.join(state_dir, "logs"),
       containerd_socket: Path.join([state_dir, "containerd", "containerd.sock"]),
       node_name: @node_name,
-      bridge_ip: @bridge_ip,
+      bridge_ip: bridge_ip(),
       pause_image: build["PAUSE_IMAGE"],
       busybox_image: build["BUSYBOX_IMAGE"],
       app_image: app_image,
@@ -322,16 +327,28 @@ defmodule FLAMEK8sBackend.Test.RealNode do
     )
   end
 
-  @doc "The DNS server pods use (CoreDNS on the host): `{10, 244, 0, 1}`."
-  def dns_server, do: @bridge_ip
+  @doc "Whether this run's node is IPv6 first (`FLAME_K8S_REALNODE_IPV6=1`)."
+  def ipv6?, do: System.get_env("FLAME_K8S_REALNODE_IPV6") == "1"
+
+  @doc "The DNS server pods use (CoreDNS on the host): `{10, 244, 0, 1}`, or its IPv6 address."
+  def dns_server, do: bridge_ip()
 
   @doc "The bridge's address on the host, which pods reach (and Erlang node names use): `\"10.244.0.1\"`."
-  def bridge_address, do: @bridge_ip |> :inet.ntoa() |> to_string()
+  def bridge_address, do: bridge_ip() |> :inet.ntoa() |> to_string()
+
+  defp bridge_ip, do: if(ipv6?(), do: @bridge_ip6, else: @bridge_ip)
+
+  @doc "Whether `ip` (a string) is a pod address of the node, in its first family."
+  def pod_address?(ip) do
+    if ipv6?(),
+      do: String.starts_with?(ip, "fd00:10:244::"),
+      else: String.starts_with?(ip, "10.244.0.")
+  end
 
   @doc "A/AAAA lookup against the node's CoreDNS, as DNSCluster does it: a list of IP tuples."
   def dns_lookup(name, type \\ :a) do
     :inet_res.lookup(String.to_charlist(name), :in, type,
-      nameservers: [{@bridge_ip, 53}],
+      nameservers: [{bridge_ip(), 53}],
       timeout: 2_000
     )
   end
@@ -356,6 +373,24 @@ defmodule FLAMEK8sBackend.Test.RealNode do
       File.write!(
         file,
         String.replace(File.read!(file), "image: flame-demo:dev", "image: #{ref}")
+      )
+    end
+
+    # On an IPv6 node the parent's distribution runs over IPv6, as the guide says to set it;
+    # runners inherit the flag with the parent's env.
+    if ipv6?() do
+      path = Path.join(dir, "deployment.yaml")
+      flags = ~s(value: "-kernel inet_dist_listen_min)
+      yaml = File.read!(path)
+      true = yaml =~ flags
+
+      File.write!(
+        path,
+        String.replace(
+          yaml,
+          flags,
+          ~s(value: "-proto_dist inet6_tcp -kernel inet_dist_listen_min)
+        )
       )
     end
 
