@@ -38,8 +38,8 @@ defmodule FLAMEK8sBackend.AutoscalerE2ETest do
   end
 
   # Starts the boot of `opts` in a task (the runner says remote_up to the process that ran
-  # init/1); returns the task and the runner pod's name.
-  defp start_boot(opts) do
+  # init/1) and waits until its pod is Unschedulable; returns the task, the pod's name and uid.
+  defp boot_unschedulable!(kube, ns, opts) do
     test = self()
 
     task =
@@ -51,7 +51,7 @@ defmodule FLAMEK8sBackend.AutoscalerE2ETest do
 
     pid = task.pid
     assert_receive {:runner_name, ^pid, name}, 30_000
-    {task, name}
+    {task, name, await_unschedulable!(kube, ns, name)}
   end
 
   # Waits (on a watch of its own) until the scheduler has marked the runner pod Unschedulable;
@@ -142,22 +142,17 @@ defmodule FLAMEK8sBackend.AutoscalerE2ETest do
 
   @scale_up "pod triggered scale-up: [{eks-runners-2ac4b5e1-7d1f-9a3c-8e55-0b6d4f2c1a97 0->1 (max: 5)}]"
 
+  # The cluster autoscaler's word that it is adding a node for the pod.
+  defp record_scale_up!(kube, ns, pod) do
+    record!(kube, ns, pod, "cluster-autoscaler", "Normal", "TriggeredScaleUp", @scale_up)
+  end
+
   test "TriggeredScaleUp: a boot that times out is at :scaling_up, in its error and telemetry, and says to raise boot_timeout",
        %{kube: kube, namespace: ns, opts: opts} do
     attach_exceptions!()
-    {task, name} = start_boot(unplaceable(opts, @scaling_boot_timeout))
-    uid = await_unschedulable!(kube, ns, name)
 
-    :ok =
-      record!(
-        kube,
-        ns,
-        {name, uid},
-        "cluster-autoscaler",
-        "Normal",
-        "TriggeredScaleUp",
-        @scale_up
-      )
+    {task, name, uid} = boot_unschedulable!(kube, ns, unplaceable(opts, @scaling_boot_timeout))
+    :ok = record_scale_up!(kube, ns, {name, uid})
 
     assert {:error, %BootError{phase: :scaling_up, reason: {:timeout, info}} = error} =
              boot_result(task)
@@ -183,8 +178,7 @@ defmodule FLAMEK8sBackend.AutoscalerE2ETest do
   test "NotTriggerScaleUp: the boot fails at once at :scheduling with the autoscaler's message",
        %{kube: kube, namespace: ns, opts: opts} do
     attach_exceptions!()
-    {task, name} = start_boot(unplaceable(opts, @long_boot_timeout))
-    uid = await_unschedulable!(kube, ns, name)
+    {task, name, uid} = boot_unschedulable!(kube, ns, unplaceable(opts, @long_boot_timeout))
     why = "pod didn't trigger scale-up: 1 node(s) didn't match Pod's node affinity/selector"
     :ok = record!(kube, ns, {name, uid}, "cluster-autoscaler", "Normal", "NotTriggerScaleUp", why)
 
@@ -206,8 +200,7 @@ defmodule FLAMEK8sBackend.AutoscalerE2ETest do
   end
 
   test "Karpenter's Nominated: :scaling_up", %{kube: kube, namespace: ns, opts: opts} do
-    {task, name} = start_boot(unplaceable(opts, @scaling_boot_timeout))
-    uid = await_unschedulable!(kube, ns, name)
+    {task, name, uid} = boot_unschedulable!(kube, ns, unplaceable(opts, @scaling_boot_timeout))
     nominated = "Pod should schedule on: nodeclaim/default-cvkcv"
     :ok = record!(kube, ns, {name, uid}, "karpenter", "Normal", "Nominated", nominated)
 
@@ -219,8 +212,7 @@ defmodule FLAMEK8sBackend.AutoscalerE2ETest do
 
   test "Karpenter's FailedScheduling (through events.k8s.io/v1): the boot fails at once",
        %{kube: kube, namespace: ns, opts: opts} do
-    {task, name} = start_boot(unplaceable(opts, @long_boot_timeout))
-    uid = await_unschedulable!(kube, ns, name)
+    {task, name, uid} = boot_unschedulable!(kube, ns, unplaceable(opts, @long_boot_timeout))
 
     why =
       ~s(Failed to schedule pod, incompatible with nodepool "default", daemonset overhead=) <>
@@ -238,8 +230,7 @@ defmodule FLAMEK8sBackend.AutoscalerE2ETest do
 
   test "the scheduler's own FailedScheduling is no autoscaler's word: the boot waits on",
        %{kube: kube, namespace: ns, opts: opts} do
-    {task, name} = start_boot(unplaceable(opts, @scaling_boot_timeout))
-    uid = await_unschedulable!(kube, ns, name)
+    {task, name, uid} = boot_unschedulable!(kube, ns, unplaceable(opts, @scaling_boot_timeout))
     why = "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector."
 
     :ok =
@@ -256,19 +247,9 @@ defmodule FLAMEK8sBackend.AutoscalerE2ETest do
   test "a scale-up, then the node: the boot goes on and the runner comes up",
        %{kube: kube, namespace: ns, opts: opts} do
     opts = Keyword.merge(opts, labels: %{"sim-kubelet/fail" => "unschedulable"})
-    {task, name} = start_boot(opts)
-    uid = await_unschedulable!(kube, ns, name)
+    {task, name, uid} = boot_unschedulable!(kube, ns, opts)
 
-    :ok =
-      record!(
-        kube,
-        ns,
-        {name, uid},
-        "cluster-autoscaler",
-        "Normal",
-        "TriggeredScaleUp",
-        @scale_up
-      )
+    :ok = record_scale_up!(kube, ns, {name, uid})
 
     {:ok, _} =
       Kube.request(kube, "PATCH", "/api/v1/namespaces/#{ns}/pods/#{name}",
@@ -285,8 +266,7 @@ defmodule FLAMEK8sBackend.AutoscalerE2ETest do
     token = LocalCluster.service_account_token!(kube, ns, "no-events", @rules_without_events)
     kubeconfig = LocalCluster.write_token_kubeconfig!(token)
     opts = opts |> Keyword.put(:kubeconfig, kubeconfig) |> unplaceable(@scaling_boot_timeout)
-    {task, name} = start_boot(opts)
-    uid = await_unschedulable!(kube, ns, name)
+    {task, name, uid} = boot_unschedulable!(kube, ns, opts)
     why = "pod didn't trigger scale-up: 1 node(s) didn't match Pod's node affinity/selector"
     :ok = record!(kube, ns, {name, uid}, "cluster-autoscaler", "Normal", "NotTriggerScaleUp", why)
 

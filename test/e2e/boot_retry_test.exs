@@ -17,20 +17,7 @@ defmodule FLAMEK8sBackend.BootRetryE2ETest do
   @cleanup [:flame_k8s_backend, :cleanup, :delete]
 
   setup %{namespace: ns, opts: opts} do
-    id = {__MODULE__, make_ref()}
-    test = self()
-
-    :ok =
-      :telemetry.attach_many(
-        id,
-        [@retry, @cleanup],
-        fn event, measurements, metadata, _ ->
-          if metadata.namespace == ns, do: send(test, {:event, event, measurements, metadata})
-        end,
-        nil
-      )
-
-    on_exit(fn -> :telemetry.detach(id) end)
+    forward_events!([@retry, @cleanup], ns)
     gate = Path.join(LocalCluster.info().state_dir, "#{ns}-go")
     manifest = %{"metadata" => %{"annotations" => %{"sim-kubelet/start-when-file" => gate}}}
     %{gate: gate, opts: Keyword.put(opts, :manifest, manifest)}
@@ -61,14 +48,7 @@ defmodule FLAMEK8sBackend.BootRetryE2ETest do
     # The pod exists once its create has returned; the boot says nothing before its result.
     eventually(fn -> match?({:ok, _}, Kube.get_pod(kube, ns, name)) end, 20_000)
 
-    {:ok, _} =
-      Kube.request(kube, "POST", "/api/v1/namespaces/#{ns}/pods/#{name}/eviction",
-        body: %{
-          "apiVersion" => "policy/v1",
-          "kind" => "Eviction",
-          "metadata" => %{"name" => name, "namespace" => ns}
-        }
-      )
+    :ok = evict_pod!(kube, ns, name)
 
     System.system_time()
   end

@@ -20,21 +20,7 @@ defmodule FLAMEK8sBackend.DisruptionE2ETest do
   @down [:flame_k8s_backend, :runner, :down]
 
   setup %{namespace: ns} do
-    id = {__MODULE__, make_ref()}
-    test = self()
-
-    :ok =
-      :telemetry.attach_many(
-        id,
-        [@disruption, @down],
-        # Other tests' runners may go meanwhile.
-        fn event, measurements, metadata, _ ->
-          if metadata.namespace == ns, do: send(test, {:event, event, measurements, metadata})
-        end,
-        nil
-      )
-
-    on_exit(fn -> :telemetry.detach(id) end)
+    forward_events!([@disruption, @down], ns)
     :ok
   end
 
@@ -45,14 +31,7 @@ defmodule FLAMEK8sBackend.DisruptionE2ETest do
   end
 
   defp evict!(kube, ns, name) do
-    {:ok, _} =
-      Kube.request(kube, "POST", "/api/v1/namespaces/#{ns}/pods/#{name}/eviction",
-        body: %{
-          "apiVersion" => "policy/v1",
-          "kind" => "Eviction",
-          "metadata" => %{"name" => name, "namespace" => ns}
-        }
-      )
+    :ok = evict_pod!(kube, ns, name)
 
     at = System.system_time()
     %{condition: at, delete: at}

@@ -46,6 +46,46 @@ defmodule FLAMEK8sBackend.Test.ClusterCase do
     %{opts: opts}
   end
 
+  @doc """
+  Sends the calling test `{:event, event, measurements, metadata}` for each of the telemetry
+  `events` whose metadata names `namespace` (other tests' runners emit them too), until the
+  test exits; returns `:ok`.
+  """
+  def forward_events!(events, namespace) do
+    id = {__MODULE__, make_ref()}
+    test = self()
+
+    :ok =
+      :telemetry.attach_many(
+        id,
+        events,
+        fn event, measurements, metadata, _ ->
+          if metadata.namespace == namespace,
+            do: send(test, {:event, event, measurements, metadata})
+        end,
+        nil
+      )
+
+    ExUnit.Callbacks.on_exit(fn -> :telemetry.detach(id) end)
+  end
+
+  @doc """
+  Evicts pod `name` through the API server's Eviction API, as a node drain does: the API server
+  sets its `DisruptionTarget` condition, then deletes it. Returns `:ok`.
+  """
+  def evict_pod!(kube, ns, name) do
+    {:ok, _} =
+      FLAMEK8sBackend.Kube.request(kube, "POST", "/api/v1/namespaces/#{ns}/pods/#{name}/eviction",
+        body: %{
+          "apiVersion" => "policy/v1",
+          "kind" => "Eviction",
+          "metadata" => %{"name" => name, "namespace" => ns}
+        }
+      )
+
+    :ok
+  end
+
   @doc "Starts a supervised FLAME pool on `FLAMEK8sBackend` with `opts`; returns its name."
   def start_pool!(opts, pool_opts \\ []) do
     name = :"pool_#{System.unique_integer([:positive])}"

@@ -20,6 +20,7 @@ use super::args::{
 };
 use super::reply::{self, Answer, Replier};
 use super::tasks::{start, ClientResource};
+use crate::nif::task::CancelToken;
 
 use crate::api::client::ClientInfo;
 use crate::error::Error;
@@ -207,15 +208,14 @@ fn await_pod<'a>(
 ) -> Term<'a> {
     let selector = opts.0.label_selector();
     let opts = opts.0.options();
-    let mut interim = (!opts.report_ready).then(|| Replier::new(env.pid(), reference.0));
-    let work = move |cancel: crate::nif::task::CancelToken| {
+    let repliers = (!opts.report_ready)
+        .then(|| Replier::new(env.pid(), reference.0))
+        .into_iter()
+        .collect();
+    let work = move |cancel: CancelToken| {
+        let mut interims = Interims { cancel, repliers };
         let on_running = move |pod: &Value| {
-            if cancel.is_cancelled() {
-                return;
-            }
-            if let Some(r) = interim.take() {
-                r.send_interim(|env| Ok((running(), json_to_term(env, pod)?).encode(env)));
-            }
+            interims.send(|env| Ok((running(), json_to_term(env, pod)?).encode(env)));
         };
         let c = client.0;
         async move {
@@ -266,18 +266,12 @@ fn follow_pod<'a>(
         Err(e) => return reply::error(env, &c.handle.scrub(e)),
     };
     // One message per change, each at most once (`runner_state::Follow`).
-    let mut repliers: Vec<Replier> = (0..3)
+    let repliers = (0..3)
         .map(|_| Replier::new(env.pid(), reference.0))
         .collect();
-    let work = move |cancel: crate::nif::task::CancelToken| {
-        let on_change = move |change: Change| {
-            if cancel.is_cancelled() {
-                return;
-            }
-            if let Some(r) = repliers.pop() {
-                r.send_interim(|env| Ok(change.encode(env)));
-            }
-        };
+    let work = move |cancel: CancelToken| {
+        let mut interims = Interims { cancel, repliers };
+        let on_change = move |change: Change| interims.send(|env| Ok(change.encode(env)));
         async move {
             match crate::watch::follow::follow(subscription, on_change).await {
                 FollowEnd::Error(e) => FollowEnd::Error(c.handle.scrub(e)),
@@ -286,6 +280,27 @@ fn follow_pod<'a>(
         }
     };
     start(env, reference, work, reply::follow_end)
+}
+
+/// The interim messages of one task, each through a replier of its own: as many as there are
+/// repliers, and none once the task is cancelled (its caller expects nothing more from it).
+struct Interims {
+    cancel: CancelToken,
+    repliers: Vec<Replier>,
+}
+
+impl Interims {
+    fn send<F>(&mut self, build: F)
+    where
+        F: for<'b> FnOnce(Env<'b>) -> rustler::NifResult<Term<'b>>,
+    {
+        if self.cancel.is_cancelled() {
+            return;
+        }
+        if let Some(r) = self.repliers.pop() {
+            r.send_interim(build);
+        }
+    }
 }
 
 /// Cancels a request or an await. Idempotent. `:ok`: its final reply will never come;

@@ -107,6 +107,73 @@ impl Progress {
 /// a watch lagging under a burst does not turn into a read per boot.
 pub const CONFIRM_UNSEEN_AFTER: Duration = Duration::from_secs(5);
 
+/// When a subscriber reads the pod the shared watch has not shown (`CONFIRM_UNSEEN_AFTER`),
+/// for an await and a follow alike.
+pub(crate) struct Confirm {
+    delay: Duration,
+    at: Option<Instant>,
+}
+
+/// What a read found.
+pub(crate) enum Confirmed {
+    Gone,
+    /// In an `Arc`, as the watch's updates carry it: a pod is large.
+    Pod(Arc<Pod>),
+    /// Nothing: the read failed, and is due again later or, with no right to read, never.
+    Unsettled,
+}
+
+impl Confirm {
+    /// Due from the start when no list will prove the pod gone (`registered_after_a_list`).
+    pub(crate) fn new(sub: &Subscription) -> Self {
+        let delay = CONFIRM_UNSEEN_AFTER;
+        Confirm {
+            delay,
+            at: sub
+                .registered_after_a_list()
+                .then(|| Instant::now() + delay),
+        }
+    }
+
+    /// A list lacked the pod (`Update::Unlisted`): read it unless its own event comes first. A
+    /// read already due keeps its time, so that repeated lists do not put it off.
+    pub(crate) fn unlisted(&mut self) {
+        let delay = self.delay;
+        self.at.get_or_insert_with(|| Instant::now() + delay);
+    }
+
+    /// The watch (or the read) showed the pod: nothing to settle.
+    pub(crate) fn seen(&mut self) {
+        self.at = None;
+    }
+
+    /// Resolves when the read is due; never when none is.
+    pub(crate) async fn due(&self) {
+        match self.at {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Reads the pod. A failed read is due again after twice the delay; one that may not read
+    /// it never is (the watch needs no such right): the watch alone will have to tell.
+    pub(crate) async fn read(&mut self, sub: &Subscription) -> Confirmed {
+        match sub.get().await {
+            Ok(None) => Confirmed::Gone,
+            Ok(Some(pod)) => Confirmed::Pod(Arc::new(pod)),
+            Err(e) if !is_retriable(&e) => {
+                self.at = None;
+                Confirmed::Unsettled
+            }
+            Err(_) => {
+                self.delay = self.delay.saturating_mul(2);
+                self.at = Some(Instant::now() + self.delay);
+                Confirmed::Unsettled
+            }
+        }
+    }
+}
+
 /// Watch `namespace/name` until a decisive event or `opts.timeout`. With a label selector (that
 /// the pod matches) the watch is the one this client shares for that namespace and selector;
 /// without, it watches this pod alone. With `opts.report_ready == false`, `on_running` is
@@ -315,13 +382,6 @@ impl<'s> Autoscaling<'s> {
     }
 }
 
-async fn sleep_until_some(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
 async fn follow<F>(
     sub: &mut Subscription,
     name: &str,
@@ -336,16 +396,13 @@ where
     // `on_running` was called (at most once per await, even if the pod stops being ready and
     // becomes ready again).
     let mut running_reported = false;
-    let mut confirm_delay = CONFIRM_UNSEEN_AFTER;
-    let mut confirm_at = sub
-        .registered_after_a_list()
-        .then(|| Instant::now() + confirm_delay);
+    let mut confirm = Confirm::new(sub);
     loop {
         let next = tokio::select! {
             biased;
             u = sub.next() => Next::Update(u),
             e = autoscaling.next() => Next::Events(e.map(Box::new)),
-            () = sleep_until_some(confirm_at) => Next::Confirm,
+            () = confirm.due() => Next::Confirm,
         };
         let pod = match next {
             Next::Events(item) => {
@@ -362,13 +419,13 @@ where
             // A list that lacks the pod proves nothing (see `hub`): its own event settles
             // it, or the read.
             Next::Update(Some(Update::Unlisted)) => {
-                confirm_at.get_or_insert_with(|| Instant::now() + confirm_delay);
+                confirm.unlisted();
                 continue;
             }
             Next::Update(Some(Update::Pod(pod))) => pod,
-            Next::Confirm => match sub.get().await {
-                Ok(None) => return AwaitOutcome::Deleted(name.to_string()),
-                Ok(Some(pod)) => {
+            Next::Confirm => match confirm.read(sub).await {
+                Confirmed::Gone => return AwaitOutcome::Deleted(name.to_string()),
+                Confirmed::Pod(pod) => {
                     if let Selection::Labels(selector) = &sub.key().selection {
                         let empty = Default::default();
                         let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
@@ -382,21 +439,12 @@ where
                             )));
                         }
                     }
-                    Arc::new(pod)
+                    pod
                 }
-                // No right to read it (the watch needs none): events alone will have to tell.
-                Err(e) if !is_retriable(&e) => {
-                    confirm_at = None;
-                    continue;
-                }
-                Err(_) => {
-                    confirm_delay = confirm_delay.saturating_mul(2);
-                    confirm_at = Some(Instant::now() + confirm_delay);
-                    continue;
-                }
+                Confirmed::Unsettled => continue,
             },
         };
-        confirm_at = None;
+        confirm.seen();
         if let Some(outcome) = step(
             &pod,
             name,
@@ -460,20 +508,14 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::watch::hub::tests::{channel, Script};
+    use crate::watch::hub::tests::{channel, unlisted_at_start, Script};
     use crate::watch::hub::{EventStream, Hub};
+    use crate::watch::test_support::{held_while_alive, pod, runner_key as key};
     use futures::{stream, Stream, StreamExt};
     use kube::core::Status;
     use kube::runtime::watcher::{self, Event};
     use serde_json::json;
     use std::sync::atomic::Ordering;
-
-    fn key() -> WatchKey {
-        WatchKey {
-            namespace: "ns".into(),
-            selection: Selection::Labels("app=runner".into()),
-        }
-    }
 
     /// One await alone on a watch that yields `stream`.
     async fn await_on_stream<S, F>(
@@ -489,10 +531,6 @@ mod tests {
         let hub = Hub::new(Script::new(vec![stream.boxed()]));
         let sub = hub.subscribe(key(), name).unwrap();
         await_subscription(sub, name, opts, on_running).await
-    }
-
-    fn pod(v: Value) -> Pod {
-        serde_json::from_value(v).unwrap()
     }
 
     fn pending_unbound() -> Pod {
@@ -746,12 +784,7 @@ mod tests {
     /// be behind, so the pod is read once, after `CONFIRM_UNSEEN_AFTER`: not found is deleted.
     #[tokio::test(start_paused = true)]
     async fn missing_at_start_is_read_once_and_deleted() {
-        let (tx, s) = channel();
-        let script = Script::new(vec![s]);
-        let hub = Hub::new(script.clone());
-        let sub = hub.subscribe(key(), "p").unwrap();
-        tx.unbounded_send(Ok(Event::Init)).unwrap();
-        tx.unbounded_send(Ok(Event::InitDone)).unwrap();
+        let (script, sub) = unlisted_at_start();
         let t0 = Instant::now();
         assert_eq!(
             await_subscription(sub, "p", opts(60_000, UnschedulablePolicy::Fail), never).await,
@@ -905,15 +938,6 @@ mod tests {
         }
     }
 
-    /// Sets its flag while alive: whether the await still holds a stream.
-    struct Held(Arc<std::sync::atomic::AtomicBool>);
-
-    impl Drop for Held {
-        fn drop(&mut self) {
-            self.0.store(false, Ordering::SeqCst);
-        }
-    }
-
     impl EventSource for Events {
         fn watch(&self, namespace: &str, name: &str) -> PodEventStream {
             self.watched
@@ -926,13 +950,7 @@ mod tests {
                 .unwrap()
                 .pop()
                 .unwrap_or_else(|| stream::pending().boxed());
-            self.held.store(true, Ordering::SeqCst);
-            let held = Held(self.held.clone());
-            s.map(move |item| {
-                let _ = &held;
-                item
-            })
-            .boxed()
+            held_while_alive(s, self.held.clone())
         }
     }
 
@@ -1006,6 +1024,17 @@ mod tests {
         ]
     }
 
+    /// One await under `Wait` of a pod the scheduler leaves Unschedulable, with `events`.
+    async fn await_unschedulable(events: &Events, timeout_ms: u64) -> AwaitOutcome {
+        let pods = listed_unschedulable();
+        await_with(pods, events, UnschedulablePolicy::Wait, timeout_ms).await
+    }
+
+    /// Events whose one watch lists `events` at once, then is silent.
+    fn listing(events: Vec<CoreEvent>) -> Events {
+        Events::new(vec![timed_events(listed(0, events))])
+    }
+
     const TRIGGERED: &str = "cluster-autoscaler: pod triggered scale-up: [{eks-runners-2ac4b5e1-7d1f-9a3c-8e55-0b6d4f2c1a97 0->1 (max: 5)}]";
 
     #[tokio::test(start_paused = true)]
@@ -1017,13 +1046,7 @@ mod tests {
                 event("triggered_scale_up"),
             ],
         ))]);
-        let r = await_with(
-            listed_unschedulable(),
-            &events,
-            UnschedulablePolicy::Wait,
-            5_000,
-        )
-        .await;
+        let r = await_unschedulable(&events, 5_000).await;
         assert_eq!(
             r,
             AwaitOutcome::Timeout {
@@ -1038,18 +1061,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn karpenters_nomination_is_a_scale_up() {
-        let events = Events::new(vec![timed_events(listed(
-            0,
-            vec![event("karpenter_nominated")],
-        ))]);
-        match await_with(
-            listed_unschedulable(),
-            &events,
-            UnschedulablePolicy::Wait,
-            2_000,
-        )
-        .await
-        {
+        let events = listing(vec![event("karpenter_nominated")]);
+        match await_unschedulable(&events, 2_000).await {
             AwaitOutcome::Timeout {
                 phase: Phase::ScalingUp,
                 detail: Some(d),
@@ -1069,13 +1082,7 @@ mod tests {
         items.push((300, Ok(Event::Apply(event("not_trigger_scale_up")))));
         let events = Events::new(vec![timed_events(items)]);
         let t0 = Instant::now();
-        let r = await_with(
-            listed_unschedulable(),
-            &events,
-            UnschedulablePolicy::Wait,
-            60_000,
-        )
-        .await;
+        let r = await_unschedulable(&events, 60_000).await;
         assert_eq!(
             r,
             AwaitOutcome::Failed(FailureReason::NoScaleUp {
@@ -1093,18 +1100,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn karpenters_failed_scheduling_ends_the_await() {
-        let events = Events::new(vec![timed_events(listed(
-            0,
-            vec![event("karpenter_failed_scheduling")],
-        ))]);
-        match await_with(
-            listed_unschedulable(),
-            &events,
-            UnschedulablePolicy::Wait,
-            60_000,
-        )
-        .await
-        {
+        let events = listing(vec![event("karpenter_failed_scheduling")]);
+        match await_unschedulable(&events, 60_000).await {
             AwaitOutcome::Failed(FailureReason::NoScaleUp {
                 source, message, ..
             }) => {
@@ -1173,7 +1170,7 @@ mod tests {
     async fn the_events_watch_ends_once_the_pod_is_bound() {
         let mut pods = listed_unschedulable();
         pods.push((100, Ok(Event::Apply(with_uid(creating())))));
-        let events = Events::new(vec![timed_events(listed(0, vec![]))]);
+        let events = listing(vec![]);
         let hub = Hub::new(Script::new(vec![timed(pods).boxed()]));
         let sub = hub.subscribe(key(), "p").unwrap();
         let held = events.held.clone();
@@ -1254,14 +1251,7 @@ mod tests {
         let mut items = vec![(0, Err(transport_err())), (0, Err(transport_err()))];
         items.extend(listed(0, vec![event("triggered_scale_up")]));
         let events = Events::new(vec![timed_events(items)]);
-        match await_with(
-            listed_unschedulable(),
-            &events,
-            UnschedulablePolicy::Wait,
-            30_000,
-        )
-        .await
-        {
+        match await_unschedulable(&events, 30_000).await {
             AwaitOutcome::Timeout {
                 phase: Phase::ScalingUp,
                 ..
@@ -1275,14 +1265,8 @@ mod tests {
     async fn another_pods_events_are_not_this_ones() {
         let mut old = event("not_trigger_scale_up");
         old.involved_object.uid = Some("0b1e0d2c-0000-4000-8000-000000000000".into());
-        let events = Events::new(vec![timed_events(listed(0, vec![old]))]);
-        let r = await_with(
-            listed_unschedulable(),
-            &events,
-            UnschedulablePolicy::Wait,
-            1_000,
-        )
-        .await;
+        let events = listing(vec![old]);
+        let r = await_unschedulable(&events, 1_000).await;
         assert_eq!(
             r,
             AwaitOutcome::Timeout {

@@ -4,12 +4,10 @@
 //! A follow is only a subscription: it sends no request of its own, except the one read an
 //! await also makes when a list of the watch lacks the pod (`await_pod::CONFIRM_UNSEEN_AFTER`).
 
-use tokio::time::Instant;
-
-use super::await_pod::CONFIRM_UNSEEN_AFTER;
+use super::await_pod::{Confirm, Confirmed};
 use super::hub::{Subscription, Update};
 use super::runner_state::{Change, Follow};
-use crate::error::{is_retriable, Error};
+use crate::error::Error;
 
 /// How a follow ends.
 #[derive(Clone, Debug, PartialEq)]
@@ -26,44 +24,25 @@ where
     F: FnMut(Change),
 {
     let mut follow = Follow::default();
-    let mut confirm_delay = CONFIRM_UNSEEN_AFTER;
-    let mut confirm_at = sub
-        .registered_after_a_list()
-        .then(|| Instant::now() + confirm_delay);
+    let mut confirm = Confirm::new(&sub);
     loop {
-        let update = match confirm_at {
-            Some(at) => tokio::select! {
-                biased;
-                u = sub.next() => u,
-                () = tokio::time::sleep_until(at) => {
-                    match sub.get().await {
-                        Ok(None) => return FollowEnd::Gone,
-                        Ok(Some(pod)) => Some(Update::Pod(std::sync::Arc::new(pod))),
-                        // No right to read it: the watch alone will have to tell.
-                        Err(e) if !is_retriable(&e) => {
-                            confirm_at = None;
-                            continue;
-                        }
-                        Err(_) => {
-                            confirm_delay = confirm_delay.saturating_mul(2);
-                            confirm_at = Some(Instant::now() + confirm_delay);
-                            continue;
-                        }
-                    }
-                }
+        let update = tokio::select! {
+            biased;
+            u = sub.next() => u,
+            () = confirm.due() => match confirm.read(&sub).await {
+                Confirmed::Gone => return FollowEnd::Gone,
+                Confirmed::Pod(pod) => Some(Update::Pod(pod)),
+                Confirmed::Unsettled => continue,
             },
-            None => sub.next().await,
         };
         match update {
             None => return FollowEnd::Error(Error::Internal("the shared watch ended".into())),
             Some(Update::Failed(e)) => return FollowEnd::Error(e),
             Some(Update::Gone) => return FollowEnd::Gone,
             // A list without the pod proves nothing (see `hub`): its own event, or a read.
-            Some(Update::Unlisted) => {
-                confirm_at.get_or_insert_with(|| Instant::now() + confirm_delay);
-            }
+            Some(Update::Unlisted) => confirm.unlisted(),
             Some(Update::Pod(pod)) => {
-                confirm_at = None;
+                confirm.seen();
                 for change in follow.changes(&pod) {
                     on_change(change);
                 }
@@ -75,21 +54,17 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::watch::hub::tests::{channel, Script};
-    use crate::watch::hub::{Hub, Selection, WatchKey};
+    use crate::watch::await_pod::CONFIRM_UNSEEN_AFTER;
+    use crate::watch::hub::tests::{channel, unlisted_at_start, Script};
+    use crate::watch::hub::Hub;
     use crate::watch::runner_state::{Disruption, Termination};
+    use crate::watch::test_support::runner_key as key;
     use k8s_openapi::api::core::v1::Pod;
     use kube::runtime::watcher::Event;
     use serde_json::json;
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
-
-    fn key() -> WatchKey {
-        WatchKey {
-            namespace: "ns".into(),
-            selection: Selection::Labels("app=runner".into()),
-        }
-    }
+    use tokio::time::Instant;
 
     fn pod(condition: bool, deleting: bool, exit: Option<i32>) -> Pod {
         let mut v = json!({"metadata": {"name": "p"},
@@ -151,12 +126,7 @@ mod tests {
     /// A list without the pod: one read settles it (here: gone).
     #[tokio::test(start_paused = true)]
     async fn a_list_without_the_pod_is_settled_by_a_read() {
-        let (tx, s) = channel();
-        let script = Script::new(vec![s]);
-        let hub = Hub::new(script.clone());
-        let sub = hub.subscribe(key(), "p").unwrap();
-        tx.unbounded_send(Ok(Event::Init)).unwrap();
-        tx.unbounded_send(Ok(Event::InitDone)).unwrap();
+        let (script, sub) = unlisted_at_start();
         let started = Instant::now();
         assert_eq!(follow(sub, |_| {}).await, FollowEnd::Gone);
         assert!(started.elapsed() >= CONFIRM_UNSEEN_AFTER);

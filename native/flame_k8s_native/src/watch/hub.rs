@@ -494,6 +494,7 @@ where
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::watch::test_support::{held_while_alive, runner_key};
     use futures::stream;
     use serde_json::json;
     use std::sync::atomic::AtomicBool;
@@ -534,27 +535,13 @@ pub(crate) mod tests {
         }
     }
 
-    /// Sets the flag while alive: tells a test whether the hub still holds the stream.
-    struct Held(Arc<AtomicBool>);
-    impl Drop for Held {
-        fn drop(&mut self) {
-            self.0.store(false, Ordering::SeqCst);
-        }
-    }
-
     impl Source for Script {
         fn watch(&self, _key: &WatchKey) -> EventStream {
             self.opened.fetch_add(1, Ordering::SeqCst);
             let s = lock(&self.streams)
                 .pop()
                 .unwrap_or_else(|| stream::pending().boxed());
-            self.held.store(true, Ordering::SeqCst);
-            let held = Held(self.held.clone());
-            s.map(move |item| {
-                let _ = &held;
-                item
-            })
-            .boxed()
+            held_while_alive(s, self.held.clone())
         }
 
         fn get(&self, _ns: &str, _name: &str) -> BoxFuture<'static, Result<Option<Pod>, Error>> {
@@ -570,6 +557,19 @@ pub(crate) mod tests {
     pub fn channel() -> (Tx, EventStream) {
         let (tx, rx) = futures::channel::mpsc::unbounded();
         (tx, rx.chain(stream::pending()).boxed())
+    }
+
+    /// A subscription to the runner `p` whose watch's first list lacks it, and the script that
+    /// counts its reads. The watch stays open (its stream ends in silence).
+    pub fn unlisted_at_start() -> (Arc<Script>, Subscription) {
+        let (tx, s) = channel();
+        let script = Script::new(vec![s]);
+        let sub = Hub::new(script.clone())
+            .subscribe(runner_key(), "p")
+            .unwrap();
+        tx.unbounded_send(Ok(Event::Init)).unwrap();
+        tx.unbounded_send(Ok(Event::InitDone)).unwrap();
+        (script, sub)
     }
 
     fn key() -> WatchKey {

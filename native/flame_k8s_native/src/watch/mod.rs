@@ -8,3 +8,5 @@ pub mod readiness;
 pub mod runner_state;
 pub mod selector;
 pub mod source;
+#[cfg(test)]
+mod test_support;

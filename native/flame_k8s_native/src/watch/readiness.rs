@@ -1,6 +1,6 @@
 //! Pure classification of a pod's state while we wait for it to boot.
 
-use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod};
+use k8s_openapi::api::core::v1::{Container, ContainerStateTerminated, ContainerStatus, Pod};
 
 /// What to do when the scheduler reports the pod Unschedulable (`:fail` or `:wait` in the
 /// options of `await_pod`).
@@ -90,8 +90,19 @@ const TRANSIENT_CONFIG_MESSAGES: &[&str] = &[
     "failed to sync configmap cache",
 ];
 
-fn non_empty(s: Option<&String>) -> Option<String> {
+pub(crate) fn non_empty(s: Option<&String>) -> Option<String> {
     s.filter(|s| !s.is_empty()).cloned()
+}
+
+/// A terminated container's reason; the kubelet may leave it empty, then its exit code tells.
+pub(crate) fn terminated_reason(t: &ContainerStateTerminated) -> String {
+    non_empty(t.reason.as_ref()).unwrap_or_else(|| {
+        if t.exit_code == 0 {
+            "Completed".to_string()
+        } else {
+            "Error".to_string()
+        }
+    })
 }
 
 /// Classify a pod. The first decisive signal wins, in this order: deletion, a container that
@@ -260,18 +271,11 @@ fn container_failure(
     None
 }
 
-fn exited(name: &str, t: &k8s_openapi::api::core::v1::ContainerStateTerminated) -> FailureReason {
-    let reason = non_empty(t.reason.as_ref()).unwrap_or_else(|| {
-        if t.exit_code == 0 {
-            "Completed".to_string()
-        } else {
-            "Error".to_string()
-        }
-    });
+fn exited(name: &str, t: &ContainerStateTerminated) -> FailureReason {
     FailureReason::ContainerExited {
         container: name.to_string(),
         exit_code: t.exit_code,
-        reason,
+        reason: terminated_reason(t),
         message: non_empty(t.message.as_ref()),
     }
 }
@@ -279,19 +283,10 @@ fn exited(name: &str, t: &k8s_openapi::api::core::v1::ContainerStateTerminated) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::watch::test_support::{fixture, pod};
     use serde_json::{json, Value};
     use FailureReason as F;
     use UnschedulablePolicy::{Fail, Wait};
-
-    fn pod(v: Value) -> Pod {
-        serde_json::from_value(v).expect("fixture must be a Pod")
-    }
-
-    fn fixture(name: &str) -> Pod {
-        let path = format!("{}/tests/fixtures/{name}.json", env!("CARGO_MANIFEST_DIR"));
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
-    }
 
     /// A bound pod with one container `app` (image `runner:1`) in the given state.
     fn with_container(phase: &str, pod_ip: Option<&str>, state: Value) -> Pod {

@@ -8,6 +8,8 @@
 
 use k8s_openapi::api::core::v1::{ContainerStateTerminated, Pod};
 
+use super::readiness::{non_empty, terminated_reason};
+
 /// The condition Kubernetes (≥ 1.26) sets on a pod it is about to terminate: reasons
 /// `PreemptionByScheduler`, `EvictionByEvictionAPI`, `DeletionByTaintManager`,
 /// `DeletionByPodGC`, `TerminationByKubelet`.
@@ -53,10 +55,6 @@ pub enum Change {
     /// `{:terminated, %{reason:, exit_code:, message:}}`: a container terminated, or the pod
     /// reached `Failed` or `Succeeded`.
     Terminated(Termination),
-}
-
-fn non_empty(s: Option<&String>) -> Option<String> {
-    s.filter(|s| !s.is_empty()).cloned()
 }
 
 /// The pod's `DisruptionTarget` condition, when its status is `True`.
@@ -126,15 +124,7 @@ pub fn termination(pod: &Pod) -> Option<Termination> {
         return None;
     }
     let pod_reason = non_empty(status.reason.as_ref()).filter(|_| terminal);
-    let container_reason = container.map(|t| {
-        non_empty(t.reason.as_ref()).unwrap_or_else(|| {
-            if t.exit_code == 0 {
-                "Completed".to_string()
-            } else {
-                "Error".to_string()
-            }
-        })
-    });
+    let container_reason = container.map(terminated_reason);
     let reason = pod_reason
         .or(container_reason)
         .unwrap_or_else(|| phase.to_string());
@@ -185,17 +175,8 @@ impl Follow {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::watch::test_support::{fixture, pod};
     use serde_json::{json, Value};
-
-    fn pod(v: Value) -> Pod {
-        serde_json::from_value(v).expect("fixture must be a Pod")
-    }
-
-    fn fixture(name: &str) -> Pod {
-        let path = format!("{}/tests/fixtures/{name}.json", env!("CARGO_MANIFEST_DIR"));
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
-    }
 
     fn running() -> Value {
         json!({
