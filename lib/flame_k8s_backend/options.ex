@@ -165,6 +165,20 @@ defmodule FLAMEK8sBackend.Options do
       [Networking](code-sync-and-networking.md#networking)).\
       """
     ],
+    release_mode: [
+      type: {:one_of, [:interactive, :embedded, :inherit]},
+      default: :interactive,
+      doc: """
+      the runner's `RELEASE_MODE`, how a release loads its code: `:interactive` loads each \
+      module on first use, and a runner's VM connects to its parent about 0.2 s sooner than \
+      in `:embedded` mode, which loads every module of the release before it starts (the \
+      default of releases); `:inherit` leaves the parent's. It matters only for runners that \
+      run a release (`bin/app start`); `:env` wins over it. Code that asks \
+      `function_exported?/3` of a module it never loaded sees `false` in interactive mode: \
+      call `Code.ensure_loaded/1` first, or set `:embedded`. See \
+      [Boot time](runner-pods.md#boot-time).\
+      """
+    ],
     hidden: [
       type: :boolean,
       default: false,
@@ -318,6 +332,7 @@ defmodule FLAMEK8sBackend.Options do
           priority_class_name: String.t() | nil | :inherit,
           runtime_class_name: String.t() | nil | :inherit,
           shutdown_timeout: pos_integer(),
+          release_mode: :interactive | :embedded | :inherit,
           terminator_sup: term()
         }
 

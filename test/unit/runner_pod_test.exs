@@ -702,6 +702,48 @@ defmodule FLAMEK8sBackend.RunnerPodTest do
     end
   end
 
+  describe "release_mode" do
+    defp with_parent_env(parent, extra) do
+      update_in(parent, ["spec", "containers"], fn containers ->
+        Enum.map(containers, fn
+          %{"name" => "app"} = app -> Map.update(app, "env", extra, &(&1 ++ extra))
+          other -> other
+        end)
+      end)
+    end
+
+    test "runners load code on first use by default, whatever the parent's RELEASE_MODE" do
+      parent = with_parent_env(@parent, [env("RELEASE_MODE", "embedded")])
+
+      assert build!(%{}, parent) |> app_container() |> env_map() |> Map.get("RELEASE_MODE") ==
+               "interactive"
+
+      assert build!(%{release_mode: :embedded})
+             |> app_container()
+             |> env_map()
+             |> Map.get("RELEASE_MODE") == "embedded"
+    end
+
+    test ":inherit leaves the parent's, and :env wins over the option" do
+      parent = with_parent_env(@parent, [env("RELEASE_MODE", "embedded")])
+      env = build!(%{release_mode: :inherit}, parent) |> app_container() |> env_map()
+      assert env["RELEASE_MODE"] == "embedded"
+
+      refute Map.has_key?(
+               build!(%{release_mode: :inherit}) |> app_container() |> env_map(),
+               "RELEASE_MODE"
+             )
+
+      env = build!(%{env: %{"RELEASE_MODE" => "embedded"}}) |> app_container() |> env_map()
+      assert env["RELEASE_MODE"] == "embedded"
+    end
+
+    test "is validated with the other options" do
+      error = assert_raise ArgumentError, fn -> Options.validate!(release_mode: :lazy) end
+      assert error.message =~ ":release_mode"
+    end
+  end
+
   describe "a parent whose RELEASE_COOKIE comes from a Secret" do
     @cookie_ref %{"name" => "web-cookie", "key" => "RELEASE_COOKIE"}
 

@@ -27,7 +27,8 @@ defmodule FLAMEK8sBackend.RunnerPod.Env do
       [{"POD_NAME", nil}, {"POD_NAMESPACE", nil}, {"POD_IP", nil},
        {"FLAME_K8S_RUNNER_SECRET", "web-1-flame-x7k2p"}, {"ROLE", "runner"},
        {"PHX_SERVER", "false"}, {"RELEASE_DISTRIBUTION", "name"},
-       {"RELEASE_NODE", "web@$(POD_IP)"}, {"FLAME_PARENT", "g2gD..."}]
+       {"RELEASE_NODE", "web@$(POD_IP)"}, {"RELEASE_MODE", "interactive"},
+       {"FLAME_PARENT", "g2gD..."}]
   """
   @spec build([map()], [map()], Options.t(), Runtime.t(), boolean()) ::
           {:ok, [map()]} | {:error, {:invalid_manifest, String.t()}}
@@ -39,7 +40,9 @@ defmodule FLAMEK8sBackend.RunnerPod.Env do
         var("PHX_SERVER", "false"),
         var("RELEASE_DISTRIBUTION", "name"),
         var("RELEASE_NODE", "#{runtime.node_basename}@$(POD_IP)")
-      ] ++ Enum.map(Enum.sort(runtime.forwarded_env), fn {k, v} -> var(k, v) end)
+      ] ++
+        release_mode(opts.release_mode) ++
+        Enum.map(Enum.sort(runtime.forwarded_env), fn {k, v} -> var(k, v) end)
 
     user_env = Enum.map(Enum.sort(opts.env), fn {name, value} -> var(name, value) end)
     # Lowest of all: a TMPDIR the container already has points somewhere it may write too.
@@ -73,6 +76,9 @@ defmodule FLAMEK8sBackend.RunnerPod.Env do
       {:ok, Enum.map(ordered, &Map.fetch!(merged.by_name, &1))}
     end
   end
+
+  defp release_mode(:inherit), do: []
+  defp release_mode(mode), do: [var("RELEASE_MODE", Atom.to_string(mode))]
 
   @doc """
   `env` without the parent's own downward-API and backend variables: they describe the

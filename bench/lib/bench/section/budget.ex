@@ -34,14 +34,14 @@ defmodule Bench.Section.Budget do
   # {name, backend options merged over the bench's own (a `:manifest` map is deep-merged into
   # the bench's), what it changes}. The first is the baseline the others are compared with.
   @variants [
-    {"default", [], "the backend's defaults"},
+    {"embedded", [release_mode: :embedded],
+     "`release_mode: :embedded`: the release loads every module before it starts (releases' " <>
+       "own default)"},
+    {"default", [], "the backend's defaults (`release_mode: :interactive`)"},
     {"no_tmp_dir", [tmp_dir: false], "`tmp_dir: false`: no `flame-tmp` emptyDir and mount"},
     {"lean", [tmp_dir: false, manifest: %{"spec" => %{"automountServiceAccountToken" => false}}],
-     "`tmp_dir: false` and `automountServiceAccountToken: false` (no projected token volume; " <>
-       "the bench's parent pods have no volumes to copy)"},
-    {"interactive", [env: %{"RELEASE_MODE" => "interactive"}],
-     "env `RELEASE_MODE=interactive` (a release's code loading; no effect where runners are " <>
-       "not releases, i.e. on the local control plane)"}
+     "`tmp_dir: false` and `automountServiceAccountToken: false`: no volume at all (the " <>
+       "bench's parent pods have none to copy)"}
   ]
 
   # {key, label, from, to}: a part is `to − from`, the first of `from`'s events that is known.
