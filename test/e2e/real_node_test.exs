@@ -458,6 +458,8 @@ defmodule FLAMEK8sBackend.RealNodeParentTest do
     end
   end
 
+  # Scales the Deployment and waits until that many of its pods are not being deleted: a
+  # parent the ReplicaSet is about to delete must not serve the next test.
   defp scale!(ctx, replicas) do
     {:ok, _} =
       Kube.request(
@@ -468,7 +470,14 @@ defmodule FLAMEK8sBackend.RealNodeParentTest do
         content_type: "application/merge-patch+json"
       )
 
-    :ok
+    RealNode.wait_until!(
+      fn ->
+        {:ok, pods} = Kube.list_pods(ctx.kube, ctx.namespace, label_selector: "app=flame-demo")
+        Enum.count(pods, &(&1["metadata"]["deletionTimestamp"] == nil)) == replicas
+      end,
+      90_000,
+      "#{replicas} flame-demo pods not being deleted"
+    )
   end
 
   # The pod's VM can drop a fresh connection while its release is still starting (seen under
