@@ -147,4 +147,27 @@ defmodule FLAMEK8sBackend.ReaperDownTest do
     refute Down.open?(%{state | follow: nil})
     assert Down.open?(state)
   end
+
+  # A runner VM that stopped while its pod's network went away can leave the parent's
+  # connection to it half-open: FLAME's callers and monitors would wait for the next tick.
+  test "the pod gone from the API while the runner's node is still connected: disconnected",
+       %{state: state} do
+    {:ok, peer, node} =
+      :peer.start_link(%{
+        name: :"down_#{System.unique_integer([:positive])}",
+        host: ~c"127.0.0.1",
+        longnames: true,
+        args: [~c"-setcookie", Atom.to_charlist(Node.get_cookie())]
+      })
+
+    on_exit(fn -> catch_exit(:peer.stop(peer)) end)
+    true = Node.connect(node)
+    :ok = :net_kernel.monitor_nodes(true)
+    state = put_in(state.down.runner_node, node)
+
+    capture_log(fn -> feed(state, [:deleting, :gone]) end)
+
+    assert_receive {:nodedown, ^node}, 5_000
+    refute node in Node.list(:connected)
+  end
 end

@@ -11,7 +11,8 @@ defmodule FLAMEK8sBackend.Reaper.Down do
   #     disrupted (the condition's reason), a container that failed (OOMKilled, an exit code;
   #     the pod's reason first, e.g. Evicted), or deleted by someone else ("Deleted").
   #
-  # An orderly end is no `:down`: the runner deleted its own pod at an idle shutdown
+  # When the pod is gone from the API, a connection to the runner's node still up is dropped
+  # (see disconnect/1). An orderly end is no `:down`: the runner deleted its own pod at an idle shutdown
   # (SelfDelete reported it, and its VM was not already stopping), or the reaper deleted it
   # after the runner went; a runner VM that stopped with exit code 0 likewise. A pod deleted
   # without a condition can be the runner's own delete, whose report comes a moment after the
@@ -107,7 +108,11 @@ defmodule FLAMEK8sBackend.Reaper.Down do
     end
   end
 
-  def followed(state, :gone), do: %{runner_gone(state) | follow: nil}
+  def followed(state, :gone) do
+    disconnect(state.down.runner_node)
+    %{runner_gone(state) | follow: nil}
+  end
+
   def followed(state, {:error, _reason}), do: %{runner_gone(state) | follow: nil}
   def followed(state, _other), do: state
 
@@ -131,6 +136,16 @@ defmodule FLAMEK8sBackend.Reaper.Down do
       down.disruption || down.deleted? -> report(state)
       true -> state
     end
+  end
+
+  # Kubernetes removed the pod only once its containers stopped (or was told to by a forced
+  # delete): a connection to its runner that is still up is half-open, its FIN lost with the
+  # pod's network, and FLAME's callers and monitors would wait for the next net tick.
+  defp disconnect(nil), do: :ok
+
+  defp disconnect(node) do
+    if node in Node.list(:connected), do: :erlang.disconnect_node(node)
+    :ok
   end
 
   defp failed?(%{reason: reason, exit_code: code}),
