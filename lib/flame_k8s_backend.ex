@@ -52,7 +52,7 @@ defmodule FLAMEK8sBackend do
 
   require Logger
 
-  import FLAMEK8sBackend.Boot, only: [log: 3, now: 0, pod_id: 1, remaining: 1]
+  import FLAMEK8sBackend.Boot, only: [log: 3, now: 0, remaining: 1]
 
   alias FLAMEK8sBackend.{
     Boot,
@@ -207,12 +207,7 @@ defmodule FLAMEK8sBackend do
   @spec remote_boot(t()) :: {:ok, pid(), t()} | {:error, BootError.t()}
   def remote_boot(%__MODULE__{} = state) do
     Telemetry.boot_span(
-      %{
-        pod: pod_id(state),
-        namespace: state.namespace,
-        runner_name: state.runner_name,
-        parent_node: node()
-      },
+      Boot.telemetry_meta(state),
       fn -> boot_or_back_off(state) end,
       fn {:ok, _terminator, state} -> state.boot_timings end
     )

@@ -96,7 +96,7 @@ defmodule FLAMEK8sBackend.Boot do
   # instead, and its reaper deletes the pod it still tracks.
   defp retry(state, boot, progress, info, phase) do
     old = state.runner_name
-    new = RunnerName.new(%{"metadata" => %{"name" => String.replace(old, ~r/-flame-[^-]*$/, "")}})
+    new = RunnerName.replacement(old)
 
     deleted =
       Telemetry.cleanup(
@@ -112,16 +112,12 @@ defmodule FLAMEK8sBackend.Boot do
 
     if deleted == :ok do
       Telemetry.boot_retry(
-        %{
-          pod: pod_id(state),
-          namespace: state.namespace,
-          runner_name: old,
-          parent_node: node(),
+        Map.merge(telemetry_meta(state), %{
           new_runner_name: new,
           reason: info.reason,
           message: info.message,
           phase: phase
-        },
+        }),
         boot.started_native
       )
 
@@ -263,6 +259,17 @@ defmodule FLAMEK8sBackend.Boot do
   @doc "The ms left until `deadline` (`now/0` time), never less than 0."
   @spec remaining(integer()) :: non_neg_integer()
   def remaining(deadline) when is_integer(deadline), do: max(deadline - now(), 0)
+
+  @doc "The metadata of a boot's telemetry events: its runner pod and the parent node."
+  @spec telemetry_meta(FLAMEK8sBackend.t()) :: map()
+  def telemetry_meta(state) do
+    %{
+      pod: pod_id(state),
+      namespace: state.namespace,
+      runner_name: state.runner_name,
+      parent_node: node()
+    }
+  end
 
   @doc "The runner pod of a backend state as `namespace/name`, how logs and errors name it."
   @spec pod_id(FLAMEK8sBackend.t()) :: String.t()
