@@ -27,7 +27,7 @@ use crate::error::Error;
 use crate::nif::term::json_to_term;
 use crate::runtime::with_timeout;
 use crate::watch::follow::FollowEnd;
-use crate::watch::hub::{Selection, WatchKey};
+use crate::watch::hub::WatchKey;
 use crate::watch::runner_state::Change;
 
 rustler::atoms! {
@@ -244,15 +244,7 @@ fn follow_pod<'a>(
     reference: Ref<'a>,
 ) -> Term<'a> {
     let c = client.0;
-    let selection = if label_selector.0.is_empty() {
-        Selection::Name(name.0.clone())
-    } else {
-        Selection::Labels(label_selector.0)
-    };
-    let key = WatchKey {
-        namespace: namespace.0,
-        selection,
-    };
+    let key = WatchKey::for_pod(&namespace.0, &name.0, Some(&label_selector.0));
     let subscription = match crate::runtime::runtime() {
         Ok(rt) => {
             // The hub starts a watch (a task) when none runs yet: it needs the runtime.

@@ -191,14 +191,7 @@ pub async fn await_pod<F>(
 where
     F: FnMut(&Value) + Send,
 {
-    let selection = match label_selector {
-        Some(selector) => Selection::Labels(selector.to_string()),
-        None => Selection::Name(name.to_string()),
-    };
-    let key = WatchKey {
-        namespace: namespace.to_string(),
-        selection,
-    };
+    let key = WatchKey::for_pod(namespace, name, label_selector);
     let events = KubeEvents::new(handle);
     let outcome = match watches.subscribe(key, name) {
         Ok(subscription) => {

@@ -58,6 +58,21 @@ pub struct WatchKey {
     pub selection: Selection,
 }
 
+impl WatchKey {
+    /// The watch that shows pod `name`: the shared one of `label_selector` (which the pod
+    /// matches), else one of that pod alone. An empty selector is none.
+    pub fn for_pod(namespace: &str, name: &str, label_selector: Option<&str>) -> Self {
+        let selection = match label_selector.filter(|s| !s.is_empty()) {
+            Some(selector) => Selection::Labels(selector.to_string()),
+            None => Selection::Name(name.to_string()),
+        };
+        WatchKey {
+            namespace: namespace.to_string(),
+            selection,
+        }
+    }
+}
+
 pub type EventStream = BoxStream<'static, Result<Event<Pod>, watcher::Error>>;
 
 /// Where watches come from: the API server, or a test's synthetic streams.
