@@ -241,15 +241,11 @@ impl EventSource for KubeEvents {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::watch::test_support::{pod, read_fixture};
     use serde_json::{json, Value};
 
     fn fixture(name: &str) -> CoreEvent {
-        let path = format!(
-            "{}/tests/fixtures/events/{name}.json",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+        read_fixture(&format!("events/{name}.json"))
     }
 
     /// `fixture` with its times set to `at` (and a name and uid of its own).
@@ -404,10 +400,6 @@ mod tests {
         nominated.reporting_component = Some("my-operator".into());
         nominated.message = Some("picked".into());
         assert_eq!(verdict_of(&nominated), None);
-    }
-
-    fn pod(v: Value) -> Pod {
-        serde_json::from_value(v).unwrap()
     }
 
     #[test]

@@ -16,7 +16,12 @@ pub fn pod(v: Value) -> Pod {
 
 /// A pod from `tests/fixtures/{name}.json`.
 pub fn fixture(name: &str) -> Pod {
-    let path = format!("{}/tests/fixtures/{name}.json", env!("CARGO_MANIFEST_DIR"));
+    read_fixture(&format!("{name}.json"))
+}
+
+/// The JSON file `tests/fixtures/{file}`, as a `T`.
+pub fn read_fixture<T: serde::de::DeserializeOwned>(file: &str) -> T {
+    let path = format!("{}/tests/fixtures/{file}", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
