@@ -129,7 +129,7 @@ defmodule FLAMEK8sBackend.Boot do
       )
 
       state = %{state | runner_name: new}
-      manifest = put_in(boot.manifest, ["metadata", "name"], new)
+      manifest = RunnerPod.rename(boot.manifest, state.app_container, old, new)
       progress = %{progress | pod: pod_id(state), timings: Map.delete(progress.timings, :running)}
       boot_pod(state, %{boot | manifest: manifest, retried?: true}, progress)
     else

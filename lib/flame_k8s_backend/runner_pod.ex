@@ -196,11 +196,47 @@ defmodule FLAMEK8sBackend.RunnerPod do
   """
   @spec put_env(map(), String.t(), String.t(), String.t()) :: map()
   def put_env(pod, container_name, name, value) do
+    update_env(pod, container_name, fn env ->
+      Enum.reject(env, &(&1["name"] == name)) ++ [%{"name" => name, "value" => value}]
+    end)
+  end
+
+  @doc """
+  The pod `pod` renamed from `old` to `new`, for a pod that replaces it (see
+  `FLAMEK8sBackend.Boot`): its name, and in the app container `container_name` the runner's
+  node name when it is the default one (`old` at the pod's IP), so that the runner's node is
+  named after the pod it runs in. A node name set otherwise (`:runner_node_basename`, `:env`)
+  stays.
+
+      iex> pod = %{"metadata" => %{"name" => "web-1-flame-aaaaaaaa"},
+      ...>   "spec" => %{"containers" => [%{"name" => "app", "env" => [
+      ...>     %{"name" => "RELEASE_NODE", "value" => "web-1-flame-aaaaaaaa@$(POD_IP)"}]}]}}
+      iex> pod = FLAMEK8sBackend.RunnerPod.rename(pod, "app", "web-1-flame-aaaaaaaa", "web-1-flame-bbbbbbbb")
+      iex> {pod["metadata"]["name"], hd(hd(pod["spec"]["containers"])["env"])["value"]}
+      {"web-1-flame-bbbbbbbb", "web-1-flame-bbbbbbbb@$(POD_IP)"}
+  """
+  @spec rename(map(), String.t(), String.t(), String.t()) :: map()
+  def rename(pod, container_name, old, new) do
+    default = Env.release_node(old)
+
+    pod
+    |> put_in(["metadata", "name"], new)
+    |> update_env(container_name, fn env ->
+      Enum.map(env, fn
+        %{"name" => "RELEASE_NODE", "value" => ^default} = var ->
+          %{var | "value" => Env.release_node(new)}
+
+        var ->
+          var
+      end)
+    end)
+  end
+
+  defp update_env(pod, container_name, fun) do
     update_in(pod, ["spec", "containers"], fn containers ->
       Enum.map(containers, fn
         %{"name" => ^container_name} = container ->
-          env = Enum.reject(container["env"] || [], &(&1["name"] == name))
-          Map.put(container, "env", env ++ [%{"name" => name, "value" => value}])
+          Map.put(container, "env", fun.(container["env"] || []))
 
         other ->
           other

@@ -1151,4 +1151,21 @@ defmodule FLAMEK8sBackend.RunnerPodTest do
     default = Runtime.new(@parent, Options.validate!([]), make_ref(), "c")
     assert default.node_basename == default.runner_name
   end
+
+  test "rename/4: a replacement pod's runner node follows its name, unless the node name was set" do
+    old = "web-7d9f8b-x2k9p-flame-abcdefgh"
+    new = "web-7d9f8b-x2k9p-flame-bcdefghi"
+    release_node = fn pod -> env_map(app_container(pod))["RELEASE_NODE"] end
+
+    renamed = build!(%{node_basename: old}) |> RunnerPod.rename("app", old, new)
+    assert renamed["metadata"]["name"] == new
+    assert release_node.(renamed) == "#{new}@$(POD_IP)"
+
+    # The basename "web" (as :runner_node_basename gives) is not the pod's name: it stays.
+    basename = build!()
+    assert release_node.(RunnerPod.rename(basename, "app", old, new)) == "web@$(POD_IP)"
+
+    user = build!(%{env: %{"RELEASE_NODE" => "mine@$(POD_IP)"}})
+    assert release_node.(RunnerPod.rename(user, "app", old, new)) == "mine@$(POD_IP)"
+  end
 end

@@ -13,6 +13,15 @@ defmodule FLAMEK8sBackend.RunnerPod.Env do
   @secret_only ~w(RELEASE_COOKIE)
 
   @doc """
+  The runner's default node name, `basename` at the pod's IP (which Kubernetes fills in).
+
+      iex> FLAMEK8sBackend.RunnerPod.Env.release_node("web-1-flame-x7k2p")
+      "web-1-flame-x7k2p@$(POD_IP)"
+  """
+  @spec release_node(String.t()) :: String.t()
+  def release_node(basename), do: "#{basename}@$(POD_IP)"
+
+  @doc """
   The runner's app container env: `container_env` (what the pod built so far gives the app
   container), `manifest_env` (what of it the user's `:manifest` asked for, see
   `manifest_env/4`), the options and the runtime values, merged by precedence. `own_secret?`:
@@ -39,7 +48,7 @@ defmodule FLAMEK8sBackend.RunnerPod.Env do
       [
         var("PHX_SERVER", "false"),
         var("RELEASE_DISTRIBUTION", "name"),
-        var("RELEASE_NODE", "#{runtime.node_basename}@$(POD_IP)")
+        var("RELEASE_NODE", release_node(runtime.node_basename))
       ] ++
         release_mode(opts.release_mode) ++
         Enum.map(Enum.sort(runtime.forwarded_env), fn {k, v} -> var(k, v) end)
