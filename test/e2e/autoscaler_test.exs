@@ -181,12 +181,19 @@ defmodule FLAMEK8sBackend.AutoscalerE2ETest do
     {task, name, uid} = boot_unschedulable!(kube, ns, unplaceable(opts, @long_boot_timeout))
     why = "pod didn't trigger scale-up: 1 node(s) didn't match Pod's node affinity/selector"
     :ok = record!(kube, ns, {name, uid}, "cluster-autoscaler", "Normal", "NotTriggerScaleUp", why)
+    recorded = System.monotonic_time()
+    result = boot_result(task)
+    took = System.convert_time_unit(System.monotonic_time() - recorded, :native, :microsecond)
+
+    IO.puts(
+      "\nNotTriggerScaleUp: the boot failed #{took / 1000} ms after the Event's POST returned"
+    )
 
     assert {:error,
             %BootError{
               phase: :scheduling,
               reason: {:no_scale_up, %{source: "cluster-autoscaler", message: ^why} = info}
-            } = error} = boot_result(task)
+            } = error} = result
 
     assert info.scheduler =~ "didn't match Pod's node affinity/selector"
 
