@@ -50,6 +50,26 @@ defmodule FLAMEK8sBackend.APIServerFaultsTest do
   # A transport error as the backend reports it: the phase it hit and Kube's error, or a
   # timeout naming the phase. A create that went out is reported with the transport error
   # that left its outcome open.
+  # Runs `fun` with the kube-apiserver killed (given what the kill answered) and starts it
+  # again however `fun` ends: a failed assertion must not leave the server down for the tests
+  # after it.
+  defp while_apiserver_down(fun) do
+    killed = LocalCluster.kill_apiserver!()
+
+    try do
+      fun.(killed)
+    after
+      LocalCluster.start_apiserver!()
+    end
+  end
+
+  defp bound?(kube, ns, name) do
+    match?(
+      {:ok, %{"spec" => %{"nodeName" => node}}} when is_binary(node),
+      Kube.get_pod(kube, ns, name)
+    )
+  end
+
   defp assert_transport_failure(
          %BootError{reason: {:outcome_unknown, %{reason: reason, settled_at: at}}} = error
        )
@@ -83,13 +103,14 @@ defmodule FLAMEK8sBackend.APIServerFaultsTest do
 
     at_the_kill = for _ <- 1..3, do: start_boot(opts, false)
 
-    %{killed_pid: killed} = LocalCluster.kill_apiserver!()
-    assert is_integer(killed)
-    for {pid, _} <- at_the_kill, do: send(pid, :go)
+    fast =
+      while_apiserver_down(fn %{killed_pid: killed} ->
+        assert is_integer(killed)
+        for {pid, _} <- at_the_kill, do: send(pid, :go)
+        # Those three have now hit the dead server, or are retrying: let the server come back.
+        for boot <- at_the_kill, do: await_boot(boot, 60_000)
+      end)
 
-    # Those three have now hit the dead server, or are retrying: let the server come back.
-    fast = for boot <- at_the_kill, do: await_boot(boot, 60_000)
-    LocalCluster.start_apiserver!()
     File.write!(gate, "")
     watched = for boot <- in_watch, do: await_boot(boot, 60_000)
 
@@ -142,12 +163,16 @@ defmodule FLAMEK8sBackend.APIServerFaultsTest do
     assert_receive {:flame_k8s, ^before_ref, {:ready, _}}, 30_000
     refute_received {:flame_k8s, ^during_ref, _}
 
-    LocalCluster.kill_apiserver!()
+    # The simulated kubelet binds the pod, then waits for the gate: a pod not yet bound when
+    # the server dies could never start while it is down.
+    eventually(fn -> bound?(kube, ns, "during") end, 20_000)
+
     # The container starts while nobody can hear of it; its status reaches the API server only
     # after the restart, where the watch must see it.
-    File.write!(gate, "")
-    eventually(fn -> File.exists?(marker) end, 30_000)
-    LocalCluster.start_apiserver!()
+    while_apiserver_down(fn _killed ->
+      File.write!(gate, "")
+      eventually(fn -> File.exists?(marker) end, 30_000)
+    end)
 
     {:ok, _} =
       Kube.create_pod(
