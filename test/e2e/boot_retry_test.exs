@@ -44,19 +44,30 @@ defmodule FLAMEK8sBackend.BootRetryE2ETest do
     {pid, name}
   end
 
-  defp evict!(kube, ns, name) do
+  # Evicts the boot's `nth` pod once the boot watches it: a pod evicted (and deleted by the
+  # kubelet, grace 0) before the boot's LIST would be to the boot a pod deleted by someone
+  # else, which is no retry. Each of the boot's pods gets a LIST + WATCH of its own (the first
+  # pod's watch ended with its await), and the test opens no watch in the namespace.
+  defp evict!(kube, ns, name, nth) do
     # The pod exists once its create has returned; the boot says nothing before its result.
     eventually(fn -> match?({:ok, _}, Kube.get_pod(kube, ns, name)) end, 20_000)
+    eventually(fn -> pod_watches(ns) >= nth end, 20_000)
 
     :ok = evict_pod!(kube, ns, name)
 
     System.system_time()
   end
 
+  defp pod_watches(ns) do
+    %{"verb" => "watch", "resource" => "pods", "namespace" => ns, "stage" => "ResponseStarted"}
+    |> LocalCluster.audit_events()
+    |> length()
+  end
+
   test "a pod evicted while it starts is replaced once: the boot succeeds with the second pod",
        %{kube: kube, namespace: ns, opts: opts, gate: gate} do
     {boot, first} = start_boot(opts)
-    evicted = evict!(kube, ns, first)
+    evicted = evict!(kube, ns, first, 1)
 
     assert_receive {:event, @retry, %{system_time: retried, waited: waited}, meta}, 20_000
 
@@ -98,9 +109,9 @@ defmodule FLAMEK8sBackend.BootRetryE2ETest do
   test "evicted twice: one retry only, and the boot fails with the eviction's reason and phase",
        %{kube: kube, namespace: ns, opts: opts} do
     {boot, first} = start_boot(opts)
-    evict!(kube, ns, first)
+    evict!(kube, ns, first, 1)
     assert_receive {:event, @retry, _, %{runner_name: ^first, new_runner_name: second}}, 20_000
-    evict!(kube, ns, second)
+    evict!(kube, ns, second, 2)
 
     assert_receive {:booted, ^boot, {:error, %BootError{} = error}}, 30_000
 
