@@ -47,9 +47,6 @@ defmodule FLAMEK8sBackend.APIServerFaultsTest do
   defp with_labels(opts, labels),
     do: Keyword.put(opts, :manifest, %{"metadata" => %{"labels" => labels}})
 
-  # A transport error as the backend reports it: the phase it hit and Kube's error, or a
-  # timeout naming the phase. A create that went out is reported with the transport error
-  # that left its outcome open.
   # Runs `fun` with the kube-apiserver killed (given what the kill answered) and starts it
   # again however `fun` ends: a failed assertion must not leave the server down for the tests
   # after it.
@@ -70,6 +67,9 @@ defmodule FLAMEK8sBackend.APIServerFaultsTest do
     )
   end
 
+  # A transport error as the backend reports it: the phase it hit and Kube's error, or a
+  # timeout naming the phase. A create that went out is reported with the transport error
+  # that left its outcome open.
   defp assert_transport_failure(
          %BootError{reason: {:outcome_unknown, %{reason: reason, settled_at: at}}} = error
        )
