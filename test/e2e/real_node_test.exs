@@ -105,6 +105,12 @@ defmodule FLAMEK8sBackend.RealNodeTest do
     kube: kube,
     namespace: ns
   } do
+    # A bridge takes the lowest MAC of its ports unless one was set: a pod's veth coming or
+    # going would change it, and every pod's cached MAC of 10.244.0.1 would lead nowhere until
+    # its neighbour entry expired (up to 45 s). Set (3, NET_ADDR_SET), it stays.
+    bridge = "/sys/class/net/flk8s-br0"
+    assert File.read!(Path.join(bridge, "addr_assign_type")) == "3\n"
+    mac = File.read!(Path.join(bridge, "address"))
     started = System.monotonic_time(:millisecond)
 
     {:ok, _} =
@@ -131,6 +137,7 @@ defmodule FLAMEK8sBackend.RealNodeTest do
     assert report =~ "search #{ns}.svc.cluster.local svc.cluster.local cluster.local"
     assert report =~ "token"
     assert report =~ "ca.crt"
+    assert File.read!(Path.join(bridge, "address")) == mac
   end
 
   # --- real failures with real reasons, through the backend
@@ -989,7 +996,7 @@ defmodule FLAMEK8sBackend.RealNodeParentTest do
     env = %{"FLAME_DEMO_TERMINATOR_SHUTDOWN_MS" => "2000"}
     pool = start_pool!(parent, env: env, shutdown_timeout: 2_000)
     on_exit(fn -> stop_pool(parent, pool) end)
-    forward_runner_events!(parent)
+    events = collect_parent_events!(parent)
 
     %{runner: runner, result: result, stopped_in: ms, pod: pod, deleted_at: deleted_at} =
       delete_mid_call!(ctx, parent, pool, 120_000)
@@ -1002,19 +1009,47 @@ defmodule FLAMEK8sBackend.RealNodeParentTest do
     # FLAME kills the callers of a runner that went down (or their link to the call does).
     assert {:exit, _} = result
     # Before Kubernetes' SIGKILL: the runner stopped on its own.
-    if ms >= 12_000, do: flunk(late_exit_report(parent, runner, ms, deleted_at))
+    if ms >= 12_000, do: flunk(late_exit_report(parent, runner, ms, deleted_at, events))
     await_gone!(ctx, runner.pod, 60_000)
   end
 
-  # What the parent saw of a runner whose caller exited late: when its backend told the runner
-  # was down, and the parent's log lines that name the runner.
-  defp late_exit_report(parent, runner, ms, deleted_at) do
-    down =
-      receive do
-        {:telemetry, [:flame_k8s_backend, :runner, :down], %{system_time: at}, meta} ->
-          "#{since_ms(deleted_at, at)} ms after the DELETE (#{inspect(meta.reason)})"
-      after
-        0 -> "not emitted"
+  # The backend's events in the parent that tell what it learnt of a runner going (the
+  # runner's own deletes reported at its shutdown, the reaper's, :disruption, :down), each with
+  # the time it reached this VM: a collector process here timestamps them as they come.
+  defp collect_parent_events!(parent) do
+    events = [
+      [:flame_k8s_backend, :cleanup, :delete],
+      [:flame_k8s_backend, :runner, :disruption],
+      [:flame_k8s_backend, :runner, :down]
+    ]
+
+    collector = spawn_link(fn -> collect([]) end)
+    id = rpc(parent, FlameDemo.TelemetryForward, :attach, [events, collector])
+    on_exit(fn -> rpc(parent, FlameDemo.TelemetryForward, :detach, [id]) end)
+    collector
+  end
+
+  defp collect(seen) do
+    receive do
+      {:telemetry, event, _measurements, meta} ->
+        collect([{System.system_time(), List.last(event), meta} | seen])
+
+      {:collected, from} ->
+        send(from, {:collected, Enum.reverse(seen)})
+        collect(seen)
+    end
+  end
+
+  # What the parent saw of a runner whose caller exited late: the backend's events (see
+  # collect_parent_events!/1) and the parent's log lines that name the runner.
+  defp late_exit_report(parent, runner, ms, deleted_at, collector) do
+    send(collector, {:collected, self()})
+    assert_receive {:collected, seen}
+
+    events =
+      for {at, event, meta} <- seen, runner.pod in [meta[:name], meta[:runner_name]] do
+        what = Map.take(meta, [:deleter, :trigger, :kind, :result, :reason])
+        "  #{since_ms(deleted_at, at)} ms: #{event} #{inspect(what)}"
       end
 
     container = hd(parent.pod["spec"]["containers"])["name"]
@@ -1027,7 +1062,8 @@ defmodule FLAMEK8sBackend.RealNodeParentTest do
 
     """
     the caller exited #{ms} ms after the DELETE, not within the 12 s grace period
-    the parent's [:flame_k8s_backend, :runner, :down]: #{down}
+    the backend's events in the parent, by when they reached the test (ms after the DELETE):
+    #{Enum.join(events, "\n")}
     the parent's log lines naming #{runner.pod}:
     #{Enum.join(lines, "\n")}
     """
