@@ -317,8 +317,8 @@ defmodule FLAMEK8sBackend.FlameFeaturesE2ETest do
   # single-use runner stops itself as soon as the function's process ends: the check-in may
   # find the FLAME Runner gone (noproc) or stopping (normal), and the call exits although the
   # function ran; or the pool, seeing that Runner go first, kills the callers it still counts
-  # as holding it (killed). So the function's result comes back as a message, and the call's own outcome
-  # does not count.
+  # as holding it (killed). So the function's result comes back as a message, and the call's
+  # own outcome does not count.
   defp single_use_call(pool) do
     test = self()
     {caller, monitor} = spawn_monitor(fn -> FLAME.call(pool, RemoteFuns.rendezvous(test)) end)

@@ -541,10 +541,17 @@ defmodule FLAMEK8sBackend.RealNodeParentTest do
     %{runner: runner, result: result, stopped_in: stopped_in, pod: pod, deleted_at: deleted_at}
   end
 
+  @runner_events [
+    [:flame_k8s_backend, :runner, :disruption],
+    [:flame_k8s_backend, :runner, :down]
+  ]
+
   # The parent's [:flame_k8s_backend, :runner, ...] events come to this test process.
-  defp forward_runner_events!(parent) do
-    events = [[:flame_k8s_backend, :runner, :disruption], [:flame_k8s_backend, :runner, :down]]
-    id = rpc(parent, FlameDemo.TelemetryForward, :attach, [events, self()])
+  defp forward_runner_events!(parent), do: forward_parent_events!(parent, @runner_events, self())
+
+  # The parent's telemetry `events` come to `to` (here) until the test ends.
+  defp forward_parent_events!(parent, events, to) do
+    id = rpc(parent, FlameDemo.TelemetryForward, :attach, [events, to])
     on_exit(fn -> rpc(parent, FlameDemo.TelemetryForward, :detach, [id]) end)
   end
 
@@ -1017,15 +1024,9 @@ defmodule FLAMEK8sBackend.RealNodeParentTest do
   # runner's own deletes reported at its shutdown, the reaper's, :disruption, :down), each with
   # the time it reached this VM: a collector process here timestamps them as they come.
   defp collect_parent_events!(parent) do
-    events = [
-      [:flame_k8s_backend, :cleanup, :delete],
-      [:flame_k8s_backend, :runner, :disruption],
-      [:flame_k8s_backend, :runner, :down]
-    ]
-
     collector = spawn_link(fn -> collect([]) end)
-    id = rpc(parent, FlameDemo.TelemetryForward, :attach, [events, collector])
-    on_exit(fn -> rpc(parent, FlameDemo.TelemetryForward, :detach, [id]) end)
+    events = [[:flame_k8s_backend, :cleanup, :delete] | @runner_events]
+    forward_parent_events!(parent, events, collector)
     collector
   end
 
