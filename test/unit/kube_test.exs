@@ -408,6 +408,8 @@ defmodule FLAMEK8sBackend.KubeTaskTest do
 
   Code.require_file("support/fake_api_server.exs", __DIR__)
 
+  import FLAMEK8sBackend.Test.ClusterCase, only: [eventually: 2]
+
   alias FLAMEK8sBackend.{Kube, Native}
   alias FLAMEK8sBackend.Test.FakeApiServer
 
@@ -432,14 +434,6 @@ defmodule FLAMEK8sBackend.KubeTaskTest do
       ^last when same >= 5 -> last
       ^last -> Process.sleep(20) && settled_live_tasks(last, same + 1)
       other -> Process.sleep(20) && settled_live_tasks(other, 0)
-    end
-  end
-
-  defp eventually(fun, tries \\ 200) do
-    cond do
-      fun.() -> :ok
-      tries == 0 -> flunk("condition never became true")
-      true -> Process.sleep(10) && eventually(fun, tries - 1)
     end
   end
 
@@ -476,7 +470,7 @@ defmodule FLAMEK8sBackend.KubeTaskTest do
       spawn_link(fn -> send(test, {:done, i, Kube.get_pod(kube, "d", "p#{i}")}) end)
     end
 
-    eventually(fn -> Kube.live_tasks() >= base + 50 end)
+    eventually(fn -> Kube.live_tasks() >= base + 50 end, 2_000)
 
     for i <- 1..50 do
       assert_receive {:done, ^i, {:error, reason}}, 5_000
@@ -484,7 +478,7 @@ defmodule FLAMEK8sBackend.KubeTaskTest do
     end
 
     assert System.monotonic_time(:millisecond) - started < 3_000
-    eventually(fn -> Kube.live_tasks() <= base end)
+    eventually(fn -> Kube.live_tasks() <= base end, 2_000)
   end
 
   test "a caller that exits mid-request cancels its task" do
@@ -499,10 +493,10 @@ defmodule FLAMEK8sBackend.KubeTaskTest do
       end)
 
     assert_receive :calling
-    eventually(fn -> Kube.live_tasks() == base + 1 end)
+    eventually(fn -> Kube.live_tasks() == base + 1 end, 2_000)
     Process.exit(pid, :kill)
     assert_receive {:DOWN, ^monitor, :process, ^pid, :killed}
-    eventually(fn -> Kube.live_tasks() <= base end)
+    eventually(fn -> Kube.live_tasks() <= base end, 2_000)
   end
 
   test "finished requests and awaits leave no task behind" do
@@ -515,7 +509,7 @@ defmodule FLAMEK8sBackend.KubeTaskTest do
     {:ok, await} = Kube.await_pod(kube, "d", "p", timeout: 200)
     ref = await.ref
     assert_receive {:flame_k8s, ^ref, {:timeout, _}}, 5_000
-    eventually(fn -> Kube.live_tasks() <= base end)
+    eventually(fn -> Kube.live_tasks() <= base end, 2_000)
   end
 
   describe "deep JSON from the server" do
@@ -585,28 +579,28 @@ defmodule FLAMEK8sBackend.KubeTaskTest do
       {:ok, other_selector} = await.("d", "q", label_selector: "app=other")
       {:ok, alone} = await.("d", "r", [])
 
-      eventually(fn -> Kube.open_watches(kube) == 4 end)
+      eventually(fn -> Kube.open_watches(kube) == 4 end, 2_000)
       # Not a passing moment: a request later (the awaits' tasks have long run), still 4.
       assert {:error, {:connect, _}} = Kube.get_pod(kube, "d", "x")
       assert Kube.open_watches(kube) == 4
       # 8 awaits, 4 watches (the get_pod's task may outlive its reply by a moment).
-      eventually(fn -> Kube.live_tasks() == base + 8 + 4 end)
+      eventually(fn -> Kube.live_tasks() == base + 8 + 4 end, 2_000)
 
       Enum.each(Enum.drop(shared, 1), &Kube.cancel_await/1)
       assert {:error, {:connect, _}} = Kube.get_pod(kube, "d", "x")
       assert Kube.open_watches(kube) == 4
       Kube.cancel_await(hd(shared))
-      eventually(fn -> Kube.open_watches(kube) == 3 end)
+      eventually(fn -> Kube.open_watches(kube) == 3 end, 2_000)
 
       Enum.each([other_ns, other_selector, alone], &Kube.cancel_await/1)
-      eventually(fn -> Kube.open_watches(kube) == 0 end)
-      eventually(fn -> Kube.live_tasks() <= base end)
+      eventually(fn -> Kube.open_watches(kube) == 0 end, 2_000)
+      eventually(fn -> Kube.live_tasks() <= base end, 2_000)
 
       # Lazily started again by the next await.
       {:ok, again} = await.("d", "p1", label_selector: "app=runner")
-      eventually(fn -> Kube.open_watches(kube) == 1 end)
+      eventually(fn -> Kube.open_watches(kube) == 1 end, 2_000)
       Kube.cancel_await(again)
-      eventually(fn -> Kube.open_watches(kube) == 0 end)
+      eventually(fn -> Kube.open_watches(kube) == 0 end, 2_000)
     end
   end
 

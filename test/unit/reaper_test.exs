@@ -8,6 +8,7 @@ defmodule FLAMEK8sBackend.ReaperTest do
   Code.require_file("support/fake_api_server.exs", __DIR__)
 
   import ExUnit.CaptureLog
+  import FLAMEK8sBackend.Test.ClusterCase, only: [eventually: 2]
 
   alias FLAMEK8sBackend.{Kube, Reaper}
   alias FLAMEK8sBackend.Test.{CleanupEvents, FakeApiServer}
@@ -197,7 +198,10 @@ defmodule FLAMEK8sBackend.ReaperTest do
     {reaper, monitor} = start_reaper!(kube!(), owner)
     :ok = Reaper.monitor(reaper, terminator)
     stop_owner(owner)
-    wait_until(fn -> :sys.get_state(reaper).waiting_for_node? end)
+    # Polled, each check a call into the reaper: our DOWN for the owner does not order the
+    # reaper's (an exiting process may yield between sending its monitors' signals), so
+    # stop_owner/1 alone does not make the reaper's state current.
+    eventually(fn -> :sys.get_state(reaper).waiting_for_node? end, 5_000)
     {peer, runner_node, reaper, monitor}
   end
 
@@ -206,17 +210,6 @@ defmodule FLAMEK8sBackend.ReaperTest do
     ref = Process.monitor(owner)
     send(owner, :stop)
     assert_receive {:DOWN, ^ref, :process, ^owner, :normal}, 5_000
-  end
-
-  # Polls a condition the reaper's state exposes, each check a call into the reaper. Our DOWN
-  # for the owner does not order the reaper's (an exiting process may yield between sending
-  # its monitors' signals), so stop_owner/1 alone does not make the reaper's state current.
-  defp wait_until(check, deadline \\ System.monotonic_time(:millisecond) + 5_000) do
-    cond do
-      check.() -> :ok
-      System.monotonic_time(:millisecond) > deadline -> flunk("condition never held in 5 s")
-      true -> wait_until(check, deadline)
-    end
   end
 
   test "reap_now/1 returns once pod and secret are deleted, and the reaper is done" do

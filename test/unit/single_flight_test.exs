@@ -3,6 +3,8 @@ defmodule FLAMEK8sBackend.SingleFlightTest do
 
   @moduletag :unit
 
+  import FLAMEK8sBackend.Test.ClusterCase, only: [eventually: 2]
+
   alias FLAMEK8sBackend.SingleFlight
 
   # A function that counts its runs in `counter` and returns `result`.
@@ -32,10 +34,13 @@ defmodule FLAMEK8sBackend.SingleFlightTest do
     # The others wait on the run under way before it finishes.
     waiting = MapSet.new(others, & &1.pid)
 
-    wait_until(fn ->
-      {:monitored_by, pids} = Process.info(runner, :monitored_by)
-      MapSet.subset?(waiting, MapSet.new(pids))
-    end)
+    eventually(
+      fn ->
+        {:monitored_by, pids} = Process.info(runner, :monitored_by)
+        MapSet.subset?(waiting, MapSet.new(pids))
+      end,
+      5_000
+    )
 
     send(runner, :finish)
 
@@ -61,14 +66,5 @@ defmodule FLAMEK8sBackend.SingleFlightTest do
     end
 
     assert SingleFlight.run(key, fn -> :ok end) == :ok
-  end
-
-  defp wait_until(check) do
-    if check.() do
-      :ok
-    else
-      Process.sleep(1)
-      wait_until(check)
-    end
   end
 end
