@@ -92,7 +92,10 @@ defmodule FLAMEK8sBackend do
     :runner_node_name,
     :remote_terminator_pid,
     :boot_timings,
-    :backoff_key
+    :backoff_key,
+    # The service account whose token the parent hands over to the runner
+    # (FLAMEK8sBackend.RunnerToken), or nil.
+    :token_account
   ]
 
   @typedoc """
@@ -187,7 +190,8 @@ defmodule FLAMEK8sBackend do
          api_server_request_timeout: opts.api_server_request_timeout,
          unschedulable: opts.unschedulable,
          log: opts.log,
-         backoff_key: BootBackoff.key(opts)
+         backoff_key: BootBackoff.key(opts),
+         token_account: token_account(opts.service_account_token, pod_manifest)
        }}
     end
   end
@@ -243,7 +247,7 @@ defmodule FLAMEK8sBackend do
 
     case Boot.run(state, reaper, deadline) do
       {:ok, terminator, state} ->
-        :ok = Reaper.monitor(reaper, terminator)
+        :ok = Reaper.monitor(reaper, terminator, state.token_account)
         {:ok, terminator, state}
 
       {:error, %BootError{} = error} ->
@@ -262,6 +266,12 @@ defmodule FLAMEK8sBackend do
         {:error, error}
     end
   end
+
+  # The API server's ServiceAccount admission gives a pod without one the "default" account.
+  defp token_account(:handover, %{"spec" => spec}),
+    do: spec["serviceAccountName"] || spec["serviceAccount"] || "default"
+
+  defp token_account(_mount_or_none, _pod), do: nil
 
   defp diagnostics_opts(state) do
     [

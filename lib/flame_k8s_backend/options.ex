@@ -143,12 +143,15 @@ defmodule FLAMEK8sBackend.Options do
     ],
     tmp_dir: [
       type: :tmp_dir,
-      default: "/tmp/flame",
+      default: :auto,
       doc: """
       an absolute path where the runner's app container gets a writable `emptyDir` volume \
       (named `flame-tmp`), with `TMPDIR` pointing at it unless the container sets `TMPDIR` \
-      itself; `false` for none. It is what FLAME's `code_sync` needs on runners with a \
-      read-only root filesystem or a non-root user (see "Code sync" below). A volume named \
+      itself; `false` for none; `:auto` for `"/tmp/flame"` when the app container's root \
+      filesystem is read-only (`securityContext.readOnlyRootFilesystem`), else none (any \
+      volume makes a pod start about 0.3 s later: see \
+      [Boot time](runner-pods.md#boot-time)). It is what FLAME's `code_sync` needs on \
+      runners that cannot write to `/tmp` (see "Code sync" below). A volume named \
       `flame-tmp` in `:manifest` replaces the default one (e.g. `medium: Memory`, a \
       `sizeLimit`); a mount of the app container at this path is kept as it is.\
       """
@@ -220,6 +223,24 @@ defmodule FLAMEK8sBackend.Options do
       whose Role allows only `delete` on `pods`, so a runner can delete its own pod when it \
       shuts down and nothing else (see \
       [Runner service account](kubernetes-setup.md#runner-service-account)).\
+      """
+    ],
+    service_account_token: [
+      type: {:one_of, [:handover, :mount, :none]},
+      default: :handover,
+      doc: """
+      how a runner gets the token of its service account, which it deletes its own pod (and \
+      secret) with when it stops (see \
+      [Runner service account](kubernetes-setup.md#runner-service-account)). `:handover`: \
+      the pod mounts no token (`automountServiceAccountToken: false`, so it starts about \
+      0.3 s sooner); once the runner is up, the parent requests a token bound to the runner's \
+      pod (`create` on `serviceaccounts/token`, see [RBAC](kubernetes-setup.md#rbac)) and \
+      hands it over through Erlang distribution, renewed while the runner lives; it serves \
+      only that cleanup. `:mount`: the API server mounts the account's token as for any pod \
+      (unless the account or the manifest says `automountServiceAccountToken: false`), for \
+      runner code that calls the Kubernetes API itself. `:none`: no token at all; the \
+      parent deletes the runner's pod. `:handover` and `:none` win over the manifest's \
+      `automountServiceAccountToken`.\
       """
     ],
     resources: [
@@ -320,11 +341,12 @@ defmodule FLAMEK8sBackend.Options do
           context: String.t() | nil,
           request_timeout: pos_integer(),
           api_server_request_timeout: pos_integer(),
-          tmp_dir: String.t() | false,
+          tmp_dir: String.t() | false | :auto,
           dist_port: 1..65_535 | nil,
           hidden: boolean(),
           active_deadline_seconds: pos_integer() | nil,
           service_account_name: String.t() | nil,
+          service_account_token: :handover | :mount | :none,
           resources: map() | nil | :inherit,
           node_selector: %{String.t() => String.t()} | nil | :inherit,
           tolerations: [map()] | nil | :inherit,

@@ -33,7 +33,7 @@ defmodule FLAMEK8sBackend.Reaper do
 
   require Logger
 
-  alias FLAMEK8sBackend.{Kube, Telemetry}
+  alias FLAMEK8sBackend.{Kube, RunnerToken, Telemetry}
   alias FLAMEK8sBackend.Reaper.{Deletes, Down}
 
   @registry FLAMEK8sBackend.ReaperRegistry
@@ -151,9 +151,14 @@ defmodule FLAMEK8sBackend.Reaper do
   def follow(reaper, selector, runner_node, redact),
     do: GenServer.call(reaper, {:follow, selector, runner_node, redact})
 
-  @doc "Also reaps when `pid` (the runner's remote terminator) goes down."
-  @spec monitor(pid(), pid()) :: :ok
-  def monitor(reaper, pid), do: GenServer.call(reaper, {:monitor, pid})
+  @doc """
+  Also reaps when `pid` (the runner's remote terminator) goes down. With a `token_account`, the
+  runner is handed tokens of that service account for its pod (`FLAMEK8sBackend.RunnerToken`)
+  while this reaper lives.
+  """
+  @spec monitor(pid(), pid(), String.t() | nil) :: :ok
+  def monitor(reaper, pid, token_account \\ nil),
+    do: GenServer.call(reaper, {:monitor, pid, token_account})
 
   @doc """
   Deletes what it tracks now (a failed boot), retrying failed deletes, then stops. Returns once
@@ -248,9 +253,11 @@ defmodule FLAMEK8sBackend.Reaper do
     {:reply, :ok, Down.follow(state, selector, runner_node, redact)}
   end
 
-  def handle_call({:monitor, pid}, _from, state) do
+  def handle_call({:monitor, pid, token_account}, _from, state) do
     Process.monitor(pid)
-    {:reply, :ok, %{state | booted?: true, terminator: pid, runner_node: node(pid)}}
+    state = %{state | booted?: true, terminator: pid, runner_node: node(pid)}
+    _ = if token_account, do: hand_over_tokens(state, token_account)
+    {:reply, :ok, state}
   end
 
   def handle_call({:reap_now, timeout}, from, state) do
@@ -376,6 +383,19 @@ defmodule FLAMEK8sBackend.Reaper do
   end
 
   defp linger(other), do: other
+
+  defp hand_over_tokens(%{objects: %{pod: %{name: pod}}} = state, account) do
+    RunnerToken.start(%{
+      kube: state.kube,
+      namespace: state.namespace,
+      service_account: account,
+      pod: pod,
+      runner_node: state.runner_node,
+      reaper: self()
+    })
+  end
+
+  defp hand_over_tokens(_state, _account), do: :ok
 
   defp abnormal?(reason),
     do: reason not in [:normal, :shutdown] and not match?({:shutdown, _}, reason)

@@ -63,7 +63,8 @@ defmodule FLAMEK8sBackend.RunnerPod do
   #      parent's forwarded flags nor the release's `vm.args` can move the port); then, with
   #      `hidden: true`, `-hidden` (unless that `ERL_AFLAGS` has it already), in front of the
   #      rest, which stays (an `-extra` in it cannot make `-hidden` a plain argument);
-  #   6. with `:tmp_dir`, an `emptyDir` volume `flame-tmp` (unless the pod already has a volume
+  #   6. with `:tmp_dir` (under `:auto`, only for an app container with a read-only root
+  #      filesystem), an `emptyDir` volume `flame-tmp` (unless the pod already has a volume
   #      of that name) mounted at that path in the app container (unless something is already
   #      mounted there). An `emptyDir` is writable by any user, also under a read-only root
   #      filesystem.
@@ -83,6 +84,8 @@ defmodule FLAMEK8sBackend.RunnerPod do
   alias FLAMEK8sBackend.RunnerPod.{Env, Manifest, Metadata, Runtime}
 
   @tmp_volume "flame-tmp"
+  # Where `tmp_dir: :auto` mounts it.
+  @auto_tmp_dir "/tmp/flame"
   # Seconds of terminationGracePeriodSeconds beyond :shutdown_timeout.
   @grace_margin_s 10
 
@@ -313,6 +316,7 @@ defmodule FLAMEK8sBackend.RunnerPod do
     metadata = Metadata.pod(pod["metadata"], parent_pod, app_name, opts, runtime)
     manifest_env = Env.manifest_env(opts.manifest, app_name, pod, app)
     container = Enum.at(pod["spec"]["containers"], index)
+    opts = %{opts | tmp_dir: tmp_dir(opts.tmp_dir, container)}
     own_secret? = secret?(opts, runtime)
 
     with {:ok, env} <- Env.build(container["env"] || [], manifest_env, opts, runtime, own_secret?) do
@@ -324,6 +328,7 @@ defmodule FLAMEK8sBackend.RunnerPod do
         |> Map.delete("nodeName")
         |> put_deadline(opts.active_deadline_seconds)
         |> put_service_account(opts.service_account_name)
+        |> put_token_automount(opts.service_account_token)
         |> put_tmp_volume(container)
         |> Map.update!("containers", &List.replace_at(&1, index, container))
 
@@ -364,6 +369,22 @@ defmodule FLAMEK8sBackend.RunnerPod do
   defp put_service_account(pod_spec, name) do
     pod_spec |> Map.delete("serviceAccount") |> Map.put("serviceAccountName", name)
   end
+
+  # The token is a volume, and the kubelet starts a pod with volumes about 0.3 s later: a
+  # handed-over token (FLAMEK8sBackend.RunnerToken) needs none.
+  defp put_token_automount(pod_spec, :mount), do: pod_spec
+
+  defp put_token_automount(pod_spec, _handover_or_none),
+    do: Map.put(pod_spec, "automountServiceAccountToken", false)
+
+  # `:auto`: a writable place only where the root filesystem is not one (an emptyDir is a
+  # volume too, see above).
+  defp tmp_dir(:auto, %{"securityContext" => %{"readOnlyRootFilesystem" => true}}),
+    do: @auto_tmp_dir
+
+  defp tmp_dir(:auto, _container), do: false
+
+  defp tmp_dir(path_or_false, _container), do: path_or_false
 
   # The volume behind the app container's tmp mount, unless the pod brings its own of that name.
   defp put_tmp_volume(pod_spec, container) do

@@ -2,8 +2,9 @@ defmodule FLAMEK8sBackend.SelfDelete do
   @moduledoc false
   # Runs on a runner node in `FLAMEK8sBackend.system_shutdown/0`: deletes the runner's own pod,
   # named `POD_NAME`, and its secret when it has one (named by `FLAME_K8S_RUNNER_SECRET`; a runner
-  # whose cookie comes from the parent's Secret has none), with the pod's service account, when
-  # that account may. The least it needs is `delete` on `pods` (see
+  # whose cookie comes from the parent's Secret has none), with the pod's service account (the
+  # token its parent handed over, `FLAMEK8sBackend.RunnerToken`, or a mounted one), when that
+  # account may. The least it needs is `delete` on `pods` (see
   # [Runner service account](kubernetes-setup.md#runner-service-account)). It then reports each delete it sent to the parent's reaper (`report/3`): the parent
   # sends no DELETE of its own for what the runner deleted (a boot costs one DELETE, not two),
   # and emits the `[:flame_k8s_backend, :cleanup, :delete]` event of each (`deleter: :runner`,
@@ -20,7 +21,7 @@ defmodule FLAMEK8sBackend.SelfDelete do
   # one DELETE per runner.
   require Logger
 
-  alias FLAMEK8sBackend.{Kube, Telemetry}
+  alias FLAMEK8sBackend.{Kube, RunnerToken, Telemetry}
 
   @request_timeout 1_000
   # FLAME's terminator runs system_shutdown inside a GenServer call with the default 5 s
@@ -113,11 +114,19 @@ defmodule FLAMEK8sBackend.SelfDelete do
     ArgumentError -> nil
   end
 
+  # The token the parent handed over (the pod mounts none by default), else the mounted one.
+  defp credentials do
+    case RunnerToken.kube_opts() do
+      {:ok, opts} -> opts
+      :error -> [mode: :in_cluster]
+    end
+  end
+
   defp delete_own do
     with host when host not in [nil, ""] <- System.get_env("KUBERNETES_SERVICE_HOST"),
          namespace when namespace not in [nil, ""] <- System.get_env("POD_NAMESPACE"),
          name when name not in [nil, ""] <- System.get_env("POD_NAME"),
-         {:ok, kube} <- Kube.connect(mode: :in_cluster, request_timeout: @request_timeout) do
+         {:ok, kube} <- Kube.connect([request_timeout: @request_timeout] ++ credentials()) do
       secret =
         case System.get_env("FLAME_K8S_RUNNER_SECRET") do
           secret when secret not in [nil, ""] ->

@@ -130,6 +130,7 @@ defmodule FLAMEK8sBackend.ExamplesTest do
     assert Enum.map(role["rules"], &{&1["resources"], &1["verbs"]}) == [
              {["pods"], ["get", "list", "watch", "create", "delete"]},
              {["secrets"], ["create", "delete"]},
+             {["serviceaccounts/token"], ["create"]},
              {["events"], ["list", "watch"]},
              {["pods/log"], ["get"]}
            ]

@@ -76,9 +76,13 @@ defmodule FLAMEK8sBackend.RequestsPerBootE2ETest do
         {info.pod_name, runner_errors(ns, info.pod_name)}
       end
 
-    # A request is logged as it completes: wait until the last DELETEs are.
+    # A request is logged as it completes: wait until the last DELETEs (and the token
+    # requests, sent once each runner is up) are.
     eventually(fn ->
-      ns |> requests() |> since(before) |> Enum.count(&(&1["verb"] == "delete")) >= @boots
+      events = ns |> requests() |> since(before)
+
+      Enum.count(events, &(&1["verb"] == "delete")) >= @boots and
+        Enum.count(events, &(&1["resource"] == "serviceaccounts")) >= @boots
     end)
 
     counted =
@@ -102,7 +106,7 @@ defmodule FLAMEK8sBackend.RequestsPerBootE2ETest do
     IO.puts("\n#{title}: requests per boot (the backend's, from the audit log)\n#{rows}")
   end
 
-  test "documented setup (cookie from a Secret): a boot is POST pod + DELETE pod and the watch",
+  test "documented setup (cookie from a Secret): a boot is POST pod + DELETE pod and the watch, then the runner's token",
        %{
          kube: kube,
          namespace: ns
@@ -115,6 +119,8 @@ defmodule FLAMEK8sBackend.RequestsPerBootE2ETest do
 
     assert counted[{"create", "pods", ""}] == @boots
     assert counted[{"delete", "pods", ""}] == @boots
+    # Once the runner is up, off the boot's path: the token it deletes its pod with.
+    assert counted[{"create", "serviceaccounts", "token"}] == @boots
     # No parent pod read, no secret, no sweep.
     refute Map.has_key?(counted, {"get", "pods", ""})
     refute Map.has_key?(counted, {"create", "secrets", ""})
@@ -124,6 +130,7 @@ defmodule FLAMEK8sBackend.RequestsPerBootE2ETest do
              [
                {"create", "pods", ""},
                {"delete", "pods", ""},
+               {"create", "serviceaccounts", "token"},
                {"list", "pods", ""},
                {"watch", "pods", ""}
              ] == []

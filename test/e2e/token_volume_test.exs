@@ -54,13 +54,21 @@ defmodule FLAMEK8sBackend.TokenVolumeE2ETest do
           [service_account_name: "no-token"],
           [manifest: %{"spec" => %{"automountServiceAccountToken" => false}}]
         ] do
+      opts = [service_account_token: :mount] ++ opts
       runner = admitted_runner!(kube, ns, opts)
       assert token_volumes(runner) == [], "#{inspect(opts)}"
       assert token_mounts(runner) == [], "#{inspect(opts)}"
     end
 
-    # Its own account: the API server's injection, not the parent's copy.
+    # By default (service_account_token: :handover) none, whatever the account says.
     runner = admitted_runner!(kube, ns, service_account_name: "runner")
+    assert token_volumes(runner) == []
+    assert token_mounts(runner) == []
+
+    # With :mount, its own account's: the API server's injection, not the parent's copy.
+    runner =
+      admitted_runner!(kube, ns, service_account_name: "runner", service_account_token: :mount)
+
     assert runner["spec"]["serviceAccountName"] == "runner"
     assert [own] = token_volumes(runner)
     assert own != parent_volume

@@ -244,7 +244,7 @@ defmodule FLAMEK8sBackend.Test.LocalCluster do
     - level: Metadata
       resources:
       - group: ""
-        resources: [pods, secrets]
+        resources: [pods, secrets, serviceaccounts/token]
     - level: None
     """)
 

@@ -186,8 +186,8 @@ defmodule FLAMEK8sBackend.OptionsTest do
   end
 
   describe "tmp_dir, dist_port, active_deadline_seconds" do
-    test "defaults: a writable /tmp/flame, no fixed port, no deadline" do
-      assert %{tmp_dir: "/tmp/flame", dist_port: nil, active_deadline_seconds: nil} =
+    test "defaults: a writable /tmp/flame only where the root is read-only, no fixed port, no deadline" do
+      assert %{tmp_dir: :auto, dist_port: nil, active_deadline_seconds: nil} =
                Options.validate!([])
     end
 

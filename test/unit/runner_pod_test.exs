@@ -659,6 +659,32 @@ defmodule FLAMEK8sBackend.RunnerPodTest do
       assert env_map(app_container(pod))["TMPDIR"] == "/tmp/flame"
     end
 
+    test "tmp_dir: :auto (the default) adds nothing to a container that may write its root" do
+      pod = build!(%{tmp_dir: :auto})
+      refute Map.has_key?(pod["spec"], "volumes")
+      refute Map.has_key?(app_container(pod), "volumeMounts")
+      refute Map.has_key?(env_map(app_container(pod)), "TMPDIR")
+    end
+
+    test "tmp_dir: :auto mounts /tmp/flame where the root filesystem is read-only" do
+      manifest = %{
+        "spec" => %{
+          "containers" => [
+            %{"name" => "app", "securityContext" => %{"readOnlyRootFilesystem" => true}}
+          ]
+        }
+      }
+
+      pod = build!(%{tmp_dir: :auto, manifest: manifest})
+      assert pod["spec"]["volumes"] == [%{"name" => "flame-tmp", "emptyDir" => %{}}]
+
+      assert app_container(pod)["volumeMounts"] == [
+               %{"name" => "flame-tmp", "mountPath" => "/tmp/flame"}
+             ]
+
+      assert env_map(app_container(pod))["TMPDIR"] == "/tmp/flame"
+    end
+
     test "tmp_dir: false adds nothing" do
       pod = build!(%{tmp_dir: false})
       refute Map.has_key?(pod["spec"], "volumes")
@@ -918,6 +944,52 @@ defmodule FLAMEK8sBackend.RunnerPodTest do
       assert build!(%{manifest: %{"metadata" => %{"namespace" => "prod"}}})["metadata"][
                "namespace"
              ] == "prod"
+    end
+  end
+
+  describe "service_account_token" do
+    @ca_env %{
+      "name" => "FLAME_K8S_CA_CERT",
+      "valueFrom" => %{
+        "configMapKeyRef" => %{
+          "name" => "kube-root-ca.crt",
+          "key" => "ca.crt",
+          "optional" => true
+        }
+      }
+    }
+
+    test ":handover (the default): no token volume, the cluster's CA from kube-root-ca.crt" do
+      pod = build!()
+      assert pod["spec"]["automountServiceAccountToken"] == false
+      assert @ca_env in app_container(pod)["env"]
+    end
+
+    test ":handover wins over the manifest's automountServiceAccountToken" do
+      pod = build!(%{manifest: %{"spec" => %{"automountServiceAccountToken" => true}}})
+      assert pod["spec"]["automountServiceAccountToken"] == false
+    end
+
+    test ":mount leaves it to the parent, the manifest or the account; no CA env" do
+      pod = build!(%{service_account_token: :mount})
+      refute Map.has_key?(pod["spec"], "automountServiceAccountToken")
+      refute @ca_env in app_container(pod)["env"]
+
+      manifest = %{"spec" => %{"automountServiceAccountToken" => false}}
+      pod = build!(%{service_account_token: :mount, manifest: manifest})
+      assert pod["spec"]["automountServiceAccountToken"] == false
+    end
+
+    test ":none: no token and no CA env" do
+      pod = build!(%{service_account_token: :none})
+      assert pod["spec"]["automountServiceAccountToken"] == false
+      refute @ca_env in app_container(pod)["env"]
+    end
+
+    test "a value that is none of these is refused, naming the option" do
+      assert_raise ArgumentError, ~r/service_account_token/, fn ->
+        build!(%{service_account_token: true})
+      end
     end
   end
 

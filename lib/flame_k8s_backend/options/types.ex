@@ -224,6 +224,7 @@ defmodule FLAMEK8sBackend.Options.Types do
   end
 
   def check(:tmp_dir, _key, false), do: false
+  def check(:tmp_dir, _key, :auto), do: :auto
 
   def check(:tmp_dir, key, value) do
     path = if is_binary(value), do: String.trim_trailing(value, "/")
@@ -231,7 +232,7 @@ defmodule FLAMEK8sBackend.Options.Types do
     if is_binary(path) and String.starts_with?(path, "/") and
          not String.contains?(path, [":", "\\", "\n"]),
        do: path,
-       else: bad!(key, "an absolute path other than / (or false)", value)
+       else: bad!(key, "an absolute path other than / (or false, or :auto)", value)
   end
 
   def check(:env, key, value) do

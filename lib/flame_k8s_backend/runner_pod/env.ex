@@ -34,7 +34,8 @@ defmodule FLAMEK8sBackend.RunnerPod.Env do
       ...>   [%{"name" => "ROLE", "value" => "web"}], [], opts, runtime, true)
       iex> Enum.map(env, &{&1["name"], &1["value"]})
       [{"POD_NAME", nil}, {"POD_NAMESPACE", nil}, {"POD_IP", nil},
-       {"FLAME_K8S_RUNNER_SECRET", "web-1-flame-x7k2p"}, {"ROLE", "runner"},
+       {"FLAME_K8S_RUNNER_SECRET", "web-1-flame-x7k2p"}, {"FLAME_K8S_CA_CERT", nil},
+       {"ROLE", "runner"},
        {"PHX_SERVER", "false"}, {"RELEASE_DISTRIBUTION", "name"},
        {"RELEASE_NODE", "web@$(POD_IP)"}, {"RELEASE_MODE", "interactive"},
        {"FLAME_PARENT", "g2gD..."}]
@@ -62,7 +63,7 @@ defmodule FLAMEK8sBackend.RunnerPod.Env do
         field_var("POD_NAME", "metadata.name"),
         field_var("POD_NAMESPACE", "metadata.namespace"),
         field_var("POD_IP", "status.podIP")
-      ] ++ cookie_env(runtime, own_secret?)
+      ] ++ cookie_env(runtime, own_secret?) ++ ca_env(opts.service_account_token)
 
     last = [var("FLAME_PARENT", runtime.flame_parent)]
 
@@ -85,6 +86,10 @@ defmodule FLAMEK8sBackend.RunnerPod.Env do
       {:ok, Enum.map(ordered, &Map.fetch!(merged.by_name, &1))}
     end
   end
+
+  # A handed-over token needs the cluster's CA, which the mounted token volume would bring.
+  defp ca_env(:handover), do: [FLAMEK8sBackend.RunnerToken.ca_env()]
+  defp ca_env(_mount_or_none), do: []
 
   defp release_mode(:inherit), do: []
   defp release_mode(mode), do: [var("RELEASE_MODE", Atom.to_string(mode))]

@@ -1,0 +1,204 @@
+defmodule FLAMEK8sBackend.RunnerToken do
+  @moduledoc false
+  # The service-account token of a runner whose pod mounts none (`service_account_token:
+  # :handover`, the default): a pod with no volume starts about 0.3 s sooner, and the runner
+  # needs a token only to delete its own pod and secret when it stops (FLAMEK8sBackend.SelfDelete).
+  #
+  # On the parent, once the runner is up, `start/1` runs a process that requests a token of
+  # the runner pod's account bound to that pod (a TokenRequest: it stops working when the pod
+  # is deleted), hands it over to the runner's node through Erlang distribution, and requests
+  # a new one before it expires, for as long as the runner's reaper lives and its node is up.
+  # A 403 (the parent may not create `serviceaccounts/token`) ends it with one warning per
+  # account: the parent's reaper then deletes the runner's pod, as for any runner without a
+  # token. Other failures are retried with a back-off.
+  #
+  # On the runner, `put/2` keeps the token, and `kube_opts/0` gives `SelfDelete` what it
+  # connects with: the token, the API server from the pod's `KUBERNETES_SERVICE_*` env and the
+  # cluster's CA from `FLAME_K8S_CA_CERT` (the namespace's `kube-root-ca.crt` ConfigMap, which
+  # the runner pod's env refers to; an env var, unlike the projected volume, is no volume).
+  #
+  # The token never appears in a log, an error or a crash report: it is kept in a closure,
+  # and the process that holds it in the clear is never the one that could crash with it.
+  require Logger
+
+  alias FLAMEK8sBackend.Kube
+
+  @ca_env "FLAME_K8S_CA_CERT"
+  @key {__MODULE__, :token}
+  # What is asked for; the API server may give less (`--service-account-max-token-expiration`).
+  @lifetime_s 3_600
+  # A new token is requested once this share of the old one's life has passed.
+  @renew_share 0.8
+  @retry_min 1_000
+  @retry_max 60_000
+
+  @typedoc "What the parent's handover process needs: `start/1`."
+  @type handover :: %{
+          kube: Kube.t(),
+          namespace: String.t(),
+          service_account: String.t(),
+          pod: String.t(),
+          runner_node: node(),
+          reaper: pid()
+        }
+
+  @doc "The runner pod's env var that brings the cluster's CA (no volume)."
+  @spec ca_env() :: map()
+  def ca_env do
+    %{
+      "name" => @ca_env,
+      "valueFrom" => %{
+        "configMapKeyRef" => %{
+          "name" => "kube-root-ca.crt",
+          "key" => "ca.crt",
+          "optional" => true
+        }
+      }
+    }
+  end
+
+  @doc """
+  Starts the parent's handover for one runner, under the reapers' supervisor: it ends with the
+  runner's reaper or node.
+  """
+  @spec start(handover()) :: DynamicSupervisor.on_start_child()
+  def start(handover) do
+    DynamicSupervisor.start_child(FLAMEK8sBackend.ReaperSupervisor, %{
+      id: __MODULE__,
+      start: {Task, :start_link, [fn -> run(handover) end]},
+      restart: :temporary
+    })
+  end
+
+  @doc """
+  The TokenRequest body for a token bound to `pod`.
+
+      iex> FLAMEK8sBackend.RunnerToken.request_body("runner-x7k2p")["spec"]["boundObjectRef"]
+      %{"apiVersion" => "v1", "kind" => "Pod", "name" => "runner-x7k2p"}
+  """
+  @spec request_body(String.t()) :: map()
+  def request_body(pod) do
+    %{
+      "apiVersion" => "authentication.k8s.io/v1",
+      "kind" => "TokenRequest",
+      "spec" => %{
+        "expirationSeconds" => @lifetime_s,
+        "boundObjectRef" => %{"apiVersion" => "v1", "kind" => "Pod", "name" => pod}
+      }
+    }
+  end
+
+  @doc """
+  In how many ms to request the next token, for one that expires `expires_at` and was issued
+  at `now`.
+
+      iex> now = ~U[2026-12-08 00:00:00Z]
+      iex> FLAMEK8sBackend.RunnerToken.renew_in(now, ~U[2026-12-08 01:00:00Z])
+      2_880_000
+  """
+  @spec renew_in(DateTime.t(), DateTime.t()) :: non_neg_integer()
+  def renew_in(now, expires_at),
+    do: max(round(DateTime.diff(expires_at, now, :millisecond) * @renew_share), 0)
+
+  defp run(handover) do
+    Process.monitor(handover.reaper)
+    :erlang.monitor_node(handover.runner_node, true)
+    loop(handover, @retry_min)
+  end
+
+  defp loop(handover, retry) do
+    case request(handover) do
+      {:ok, token, renew_in} ->
+        hand_over(handover.runner_node, token)
+        wait(renew_in) && loop(handover, @retry_min)
+
+      {:error, {:api, 403, _, message}} ->
+        warn_once(handover, message)
+
+      # The pod is gone: nothing left to delete with it.
+      {:error, {:api, 404, _, _}} ->
+        :ok
+
+      {:error, _reason} ->
+        wait(retry) && loop(handover, min(retry * 2, @retry_max))
+    end
+  end
+
+  # false once the reaper or the runner's node is gone.
+  defp wait(ms) do
+    receive do
+      {:DOWN, _, :process, _, _} -> false
+      {:nodedown, _} -> false
+    after
+      ms -> true
+    end
+  end
+
+  # The token leaves this function only in a closure.
+  defp request(handover) do
+    path =
+      "/api/v1/namespaces/#{handover.namespace}/serviceaccounts/" <>
+        "#{handover.service_account}/token"
+
+    case Kube.request(handover.kube, "POST", path, body: request_body(handover.pod)) do
+      {:ok, %{"status" => %{"token" => token, "expirationTimestamp" => expires}}}
+      when is_binary(token) and is_binary(expires) ->
+        case DateTime.from_iso8601(expires) do
+          {:ok, expires_at, _} -> {:ok, fn -> token end, renew_in(DateTime.utc_now(), expires_at)}
+          {:error, _} -> {:error, :bad_expiration}
+        end
+
+      {:ok, _other} ->
+        {:error, :no_token}
+
+      {:error, _} = error ->
+        error
+    end
+  end
+
+  # Through distribution, to a process of the runner's own (erpc): a runner that cannot take
+  # it (an older release) changes nothing here.
+  defp hand_over(runner_node, token) do
+    :erpc.cast(runner_node, __MODULE__, :put, [token.()])
+  end
+
+  defp warn_once(handover, message) do
+    key = {__MODULE__, :forbidden, handover.namespace, handover.service_account}
+
+    if :persistent_term.get(key, false) == false do
+      :persistent_term.put(key, true)
+
+      Logger.warning(
+        "flame_k8s_backend: the parent may not request tokens for runners " <>
+          "(#{message}); runners cannot delete their own pods, the parent deletes them. " <>
+          "Allow create on serviceaccounts/token, or set service_account_token: :mount"
+      )
+    end
+
+    :ok
+  end
+
+  @doc """
+  On the runner: keeps the token the parent handed over (`FLAMEK8sBackend.SelfDelete` reads
+  it with `kube_opts/0`).
+  """
+  @spec put(String.t()) :: :ok
+  def put(token) when is_binary(token), do: :persistent_term.put(@key, fn -> token end)
+  def put(_other), do: :ok
+
+  @doc """
+  On the runner: the `FLAMEK8sBackend.Kube.connect/1` options of the handed-over token, or
+  `:error` without one (or without the API server's address or CA in the pod's env).
+  """
+  @spec kube_opts(%{String.t() => String.t()}) :: {:ok, keyword()} | :error
+  def kube_opts(env \\ System.get_env()) do
+    with token when is_function(token, 0) <- :persistent_term.get(@key, nil),
+         %{"KUBERNETES_SERVICE_HOST" => host, @ca_env => ca} when host != "" and ca != "" <- env do
+      port = Map.get(env, "KUBERNETES_SERVICE_PORT", "443")
+      host = if String.contains?(host, ":"), do: "[#{host}]", else: host
+      {:ok, url: "https://#{host}:#{port}", ca_cert_pem: ca, token: token.()}
+    else
+      _ -> :error
+    end
+  end
+end
