@@ -775,6 +775,33 @@ defmodule FLAMEK8sBackend.RealNodeParentTest do
     {pod, read}
   end
 
+  # The token the runner's parent handed over, once it has (it comes after remote_up).
+  defp runner_handed_token(parent, backend_opts) do
+    code = """
+    FlameDemo.call_with(backend_opts,
+      fun: fn ->
+        handed = fn handed, tries ->
+          case FLAMEK8sBackend.RunnerToken.kube_opts() do
+            {:ok, opts} -> {:ok, opts[:token]}
+            :error when tries > 0 ->
+              Process.sleep(50)
+              handed.(handed, tries - 1)
+
+            :error -> {:error, :none_handed_over}
+          end
+        end
+
+        {System.get_env("POD_NAME"), handed.(handed, 100)}
+      end,
+      idle_shutdown_after: 1_000
+    )
+    """
+
+    {result, _} = rpc(parent, Code, :eval_string, [code, [backend_opts: backend_opts]])
+    assert {:ok, {pod, read}} = result
+    {pod, read}
+  end
+
   # The JWT's claims (the token itself never reaches an assertion message).
   defp token_claims(token) do
     [_, payload, _] = String.split(token, ".")
@@ -818,20 +845,25 @@ defmodule FLAMEK8sBackend.RealNodeParentTest do
 
   test "a runner's token belongs to its own :service_account_name and its own pod", ctx do
     parent = parent!(ctx)
-    {pod, {:ok, token}} = runner_token(parent, service_account_name: "flame-demo-runner")
-    claims = token_claims(token)
-    assert claims["sub"] == "system:serviceaccount:#{ctx.namespace}:flame-demo-runner"
-    assert claims["kubernetes.io"]["serviceaccount"]["name"] == "flame-demo-runner"
-    assert claims["kubernetes.io"]["pod"]["name"] == pod
 
-    assert token_review_user(ctx, token) ==
-             {true, "system:serviceaccount:#{ctx.namespace}:flame-demo-runner"}
+    # The token its parent hands over (the default), and the API server's mounted one.
+    for {mode, read_token} <- [handover: &runner_handed_token/2, mount: &runner_token/2] do
+      opts = [service_account_name: "flame-demo-runner", service_account_token: mode]
+      {pod, {:ok, token}} = read_token.(parent, opts)
+      claims = token_claims(token)
+      assert claims["sub"] == "system:serviceaccount:#{ctx.namespace}:flame-demo-runner"
+      assert claims["kubernetes.io"]["serviceaccount"]["name"] == "flame-demo-runner"
+      assert claims["kubernetes.io"]["pod"]["name"] == pod, "#{mode}"
 
-    await_gone!(ctx, pod, 60_000)
+      assert token_review_user(ctx, token) ==
+               {true, "system:serviceaccount:#{ctx.namespace}:flame-demo-runner"}
+
+      await_gone!(ctx, pod, 60_000)
+    end
 
     # Without :service_account_name: the parent's account, but a token bound to the runner's
-    # own pod (the API server's, not the parent's copied volume).
-    {pod, {:ok, token}} = runner_token(parent, [])
+    # own pod (not the parent's).
+    {pod, {:ok, token}} = runner_handed_token(parent, [])
     claims = token_claims(token)
     assert claims["sub"] == "system:serviceaccount:#{ctx.namespace}:flame-demo"
     assert claims["kubernetes.io"]["pod"]["name"] == pod

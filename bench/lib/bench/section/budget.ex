@@ -34,13 +34,15 @@ defmodule Bench.Section.Budget do
   # {name, backend options merged over the bench's own (a `:manifest` map is deep-merged into
   # the bench's), what it changes}. The first is the baseline the others are compared with.
   @variants [
-    {"embedded", [release_mode: :embedded],
-     "`release_mode: :embedded`: the release loads every module before it starts (releases' " <>
-       "own default)"},
-    {"default", [], "the backend's defaults (`release_mode: :interactive`)"},
-    {"no_tmp_dir", [tmp_dir: false], "`tmp_dir: false`: no `flame-tmp` emptyDir and mount"},
-    {"lean", [tmp_dir: false, manifest: %{"spec" => %{"automountServiceAccountToken" => false}}],
-     "`tmp_dir: false` and `automountServiceAccountToken: false`: no volume at all (the " <>
+    {"before", [release_mode: :embedded, tmp_dir: "/tmp/flame", service_account_token: :mount],
+     "the runner pod before the budget's cuts: `release_mode: :embedded` (releases' own " <>
+       "default), the token volume (`service_account_token: :mount`) and the `flame-tmp` " <>
+       "emptyDir (`tmp_dir: \"/tmp/flame\"`)"},
+    {"interactive", [tmp_dir: "/tmp/flame", service_account_token: :mount],
+     "`release_mode: :interactive` alone, with both volumes"},
+    {"default", [],
+     "the backend's defaults: interactive, no token volume (`service_account_token: " <>
+       ":handover`), no emptyDir (`tmp_dir: :auto`, a writable root): no volume at all (the " <>
        "bench's parent pods have none to copy)"}
   ]
 
