@@ -46,7 +46,8 @@ defmodule Bench.ControlPlane do
   # The parent's Role as examples/kubernetes/rbac.yaml documents it.
   @parent_rules [
     %{"apiGroups" => [""], "resources" => ["pods"], "verbs" => ~w(get list watch create delete)},
-    %{"apiGroups" => [""], "resources" => ["secrets"], "verbs" => ~w(create delete)}
+    %{"apiGroups" => [""], "resources" => ["secrets"], "verbs" => ~w(create delete)},
+    %{"apiGroups" => [""], "resources" => ["serviceaccounts/token"], "verbs" => ~w(create)}
   ]
   @parent_account "flame-parent"
 
