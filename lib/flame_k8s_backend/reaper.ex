@@ -51,6 +51,8 @@ defmodule FLAMEK8sBackend.Reaper do
     objects: %{},
     booted?: false,
     terminator: nil,
+    # The service account whose tokens the runner is handed (FLAMEK8sBackend.RunnerToken).
+    token_account: nil,
     runner_node: nil,
     waiting_for_node?: false,
     # How many reapers crashed before this one and handed their runner on.
@@ -211,6 +213,10 @@ defmodule FLAMEK8sBackend.Reaper do
         Process.send_after(self(), :runner_exit_grace_over, @runner_exit_grace)
         {:ok, state}
 
+      # Not from init/1: the supervisor that starts the handover is busy starting this one.
+      state.booted? ->
+        {:ok, state, {:continue, :hand_over_tokens}}
+
       true ->
         {:ok, state}
     end
@@ -218,6 +224,11 @@ defmodule FLAMEK8sBackend.Reaper do
 
   @impl true
   def handle_continue(:attempt, state), do: {:noreply, Deletes.attempt(state)}
+
+  def handle_continue(:hand_over_tokens, state) do
+    _ = hand_over_tokens(state)
+    {:noreply, state}
+  end
 
   @impl true
   def handle_call({:track, kind, name}, _from, state) when kind in [:pod, :secret] do
@@ -255,8 +266,16 @@ defmodule FLAMEK8sBackend.Reaper do
 
   def handle_call({:monitor, pid, token_account}, _from, state) do
     Process.monitor(pid)
-    state = %{state | booted?: true, terminator: pid, runner_node: node(pid)}
-    _ = if token_account, do: hand_over_tokens(state, token_account)
+
+    state = %{
+      state
+      | booted?: true,
+        terminator: pid,
+        runner_node: node(pid),
+        token_account: token_account
+    }
+
+    _ = hand_over_tokens(state)
     {:reply, :ok, state}
   end
 
@@ -384,7 +403,9 @@ defmodule FLAMEK8sBackend.Reaper do
 
   defp linger(other), do: other
 
-  defp hand_over_tokens(%{objects: %{pod: %{name: pod}}} = state, account) do
+  # The handover ends with the reaper that started it: a successor starts its own.
+  defp hand_over_tokens(%{token_account: account, objects: %{pod: %{name: pod}}} = state)
+       when is_binary(account) do
     RunnerToken.start(%{
       kube: state.kube,
       namespace: state.namespace,
@@ -395,7 +416,7 @@ defmodule FLAMEK8sBackend.Reaper do
     })
   end
 
-  defp hand_over_tokens(_state, _account), do: :ok
+  defp hand_over_tokens(_state), do: :ok
 
   defp abnormal?(reason),
     do: reason not in [:normal, :shutdown] and not match?({:shutdown, _}, reason)

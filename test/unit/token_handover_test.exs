@@ -1,0 +1,133 @@
+defmodule FLAMEK8sBackend.TokenHandoverTest do
+  # The parent's side of a handed-over token (FLAMEK8sBackend.RunnerToken), started by the
+  # runner's reaper, against a fake API server. The runner here is this VM (the terminator is
+  # a local process), so the token lands in this VM's RunnerToken: not async.
+  use ExUnit.Case, async: false
+
+  @moduletag :unit
+
+  Code.require_file("support/fake_api_server.exs", __DIR__)
+
+  import ExUnit.CaptureLog
+  import FLAMEK8sBackend.Test.ClusterCase, only: [eventually: 2]
+
+  alias FLAMEK8sBackend.{Kube, Reaper, RunnerToken}
+  alias FLAMEK8sBackend.Test.FakeApiServer
+
+  @ns "prod"
+  @pod "web-1-flame-x7k2p"
+  @token_path "/api/v1/namespaces/prod/serviceaccounts/flame-runner/token"
+  @issued "tok-handed-over-123"
+  @env %{"KUBERNETES_SERVICE_HOST" => "10.96.0.1", "FLAME_K8S_CA_CERT" => "CA"}
+
+  setup do
+    :persistent_term.erase({RunnerToken, :token})
+    on_exit(fn -> :persistent_term.erase({RunnerToken, :token}) end)
+  end
+
+  defp issued(expires_in_s) do
+    expires = DateTime.utc_now() |> DateTime.add(expires_in_s) |> DateTime.to_iso8601()
+
+    {201,
+     ~s({"kind":"TokenRequest","apiVersion":"authentication.k8s.io/v1",) <>
+       ~s("status":{"token":"#{@issued}","expirationTimestamp":"#{expires}"}})}
+  end
+
+  defp forbidden do
+    {403,
+     ~s({"kind":"Status","apiVersion":"v1","status":"Failure","reason":"Forbidden","code":403,) <>
+       ~s("message":"serviceaccounts \\"flame-runner\\" is forbidden: cannot create resource"})}
+  end
+
+  defp parked,
+    do:
+      spawn(fn ->
+        receive do
+          :stop -> :ok
+        end
+      end)
+
+  # A booted runner's reaper, the terminator on this VM, with tokens of "flame-runner".
+  defp booted_reaper!(answer) do
+    url = FakeApiServer.start!(self(), answer)
+    {:ok, kube} = Kube.connect(url: url, token: "parent-token", request_timeout: 5_000)
+    {:ok, reaper} = Reaper.start(kube, @ns, parked(), false, 60_000)
+    :ok = Reaper.track(reaper, :pod, @pod)
+    :ok = Reaper.created(reaper, :pod, {:ok, %{}})
+    :ok = Reaper.monitor(reaper, parked(), "flame-runner")
+    reaper
+  end
+
+  test "a booted runner is handed a token of its account, bound to its pod" do
+    booted_reaper!(fn "POST", @token_path -> issued(3_600) end)
+
+    assert_receive {:api_request, "POST", @token_path, body}, 5_000
+    spec = JSON.decode!(body)["spec"]
+    assert spec["boundObjectRef"] == %{"apiVersion" => "v1", "kind" => "Pod", "name" => @pod}
+    assert spec["expirationSeconds"] == 3_600
+
+    eventually(fn -> match?({:ok, _}, RunnerToken.kube_opts(@env)) end, 5_000)
+    assert {:ok, opts} = RunnerToken.kube_opts(@env)
+    assert opts[:token] == @issued
+  end
+
+  test "a token about to expire is renewed" do
+    # The API server gives less than was asked for: 80 % of 1 s later comes the next request.
+    booted_reaper!(fn "POST", @token_path -> issued(1) end)
+    assert_receive {:api_request, "POST", @token_path, _}, 5_000
+    assert_receive {:api_request, "POST", @token_path, _}, 5_000
+  end
+
+  test "a failed request is tried again" do
+    counter = :counters.new(1, [])
+
+    booted_reaper!(fn "POST", @token_path ->
+      :counters.add(counter, 1, 1)
+
+      if :counters.get(counter, 1) == 1,
+        do: {500, ~s({"kind":"Status","code":500})},
+        else: issued(3_600)
+    end)
+
+    assert_receive {:api_request, "POST", @token_path, _}, 5_000
+    assert_receive {:api_request, "POST", @token_path, _}, 5_000
+    eventually(fn -> match?({:ok, _}, RunnerToken.kube_opts(@env)) end, 5_000)
+  end
+
+  test "a parent that may not request tokens warns once per account and stops asking" do
+    key = {RunnerToken, :forbidden, @ns, "flame-runner"}
+    :persistent_term.erase(key)
+    on_exit(fn -> :persistent_term.erase(key) end)
+
+    log =
+      capture_log(fn ->
+        booted_reaper!(fn "POST", @token_path -> forbidden() end)
+        assert_receive {:api_request, "POST", @token_path, _}, 5_000
+        eventually(fn -> :persistent_term.get(key, false) end, 5_000)
+
+        booted_reaper!(fn "POST", @token_path -> forbidden() end)
+        assert_receive {:api_request, "POST", @token_path, _}, 5_000
+        # The handover's retry would come after 1 s.
+        refute_receive {:api_request, "POST", @token_path, _}, 1_500
+      end)
+
+    assert [_one] = Regex.scan(~r/may not request tokens for runners/, log)
+    assert log =~ "serviceaccounts/token"
+    refute log =~ "parent-token"
+    assert RunnerToken.kube_opts(@env) == :error
+  end
+
+  test "a reaper that crashes hands its runner on, the token handover with it" do
+    reaper = booted_reaper!(fn "POST", @token_path -> issued(3_600) end)
+    assert_receive {:api_request, "POST", @token_path, _}, 5_000
+    monitor = Process.monitor(reaper)
+
+    capture_log(fn ->
+      catch_exit(GenServer.call(reaper, :no_such_call))
+      assert_receive {:DOWN, ^monitor, :process, ^reaper, {:function_clause, _}}, 5_000
+    end)
+
+    # The successor requests a token of its own for the runner.
+    assert_receive {:api_request, "POST", @token_path, _}, 5_000
+  end
+end
