@@ -21,9 +21,11 @@ defmodule FLAMEK8sBackend.RunnerPod do
   # (what the ServiceAccount admission plugin injects as `kube-api-access-*`, or one of the
   # parent's own), and a legacy token Secret (`<account>-token-xxxxx`, or whatever is mounted
   # at `/var/run/secrets/kubernetes.io/serviceaccount`). Copied, it would give the runner a
-  # token even under `automountServiceAccountToken: false`. The API server injects the runner's
-  # own token (of `:service_account_name`, else the parent's account), or none. A runner that
-  # needs such a volume gets it from `:manifest`.
+  # token even under `automountServiceAccountToken: false`. Under `service_account_token:
+  # :mount` the API server injects the runner's own token (of `:service_account_name`, else the
+  # parent's account), or none; under `:handover` (the default) and `:none` the pod says
+  # `automountServiceAccountToken: false` (step 3). A runner that needs such a volume gets it
+  # from `:manifest`.
   #
   # Then, in order:
   #
@@ -37,14 +39,17 @@ defmodule FLAMEK8sBackend.RunnerPod do
   #      labels, then `:labels`, then the identifying labels below), and a controller owner
   #      reference to the parent pod unless `:omit_owner_reference` (Kubernetes' garbage
   #      collector deletes runners with their parent, and no ReplicaSet ever adopts one);
-  #   3. `restartPolicy: Never`, `activeDeadlineSeconds` when `:active_deadline_seconds` is set
-  #      and `serviceAccountName` when `:service_account_name` is (both win over the
-  #      manifest's);
+  #   3. `restartPolicy: Never`, `activeDeadlineSeconds` when `:active_deadline_seconds` is set,
+  #      `serviceAccountName` when `:service_account_name` is, and
+  #      `automountServiceAccountToken: false` unless `service_account_token: :mount` (all win
+  #      over the manifest's);
   #   4. the app container's environment, by precedence (later wins):
   #      `TMPDIR` (the `:tmp_dir`) < parent container env < defaults (`PHX_SERVER=false`,
   #      `RELEASE_DISTRIBUTION=name`, `RELEASE_NODE=<basename>@$(POD_IP)`, and
   #      `ERL_AFLAGS`/`ERL_ZFLAGS` of the parent VM) < `:manifest` env < `:env` < fixed
-  #      (`POD_NAME`, `POD_NAMESPACE`, `POD_IP` from the downward API, `FLAME_PARENT`).
+  #      (`POD_NAME`, `POD_NAMESPACE`, `POD_IP` from the downward API, `FLAME_PARENT`, and
+  #      under `service_account_token: :handover` `FLAME_K8S_CA_CERT` from the namespace's
+  #      `kube-root-ca.crt` ConfigMap, optional).
   #      `RELEASE_COOKIE` and the `:secret_env` names are never plain env vars: they are removed
   #      from the env list (a plain var would win over the secret) and come from the runner
   #      secret (named like the pod, same owner reference) through `envFrom`, and
