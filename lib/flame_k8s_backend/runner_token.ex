@@ -8,17 +8,18 @@ defmodule FLAMEK8sBackend.RunnerToken do
   # the runner pod's account bound to that pod (a TokenRequest: it stops working when the pod
   # is deleted), hands it over to the runner's node through Erlang distribution, and requests
   # a new one before it expires, for as long as the runner's reaper lives and its node is up.
-  # A 403 (the parent may not create `serviceaccounts/token`) ends it with one warning per
-  # account: the parent's reaper then deletes the runner's pod, as for any runner without a
-  # token. Other failures are retried with a back-off.
+  # A 403 (the parent may not create `serviceaccounts/token`) ends it, with one warning per VM,
+  # namespace and account: the parent's reaper then deletes the runner's pod, as for any runner
+  # without a token. A 404 (the pod is gone) ends it quietly; other failures are retried with
+  # a back-off.
   #
-  # On the runner, `put/2` keeps the token, and `kube_opts/0` gives `SelfDelete` what it
+  # On the runner, `put/1` keeps the token, and `kube_opts/1` gives `SelfDelete` what it
   # connects with: the token, the API server from the pod's `KUBERNETES_SERVICE_*` env and the
   # cluster's CA from `FLAME_K8S_CA_CERT` (the namespace's `kube-root-ca.crt` ConfigMap, which
   # the runner pod's env refers to; an env var, unlike the projected volume, is no volume).
   #
-  # The token never appears in a log, an error or a crash report: it is kept in a closure,
-  # and the process that holds it in the clear is never the one that could crash with it.
+  # The token never appears in a log, an error or a crash report: it is kept in a closure
+  # (which `inspect` shows as a function) up to the send, and the send lets nothing raise.
   require Logger
 
   alias FLAMEK8sBackend.Kube
