@@ -20,9 +20,7 @@ defmodule FLAMEK8sBackend.BootDiagnostics do
   #     error.events
   #     #=> [%{type: "Warning", reason: "FailedScheduling", count: 3, message: "0/3 nodes ...", ...}]
 
-  require Logger
-
-  alias FLAMEK8sBackend.{BootError, Kube}
+  alias FLAMEK8sBackend.{BootError, Kube, WarnOnce}
 
   @max_events 10
   @tail_lines 20
@@ -209,17 +207,12 @@ defmodule FLAMEK8sBackend.BootDiagnostics do
 
   # Forbidden stays forbidden until someone changes the Role: said once, not in every error.
   defp unreadable({:api, 403, _, message}, namespace, rbac, what) do
-    key = {__MODULE__, :forbidden, namespace, rbac}
-
-    if :persistent_term.get(key, false) == false do
-      :persistent_term.put(key, true)
-
-      Logger.warning(
+    :ok =
+      WarnOnce.warn({__MODULE__, namespace, rbac}, fn ->
         "flame_k8s_backend: boot errors in namespace #{namespace} will not show #{what}: " <>
           "#{rbac} is missing from the parent's Role (examples/kubernetes/rbac.yaml grants " <>
           "it); the API server said: #{message}"
-      )
-    end
+      end)
 
     :forbidden
   end

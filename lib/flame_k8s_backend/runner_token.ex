@@ -20,9 +20,7 @@ defmodule FLAMEK8sBackend.RunnerToken do
   #
   # The token never appears in a log, an error or a crash report: it is kept in a closure
   # (which `inspect` shows as a function) up to the send, and the send lets nothing raise.
-  require Logger
-
-  alias FLAMEK8sBackend.Kube
+  alias FLAMEK8sBackend.{Kube, WarnOnce}
 
   @ca_env "FLAME_K8S_CA_CERT"
   @key {__MODULE__, :token}
@@ -166,20 +164,16 @@ defmodule FLAMEK8sBackend.RunnerToken do
   end
 
   defp warn_once(handover, message) do
-    key = {__MODULE__, :forbidden, handover.namespace, handover.service_account}
-
-    if :persistent_term.get(key, false) == false do
-      :persistent_term.put(key, true)
-
-      Logger.warning(
-        "flame_k8s_backend: the parent may not request tokens for runners " <>
-          "(#{message}); runners cannot delete their own pods, the parent deletes them. " <>
-          "Allow create on serviceaccounts/token, or set service_account_token: :mount"
-      )
-    end
-
-    :ok
+    WarnOnce.warn(forbidden_key(handover.namespace, handover.service_account), fn ->
+      "flame_k8s_backend: the parent may not request tokens for runners " <>
+        "(#{message}); runners cannot delete their own pods, the parent deletes them. " <>
+        "Allow create on serviceaccounts/token, or set service_account_token: :mount"
+    end)
   end
+
+  @doc "The `FLAMEK8sBackend.WarnOnce` key of the warning that `namespace`'s `account` is refused."
+  @spec forbidden_key(String.t(), String.t()) :: term()
+  def forbidden_key(namespace, account), do: {__MODULE__, :forbidden, namespace, account}
 
   @doc """
   On the runner: keeps the token the parent handed over (`FLAMEK8sBackend.SelfDelete` reads

@@ -11,7 +11,7 @@ defmodule FLAMEK8sBackend.TokenHandoverE2ETest do
 
   import ExUnit.CaptureLog
 
-  alias FLAMEK8sBackend.RunnerToken
+  alias FLAMEK8sBackend.{RunnerToken, WarnOnce}
   alias FLAMEK8sBackend.Test.CleanupEvents
 
   setup :parent_setup
@@ -103,7 +103,7 @@ defmodule FLAMEK8sBackend.TokenHandoverE2ETest do
 
         # The parent's token request was refused (what the warning is logged on).
         eventually(
-          fn -> :persistent_term.get({RunnerToken, :forbidden, ns, "flame-runner"}, false) end,
+          fn -> WarnOnce.warned?(RunnerToken.forbidden_key(ns, "flame-runner")) end,
           10_000
         )
 

@@ -11,7 +11,7 @@ defmodule FLAMEK8sBackend.TokenHandoverTest do
   import ExUnit.CaptureLog
   import FLAMEK8sBackend.Test.ClusterCase, only: [eventually: 2]
 
-  alias FLAMEK8sBackend.{Kube, Reaper, RunnerToken}
+  alias FLAMEK8sBackend.{Kube, Reaper, RunnerToken, WarnOnce}
   alias FLAMEK8sBackend.Test.FakeApiServer
 
   @ns "prod"
@@ -95,15 +95,15 @@ defmodule FLAMEK8sBackend.TokenHandoverTest do
   end
 
   test "a parent that may not request tokens warns once per account and stops asking" do
-    key = {RunnerToken, :forbidden, @ns, "flame-runner"}
-    :persistent_term.erase(key)
-    on_exit(fn -> :persistent_term.erase(key) end)
+    key = RunnerToken.forbidden_key(@ns, "flame-runner")
+    WarnOnce.forget(key)
+    on_exit(fn -> WarnOnce.forget(key) end)
 
     log =
       capture_log(fn ->
         booted_reaper!(fn "POST", @token_path -> forbidden() end)
         assert_receive {:api_request, "POST", @token_path, _}, 5_000
-        eventually(fn -> :persistent_term.get(key, false) end, 5_000)
+        eventually(fn -> WarnOnce.warned?(key) end, 5_000)
 
         booted_reaper!(fn "POST", @token_path -> forbidden() end)
         assert_receive {:api_request, "POST", @token_path, _}, 5_000
