@@ -242,12 +242,13 @@ defmodule FLAMEK8sBackend do
         state.namespace,
         self(),
         state.log,
-        state.api_server_request_timeout
+        state.api_server_request_timeout,
+        state.token_account
       )
 
     case Boot.run(state, reaper, deadline) do
       {:ok, terminator, state} ->
-        :ok = Reaper.monitor(reaper, terminator, state.token_account)
+        :ok = Reaper.monitor(reaper, terminator)
         {:ok, terminator, state}
 
       {:error, %BootError{} = error} ->

@@ -51,8 +51,10 @@ defmodule FLAMEK8sBackend.Reaper do
     objects: %{},
     booted?: false,
     terminator: nil,
-    # The service account whose tokens the runner is handed (FLAMEK8sBackend.RunnerToken).
+    # The service account whose tokens the runner is handed (FLAMEK8sBackend.RunnerToken),
+    # and the process that does it.
     token_account: nil,
+    token_handover: nil,
     runner_node: nil,
     waiting_for_node?: false,
     # How many reapers crashed before this one and handed their runner on.
@@ -85,17 +87,26 @@ defmodule FLAMEK8sBackend.Reaper do
   Starts a reaper that watches `owner` (the FLAME Runner process). `api_server_request_timeout`
   is the API server's own deadline for a request, in ms (its `--request-timeout`): until
   then (and a margin), a create whose answer was lost may still be committed, and is deleted
-  again after it.
+  again after it. With a `token_account`, the runner's pod is handed tokens of that service
+  account (`FLAMEK8sBackend.RunnerToken`): requested once the pod is created, handed over from
+  `monitor/2` on.
   """
-  @spec start(Kube.t(), String.t(), pid(), false | Logger.level(), pos_integer()) ::
-          DynamicSupervisor.on_start_child()
-  def start(kube, namespace, owner, log, api_server_request_timeout) do
+  @spec start(
+          Kube.t(),
+          String.t(),
+          pid(),
+          false | Logger.level(),
+          pos_integer(),
+          String.t() | nil
+        ) :: DynamicSupervisor.on_start_child()
+  def start(kube, namespace, owner, log, api_server_request_timeout, token_account \\ nil) do
     state = %__MODULE__{
       kube: kube,
       namespace: namespace,
       owner: owner,
       log: log,
-      follow_up_ms: api_server_request_timeout + @commit_margin
+      follow_up_ms: api_server_request_timeout + @commit_margin,
+      token_account: token_account
     }
 
     DynamicSupervisor.start_child(FLAMEK8sBackend.ReaperSupervisor, {__MODULE__, state})
@@ -154,13 +165,11 @@ defmodule FLAMEK8sBackend.Reaper do
     do: GenServer.call(reaper, {:follow, selector, runner_node, redact})
 
   @doc """
-  Also reaps when `pid` (the runner's remote terminator) goes down. With a `token_account`, the
-  runner is handed tokens of that service account for its pod (`FLAMEK8sBackend.RunnerToken`)
-  while this reaper lives.
+  Also reaps when `pid` (the runner's remote terminator) goes down. A reaper started with a
+  `token_account` hands the runner its token now (`FLAMEK8sBackend.RunnerToken`).
   """
-  @spec monitor(pid(), pid(), String.t() | nil) :: :ok
-  def monitor(reaper, pid, token_account \\ nil),
-    do: GenServer.call(reaper, {:monitor, pid, token_account})
+  @spec monitor(pid(), pid()) :: :ok
+  def monitor(reaper, pid), do: GenServer.call(reaper, {:monitor, pid})
 
   @doc """
   Deletes what it tracks now (a failed boot), retrying failed deletes, then stops. Returns once
@@ -214,8 +223,8 @@ defmodule FLAMEK8sBackend.Reaper do
         {:ok, state}
 
       # Not from init/1: the supervisor that starts the handover is busy starting this one.
-      state.booted? ->
-        {:ok, state, {:continue, :hand_over_tokens}}
+      state.token_account != nil and match?(%{pod: %{create: :created}}, state.objects) ->
+        {:ok, %{state | token_handover: nil}, {:continue, :hand_over_tokens}}
 
       true ->
         {:ok, state}
@@ -225,10 +234,7 @@ defmodule FLAMEK8sBackend.Reaper do
   @impl true
   def handle_continue(:attempt, state), do: {:noreply, Deletes.attempt(state)}
 
-  def handle_continue(:hand_over_tokens, state) do
-    _ = hand_over_tokens(state)
-    {:noreply, state}
-  end
+  def handle_continue(:hand_over_tokens, state), do: {:noreply, hand_over_tokens(state)}
 
   @impl true
   def handle_call({:track, kind, name}, _from, state) when kind in [:pod, :secret] do
@@ -245,6 +251,7 @@ defmodule FLAMEK8sBackend.Reaper do
 
     register(state, kind, name)
     object = %{name: name, create: :pending, until: nil}
+    state = if kind == :pod, do: stop_token_handover(state), else: state
     {:reply, :ok, %{state | objects: Map.put(state.objects, kind, object)}}
   end
 
@@ -257,25 +264,22 @@ defmodule FLAMEK8sBackend.Reaper do
         %{object | create: outcome, until: until}
       end)
 
-    {:reply, :ok, %{state | objects: objects}}
+    state = %{state | objects: objects}
+    state = if kind == :pod and outcome == :created, do: hand_over_tokens(state), else: state
+    {:reply, :ok, state}
   end
 
   def handle_call({:follow, selector, runner_node, redact}, _from, state) do
     {:reply, :ok, Down.follow(state, selector, runner_node, redact)}
   end
 
-  def handle_call({:monitor, pid, token_account}, _from, state) do
+  def handle_call({:monitor, pid}, _from, state) do
     Process.monitor(pid)
+    state = %{state | booted?: true, terminator: pid, runner_node: node(pid)}
 
-    state = %{
-      state
-      | booted?: true,
-        terminator: pid,
-        runner_node: node(pid),
-        token_account: token_account
-    }
+    _ =
+      if state.token_handover, do: RunnerToken.runner_up(state.token_handover, state.runner_node)
 
-    _ = hand_over_tokens(state)
     {:reply, :ok, state}
   end
 
@@ -403,20 +407,33 @@ defmodule FLAMEK8sBackend.Reaper do
 
   defp linger(other), do: other
 
-  # The handover ends with the reaper that started it: a successor starts its own.
+  # Once the pod exists: the token is requested while the runner boots, and handed over as
+  # soon as it is up. The handover ends with the reaper that started it: a successor starts
+  # its own.
   defp hand_over_tokens(%{token_account: account, objects: %{pod: %{name: pod}}} = state)
        when is_binary(account) do
-    RunnerToken.start(%{
-      kube: state.kube,
-      namespace: state.namespace,
-      service_account: account,
-      pod: pod,
-      runner_node: state.runner_node,
-      reaper: self()
-    })
+    {:ok, pid} =
+      RunnerToken.start(%{
+        kube: state.kube,
+        namespace: state.namespace,
+        service_account: account,
+        pod: pod,
+        reaper: self()
+      })
+
+    if state.booted?, do: RunnerToken.runner_up(pid, state.runner_node)
+    %{state | token_handover: pid}
   end
 
-  defp hand_over_tokens(_state), do: :ok
+  defp hand_over_tokens(state), do: state
+
+  # A pod replaced during its boot gets a token of its own.
+  defp stop_token_handover(%{token_handover: pid} = state) when is_pid(pid) do
+    Process.exit(pid, :shutdown)
+    %{state | token_handover: nil}
+  end
+
+  defp stop_token_handover(state), do: state
 
   defp abnormal?(reason),
     do: reason not in [:normal, :shutdown] and not match?({:shutdown, _}, reason)

@@ -4,10 +4,11 @@ defmodule FLAMEK8sBackend.RunnerToken do
   # :handover`, the default): a pod with no volume starts about 0.3 s sooner, and the runner
   # needs a token only to delete its own pod and secret when it stops (FLAMEK8sBackend.SelfDelete).
   #
-  # On the parent, once the runner is up, `start/1` runs a process that requests a token of
-  # the runner pod's account bound to that pod (a TokenRequest: it stops working when the pod
-  # is deleted), hands it over to the runner's node through Erlang distribution, and requests
-  # a new one before it expires, for as long as the runner's reaper lives and its node is up.
+  # On the parent, once the runner's pod exists, `start/1` runs a process that requests a
+  # token of the pod's account bound to that pod (a TokenRequest: it stops working when the
+  # pod is deleted), hands it over to the runner's node through Erlang distribution as soon as
+  # the runner is up (`runner_up/2`), and requests a new one before it expires, for as long as
+  # the runner's reaper lives and its node is up.
   # A 403 (the parent may not create `serviceaccounts/token`) ends it, with one warning per VM,
   # namespace and account: the parent's reaper then deletes the runner's pod, as for any runner
   # without a token. A 404 (the pod is gone) ends it quietly; other failures are retried with
@@ -37,7 +38,6 @@ defmodule FLAMEK8sBackend.RunnerToken do
           namespace: String.t(),
           service_account: String.t(),
           pod: String.t(),
-          runner_node: node(),
           reaper: pid()
         }
 
@@ -57,8 +57,8 @@ defmodule FLAMEK8sBackend.RunnerToken do
   end
 
   @doc """
-  Starts the parent's handover for one runner, under the reapers' supervisor: it ends with the
-  runner's reaper or node.
+  Starts the parent's handover for one runner pod, once the pod exists, under the reapers'
+  supervisor (see `runner_up/2`): it ends with the runner's reaper or node.
   """
   @spec start(handover()) :: DynamicSupervisor.on_start_child()
   def start(handover) do
@@ -99,42 +99,71 @@ defmodule FLAMEK8sBackend.RunnerToken do
   def renew_in(now, expires_at),
     do: max(round(DateTime.diff(expires_at, now, :millisecond) * @renew_share), 0)
 
-  defp run(handover) do
-    Process.monitor(handover.reaper)
-    :erlang.monitor_node(handover.runner_node, true)
-    loop(handover, @retry_min)
+  @doc """
+  Tells the handover of `pid` that the runner is up on `runner_node`: it hands the token over
+  at once if it has one, else as soon as it has.
+  """
+  @spec runner_up(pid(), node()) :: :ok
+  def runner_up(pid, runner_node) do
+    send(pid, {:runner_up, runner_node})
+    :ok
   end
 
-  defp loop(handover, retry) do
-    case request(handover) do
+  # The first token is requested as soon as the pod exists, so that it is there when the
+  # runner comes up: a runner that stops right after its first call (a single-use runner, a
+  # pool stopped at once) has it by then.
+  defp run(handover) do
+    reaper = Process.monitor(handover.reaper)
+
+    request(%{
+      handover: handover,
+      reaper: reaper,
+      runner_node: nil,
+      token: nil,
+      retry: @retry_min
+    })
+  end
+
+  defp request(state) do
+    case request_token(state.handover) do
       {:ok, token, renew_in} ->
-        :ok = hand_over(handover.runner_node, token)
-        wait(renew_in) && loop(handover, @retry_min)
+        :ok = hand_over(state.runner_node, token)
+        wait(%{state | token: token, retry: @retry_min}, deadline(renew_in))
 
       {:error, {:api, 403, _, message}} ->
-        warn_once(handover, message)
+        warn_once(state.handover, message)
 
       # The pod is gone: nothing left to delete with it.
       {:error, {:api, 404, _, _}} ->
         :ok
 
       {:error, _reason} ->
-        wait(retry) && loop(handover, min(retry * 2, @retry_max))
+        wait(%{state | retry: min(state.retry * 2, @retry_max)}, deadline(state.retry))
     end
   end
 
-  # false once the reaper or the runner's node is gone.
-  defp wait(ms) do
+  # Until the next request is due, the reaper is gone, or the runner's node is.
+  defp wait(state, deadline) do
     receive do
-      {:DOWN, _, :process, _, _} -> false
-      {:nodedown, _} -> false
+      {:runner_up, runner_node} ->
+        :erlang.monitor_node(runner_node, true)
+        _ = if state.token, do: hand_over(runner_node, state.token)
+        wait(%{state | runner_node: runner_node}, deadline)
+
+      {:DOWN, ref, :process, _, _} when ref == state.reaper ->
+        :ok
+
+      {:nodedown, runner_node} when runner_node == state.runner_node ->
+        :ok
     after
-      ms -> true
+      max(deadline - System.monotonic_time(:millisecond), 0) -> request(state)
     end
   end
+
+  defp deadline(ms), do: System.monotonic_time(:millisecond) + ms
 
   # The token leaves this function only in a closure.
-  defp request(handover) do
+  defp request_token(handover) do
     path =
       "/api/v1/namespaces/#{handover.namespace}/serviceaccounts/" <>
         "#{handover.service_account}/token"
@@ -157,6 +186,8 @@ defmodule FLAMEK8sBackend.RunnerToken do
 
   # Through distribution, to a process of the runner's own (erpc): a runner that cannot take
   # it (an older release) changes nothing here. Nothing raised here may carry the arguments.
+  defp hand_over(nil, _token), do: :ok
+
   defp hand_over(runner_node, token) do
     :erpc.cast(runner_node, __MODULE__, :put, [token.()])
   catch

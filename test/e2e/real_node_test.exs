@@ -739,8 +739,8 @@ defmodule FLAMEK8sBackend.RealNodeParentTest do
         |> deletions(runner.pod, resource)
         |> Enum.reject(&(&1["user"] == "system:node:flame-realnode"))
 
-      # With the runner's own token (its pod's ServiceAccount token), once: the reaper, told
-      # what the runner deleted, sends nothing.
+      # With the runner's own token (the one its parent handed over, bound to its pod), once:
+      # the reaper, told what the runner deleted, sends nothing.
       assert [%{"pod_name" => deleter, "code" => 200}] = events,
              "#{resource}/#{runner.pod} deleted by: " <>
                inspect(Enum.map(events, &Map.take(&1, ["time", "pod_name", "user", "code"])))
@@ -883,6 +883,45 @@ defmodule FLAMEK8sBackend.RealNodeParentTest do
     assert [%{"pod_name" => deleter} | _] = deletions(ctx, runner.pod, "pods")
     assert deleter == parent.name, "pod deleted by #{deleter}, not by the parent"
     assert deletions(ctx, "flame-demo-cookie", "secrets") == []
+  end
+
+  # What the handed-over token is for: a runner whose parent VM is gone deletes its own pod
+  # (the parent's reaper is gone with the VM), with the token its parent gave it.
+  test "the parent VM is killed: the runner deletes its own pod with the token its parent handed over",
+       ctx do
+    parent = parent!(ctx)
+    %{runner: runner} = rpc(parent, FlameDemo, :where, [])
+
+    RealNode.wait_until!(
+      fn ->
+        match?(
+          {:ok, _},
+          rpc(parent, :erpc, :call, [runner.node, FLAMEK8sBackend.RunnerToken, :kube_opts, []])
+        )
+      end,
+      10_000,
+      "a token handed over to #{runner.node}"
+    )
+
+    {:ok, pod} = Kube.get_pod(ctx.kube, ctx.namespace, parent.name)
+    id = RealNode.container_id(pod, "flame-demo")
+    assert {_, 0} = RealNode.ctr(["tasks", "kill", "--signal", "SIGKILL", id])
+
+    await_gone!(ctx, runner.pod, 60_000)
+
+    events =
+      ctx
+      |> deletions(runner.pod, "pods")
+      |> Enum.reject(&(&1["user"] == "system:node:flame-realnode"))
+
+    assert [%{"pod_name" => deleter, "code" => 200}] = events,
+           "pods/#{runner.pod} deleted by: " <>
+             inspect(Enum.map(events, &Map.take(&1, ["time", "pod_name", "user", "code"])))
+
+    assert deleter == runner.pod
+
+    # The kubelet restarts the parent's container: the next test has its parent.
+    parent!(ctx)
   end
 
   # The kind suite's third scenario (test/e2e/kind_test.exs), from inside the parent pod: the

@@ -47,28 +47,47 @@ defmodule FLAMEK8sBackend.TokenHandoverTest do
         end
       end)
 
-  # A booted runner's reaper, the terminator on this VM, with tokens of "flame-runner".
-  defp booted_reaper!(answer) do
+  # The reaper of a runner whose pod was created, with tokens of "flame-runner".
+  defp created_reaper!(answer) do
     url = FakeApiServer.start!(self(), answer)
     {:ok, kube} = Kube.connect(url: url, token: "parent-token", request_timeout: 5_000)
-    {:ok, reaper} = Reaper.start(kube, @ns, parked(), false, 60_000)
+    {:ok, reaper} = Reaper.start(kube, @ns, parked(), false, 60_000, "flame-runner")
     :ok = Reaper.track(reaper, :pod, @pod)
     :ok = Reaper.created(reaper, :pod, {:ok, %{}})
-    :ok = Reaper.monitor(reaper, parked(), "flame-runner")
     reaper
   end
 
-  test "a booted runner is handed a token of its account, bound to its pod" do
-    booted_reaper!(fn "POST", @token_path -> issued(3_600) end)
+  # ... and up, its terminator on this VM.
+  defp booted_reaper!(answer) do
+    reaper = created_reaper!(answer)
+    :ok = Reaper.monitor(reaper, parked())
+    reaper
+  end
+
+  test "the token is requested once the pod exists, and handed over once the runner is up" do
+    reaper = created_reaper!(fn "POST", @token_path -> issued(3_600) end)
 
     assert_receive {:api_request, "POST", @token_path, body}, 5_000
     spec = JSON.decode!(body)["spec"]
     assert spec["boundObjectRef"] == %{"apiVersion" => "v1", "kind" => "Pod", "name" => @pod}
     assert spec["expirationSeconds"] == 3_600
+    # Not up yet: nothing to hand over to.
+    assert RunnerToken.kube_opts(@env) == :error
 
+    :ok = Reaper.monitor(reaper, parked())
     eventually(fn -> match?({:ok, _}, RunnerToken.kube_opts(@env)) end, 5_000)
     assert {:ok, opts} = RunnerToken.kube_opts(@env)
     assert opts[:token] == @issued
+  end
+
+  test "a pod replaced during its boot gets a token of its own" do
+    reaper = created_reaper!(fn "POST", @token_path -> issued(3_600) end)
+    assert_receive {:api_request, "POST", @token_path, _}, 5_000
+
+    :ok = Reaper.track(reaper, :pod, "web-1-flame-r2d2c3po")
+    :ok = Reaper.created(reaper, :pod, {:ok, %{}})
+    assert_receive {:api_request, "POST", @token_path, body}, 5_000
+    assert JSON.decode!(body)["spec"]["boundObjectRef"]["name"] == "web-1-flame-r2d2c3po"
   end
 
   test "a token about to expire is renewed" do
