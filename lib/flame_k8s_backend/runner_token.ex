@@ -11,8 +11,7 @@ defmodule FLAMEK8sBackend.RunnerToken do
   # the runner's reaper lives and its node is up.
   # A 403 (the parent may not create `serviceaccounts/token`) ends it, with one warning per VM,
   # namespace and account: the parent's reaper then deletes the runner's pod, as for any runner
-  # without a token. A 404 (the pod is gone) ends it quietly; other failures are retried with
-  # a back-off.
+  # without a token. Other failures are retried with a back-off.
   #
   # On the runner, `put/1` keeps the token, and `kube_opts/1` gives `SelfDelete` what it
   # connects with: the token, the API server from the pod's `KUBERNETES_SERVICE_*` env and the
@@ -133,10 +132,8 @@ defmodule FLAMEK8sBackend.RunnerToken do
       {:error, {:api, 403, _, message}} ->
         warn_once(state.handover, message)
 
-      # The pod is gone: nothing left to delete with it.
-      {:error, {:api, 404, _, _}} ->
-        :ok
-
+      # Anything else, a 404 for a pod just created included, may pass: this process ends
+      # with the reaper anyway.
       {:error, _reason} ->
         wait(%{state | retry: min(state.retry * 2, @retry_max)}, deadline(state.retry))
     end
