@@ -224,6 +224,7 @@ defmodule FLAMEK8sBackend.Boot do
         {:ok, terminator, BootProgress.reached(progress, :remote_up, now() - boot.started)}
 
       {:flame_k8s, ^ref, {:running, pod}} ->
+        :ok = Reaper.pod_running(boot.reaper)
         progress = BootProgress.reached(progress, :running, now() - boot.started)
         ip = get_in(pod, ["status", "podIP"])
         ms = progress.timings.running

@@ -87,9 +87,9 @@ defmodule FLAMEK8sBackend.Reaper do
   Starts a reaper that watches `owner` (the FLAME Runner process). `api_server_request_timeout`
   is the API server's own deadline for a request, in ms (its `--request-timeout`): until
   then (and a margin), a create whose answer was lost may still be committed, and is deleted
-  again after it. With a `token_account`, the runner's pod is handed tokens of that service
-  account (`FLAMEK8sBackend.RunnerToken`): requested once the pod is created, handed over from
-  `monitor/2` on.
+  again after it. With a `token_account`, the runner is handed tokens of that service
+  account for its pod (`FLAMEK8sBackend.RunnerToken`): requested from `pod_running/1` (or
+  `monitor/2`, whichever comes first), handed over from `monitor/2` on.
   """
   @spec start(
           Kube.t(),
@@ -164,6 +164,10 @@ defmodule FLAMEK8sBackend.Reaper do
   def follow(reaper, selector, runner_node, redact),
     do: GenServer.call(reaper, {:follow, selector, runner_node, redact})
 
+  @doc "The tracked `:pod` runs: a reaper with a token account requests the runner's token."
+  @spec pod_running(pid()) :: :ok
+  def pod_running(reaper), do: GenServer.call(reaper, :pod_running)
+
   @doc """
   Also reaps when `pid` (the runner's remote terminator) goes down. A reaper started with a
   `token_account` hands the runner its token now (`FLAMEK8sBackend.RunnerToken`).
@@ -223,7 +227,7 @@ defmodule FLAMEK8sBackend.Reaper do
         {:ok, state}
 
       # Not from init/1: the supervisor that starts the handover is busy starting this one.
-      state.token_account != nil and match?(%{pod: %{create: :created}}, state.objects) ->
+      state.booted? and state.token_account != nil ->
         {:ok, %{state | token_handover: nil}, {:continue, :hand_over_tokens}}
 
       true ->
@@ -264,10 +268,10 @@ defmodule FLAMEK8sBackend.Reaper do
         %{object | create: outcome, until: until}
       end)
 
-    state = %{state | objects: objects}
-    state = if kind == :pod and outcome == :created, do: hand_over_tokens(state), else: state
-    {:reply, :ok, state}
+    {:reply, :ok, %{state | objects: objects}}
   end
+
+  def handle_call(:pod_running, _from, state), do: {:reply, :ok, hand_over_tokens(state)}
 
   def handle_call({:follow, selector, runner_node, redact}, _from, state) do
     {:reply, :ok, Down.follow(state, selector, runner_node, redact)}
@@ -276,11 +280,7 @@ defmodule FLAMEK8sBackend.Reaper do
   def handle_call({:monitor, pid}, _from, state) do
     Process.monitor(pid)
     state = %{state | booted?: true, terminator: pid, runner_node: node(pid)}
-
-    _ =
-      if state.token_handover, do: RunnerToken.runner_up(state.token_handover, state.runner_node)
-
-    {:reply, :ok, state}
+    {:reply, :ok, hand_over_tokens(state)}
   end
 
   def handle_call({:reap_now, timeout}, from, state) do
@@ -407,22 +407,32 @@ defmodule FLAMEK8sBackend.Reaper do
 
   defp linger(other), do: other
 
-  # Once the pod exists: the token is requested while the runner boots, and handed over as
-  # soon as it is up. The handover ends with the reaper that started it: a successor starts
-  # its own.
-  defp hand_over_tokens(%{token_account: account, objects: %{pod: %{name: pod}}} = state)
+  # From when the pod runs (a boot that fails before costs no token request), so that the
+  # token is there when the runner comes up, and handed over then. The handover ends with the
+  # reaper that started it: a successor starts its own.
+  defp hand_over_tokens(%{token_account: account, token_handover: nil} = state)
        when is_binary(account) do
-    {:ok, pid} =
-      RunnerToken.start(%{
-        kube: state.kube,
-        namespace: state.namespace,
-        service_account: account,
-        pod: pod,
-        reaper: self()
-      })
+    case state.objects do
+      %{pod: %{name: pod}} ->
+        {:ok, pid} =
+          RunnerToken.start(%{
+            kube: state.kube,
+            namespace: state.namespace,
+            service_account: account,
+            pod: pod,
+            reaper: self()
+          })
 
-    if state.booted?, do: RunnerToken.runner_up(pid, state.runner_node)
-    %{state | token_handover: pid}
+        hand_over_tokens(%{state | token_handover: pid})
+
+      _ ->
+        state
+    end
+  end
+
+  defp hand_over_tokens(%{token_handover: pid, booted?: true} = state) when is_pid(pid) do
+    RunnerToken.runner_up(pid, state.runner_node)
+    state
   end
 
   defp hand_over_tokens(state), do: state

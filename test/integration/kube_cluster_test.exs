@@ -656,6 +656,11 @@ defmodule FLAMEK8sBackend.KubeClusterWatchCountTest do
   @awaits 50
   @selector "flame-test/role=runner"
 
+  setup do
+    await_reapers_done!()
+    :ok
+  end
+
   # Pod watches open on the API server, from its /metrics (every scope: the simulated kubelet
   # has one of its own).
   defp server_pod_watches(kube) do
@@ -747,6 +752,11 @@ defmodule FLAMEK8sBackend.KubeClusterWatchStartTest do
 
   @starts 5
   @selector "flame-test/role=one-after-another"
+
+  setup do
+    await_reapers_done!()
+    :ok
+  end
 
   # Sum of the samples of `metric` whose labels include every pair of `labels`.
   defp sum(text, metric, labels) do

@@ -47,25 +47,46 @@ defmodule FLAMEK8sBackend.TokenHandoverTest do
         end
       end)
 
-  # The reaper of a runner whose pod was created, with tokens of "flame-runner".
+  # The reaper of a runner whose pod was created, with tokens of "flame-runner", and its
+  # owner (the FLAME Runner process). Killed when the test ends, its handover with it: a
+  # handover left behind would hand this VM tokens during other tests.
   defp created_reaper!(answer) do
     url = FakeApiServer.start!(self(), answer)
     {:ok, kube} = Kube.connect(url: url, token: "parent-token", request_timeout: 5_000)
-    {:ok, reaper} = Reaper.start(kube, @ns, parked(), false, 60_000, "flame-runner")
+    owner = parked()
+    {:ok, reaper} = Reaper.start(kube, @ns, owner, false, 60_000, "flame-runner")
+    on_exit(fn -> Process.exit(reaper, :kill) end)
     :ok = Reaper.track(reaper, :pod, @pod)
     :ok = Reaper.created(reaper, :pod, {:ok, %{}})
+    {reaper, owner}
+  end
+
+  # ... whose pod runs ...
+  defp running_reaper!(answer) do
+    {reaper, _owner} = created_reaper!(answer)
+    :ok = Reaper.pod_running(reaper)
     reaper
   end
 
-  # ... and up, its terminator on this VM.
+  # ... and whose runner is up, its terminator on this VM.
   defp booted_reaper!(answer) do
-    reaper = created_reaper!(answer)
+    reaper = running_reaper!(answer)
     :ok = Reaper.monitor(reaper, parked())
     reaper
   end
 
-  test "the token is requested once the pod exists, and handed over once the runner is up" do
-    reaper = created_reaper!(fn "POST", @token_path -> issued(3_600) end)
+  test "a pod that never ran costs no token request" do
+    {reaper, owner} = created_reaper!(fn _method, _path -> {200, ~s({"kind":"Status"})} end)
+    monitor = Process.monitor(reaper)
+    send(owner, :stop)
+
+    assert_receive {:DOWN, ^monitor, :process, ^reaper, :normal}, 5_000
+    assert_received {:api_request, "DELETE", _, _}
+    refute_received {:api_request, "POST", @token_path, _}
+  end
+
+  test "the token is requested once the pod runs, and handed over once the runner is up" do
+    reaper = running_reaper!(fn "POST", @token_path -> issued(3_600) end)
 
     assert_receive {:api_request, "POST", @token_path, body}, 5_000
     spec = JSON.decode!(body)["spec"]
@@ -81,11 +102,12 @@ defmodule FLAMEK8sBackend.TokenHandoverTest do
   end
 
   test "a pod replaced during its boot gets a token of its own" do
-    reaper = created_reaper!(fn "POST", @token_path -> issued(3_600) end)
+    reaper = running_reaper!(fn "POST", @token_path -> issued(3_600) end)
     assert_receive {:api_request, "POST", @token_path, _}, 5_000
 
     :ok = Reaper.track(reaper, :pod, "web-1-flame-r2d2c3po")
     :ok = Reaper.created(reaper, :pod, {:ok, %{}})
+    :ok = Reaper.pod_running(reaper)
     assert_receive {:api_request, "POST", @token_path, body}, 5_000
     assert JSON.decode!(body)["spec"]["boundObjectRef"]["name"] == "web-1-flame-r2d2c3po"
   end
@@ -148,5 +170,8 @@ defmodule FLAMEK8sBackend.TokenHandoverTest do
 
     # The successor requests a token of its own for the runner.
     assert_receive {:api_request, "POST", @token_path, _}, 5_000
+
+    for {pid, _} <- Registry.lookup(FLAMEK8sBackend.ReaperRegistry, {@ns, :pod, @pod}),
+        do: Process.exit(pid, :kill)
   end
 end
