@@ -159,33 +159,6 @@ defmodule FLAMEK8sBackend.Test.ClusterCase do
   end
 
   @doc """
-  Waits until no reaper of this VM outlives its boot's owner (the test or FLAME Runner process
-  that booted the runner): what async tests leave behind for a few seconds, each following its
-  runner's pod through a watch and sending its deletes. Tests that count the whole API
-  server's watches or requests start after it.
-  """
-  def await_reapers_done!(timeout \\ 60_000) do
-    eventually(
-      fn ->
-        FLAMEK8sBackend.ReaperSupervisor
-        |> DynamicSupervisor.which_children()
-        |> Enum.all?(fn
-          {_, pid, _, [FLAMEK8sBackend.Reaper]} when is_pid(pid) -> owner_alive?(pid)
-          _handover -> true
-        end)
-      end,
-      timeout
-    )
-  end
-
-  defp owner_alive?(reaper) do
-    Process.alive?(:sys.get_state(reaper, 1_000).owner)
-  catch
-    # Gone meanwhile.
-    :exit, _ -> true
-  end
-
-  @doc """
   Waits for a condition that no event announces (e.g. a Tokio task finishing after its
   cancellation). Checks every 20 ms, gives up after `timeout` ms.
   """
