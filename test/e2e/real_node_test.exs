@@ -436,7 +436,12 @@ defmodule FLAMEK8sBackend.RealNodeParentTest do
     pods =
       RealNode.wait_until!(
         fn ->
-          {:ok, pods} = Kube.list_pods(ctx.kube, ctx.namespace, label_selector: "app=flame-demo")
+          # Not a runner a test gave the Deployment's labels (the selector pitfall) that has
+          # not idled down yet.
+          {:ok, pods} =
+            Kube.list_pods(ctx.kube, ctx.namespace,
+              label_selector: "app=flame-demo,app.kubernetes.io/managed-by!=flame_k8s_backend"
+            )
 
           running =
             Enum.filter(pods, fn pod ->
