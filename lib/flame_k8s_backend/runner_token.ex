@@ -4,7 +4,7 @@ defmodule FLAMEK8sBackend.RunnerToken do
   # :handover`, the default): a pod with no volume starts about 0.3 s sooner, and the runner
   # needs a token only to delete its own pod and secret when it stops (FLAMEK8sBackend.SelfDelete).
   #
-  # On the parent, once the runner's pod exists, `start/1` runs a process that requests a
+  # On the parent, once the runner's pod runs, `start/1` runs a process that requests a
   # token of the pod's account bound to that pod (a TokenRequest: it stops working when the
   # pod is deleted), hands it over to the runner's node through Erlang distribution as soon as
   # the runner is up (`runner_up/2`), and requests a new one before it expires, for as long as
@@ -56,7 +56,7 @@ defmodule FLAMEK8sBackend.RunnerToken do
   end
 
   @doc """
-  Starts the parent's handover for one runner pod, once the pod exists, under the reapers'
+  Starts the parent's handover for one runner pod, once the pod runs, under the reapers'
   supervisor (see `runner_up/2`): it ends with the runner's reaper or node.
   """
   @spec start(handover()) :: DynamicSupervisor.on_start_child()
@@ -108,7 +108,7 @@ defmodule FLAMEK8sBackend.RunnerToken do
     :ok
   end
 
-  # The first token is requested as soon as the pod exists, so that it is there when the
+  # The first token is requested as soon as the pod runs, so that it is there when the
   # runner comes up: a runner that stops right after its first call (a single-use runner, a
   # pool stopped at once) has it by then.
   defp run(handover) do
@@ -205,7 +205,7 @@ defmodule FLAMEK8sBackend.RunnerToken do
 
   @doc """
   On the runner: keeps the token the parent handed over (`FLAMEK8sBackend.SelfDelete` reads
-  it with `kube_opts/0`).
+  it with `kube_opts/1`).
   """
   @spec put(String.t()) :: :ok
   def put(token) when is_binary(token), do: :persistent_term.put(@key, fn -> token end)
