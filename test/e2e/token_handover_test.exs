@@ -40,6 +40,15 @@ defmodule FLAMEK8sBackend.TokenHandoverE2ETest do
     end
   end
 
+  # What FLAME's terminator does on an idle shutdown, the cleanup events of `runner_name`
+  # forwarded to the test; returns once the runner's node is down.
+  defp shut_down!(runner, runner_name) do
+    CleanupEvents.forward!(&match?(%{name: ^runner_name}, &1))
+    Node.monitor(runner, true)
+    :erpc.cast(runner, FLAMEK8sBackend, :system_shutdown, [])
+    assert_receive {:nodedown, ^runner}, 15_000
+  end
+
   defp handed_over?(runner), do: match?({:ok, _}, :erpc.call(runner, RunnerToken, :kube_opts, []))
 
   test "a runner pod without a token volume deletes itself with the token its parent handed over",
@@ -54,13 +63,7 @@ defmodule FLAMEK8sBackend.TokenHandoverE2ETest do
 
     eventually(fn -> handed_over?(runner) end, 10_000)
 
-    runner_name = state.runner_name
-    CleanupEvents.forward!(&match?(%{name: ^runner_name}, &1))
-    Node.monitor(runner, true)
-    # What FLAME's terminator does on an idle shutdown.
-    :erpc.cast(runner, FLAMEK8sBackend, :system_shutdown, [])
-    assert_receive {:nodedown, ^runner}, 15_000
-
+    shut_down!(runner, state.runner_name)
     assert_receive {:cleanup, _, %{deleter: :runner, kind: :pod, result: :ok}}, 15_000
     assert deleted?(kube, ns, state.runner_name)
   end
@@ -107,11 +110,7 @@ defmodule FLAMEK8sBackend.TokenHandoverE2ETest do
           10_000
         )
 
-        runner_name = state.runner_name
-        CleanupEvents.forward!(&match?(%{name: ^runner_name}, &1))
-        Node.monitor(runner, true)
-        :erpc.cast(runner, FLAMEK8sBackend, :system_shutdown, [])
-        assert_receive {:nodedown, ^runner}, 15_000
+        shut_down!(runner, state.runner_name)
         assert_receive {:cleanup, _, %{deleter: :reaper, kind: :pod, result: :ok}}, 30_000
       end)
 
